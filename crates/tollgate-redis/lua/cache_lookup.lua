@@ -1,0 +1,31 @@
+-- cache_lookup.lua: read a cache entry of the current generation; on a miss, optionally try to
+-- take the single-flight lease so that exactly one caller computes the value.
+--
+-- KEYS[1]  generation (string)   KEYS[2] entry (hash: g, v)   KEYS[3] stats (hash)   KEYS[4] lease
+-- ARGV[1]  lease token, or '' to only read
+-- ARGV[2]  lease_ms
+-- ARGV[3]  '1' to count this lookup in the stats (a waiter's polls count once)
+-- ARGV[4]  stats ttl_ms
+-- Reply:   {status, value, generation}; status 'hit' | 'miss' | 'lead' (lease taken: compute) |
+--          'wait' (another caller holds the lease)
+-- An entry of an older generation was invalidated: it is deleted and reported as a miss.
+
+local gen = redis.call('GET', KEYS[1]) or '0'
+local e = redis.call('HMGET', KEYS[2], 'g', 'v')
+if e[1] == gen and e[2] then
+  if ARGV[3] == '1' then
+    redis.call('HINCRBY', KEYS[3], 'hits', 1)
+    redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  end
+  return {'hit', e[2], gen}
+end
+if e[1] then redis.call('DEL', KEYS[2]) end
+if ARGV[3] == '1' then
+  redis.call('HINCRBY', KEYS[3], 'misses', 1)
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+if ARGV[1] == '' then return {'miss', '', gen} end
+if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'lead', '', gen}
+end
+return {'wait', '', gen}

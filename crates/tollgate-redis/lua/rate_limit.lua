@@ -1,0 +1,199 @@
+-- rate_limit.lua: check, and if every limit allows it, charge N rate limits atomically.
+--
+-- KEYS[i]   the key of limit i (all keys share one hash tag; the caller checks)
+-- ARGV[1]   N, the number of limits
+-- ARGV[2 + 5*(i-1) .. 6 + 5*(i-1)]   limit i: kind, a, b, c, d
+--   'gcra'      a=limit  b=period_ms  c=burst  d=cost             (string: theoretical arrival time, us)
+--   'swlog'     a=limit  b=window_ms  c=cost   d=member prefix    (sorted set: one member per unit, score us)
+--   'swcounter' a=limit  b=window_ms  c=cost   d=unused           (hash: window index -> count)
+--   'fixed'     a=limit  b=window_ms  c=cost   d=unused           (hash: w=window index, n=count)
+--   'tokens'    a=capacity b=period_ms c=cost  d=unused           (hash: tokens, ts us; may go negative: debt)
+--   'lease'     a=limit  b=lease_ms   c=lease id d=unused         (sorted set: lease id -> expiry us)
+-- Reply: {allowed, {allowed, limit, remaining, reset_ms, retry_ms} for each limit}
+--   allowed 1|0; reset_ms: until the limit is whole again; retry_ms: until this request could pass
+--   (0 when allowed).
+-- Uses the server's TIME (microseconds) so every gateway replica shares one clock. Every write
+-- sets an expiry. Nothing is written unless all limits allow, except dropping expired entries.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local function ms(us)
+  if us <= 0 then return 0 end
+  return math.ceil(us / 1000)
+end
+
+local function fmt(x)
+  return string.format('%.0f', x)
+end
+
+local function noop() end
+
+-- Generic cell rate algorithm: exact, O(1) memory. A request of `cost` is allowed when the
+-- theoretical arrival time after it is at most `burst` intervals ahead of now.
+local function gcra(key, limit, period_ms, burst, cost)
+  local interval = period_ms * 1000 / limit
+  local tolerance = interval * burst
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = tat + interval * cost
+  local allow_at = new_tat - tolerance
+  if allow_at > now then
+    local remaining = math.floor((tolerance - (tat - now)) / interval)
+    if remaining < 0 then remaining = 0 end
+    return {0, burst, remaining, ms(tat - now), ms(allow_at - now)}, noop
+  end
+  local remaining = math.floor((tolerance - (new_tat - now)) / interval)
+  return {1, burst, remaining, ms(new_tat - now), 0}, function()
+    redis.call('SET', key, fmt(new_tat), 'PX', ms(new_tat - now) + 1)
+  end
+end
+
+-- Sliding-window log: exact over any window, one sorted-set member per admitted unit.
+local function swlog(key, limit, window_ms, cost, member)
+  local window = window_ms * 1000
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local used = redis.call('ZCARD', key)
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  local reset = 0
+  if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+  if used + cost > limit then
+    -- The request fits once the (used + cost - limit) oldest units have left the window.
+    local idx = used + cost - limit - 1
+    local e = redis.call('ZRANGE', key, idx, idx, 'WITHSCORES')
+    local retry = window
+    if e[2] then retry = tonumber(e[2]) + window - now end
+    return {0, limit, limit - used, ms(reset), ms(retry)}, noop
+  end
+  if reset == 0 then reset = window end
+  return {1, limit, limit - used - cost, ms(reset), 0}, function()
+    for i = 1, cost do
+      redis.call('ZADD', key, now, member .. ':' .. i)
+    end
+    redis.call('PEXPIRE', key, window_ms + 1)
+  end
+end
+
+-- Sliding-window counter: approximate (the previous window's count weighted by how much of it
+-- still overlaps), two counters of memory.
+local function swcounter(key, limit, window_ms, cost)
+  local window = window_ms * 1000
+  local cur = math.floor(now / window)
+  local elapsed = (now - cur * window) / window
+  local v = redis.call('HMGET', key, fmt(cur), fmt(cur - 1))
+  local c = tonumber(v[1]) or 0
+  local p = tonumber(v[2]) or 0
+  local est = p * (1 - elapsed) + c
+  local reset = (1 - elapsed) * window
+  if est + cost > limit then
+    local retry = reset
+    if c + cost <= limit and p > 0 then
+      retry = (1 - (limit - cost - c) / p - elapsed) * window
+    end
+    local remaining = math.floor(limit - est)
+    if remaining < 0 then remaining = 0 end
+    return {0, limit, remaining, ms(reset), ms(retry)}, noop
+  end
+  return {1, limit, math.floor(limit - est - cost), ms(reset), 0}, function()
+    redis.call('HINCRBY', key, fmt(cur), cost)
+    redis.call('HDEL', key, fmt(cur - 2))
+    redis.call('PEXPIRE', key, 2 * window_ms + 1)
+  end
+end
+
+-- Fixed window aligned to the epoch: cheapest, allows up to 2x the limit across a boundary.
+local function fixed(key, limit, window_ms, cost)
+  local window = window_ms * 1000
+  local cur = math.floor(now / window)
+  local v = redis.call('HMGET', key, 'w', 'n')
+  local n = 0
+  if tonumber(v[1]) == cur then n = tonumber(v[2]) or 0 end
+  local reset = (cur + 1) * window - now
+  if n + cost > limit then
+    return {0, limit, limit - n, ms(reset), ms(reset)}, noop
+  end
+  return {1, limit, limit - n - cost, ms(reset), 0}, function()
+    redis.call('HSET', key, 'w', fmt(cur), 'n', n + cost)
+    redis.call('PEXPIRE', key, ms(reset) + 1)
+  end
+end
+
+-- Token bucket: refills continuously at capacity per period. The balance may go below zero when
+-- a reconciliation charges more than was reserved (debt is paid back by the refill).
+local function tokens(key, capacity, period_ms, cost)
+  local rate = capacity / (period_ms * 1000)
+  local v = redis.call('HMGET', key, 'tokens', 'ts')
+  local level = tonumber(v[1])
+  local ts = tonumber(v[2])
+  if level == nil or ts == nil then
+    level = capacity
+    ts = now
+  end
+  level = math.min(capacity, level + (now - ts) * rate)
+  if level < cost then
+    local remaining = math.floor(level)
+    if remaining < 0 then remaining = 0 end
+    return {0, capacity, remaining, ms((capacity - level) / rate), ms((cost - level) / rate)}, noop
+  end
+  local after = level - cost
+  return {1, capacity, math.floor(after), ms((capacity - after) / rate), 0}, function()
+    redis.call('HSET', key, 'tokens', tostring(after), 'ts', fmt(now))
+    -- A missing bucket is a full one, so the key may go once it would have refilled.
+    redis.call('PEXPIRE', key, ms((capacity - after) / rate) + 1000)
+  end
+end
+
+-- Concurrency slots as leases: a slot is held until released or until its lease expires, so a
+-- dead holder's slot comes back by itself. Acquiring a lease id already held renews it.
+local function lease(key, limit, lease_ms, id)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local held = redis.call('ZSCORE', key, id)
+  local used = redis.call('ZCARD', key)
+  if held then used = used - 1 end
+  if used >= limit then
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local retry = tonumber(first[2]) - now
+    return {0, limit, 0, ms(retry), ms(retry)}, noop
+  end
+  local expiry = now + lease_ms * 1000
+  return {1, limit, limit - used - 1, lease_ms, 0}, function()
+    redis.call('ZADD', key, fmt(expiry), id)
+    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    redis.call('PEXPIRE', key, ms(tonumber(last[2]) - now) + 1)
+  end
+end
+
+local n = tonumber(ARGV[1])
+local decisions = {}
+local commits = {}
+local all = 1
+for i = 1, n do
+  local o = 2 + 5 * (i - 1)
+  local kind = ARGV[o]
+  local key = KEYS[i]
+  local d, commit
+  if kind == 'gcra' then
+    d, commit = gcra(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]))
+  elseif kind == 'swlog' then
+    d, commit = swlog(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), ARGV[o + 4])
+  elseif kind == 'swcounter' then
+    d, commit = swcounter(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]))
+  elseif kind == 'fixed' then
+    d, commit = fixed(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]))
+  elseif kind == 'tokens' then
+    d, commit = tokens(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]))
+  elseif kind == 'lease' then
+    d, commit = lease(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), ARGV[o + 3])
+  else
+    return redis.error_reply('unknown limit kind ' .. tostring(kind))
+  end
+  if d[1] == 0 then all = 0 end
+  decisions[i] = d
+  commits[i] = commit
+end
+if all == 1 then
+  for i = 1, n do commits[i]() end
+end
+local reply = {all}
+for i = 1, n do reply[i + 1] = decisions[i] end
+return reply

@@ -1,0 +1,30 @@
+-- session_write.lua: create a session and/or append messages, refreshing both keys' TTL.
+--
+-- KEYS[1]  meta (hash: owner, system, created_ms, updated_ms, appended)   KEYS[2] messages (stream)
+-- ARGV[1]  owner   ARGV[2] ttl_ms   ARGV[3] max messages kept   ARGV[4] '1' create if missing
+-- ARGV[5]  system prompt for a new session ('' none)   ARGV[6] '1' replace the system prompt
+-- ARGV[7..] pairs: message JSON, token count
+-- Reply:   {status, stored message count}; status 'ok' | 'not_found' (missing, or another owner)
+-- Uses the server's TIME for timestamps.
+
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner then
+  if ARGV[4] ~= '1' then return {'not_found', 0} end
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'system', ARGV[5], 'created_ms', now_ms, 'appended', 0)
+elseif owner ~= ARGV[1] then
+  return {'not_found', 0}
+elseif ARGV[6] == '1' then
+  redis.call('HSET', KEYS[1], 'system', ARGV[5])
+end
+local added = 0
+for i = 7, #ARGV, 2 do
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 'm', ARGV[i], 't', ARGV[i + 1])
+  added = added + 1
+end
+redis.call('HSET', KEYS[1], 'updated_ms', now_ms)
+if added > 0 then redis.call('HINCRBY', KEYS[1], 'appended', added) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+return {'ok', redis.call('XLEN', KEYS[2])}

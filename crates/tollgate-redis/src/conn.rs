@@ -1,0 +1,251 @@
+//! The connection layer: one multiplexed connection per process, to a single node
+//! (`redis://`, `rediss://`, `unix://`) or to a cluster (`redis+cluster://h:p,h:p`).
+//!
+//! Invariants: every call has a timeout (`command_timeout`); a dropped connection reconnects by
+//! itself on a later call (redis-rs `ConnectionManager` / cluster connection), so a Redis restart
+//! makes calls fail for a while, never forever; the single-node connection is made lazily, so a
+//! process can start while Redis is down. Blocking commands (XREAD BLOCK) must not run on the
+//! shared connection, since they would stall every request queued behind them: they take a
+//! [`Redis::dedicated`] connection.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::error::{Error, Result};
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`, `rediss://...`, `unix:///path`, or `redis+cluster://h:p,h:p`.
+    pub url: String,
+    /// Upper bound on one command's round trip (and on a connection attempt).
+    pub command_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// A config for `url` with a 1 s command timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            command_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A handle to Redis: cheap to clone, every clone shares the one multiplexed connection.
+#[derive(Clone)]
+pub struct Redis {
+    conn: Conn,
+    target: Target,
+    command_timeout: Duration,
+    pubsub_url: String,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("cluster", &self.is_cluster())
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+impl Redis {
+    /// Connects to the Redis the URL names. A single node is connected lazily (this succeeds
+    /// while Redis is down); a cluster needs one reachable seed node to learn the slot map.
+    pub async fn connect(config: &RedisConfig) -> Result<Self> {
+        let timeout = config.command_timeout;
+        if let Some(hosts) = config.url.strip_prefix("redis+cluster://") {
+            let nodes: Vec<String> = hosts
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("redis://{h}"))
+                .collect();
+            if nodes.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "no hosts in cluster url {:?}",
+                    config.url
+                )));
+            }
+            let client = ClusterClient::builder(nodes.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .build()
+                .map_err(|e| Error::InvalidArgument(format!("cluster url: {e}")))?;
+            let conn = tokio::time::timeout(timeout * 5, client.get_async_connection())
+                .await
+                .map_err(|_| timeout_error())??;
+            Ok(Redis {
+                conn: Conn {
+                    inner: Inner::Cluster(conn),
+                    timeout,
+                },
+                target: Target::Cluster(Box::new(client)),
+                command_timeout: timeout,
+                pubsub_url: nodes[0].clone(),
+            })
+        } else {
+            let client = redis::Client::open(config.url.as_str())
+                .map_err(|e| Error::InvalidArgument(format!("redis url: {e}")))?;
+            let manager =
+                ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout))?;
+            Ok(Redis {
+                conn: Conn {
+                    inner: Inner::Single(manager),
+                    timeout,
+                },
+                target: Target::Single(client),
+                command_timeout: timeout,
+                pubsub_url: config.url.clone(),
+            })
+        }
+    }
+
+    /// The shared multiplexed connection (a clone of it). Every command on it has the timeout.
+    pub fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    /// True when connected to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    /// The per-command timeout.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    /// A connection of its own, for blocking commands; `timeout` must exceed the block time.
+    pub async fn dedicated(&self, timeout: Duration) -> Result<Conn> {
+        let inner = match &self.target {
+            Target::Single(client) => {
+                let c = tokio::time::timeout(
+                    self.command_timeout,
+                    client.get_multiplexed_async_connection(),
+                )
+                .await
+                .map_err(|_| timeout_error())??;
+                Inner::Dedicated(c)
+            }
+            Target::Cluster(client) => {
+                let c =
+                    tokio::time::timeout(self.command_timeout * 5, client.get_async_connection())
+                        .await
+                        .map_err(|_| timeout_error())??;
+                Inner::Cluster(c)
+            }
+        };
+        Ok(Conn { inner, timeout })
+    }
+
+    /// A client for pub/sub subscriptions. In a cluster, PUBLISH reaches every node, so
+    /// subscribing on one node (the first seed) receives every message.
+    pub(crate) fn pubsub_client(&self) -> Result<redis::Client> {
+        redis::Client::open(self.pubsub_url.as_str())
+            .map_err(|e| Error::InvalidArgument(format!("redis url: {e}")))
+    }
+
+    /// PING with the timeout; `Ok` when Redis answers.
+    pub async fn ping(&self) -> Result<()> {
+        let mut c = self.conn();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+}
+
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        // Reconnect attempts run in the background of a failing call; keep them short so an
+        // outage answers fast and a restarted server is picked up within a second or two.
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_millis(500))
+}
+
+fn timeout_error() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "redis command timed out",
+    ))
+}
+
+#[derive(Clone)]
+enum Inner {
+    Single(ConnectionManager),
+    Dedicated(redis::aio::MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+/// A connection with a timeout on every call; implements redis-rs `ConnectionLike`, so
+/// commands, pipelines and scripts run on it directly.
+#[derive(Clone)]
+pub struct Conn {
+    inner: Inner,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let fut = match &mut self.inner {
+                Inner::Single(c) => c.req_packed_command(cmd),
+                Inner::Dedicated(c) => c.req_packed_command(cmd),
+                Inner::Cluster(c) => c.req_packed_command(cmd),
+            };
+            tokio::time::timeout(timeout, fut)
+                .await
+                .unwrap_or_else(|_| Err(timeout_error()))
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let fut = match &mut self.inner {
+                Inner::Single(c) => c.req_packed_commands(pipeline, offset, count),
+                Inner::Dedicated(c) => c.req_packed_commands(pipeline, offset, count),
+                Inner::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            };
+            tokio::time::timeout(timeout, fut)
+                .await
+                .unwrap_or_else(|_| Err(timeout_error()))
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.inner {
+            Inner::Single(c) => c.get_db(),
+            Inner::Dedicated(c) => c.get_db(),
+            Inner::Cluster(c) => c.get_db(),
+        }
+    }
+}

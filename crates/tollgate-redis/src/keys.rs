@@ -1,0 +1,198 @@
+//! Every Redis key tollgate uses is built here, and only here.
+//!
+//! Layout (prefix `tg:` by default; the part in `{}` is the hash tag, so everything one script or
+//! pipeline touches lands in one cluster slot):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `tg:{c:MODEL}:gen` | string | the model's cache generation (bumped to invalidate the model) |
+//! | `tg:{c:MODEL}:stats` | hash | cache hits/misses of the model |
+//! | `tg:{c:MODEL}:e:TENANT:HASH` | hash | a cache entry: `g` generation, `v` value |
+//! | `tg:{c:MODEL}:l:TENANT:HASH` | string | the single-flight lease of that entry |
+//! | `tg:{s:SESSION}:meta`, `tg:{s:SESSION}:msgs` | hash, stream | a session |
+//! | `tg:{st:STREAM}` | stream | a generation's token stream |
+//! | `tg:{k:SUBJECT}:rl:NAME` | various | a rate limit of a subject (an API key, a user...) |
+//! | `tg:{e:MODEL:VERSION}:SHA256` | string | a cached embedding |
+//! | `tg:ch:NAME` | pub/sub channel | fire-and-forget fan-out |
+//!
+//! Caller-supplied ids go through [`Id`], which percent-encodes every byte outside
+//! `[A-Za-z0-9_.-/]`. The encoding is injective, so two ids never share a key, and it removes
+//! `{`, `}` and `:`, so an id can neither move a key to another hash tag nor forge another
+//! tenant's key. Ids longer than 256 encoded bytes are replaced by their SHA-256 (still
+//! injective in practice, and keys stay short).
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+const MAX_ENCODED_LEN: usize = 256;
+
+/// A caller-supplied id, encoded so it is safe inside a key (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Id(String);
+
+impl Id {
+    /// Encodes an id given as bytes (any bytes, UTF-8 or not). Empty ids are rejected.
+    pub fn new(raw: impl AsRef<[u8]>) -> Result<Self> {
+        let raw = raw.as_ref();
+        if raw.is_empty() {
+            return Err(Error::InvalidArgument("an id must not be empty".into()));
+        }
+        let mut out = String::with_capacity(raw.len());
+        for &b in raw {
+            if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/') {
+                out.push(char::from(b));
+            } else {
+                out.push('%');
+                out.push_str(&format!("{b:02X}"));
+            }
+            if out.len() > MAX_ENCODED_LEN {
+                // `~` is always percent-encoded above, so a hashed id cannot equal an encoded one.
+                return Ok(Id(format!("~{}", hex::encode(Sha256::digest(raw)))));
+            }
+        }
+        Ok(Id(out))
+    }
+
+    /// The encoded form, as it appears in keys.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Builds every key under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            prefix: "tg:".into(),
+        }
+    }
+}
+
+impl Keys {
+    /// Keys under `prefix` (e.g. `tg:`). The prefix must not contain `{` or `}`, which would move
+    /// the hash tag.
+    pub fn new(prefix: impl Into<String>) -> Result<Self> {
+        let prefix = prefix.into();
+        if prefix.contains(['{', '}']) {
+            return Err(Error::InvalidArgument(format!(
+                "key prefix {prefix:?} must not contain '{{' or '}}'"
+            )));
+        }
+        Ok(Keys { prefix })
+    }
+
+    /// The prefix keys start with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn cache_gen(&self, model: &Id) -> String {
+        format!("{}{{c:{model}}}:gen", self.prefix)
+    }
+
+    pub(crate) fn cache_stats(&self, model: &Id) -> String {
+        format!("{}{{c:{model}}}:stats", self.prefix)
+    }
+
+    pub(crate) fn cache_entry(&self, model: &Id, tenant: &Id, hash: &str) -> String {
+        format!("{}{{c:{model}}}:e:{tenant}:{hash}", self.prefix)
+    }
+
+    pub(crate) fn cache_lease(&self, model: &Id, tenant: &Id, hash: &str) -> String {
+        format!("{}{{c:{model}}}:l:{tenant}:{hash}", self.prefix)
+    }
+
+    pub(crate) fn session_meta(&self, session: &Id) -> String {
+        format!("{}{{s:{session}}}:meta", self.prefix)
+    }
+
+    pub(crate) fn session_messages(&self, session: &Id) -> String {
+        format!("{}{{s:{session}}}:msgs", self.prefix)
+    }
+
+    pub(crate) fn token_stream(&self, stream: &Id) -> String {
+        format!("{}{{st:{stream}}}", self.prefix)
+    }
+
+    pub(crate) fn rate_limit(&self, subject: &Id, name: &Id) -> String {
+        format!("{}{{k:{subject}}}:rl:{name}", self.prefix)
+    }
+
+    pub(crate) fn embedding(&self, model: &Id, version: &Id, sha256_hex: &str) -> String {
+        format!("{}{{e:{model}:{version}}}:{sha256_hex}", self.prefix)
+    }
+
+    pub(crate) fn channel(&self, name: &Id) -> String {
+        format!("{}ch:{name}", self.prefix)
+    }
+}
+
+/// The hash tag of a key (the part between the first `{` and the next `}`), as Redis Cluster
+/// computes it; `None` when the key has no tag.
+pub(crate) fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open + 1..].find('}')? + open + 1;
+    (close > open + 1).then(|| &key[open + 1..close])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_cannot_escape_their_hash_tag_or_segment() {
+        let keys = Keys::default();
+        for raw in [
+            &b"a}b"[..],
+            b"{x}",
+            b"t:1",
+            b"*",
+            b"%41",
+            b"\xff\xfe",
+            b"a b",
+        ] {
+            let id = Id::new(raw).unwrap();
+            assert!(!id.as_str().contains(['{', '}', ':', '*', ' ']), "{id}");
+            let key = keys.session_meta(&id);
+            assert_eq!(hash_tag(&key), Some(format!("s:{id}").as_str()));
+        }
+    }
+
+    #[test]
+    fn encoding_is_injective() {
+        // "%41" must not collide with "A", nor ":" with its percent form.
+        assert_ne!(Id::new("A").unwrap(), Id::new("%41").unwrap());
+        assert_ne!(Id::new(":").unwrap(), Id::new("%3A").unwrap());
+        assert_ne!(Id::new("a").unwrap(), Id::new("a ").unwrap());
+    }
+
+    #[test]
+    fn long_ids_are_hashed_and_empty_ids_rejected() {
+        let long = "x".repeat(10_000);
+        let id = Id::new(&long).unwrap();
+        assert!(id.as_str().starts_with('~') && id.as_str().len() == 65);
+        assert_ne!(id, Id::new("x".repeat(10_001)).unwrap());
+        assert!(matches!(Id::new(""), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn prefix_with_braces_is_rejected() {
+        assert!(Keys::new("a{b}:").is_err());
+        assert_eq!(
+            Keys::new("x:").unwrap().cache_gen(&Id::new("m").unwrap()),
+            "x:{c:m}:gen"
+        );
+    }
+}

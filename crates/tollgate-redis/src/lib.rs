@@ -1,0 +1,46 @@
+//! Redis patterns for LLM applications, each correct on a single node and on a Redis Cluster.
+//!
+//! # Layout
+//! - [`conn`]: the connection (single node or cluster), a timeout on every call, reconnects.
+//! - [`keys`]: every key, built in one place with its hash tag; caller ids encoded safely.
+//! - [`response_cache`]: exact response cache, O(1) invalidation, cross-process single-flight.
+//! - [`session`]: conversation sessions (metadata hash + message stream), windows, owners.
+//! - [`stream`]: token streams, resumable from any entry, readable from any process.
+//! - [`pubsub`]: fire-and-forget fan-out.
+//! - [`rate_limit`]: GCRA, sliding log, sliding counter, fixed window, token bucket, concurrency
+//!   leases, and an all-or-nothing multi-limit check.
+//! - [`embedding_cache`]: embeddings by model, version and text hash.
+//!
+//! Every script is a file in `lua/` with its contract in a header, run by EVALSHA. Every script
+//! uses the server's clock and every write sets a TTL (the one exception is documented in
+//! `lua/cache_store.lua`: a generation counter lives at least as long as its entries).
+
+pub mod conn;
+pub mod embedding_cache;
+pub mod error;
+pub mod keys;
+pub mod pubsub;
+pub mod rate_limit;
+pub mod response_cache;
+mod scripts;
+pub mod session;
+pub mod stream;
+
+pub use conn::{Conn, Redis, RedisConfig};
+pub use embedding_cache::EmbeddingCache;
+pub use error::{Error, Result};
+pub use keys::{Id, Keys};
+pub use pubsub::{Channels, Subscription};
+pub use rate_limit::{Check, Decision, Lease, Limit, LimitKey, MultiDecision, RateLimiter};
+pub use response_cache::{
+    CacheConfig, CacheKey, CacheStats, ComputeError, Outcome, ResponseCache, Stored,
+};
+pub use session::{SessionConfig, SessionInfo, SessionStore, Window};
+pub use stream::{
+    EventKind, Follower, Producer, StreamConfig, StreamEvent, StreamReader, TokenStreams,
+};
+
+/// A duration in whole milliseconds for a Redis argument, at least 1 (Redis rejects 0 TTLs).
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

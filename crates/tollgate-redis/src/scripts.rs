@@ -1,0 +1,24 @@
+//! The Lua scripts, one file each in `lua/` with its KEYS/ARGV/reply contract in a header.
+//! redis-rs `Script` runs them by EVALSHA and loads them again when the server answers NOSCRIPT
+//! (after a restart or a SCRIPT FLUSH); in a cluster EVALSHA is routed by the first key.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        pub(crate) static $name: LazyLock<Script> =
+            LazyLock::new(|| Script::new(include_str!(concat!("../lua/", $file))));
+    };
+}
+
+script!(RATE_LIMIT, "rate_limit.lua");
+script!(TOKEN_RECONCILE, "token_reconcile.lua");
+script!(LEASE_RENEW, "lease_renew.lua");
+script!(LEASE_TOKEN, "lease_token.lua");
+script!(CACHE_LOOKUP, "cache_lookup.lua");
+script!(CACHE_STORE, "cache_store.lua");
+script!(CACHE_INVALIDATE, "cache_invalidate.lua");
+script!(SESSION_WRITE, "session_write.lua");
+script!(SESSION_DELETE, "session_delete.lua");

@@ -1,0 +1,341 @@
+//! Conversation sessions: a metadata hash and the messages in a Redis Stream.
+//!
+//! Invariants: a session has one owner (an API key or user id) and every operation names it; a
+//! caller who is not the owner gets [`Error::NotFound`], exactly as for a missing session, so ids
+//! never leak. Every write refreshes the TTL of both keys in the same script, so a session
+//! expires only when idle (reads do not keep it alive). At most `max_messages` are kept; older
+//! ones are trimmed on append. History comes back in the OpenAI message format, system prompt
+//! first, in one round trip.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Value;
+use tollgate_core::{ApproxTokenCounter, ChatMessage, TokenCounter};
+
+use crate::conn::Redis;
+use crate::error::{Error, Result};
+use crate::keys::{Id, Keys};
+use crate::millis;
+use crate::scripts;
+
+/// Limits of the session store.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// A session with no write for this long expires.
+    pub idle_ttl: Duration,
+    /// Messages kept per session; older ones are trimmed.
+    pub max_messages: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle_ttl: Duration::from_secs(24 * 3600),
+            max_messages: 1000,
+        }
+    }
+}
+
+/// Which part of the history to return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Every stored message.
+    All,
+    /// The last N messages.
+    LastN(usize),
+    /// The most recent messages whose tokens, with the system prompt's, fit the budget.
+    TokenBudget(u32),
+}
+
+/// A session's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The system prompt, if any.
+    pub system: Option<String>,
+    /// Creation time, ms since the epoch (server clock).
+    pub created_ms: u64,
+    /// Last write, ms since the epoch (server clock).
+    pub updated_ms: u64,
+    /// Messages appended over the session's life (stored ones may be fewer, after trimming).
+    pub appended: u64,
+    /// Messages stored now.
+    pub stored: u64,
+}
+
+/// Sessions on one Redis.
+#[derive(Clone)]
+pub struct SessionStore {
+    redis: Redis,
+    keys: Keys,
+    config: SessionConfig,
+    counter: Arc<dyn TokenCounter>,
+}
+
+impl std::fmt::Debug for SessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStore")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl SessionStore {
+    /// A store that counts tokens with the byte-length estimate.
+    pub fn new(redis: Redis, keys: Keys, config: SessionConfig) -> Self {
+        Self::with_counter(redis, keys, config, Arc::new(ApproxTokenCounter))
+    }
+
+    /// A store that counts message tokens with `counter` (stored with each message, for
+    /// [`Window::TokenBudget`]).
+    pub fn with_counter(
+        redis: Redis,
+        keys: Keys,
+        config: SessionConfig,
+        counter: Arc<dyn TokenCounter>,
+    ) -> Self {
+        SessionStore {
+            redis,
+            keys,
+            config,
+            counter,
+        }
+    }
+
+    /// Creates a session owned by `owner`. Creating it again with the same owner is a no-op;
+    /// an id taken by another owner is a [`Error::Conflict`].
+    pub async fn create(&self, id: &str, owner: &str, system: Option<&str>) -> Result<()> {
+        match self.write(id, owner, true, system, false, &[]).await {
+            Err(Error::NotFound) => Err(Error::Conflict("session id is taken".into())),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Appends messages; the session must exist and belong to `owner`. Returns the number of
+    /// messages stored after the append.
+    pub async fn append(&self, id: &str, owner: &str, messages: &[ChatMessage]) -> Result<u64> {
+        self.write(id, owner, false, None, false, messages).await
+    }
+
+    /// Appends messages, creating the session (with `system`) if it does not exist.
+    pub async fn append_or_create(
+        &self,
+        id: &str,
+        owner: &str,
+        system: Option<&str>,
+        messages: &[ChatMessage],
+    ) -> Result<u64> {
+        self.write(id, owner, true, system, false, messages).await
+    }
+
+    /// Replaces the system prompt (`None` removes it).
+    pub async fn set_system(&self, id: &str, owner: &str, system: Option<&str>) -> Result<()> {
+        self.write(id, owner, false, system, true, &[])
+            .await
+            .map(|_| ())
+    }
+
+    async fn write(
+        &self,
+        id: &str,
+        owner: &str,
+        create: bool,
+        system: Option<&str>,
+        replace_system: bool,
+        messages: &[ChatMessage],
+    ) -> Result<u64> {
+        let id = Id::new(id)?;
+        if owner.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a session owner must not be empty".into(),
+            ));
+        }
+        let mut invocation = scripts::SESSION_WRITE.prepare_invoke();
+        invocation
+            .key(self.keys.session_meta(&id))
+            .key(self.keys.session_messages(&id))
+            .arg(owner)
+            .arg(millis(self.config.idle_ttl))
+            .arg(self.config.max_messages.max(1))
+            .arg(if create { "1" } else { "0" })
+            .arg(system.unwrap_or(""))
+            .arg(if replace_system { "1" } else { "0" });
+        for message in messages {
+            let json = serde_json::to_string(message)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            invocation
+                .arg(json)
+                .arg(self.counter.count_message(message));
+        }
+        let (status, stored): (String, u64) =
+            invocation.invoke_async(&mut self.redis.conn()).await?;
+        match status.as_str() {
+            "ok" => Ok(stored),
+            "not_found" => Err(Error::NotFound),
+            other => Err(Error::reply(
+                "session_write",
+                format!("unknown status {other:?}"),
+            )),
+        }
+    }
+
+    /// The session's metadata.
+    pub async fn info(&self, id: &str, owner: &str) -> Result<SessionInfo> {
+        let id = Id::new(id)?;
+        let (meta, stored): (Vec<(String, String)>, u64) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(self.keys.session_meta(&id))
+            .cmd("XLEN")
+            .arg(self.keys.session_messages(&id))
+            .query_async(&mut self.redis.conn())
+            .await?;
+        let meta = Meta::from_fields(meta, owner)?;
+        Ok(meta.into_info(stored))
+    }
+
+    /// The history in OpenAI format: the system prompt (if any), then the window's messages,
+    /// oldest first. One round trip.
+    pub async fn history(&self, id: &str, owner: &str, window: Window) -> Result<Vec<ChatMessage>> {
+        let id = Id::new(id)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(self.keys.session_meta(&id));
+        let msgs = self.keys.session_messages(&id);
+        match window {
+            Window::LastN(n) => pipe
+                .cmd("XREVRANGE")
+                .arg(&msgs)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(n.max(1)),
+            Window::All | Window::TokenBudget(_) => {
+                pipe.cmd("XREVRANGE").arg(&msgs).arg("+").arg("-")
+            }
+        };
+        let (meta, entries): (Vec<(String, String)>, Value) =
+            pipe.query_async(&mut self.redis.conn()).await?;
+        let meta = Meta::from_fields(meta, owner)?;
+        let newest_first = parse_entries(entries)?;
+        let mut out = Vec::new();
+        let mut budget = match window {
+            Window::TokenBudget(b) => Some(b),
+            _ => None,
+        };
+        if let Some(system) = meta.system.filter(|s| !s.is_empty()) {
+            let message = ChatMessage::text("system", system);
+            if let Some(b) = budget.as_mut() {
+                *b = b.saturating_sub(self.counter.count_message(&message));
+            }
+            out.push(message);
+        }
+        if matches!(window, Window::LastN(0)) {
+            return Ok(out);
+        }
+        let mut kept = Vec::new();
+        for (message, tokens) in newest_first {
+            if let Some(b) = budget.as_mut() {
+                if tokens > *b {
+                    break;
+                }
+                *b -= tokens;
+            }
+            kept.push(message);
+        }
+        kept.reverse();
+        out.extend(kept);
+        Ok(out)
+    }
+
+    /// Deletes the session (both keys).
+    pub async fn delete(&self, id: &str, owner: &str) -> Result<()> {
+        let id = Id::new(id)?;
+        let deleted: i64 = scripts::SESSION_DELETE
+            .key(self.keys.session_meta(&id))
+            .key(self.keys.session_messages(&id))
+            .arg(owner)
+            .invoke_async(&mut self.redis.conn())
+            .await?;
+        if deleted == 1 {
+            Ok(())
+        } else {
+            Err(Error::NotFound)
+        }
+    }
+}
+
+struct Meta {
+    system: Option<String>,
+    created_ms: u64,
+    updated_ms: u64,
+    appended: u64,
+}
+
+impl Meta {
+    fn from_fields(fields: Vec<(String, String)>, owner: &str) -> Result<Self> {
+        let mut meta = Meta {
+            system: None,
+            created_ms: 0,
+            updated_ms: 0,
+            appended: 0,
+        };
+        let mut found_owner = None;
+        for (k, v) in fields {
+            match k.as_str() {
+                "owner" => found_owner = Some(v),
+                "system" => meta.system = Some(v).filter(|s| !s.is_empty()),
+                "created_ms" => meta.created_ms = v.parse().unwrap_or(0),
+                "updated_ms" => meta.updated_ms = v.parse().unwrap_or(0),
+                "appended" => meta.appended = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        if found_owner.as_deref() != Some(owner) {
+            return Err(Error::NotFound);
+        }
+        Ok(meta)
+    }
+
+    fn into_info(self, stored: u64) -> SessionInfo {
+        SessionInfo {
+            system: self.system,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            appended: self.appended,
+            stored,
+        }
+    }
+}
+
+/// Parses XRANGE/XREVRANGE entries (`m` message JSON, `t` tokens), in the order given.
+fn parse_entries(reply: Value) -> Result<Vec<(ChatMessage, u32)>> {
+    type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+    let entries: Entries = redis::from_redis_value(reply)
+        .map_err(|e| Error::reply("session history", e.to_string()))?;
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            let mut message = None;
+            let mut tokens = 0;
+            for (k, v) in fields {
+                match k.as_str() {
+                    "m" => {
+                        message = Some(
+                            serde_json::from_slice::<ChatMessage>(&v)
+                                .map_err(|e| Error::Decode(e.to_string()))?,
+                        )
+                    }
+                    "t" => {
+                        tokens = std::str::from_utf8(&v)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0)
+                    }
+                    _ => {}
+                }
+            }
+            let message =
+                message.ok_or_else(|| Error::Decode("session entry without a message".into()))?;
+            Ok((message, tokens))
+        })
+        .collect()
+}

@@ -1,0 +1,339 @@
+//! Token streams: a generation's chunks in a Redis Stream, readable from any process, resumable
+//! from any point.
+//!
+//! Each generation has one producer. Entries carry dense sequence numbers as their stream ids
+//! (`0-1` is the `start` entry, chunks follow, a terminal `done` or `error` entry ends it), so an
+//! SSE `Last-Event-ID` is simply the last sequence number seen, and a gap is detectable. The
+//! stream is bounded (`MAXLEN ~`), expires `ttl_active` after its last write while open, and
+//! `ttl_after_end` after its terminal entry. A reader asking for entries already trimmed gets
+//! [`Error::Trimmed`], never a silent gap. Readers block on a connection of their own, never on
+//! the shared one.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::conn::{Conn, Redis};
+use crate::error::{Error, Result};
+use crate::keys::{Id, Keys};
+use crate::millis;
+
+/// Bounds of token streams.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// About this many entries are kept (older ones trimmed).
+    pub max_len: u64,
+    /// An open stream with no write for this long expires (its producer died).
+    pub ttl_active: Duration,
+    /// A finished stream stays readable this long.
+    pub ttl_after_end: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            max_len: 10_000,
+            ttl_active: Duration::from_secs(300),
+            ttl_after_end: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The first entry; its data is the producer's metadata.
+    Start,
+    /// A chunk of the generation.
+    Chunk,
+    /// The generation ended normally (terminal).
+    Done,
+    /// The generation failed (terminal); data is the error.
+    Error,
+}
+
+impl EventKind {
+    fn code(self) -> &'static str {
+        match self {
+            EventKind::Start => "s",
+            EventKind::Chunk => "c",
+            EventKind::Done => "d",
+            EventKind::Error => "e",
+        }
+    }
+
+    fn from_code(code: &[u8]) -> Option<Self> {
+        match code {
+            b"s" => Some(EventKind::Start),
+            b"c" => Some(EventKind::Chunk),
+            b"d" => Some(EventKind::Done),
+            b"e" => Some(EventKind::Error),
+            _ => None,
+        }
+    }
+
+    /// True for `Done` and `Error`.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EventKind::Done | EventKind::Error)
+    }
+}
+
+/// One entry of a token stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEvent {
+    /// Sequence number (1 is `Start`); what a reader resumes after.
+    pub seq: u64,
+    /// What the entry is.
+    pub kind: EventKind,
+    /// The payload.
+    pub data: Vec<u8>,
+}
+
+/// Token streams on one Redis.
+#[derive(Debug, Clone)]
+pub struct TokenStreams {
+    redis: Redis,
+    keys: Keys,
+    config: StreamConfig,
+}
+
+impl TokenStreams {
+    /// Streams under `keys`' prefix.
+    pub fn new(redis: Redis, keys: Keys, config: StreamConfig) -> Self {
+        TokenStreams {
+            redis,
+            keys,
+            config,
+        }
+    }
+
+    /// Opens stream `id` for writing, with `meta` as the data of its `start` entry. An id that
+    /// already has a stream is a [`Error::Conflict`].
+    pub async fn create(&self, id: &str, meta: &[u8]) -> Result<Producer> {
+        let key = self.keys.token_stream(&Id::new(id)?);
+        let mut producer = Producer {
+            redis: self.redis.clone(),
+            key,
+            config: self.config.clone(),
+            next_seq: 1,
+        };
+        producer.append(EventKind::Start, &[meta]).await?;
+        Ok(producer)
+    }
+
+    /// A reader of stream `id`, with a blocking connection of its own.
+    pub async fn reader(&self, id: &str) -> Result<StreamReader> {
+        let key = self.keys.token_stream(&Id::new(id)?);
+        Ok(StreamReader {
+            redis: self.redis.clone(),
+            key,
+            conn: None,
+        })
+    }
+}
+
+/// The single writer of one stream.
+#[derive(Debug)]
+pub struct Producer {
+    redis: Redis,
+    key: String,
+    config: StreamConfig,
+    next_seq: u64,
+}
+
+impl Producer {
+    /// Appends one chunk; returns its sequence number.
+    pub async fn push(&mut self, chunk: &[u8]) -> Result<u64> {
+        self.append(EventKind::Chunk, &[chunk]).await
+    }
+
+    /// Appends several chunks in one round trip; returns the last sequence number.
+    pub async fn push_many(&mut self, chunks: &[&[u8]]) -> Result<u64> {
+        if chunks.is_empty() {
+            return Ok(self.next_seq - 1);
+        }
+        self.append(EventKind::Chunk, chunks).await
+    }
+
+    /// Ends the stream normally.
+    pub async fn finish(mut self, data: &[u8]) -> Result<u64> {
+        self.append(EventKind::Done, &[data]).await
+    }
+
+    /// Ends the stream with an error.
+    pub async fn fail(mut self, message: &[u8]) -> Result<u64> {
+        self.append(EventKind::Error, &[message]).await
+    }
+
+    /// The sequence number the next entry will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    async fn append(&mut self, kind: EventKind, items: &[&[u8]]) -> Result<u64> {
+        let ttl = if kind.is_terminal() {
+            self.config.ttl_after_end
+        } else {
+            self.config.ttl_active
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (i, data) in items.iter().enumerate() {
+            let seq = self.next_seq + i as u64;
+            pipe.cmd("XADD")
+                .arg(&self.key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.config.max_len.max(1))
+                .arg(format!("0-{seq}"))
+                .arg("k")
+                .arg(kind.code())
+                .arg("d")
+                .arg(*data)
+                .ignore();
+        }
+        pipe.cmd("PEXPIRE").arg(&self.key).arg(millis(ttl)).ignore();
+        match pipe.query_async::<()>(&mut self.redis.conn()).await {
+            Ok(()) => {}
+            Err(e) if e.to_string().contains("equal or smaller") => {
+                return Err(Error::Conflict("the stream id is already in use".into()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.next_seq += items.len() as u64;
+        Ok(self.next_seq - 1)
+    }
+}
+
+/// Reads one stream from any sequence number, blocking for new entries.
+#[derive(Debug)]
+pub struct StreamReader {
+    redis: Redis,
+    key: String,
+    conn: Option<Conn>,
+}
+
+impl StreamReader {
+    /// Entries after sequence number `after` (0 = from the start), waiting up to `block` for the
+    /// first one. An empty result means nothing arrived in time. A stream that does not exist
+    /// (never created, or expired) is [`Error::NotFound`].
+    pub async fn read(&mut self, after: u64, block: Duration) -> Result<Vec<StreamEvent>> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self.conn.insert(
+                self.redis
+                    .dedicated(block + self.redis.command_timeout())
+                    .await?,
+            ),
+        };
+        let block_ms = millis(block);
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1000)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&self.key)
+            .arg(format!("0-{after}"))
+            .query_async(conn)
+            .await?;
+        let events = parse_xread(reply)?;
+        match events.first() {
+            None => {
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(&self.key)
+                    .query_async(&mut self.redis.conn())
+                    .await?;
+                if exists {
+                    Ok(events)
+                } else {
+                    Err(Error::NotFound)
+                }
+            }
+            Some(first) if first.seq != after + 1 => Err(Error::Trimmed {
+                requested: after,
+                oldest: first.seq,
+            }),
+            Some(_) => Ok(events),
+        }
+    }
+
+    /// Follows the stream from `after` to its terminal entry, one event at a time.
+    pub fn follow(self, after: u64, block: Duration) -> Follower {
+        Follower {
+            reader: self,
+            after,
+            block,
+            buffer: VecDeque::new(),
+            ended: false,
+        }
+    }
+}
+
+/// Yields a stream's events in order until (and including) the terminal one.
+#[derive(Debug)]
+pub struct Follower {
+    reader: StreamReader,
+    after: u64,
+    block: Duration,
+    buffer: VecDeque<StreamEvent>,
+    ended: bool,
+}
+
+impl Follower {
+    /// The next event; `Ok(None)` after the terminal event was returned.
+    pub async fn next(&mut self) -> Result<Option<StreamEvent>> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                self.after = event.seq;
+                if event.kind.is_terminal() {
+                    self.ended = true;
+                    self.buffer.clear();
+                }
+                return Ok(Some(event));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            self.buffer
+                .extend(self.reader.read(self.after, self.block).await?);
+        }
+    }
+
+    /// The last sequence number returned (what to resume after).
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+}
+
+fn parse_xread(reply: Value) -> Result<Vec<StreamEvent>> {
+    if matches!(reply, Value::Nil) {
+        return Ok(Vec::new());
+    }
+    type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+    let streams: Vec<(String, Entries)> =
+        redis::from_redis_value(reply).map_err(|e| Error::reply("XREAD", e.to_string()))?;
+    let mut out = Vec::new();
+    for (_, entries) in streams {
+        for (id, fields) in entries {
+            let seq = id
+                .strip_prefix("0-")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::Decode(format!("token stream entry id {id:?}")))?;
+            let mut kind = None;
+            let mut data = Vec::new();
+            for (k, v) in fields {
+                match k.as_slice() {
+                    b"k" => kind = EventKind::from_code(&v),
+                    b"d" => data = v,
+                    _ => {}
+                }
+            }
+            let kind =
+                kind.ok_or_else(|| Error::Decode(format!("token stream entry {id} has no kind")))?;
+            out.push(StreamEvent { seq, kind, data });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,380 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tollgate_redis::{Check, Error, Id, Limit, RateLimiter};
+
+use crate::{Backend, Ctx, pattern_suite};
+
+const CALLERS: usize = 50;
+const CONNS: usize = 3;
+
+/// Runs `CALLERS` concurrent checks of one limit, spread over `CONNS` connections; returns how
+/// many were admitted.
+async fn admitted(ctx: &Ctx, name: &str, limit: Limit, cost: u64) -> u64 {
+    let subject = Id::new("key-1").unwrap();
+    let admitted = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..CALLERS {
+        let limiter = RateLimiter::new(ctx.conn_for(i), ctx.keys.clone());
+        let key = limiter.key(&subject, name).unwrap();
+        let admitted = admitted.clone();
+        tasks.push(tokio::spawn(async move {
+            let d = limiter.check(&key, limit, cost).await.unwrap();
+            if d.allowed {
+                admitted.fetch_add(1, Ordering::SeqCst);
+            } else {
+                assert!(
+                    d.retry_after > Duration::ZERO,
+                    "a refusal says when to retry: {d:?}"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    admitted.load(Ordering::SeqCst)
+}
+
+pattern_suite!(
+    gcra_admits_exactly_its_limit,
+    sliding_log_admits_exactly_its_limit,
+    sliding_counter_admits_exactly_its_limit,
+    fixed_window_admits_exactly_its_limit,
+    token_bucket_admits_exactly_its_capacity,
+    concurrency_admits_exactly_its_slots,
+    multi_limit_is_all_or_nothing_under_concurrency,
+    leases_come_back_when_their_holder_dies,
+    reconcile_refunds_and_charges_tokens,
+    decisions_report_remaining_and_reset,
+    gcra_refills_at_its_rate,
+);
+
+async fn gcra_admits_exactly_its_limit(b: Backend) {
+    let ctx = Ctx::new(b, CONNS).await;
+    let n = admitted(&ctx, "rpm", Limit::per(17, Duration::from_secs(60)), 1).await;
+    assert_eq!(n, 17);
+}
+
+async fn sliding_log_admits_exactly_its_limit(b: Backend) {
+    let ctx = Ctx::new(b, CONNS).await;
+    let n = admitted(
+        &ctx,
+        "log",
+        Limit::SlidingLog {
+            limit: 23,
+            window: Duration::from_secs(60),
+        },
+        1,
+    )
+    .await;
+    assert_eq!(n, 23);
+}
+
+async fn sliding_counter_admits_exactly_its_limit(b: Backend) {
+    let ctx = Ctx::new(b, CONNS).await;
+    // An hour-long window: the test cannot straddle a boundary far enough to weigh in.
+    let n = admitted(
+        &ctx,
+        "ctr",
+        Limit::SlidingCounter {
+            limit: 11,
+            window: Duration::from_secs(3600),
+        },
+        1,
+    )
+    .await;
+    assert_eq!(n, 11);
+}
+
+async fn fixed_window_admits_exactly_its_limit(b: Backend) {
+    let ctx = Ctx::new(b, CONNS).await;
+    // A day-long window, so the burst cannot straddle a boundary.
+    let n = admitted(
+        &ctx,
+        "fix",
+        Limit::FixedWindow {
+            limit: 29,
+            window: Duration::from_secs(86_400),
+        },
+        1,
+    )
+    .await;
+    assert_eq!(n, 29);
+}
+
+async fn token_bucket_admits_exactly_its_capacity(b: Backend) {
+    let ctx = Ctx::new(b, CONNS).await;
+    // 1000 tokens per hour, 70 per request: exactly 14 fit (980), the refill in the test's
+    // lifetime is far below the 50 it would take to fit one more.
+    let n = admitted(
+        &ctx,
+        "tpm",
+        Limit::TokenBucket {
+            capacity: 1000,
+            period: Duration::from_secs(3600),
+        },
+        70,
+    )
+    .await;
+    assert_eq!(n, 14);
+}
+
+async fn concurrency_admits_exactly_its_slots(b: Backend) {
+    let ctx = Ctx::new(b, CONNS).await;
+    let subject = Id::new("key-1").unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..CALLERS {
+        let limiter = RateLimiter::new(ctx.conn_for(i), ctx.keys.clone());
+        let key = limiter.key(&subject, "conc").unwrap();
+        tasks.push(tokio::spawn(async move {
+            limiter
+                .acquire(&key, 7, Duration::from_secs(60))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut leases = Vec::new();
+    for t in tasks {
+        let (d, lease) = t.await.unwrap();
+        assert_eq!(d.allowed, lease.is_some());
+        leases.extend(lease);
+    }
+    assert_eq!(leases.len(), 7);
+    // Releasing one frees exactly one slot.
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let key = limiter.key(&subject, "conc").unwrap();
+    assert!(limiter.release(leases.pop().unwrap()).await.unwrap());
+    let (d, lease) = limiter
+        .acquire(&key, 7, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(d.allowed && lease.is_some());
+    let (d, lease) = limiter
+        .acquire(&key, 7, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(!d.allowed && lease.is_none());
+}
+
+async fn multi_limit_is_all_or_nothing_under_concurrency(b: Backend) {
+    let ctx = Ctx::new(b, CONNS).await;
+    let subject = Id::new("key-9").unwrap();
+    let rpm = Limit::per(30, Duration::from_secs(60));
+    let tpm = Limit::TokenBucket {
+        capacity: 1000,
+        period: Duration::from_secs(3600),
+    };
+    let conc = Limit::Concurrency {
+        limit: 40,
+        lease: Duration::from_secs(60),
+    };
+    let admitted = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..CALLERS {
+        let limiter = RateLimiter::new(ctx.conn_for(i), ctx.keys.clone());
+        let checks = vec![
+            Check {
+                key: limiter.key(&subject, "rpm").unwrap(),
+                limit: rpm,
+                cost: 1,
+            },
+            Check {
+                key: limiter.key(&subject, "tpm").unwrap(),
+                limit: tpm,
+                cost: 90,
+            },
+            Check {
+                key: limiter.key(&subject, "conc").unwrap(),
+                limit: conc,
+                cost: 1,
+            },
+        ];
+        let admitted = admitted.clone();
+        tasks.push(tokio::spawn(async move {
+            let d = limiter.check_all(&checks).await.unwrap();
+            assert_eq!(d.decisions.len(), 3);
+            if d.allowed {
+                assert!(d.lease.is_some());
+                admitted.fetch_add(1, Ordering::SeqCst);
+            } else {
+                assert!(d.lease.is_none());
+                assert!(d.retry_after() > Duration::ZERO);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Tokens bind first: 11 x 90 = 990 <= 1000.
+    assert_eq!(admitted.load(Ordering::SeqCst), 11);
+    // Refused requests charged nothing: the request limit has exactly 30 - 11 left.
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let key = limiter.key(&subject, "rpm").unwrap();
+    let d = limiter.check(&key, rpm, 0).await.unwrap();
+    assert_eq!(d.remaining, 19);
+}
+
+async fn leases_come_back_when_their_holder_dies(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let key = limiter.key(&Id::new("k").unwrap(), "conc").unwrap();
+    let lease = Duration::from_millis(300);
+    let (_, held) = limiter.acquire(&key, 1, lease).await.unwrap();
+    let held = held.unwrap();
+    // The holder renews: its slot stays taken past the first lease period.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(limiter.renew(&held).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(limiter.acquire(&key, 1, lease).await.unwrap().1.is_none());
+    // The holder "dies" (stops renewing): the slot comes back once the lease runs out.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (d, other) = limiter.acquire(&key, 1, lease).await.unwrap();
+    assert!(d.allowed && other.is_some());
+    assert!(
+        !limiter.renew(&held).await.unwrap(),
+        "a lost lease cannot be renewed"
+    );
+}
+
+async fn reconcile_refunds_and_charges_tokens(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let key = limiter.key(&Id::new("k").unwrap(), "tpm").unwrap();
+    let period = Duration::from_secs(3600);
+    let tpm = Limit::TokenBucket {
+        capacity: 1000,
+        period,
+    };
+    // Reserve an estimate of 600; the real usage was 200: 400 come back.
+    assert!(limiter.check(&key, tpm, 600).await.unwrap().allowed);
+    assert!(!limiter.check(&key, tpm, 500).await.unwrap().allowed);
+    let left = limiter
+        .reconcile_tokens(&key, 1000, period, 200 - 600)
+        .await
+        .unwrap();
+    assert!((799..=801).contains(&left), "left {left}");
+    assert!(limiter.check(&key, tpm, 500).await.unwrap().allowed);
+    // Real usage above the reservation puts the bucket in debt, which blocks until repaid.
+    let left = limiter
+        .reconcile_tokens(&key, 1000, period, 700)
+        .await
+        .unwrap();
+    assert!(left < 0, "left {left}");
+    let d = limiter.check(&key, tpm, 1).await.unwrap();
+    assert!(!d.allowed);
+    assert!(d.retry_after > Duration::from_secs(60));
+}
+
+async fn decisions_report_remaining_and_reset(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let subject = Id::new("k").unwrap();
+    let window = Duration::from_secs(60);
+    for limit in [
+        Limit::per(3, window),
+        Limit::SlidingLog { limit: 3, window },
+        Limit::SlidingCounter { limit: 3, window },
+        Limit::FixedWindow { limit: 3, window },
+        Limit::TokenBucket {
+            capacity: 3,
+            period: window,
+        },
+    ] {
+        let key = limiter.key(&subject, &format!("{limit:?}")).unwrap();
+        let mut remaining = Vec::new();
+        for _ in 0..3 {
+            let d = limiter.check(&key, limit, 1).await.unwrap();
+            assert!(d.allowed, "{limit:?}");
+            assert_eq!(d.limit, 3);
+            assert!(
+                d.reset <= window + Duration::from_millis(1),
+                "{limit:?}: {d:?}"
+            );
+            remaining.push(d.remaining);
+        }
+        assert_eq!(remaining, vec![2, 1, 0], "{limit:?}");
+        let d = limiter.check(&key, limit, 1).await.unwrap();
+        assert!(!d.allowed, "{limit:?}");
+        assert_eq!(d.remaining, 0);
+        assert!(
+            d.retry_after > Duration::ZERO && d.retry_after <= window + Duration::from_millis(1),
+            "{limit:?}: {d:?}"
+        );
+    }
+}
+
+async fn gcra_refills_at_its_rate(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let key = limiter.key(&Id::new("k").unwrap(), "rps").unwrap();
+    // 5 per second: one unit every 200 ms.
+    let limit = Limit::per(5, Duration::from_secs(1));
+    for _ in 0..5 {
+        assert!(limiter.check(&key, limit, 1).await.unwrap().allowed);
+    }
+    let d = limiter.check(&key, limit, 1).await.unwrap();
+    assert!(!d.allowed);
+    tokio::time::sleep(d.retry_after + Duration::from_millis(20)).await;
+    assert!(limiter.check(&key, limit, 1).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn rejects_limits_that_cannot_be_met() {
+    let ctx = Ctx::new(Backend::Single, 1).await;
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let key = limiter.key(&Id::new("k").unwrap(), "x").unwrap();
+    let window = Duration::from_secs(1);
+    for (limit, cost) in [
+        (Limit::per(0, window), 1),
+        (Limit::per(5, Duration::ZERO), 1),
+        (
+            Limit::TokenBucket {
+                capacity: 10,
+                period: window,
+            },
+            11,
+        ),
+        (
+            Limit::Gcra {
+                limit: 5,
+                period: window,
+                burst: 0,
+            },
+            1,
+        ),
+    ] {
+        assert!(
+            matches!(
+                limiter.check(&key, limit, cost).await,
+                Err(Error::InvalidArgument(_))
+            ),
+            "{limit:?} cost {cost}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn limits_of_different_subjects_cannot_be_checked_together() {
+    let ctx = Ctx::new(Backend::Cluster, 1).await;
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let limit = Limit::per(5, Duration::from_secs(1));
+    let checks = [
+        Check {
+            key: limiter.key(&Id::new("a").unwrap(), "rpm").unwrap(),
+            limit,
+            cost: 1,
+        },
+        Check {
+            key: limiter.key(&Id::new("b").unwrap(), "rpm").unwrap(),
+            limit,
+            cost: 1,
+        },
+    ];
+    // Refused before it reaches Redis, so never a CROSSSLOT error.
+    assert!(matches!(
+        limiter.check_all(&checks).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}

@@ -1,0 +1,278 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tollgate_redis::{CacheConfig, CacheKey, ComputeError, Outcome, ResponseCache, Stored};
+
+use crate::{Backend, Ctx, pattern_suite};
+
+fn cache(ctx: &Ctx, i: usize, config: CacheConfig) -> ResponseCache {
+    ResponseCache::new(ctx.conn_for(i), ctx.keys.clone(), config)
+}
+
+fn key(tenant: &str, hash: &str) -> CacheKey {
+    CacheKey::new("openai/gpt-4o-mini", tenant, hash).unwrap()
+}
+
+pattern_suite!(
+    twenty_concurrent_callers_compute_once,
+    a_dead_computer_is_taken_over_after_its_lease_expires,
+    a_long_computation_keeps_its_lease,
+    a_failed_computation_caches_nothing_and_lets_another_try,
+    invalidating_a_model_drops_every_entry_at_once,
+    a_value_computed_across_an_invalidation_is_not_stored,
+    tenants_do_not_share_entries,
+    hits_and_misses_are_counted_per_model,
+    large_values_are_compressed_and_oversized_ones_skipped,
+    entries_expire_with_their_ttl,
+);
+
+async fn twenty_concurrent_callers_compute_once(b: Backend) {
+    let ctx = Ctx::new(b, 4).await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let cache = cache(&ctx, i, CacheConfig::default());
+        let calls = calls.clone();
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_compute(&key("t1", "abc123"), None, || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, String>(b"the answer".to_vec())
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        let (value, outcome) = t.await.unwrap();
+        assert_eq!(value, b"the answer");
+        outcomes.push(outcome);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the computation ran once");
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == Outcome::Computed).count(),
+        1
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Computed | Outcome::Waited | Outcome::Hit))
+    );
+}
+
+async fn a_dead_computer_is_taken_over_after_its_lease_expires(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let config = CacheConfig {
+        lease: Duration::from_millis(600),
+        ..CacheConfig::default()
+    };
+    let k = key("t1", "dead");
+    // The first computer takes the lease and never finishes: its task is aborted mid-way, as a
+    // process crash would end it (no release, no more renewals).
+    let first = cache(&ctx, 0, config.clone());
+    let k1 = k.clone();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let doomed = tokio::spawn(async move {
+        first
+            .get_or_compute(&k1, None, || async move {
+                let _ = started_tx.send(());
+                std::future::pending::<()>().await;
+                Ok::<_, String>(b"never".to_vec())
+            })
+            .await
+    });
+    started_rx.await.unwrap();
+    doomed.abort();
+    let second = cache(&ctx, 1, config);
+    let started = std::time::Instant::now();
+    let (value, outcome) = second
+        .get_or_compute(&k, None, || async {
+            Ok::<_, String>(b"taken over".to_vec())
+        })
+        .await
+        .unwrap();
+    assert_eq!(value, b"taken over");
+    assert_eq!(outcome, Outcome::Computed);
+    // It waited for the lease rather than computing alongside a live leader. (A bound on how
+    // long, not a timing assertion: the lease must have been respected.)
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "took over after {:?}",
+        started.elapsed()
+    );
+}
+
+async fn a_long_computation_keeps_its_lease(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let config = CacheConfig {
+        lease: Duration::from_millis(300),
+        ..CacheConfig::default()
+    };
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let cache = cache(&ctx, i, config.clone());
+        let calls = calls.clone();
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_compute(&key("t1", "10ab"), None, || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    // Three lease periods: only renewal keeps the others waiting.
+                    tokio::time::sleep(Duration::from_millis(900)).await;
+                    Ok::<_, String>(b"slow".to_vec())
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().0, b"slow");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+async fn a_failed_computation_caches_nothing_and_lets_another_try(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let cache = cache(&ctx, 0, CacheConfig::default());
+    let k = key("t1", "fa11");
+    let err = cache
+        .get_or_compute(&k, None, || async { Err::<Vec<u8>, _>("upstream 500") })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ComputeError::Compute("upstream 500")));
+    assert_eq!(cache.get(&k).await.unwrap(), None);
+    // The lease was released at once: the next caller leads without waiting for expiry.
+    let (v, o) = cache
+        .get_or_compute(&k, None, || async { Ok::<_, String>(b"ok".to_vec()) })
+        .await
+        .unwrap();
+    assert_eq!((v.as_slice(), o), (&b"ok"[..], Outcome::Computed));
+}
+
+async fn invalidating_a_model_drops_every_entry_at_once(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let cache = cache(&ctx, 0, CacheConfig::default());
+    for i in 0..20 {
+        assert_eq!(
+            cache
+                .put(&key(&format!("t{i}"), "aa"), b"v", None)
+                .await
+                .unwrap(),
+            Stored::Yes
+        );
+    }
+    let other = CacheKey::new("other-model", "t0", "aa").unwrap();
+    cache.put(&other, b"kept", None).await.unwrap();
+    assert_eq!(
+        cache.invalidate_model("openai/gpt-4o-mini").await.unwrap(),
+        1
+    );
+    for i in 0..20 {
+        assert_eq!(cache.get(&key(&format!("t{i}"), "aa")).await.unwrap(), None);
+    }
+    assert_eq!(
+        cache.get(&other).await.unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
+    // New entries work under the new generation.
+    cache.put(&key("t0", "aa"), b"fresh", None).await.unwrap();
+    assert_eq!(
+        cache.get(&key("t0", "aa")).await.unwrap().as_deref(),
+        Some(&b"fresh"[..])
+    );
+}
+
+async fn a_value_computed_across_an_invalidation_is_not_stored(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let cache = cache(&ctx, 0, CacheConfig::default());
+    let k = key("t1", "ace0");
+    let invalidator = cache.clone();
+    let (v, _) = cache
+        .get_or_compute(&k, None, || async move {
+            invalidator
+                .invalidate_model("openai/gpt-4o-mini")
+                .await
+                .unwrap();
+            Ok::<_, String>(b"computed from old data".to_vec())
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, b"computed from old data");
+    assert_eq!(cache.get(&k).await.unwrap(), None);
+}
+
+async fn tenants_do_not_share_entries(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let cache = cache(&ctx, 0, CacheConfig::default());
+    cache
+        .put(&key("tenant-a", "ff"), b"a's answer", None)
+        .await
+        .unwrap();
+    assert_eq!(cache.get(&key("tenant-b", "ff")).await.unwrap(), None);
+    assert_eq!(
+        cache.get(&key("tenant-a", "ff")).await.unwrap().as_deref(),
+        Some(&b"a's answer"[..])
+    );
+}
+
+async fn hits_and_misses_are_counted_per_model(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let cache = cache(&ctx, 0, CacheConfig::default());
+    let k = key("t", "01");
+    assert_eq!(cache.get(&k).await.unwrap(), None);
+    cache.put(&k, b"x", None).await.unwrap();
+    for _ in 0..3 {
+        assert!(cache.get(&k).await.unwrap().is_some());
+    }
+    let stats = cache.stats("openai/gpt-4o-mini").await.unwrap();
+    assert_eq!((stats.hits, stats.misses), (3, 1));
+    assert_eq!(cache.stats("never-used").await.unwrap().hits, 0);
+}
+
+async fn large_values_are_compressed_and_oversized_ones_skipped(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let config = CacheConfig {
+        max_value_bytes: 1 << 20,
+        ..CacheConfig::default()
+    };
+    let cache = cache(&ctx, 0, config);
+    let big: Vec<u8> = "a fairly repetitive completion. "
+        .repeat(20_000)
+        .into_bytes();
+    assert_eq!(
+        cache.put(&key("t", "02"), &big, None).await.unwrap(),
+        Stored::Yes
+    );
+    assert_eq!(
+        cache.get(&key("t", "02")).await.unwrap().as_deref(),
+        Some(big.as_slice())
+    );
+    let too_big = vec![7u8; (1 << 20) + 1];
+    assert_eq!(
+        cache.put(&key("t", "03"), &too_big, None).await.unwrap(),
+        Stored::TooLarge
+    );
+    assert_eq!(cache.get(&key("t", "03")).await.unwrap(), None);
+    // Empty values are values.
+    cache.put(&key("t", "04"), b"", None).await.unwrap();
+    assert_eq!(
+        cache.get(&key("t", "04")).await.unwrap().as_deref(),
+        Some(&b""[..])
+    );
+}
+
+async fn entries_expire_with_their_ttl(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let cache = cache(&ctx, 0, CacheConfig::default());
+    let k = key("t", "05");
+    cache
+        .put(&k, b"short-lived", Some(Duration::from_millis(150)))
+        .await
+        .unwrap();
+    assert!(cache.get(&k).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cache.get(&k).await.unwrap(), None);
+}
