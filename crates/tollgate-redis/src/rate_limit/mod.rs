@@ -266,7 +266,18 @@ impl RateLimiter {
                 "at most one concurrency limit per check".into(),
             ));
         }
-        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        // Only sliding logs and leases need a unique member; skip the randomness otherwise.
+        let needs_id = checks.iter().any(|c| {
+            matches!(
+                c.limit,
+                Limit::SlidingLog { .. } | Limit::Concurrency { .. }
+            )
+        });
+        let request_id = if needs_id {
+            uuid::Uuid::new_v4().simple().to_string()
+        } else {
+            String::new()
+        };
         let mut invocation = scripts::RATE_LIMIT.prepare_invoke();
         invocation.arg(checks.len());
         let mut lease = None;
@@ -391,32 +402,23 @@ impl RateLimiter {
 }
 
 fn parse_multi(reply: Value, n: usize) -> Result<(bool, Vec<Decision>)> {
-    let Value::Array(items) = reply else {
-        return Err(Error::reply("rate_limit", "not an array"));
-    };
-    if items.len() != n + 1 {
+    let fields: Vec<i64> =
+        redis::from_redis_value(reply).map_err(|e| Error::reply("rate_limit", e.to_string()))?;
+    if fields.len() != 1 + 5 * n {
         return Err(Error::reply(
             "rate_limit",
-            format!("{} items for {n} limits", items.len()),
+            format!("{} fields for {n} limits", fields.len()),
         ));
     }
-    let mut items = items.into_iter();
-    let allowed = matches!(items.next(), Some(Value::Int(1)));
-    let decisions = items
-        .map(|item| {
-            let fields: Vec<i64> = redis::from_redis_value(item)
-                .map_err(|e| Error::reply("rate_limit", e.to_string()))?;
-            let [ok, limit, remaining, reset_ms, retry_ms] = fields[..] else {
-                return Err(Error::reply("rate_limit", "a decision needs 5 fields"));
-            };
-            Ok(Decision {
-                allowed: ok == 1,
-                limit: limit.max(0) as u64,
-                remaining: remaining.max(0) as u64,
-                reset: Duration::from_millis(reset_ms.max(0) as u64),
-                retry_after: Duration::from_millis(retry_ms.max(0) as u64),
-            })
+    let decisions = fields[1..]
+        .chunks_exact(5)
+        .map(|d| Decision {
+            allowed: d[0] == 1,
+            limit: d[1].max(0) as u64,
+            remaining: d[2].max(0) as u64,
+            reset: Duration::from_millis(d[3].max(0) as u64),
+            retry_after: Duration::from_millis(d[4].max(0) as u64),
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((allowed, decisions))
+        .collect();
+    Ok((fields[0] == 1, decisions))
 }

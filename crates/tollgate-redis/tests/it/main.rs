@@ -1,6 +1,11 @@
 //! Behaviour of the Redis patterns against real `redis-server`s started by the testkit: every
 //! pattern test runs on a single node and on a 3-master Redis Cluster (`pattern_suite!`).
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers panic on failure, as the tests do"
+)]
+
 mod bad_input;
 mod connection;
 mod embedding_cache;

@@ -1,0 +1,23 @@
+# The two commands of the README are `make run` and `make test`; each installs what it needs.
+.PHONY: run test bench deps lint ci
+
+deps:
+	@scripts/install-deps.sh
+
+## Run tollgate (an embedded redis-server in the data dir unless TOLLGATE_REDIS_URL is set).
+run: deps
+	cargo run --release --locked -p tollgate-cli -- serve
+
+## The whole test suite against real redis-server processes and a real Redis Cluster.
+test: deps
+	cargo test --workspace --locked
+
+## Benchmarks (not tests): ratios against baselines measured in the same run.
+bench: deps
+	cargo run --release --locked -p tollgate-bench -- patterns
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+ci: lint test

@@ -1,0 +1,37 @@
+//! `tollgate-bench`: measures tollgate against baselines taken in the same run on the same
+//! machine, and prints markdown tables of throughput, latency and the ratio to the baseline.
+//! Ratios, not absolute numbers, are what compare across runs on a shared, noisy machine.
+//!
+//! `tollgate-bench patterns`: each Redis pattern's operation at a fixed concurrency over one
+//! multiplexed connection (as a gateway process uses it), against raw GET and raw EVALSHA of a
+//! trivial script on the same server at the same concurrency. The baselines run before and
+//! after the patterns, and the ratio uses their mean, so drift during the run shows.
+
+#![allow(clippy::print_stdout, reason = "a benchmark prints its report")]
+
+mod patterns;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate-bench",
+    about = "tollgate benchmarks with same-run baselines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Throughput of every Redis pattern against raw GET / EVALSHA.
+    Patterns(patterns::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Patterns(args) => patterns::run(args).await,
+    }
+}

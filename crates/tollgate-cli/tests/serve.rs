@@ -1,0 +1,176 @@
+//! The `tollgate` binary end to end: a real process, its embedded redis-server, real sockets.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers panic on failure, as the tests do"
+)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A plain HTTP/1.0 GET; returns (status, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((status, body))
+}
+
+fn tollgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    c.env_remove("TOLLGATE_REDIS_URL")
+        .env_remove("TOLLGATE_MASTER_KEY")
+        .env_remove("TOLLGATE_LISTEN");
+    c
+}
+
+fn wait_ready(addr: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((200, _)) = http_get(addr, "/readyz") {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "tollgate exited before it was ready"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "tollgate was not ready within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn one_line_error(output: &Output) -> String {
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tollgate:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one plain error line, got: {stderr}");
+    lines[0].to_owned()
+}
+
+#[test]
+fn serve_runs_its_own_redis_and_stops_it_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut child = tollgate()
+        .args(["serve", "--listen", &addr])
+        .env("TOLLGATE_DATA_DIR", data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&addr, &mut child);
+    assert_eq!(
+        http_get(&addr, "/healthz").unwrap(),
+        (200, r#"{"status":"ok"}"#.to_owned())
+    );
+    let socket = data.path().join("redis/redis.sock");
+    assert!(
+        socket.exists(),
+        "the embedded redis listens on a unix socket in the data dir"
+    );
+    assert!(
+        data.path().join("redis/appendonlydir").exists(),
+        "AOF persistence is on"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tollgate did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    // The embedded redis-server went with it (its socket file is removed on a clean shutdown).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the embedded redis-server is still running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_uses_an_external_redis_when_given_one() {
+    let redis = tollgate_testkit::RedisServer::start();
+    let addr = free_addr();
+    let mut child = tollgate()
+        .args(["serve", "--listen", &addr])
+        .env("TOLLGATE_REDIS_URL", redis.url())
+        .env("TOLLGATE_DATA_DIR", "/nonexistent/never-used")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&addr, &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_missing_redis_server_is_one_clear_line() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tollgate()
+        .args(["serve", "--listen", &free_addr()])
+        .env("TOLLGATE_DATA_DIR", data.path())
+        .env("TOLLGATE_REDIS_SERVER", "/nonexistent/redis-server")
+        .output()
+        .unwrap();
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("redis-server not found") && line.contains("TOLLGATE_REDIS_URL"),
+        "{line}"
+    );
+}
+
+#[test]
+fn refuses_to_run_open_on_a_public_address() {
+    let out = tollgate()
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    let line = one_line_error(&out);
+    assert!(line.contains("TOLLGATE_MASTER_KEY"), "{line}");
+}
+
+#[test]
+fn bad_arguments_are_reported_without_a_panic() {
+    let out = tollgate()
+        .args(["serve", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value 'not-an-address'"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+}
