@@ -51,6 +51,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,redis=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
