@@ -1,0 +1,51 @@
+//! LLM providers behind one trait, and the router that picks among them.
+//!
+//! # Layout
+//! - [`Provider`]: one upstream; every call streams, a whole answer is the folded stream.
+//! - [`mock`]: deterministic answers derived from the prompt, with latency, rate and errors to
+//!   order, for tests and load.
+//! - [`openai_compat`]: any OpenAI-compatible `/chat/completions` (OpenAI, vLLM, Ollama, llama.cpp).
+//! - [`anthropic`]: the Anthropic Messages API, translated both ways.
+//! - [`router`]: aliases to weighted deployments, retries with jittered backoff, fallback.
+//! - [`sse`]: a server-sent-events parser for upstream streams.
+
+pub mod anthropic;
+pub mod error;
+pub mod mock;
+pub mod openai_compat;
+pub mod router;
+pub mod sse;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use tollgate_core::{ChatChunk, ChatRequest};
+
+pub use error::ProviderError;
+pub use router::{Deployment, RetryPolicy, Routed, Router};
+
+/// A stream of chunks from an upstream; the last ones carry usage and finish reasons.
+pub type ChunkStream = BoxStream<'static, Result<ChatChunk, ProviderError>>;
+
+/// One upstream LLM API.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// Starts a generation. `request.model` is already the upstream's own model name. The future
+    /// resolves once the upstream accepted the request (so retries happen before any chunk).
+    fn chat_stream(
+        &self,
+        request: ChatRequest,
+    ) -> BoxFuture<'static, Result<ChunkStream, ProviderError>>;
+}
+
+/// Installs the TLS crypto provider (ring) once per process; HTTP providers call it.
+pub fn init_tls() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,173 @@
+//! The `mock` provider: answers derived deterministically from the prompt (the same request
+//! always gets the same text), with a first-token latency, a token rate and an error rate to
+//! order. For tests and load tests; it never calls out.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tollgate_core::{ApproxTokenCounter, ChatChunk, ChatRequest, Delta, TokenCounter, Usage};
+
+use crate::{ChunkStream, Provider, ProviderError, unix_now};
+
+/// How the mock behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MockConfig {
+    /// Delay before the first chunk.
+    pub first_token_latency: Duration,
+    /// Chunks per second after the first; 0 sends them all at once.
+    pub tokens_per_second: f64,
+    /// Fraction of requests answered with a 500, 0 to 1 (spread evenly, deterministic).
+    pub error_rate: f64,
+    /// Words generated when the request sets no `max_tokens`.
+    pub default_max_tokens: u32,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            first_token_latency: Duration::ZERO,
+            tokens_per_second: 0.0,
+            error_rate: 0.0,
+            default_max_tokens: 64,
+        }
+    }
+}
+
+/// The mock provider.
+#[derive(Debug, Default)]
+pub struct MockProvider {
+    config: MockConfig,
+    calls: AtomicU64,
+}
+
+impl MockProvider {
+    /// A mock that behaves as `config` says.
+    pub fn new(config: MockConfig) -> Self {
+        MockProvider {
+            config,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// How many generations were started (failed ones included).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+/// The words of the answer to `request`: a fixed lead-in and the last user message, repeated to
+/// fill `max_tokens` (so long answers can be asked for).
+pub fn reply_words(request: &ChatRequest, default_max: u32) -> Vec<String> {
+    let last_user = request
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| m.text_content())
+        .unwrap_or_default();
+    let mut source: Vec<String> = ["This", "is", "a", "mock", "answer", "to:"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    source.extend(last_user.split_whitespace().map(str::to_owned));
+    let max = request.max_output_tokens().unwrap_or(default_max) as usize;
+    source
+        .iter()
+        .cycle()
+        .take(max.min(source.len().max(1) * 64))
+        .cloned()
+        .collect()
+}
+
+impl Provider for MockProvider {
+    fn chat_stream(
+        &self,
+        request: ChatRequest,
+    ) -> BoxFuture<'static, Result<ChunkStream, ProviderError>> {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let config = self.config.clone();
+        Box::pin(async move {
+            // Error k of every 1/rate requests, evenly spread: deterministic for tests.
+            let rate = config.error_rate.clamp(0.0, 1.0);
+            if rate > 0.0 && ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor() {
+                return Err(ProviderError::Upstream {
+                    status: 500,
+                    message: "mock error".into(),
+                });
+            }
+            if !config.first_token_latency.is_zero() {
+                tokio::time::sleep(config.first_token_latency).await;
+            }
+            let words = reply_words(&request, config.default_max_tokens);
+            let max = request
+                .max_output_tokens()
+                .unwrap_or(config.default_max_tokens) as usize;
+            let finish = if words.len() >= max { "length" } else { "stop" };
+            let prompt_tokens: u64 = request
+                .messages
+                .iter()
+                .map(|m| u64::from(ApproxTokenCounter.count_message(m)))
+                .sum();
+            let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+            let created = unix_now();
+            let model = request.model.clone();
+            let mut chunks = Vec::with_capacity(words.len() + 3);
+            let role = Delta {
+                role: Some("assistant".into()),
+                content: Some(String::new()),
+                ..Delta::default()
+            };
+            chunks.push(ChatChunk::delta(&id, created, &model, 0, role, None));
+            for (i, w) in words.iter().enumerate() {
+                let text = if i == 0 { w.clone() } else { format!(" {w}") };
+                chunks.push(ChatChunk::delta(
+                    &id,
+                    created,
+                    &model,
+                    0,
+                    Delta {
+                        content: Some(text),
+                        ..Delta::default()
+                    },
+                    None,
+                ));
+            }
+            chunks.push(ChatChunk::delta(
+                &id,
+                created,
+                &model,
+                0,
+                Delta::default(),
+                Some(finish.into()),
+            ));
+            let mut usage = ChatChunk::delta(&id, created, &model, 0, Delta::default(), None);
+            usage.choices.clear();
+            let completion_tokens = words.len() as u64;
+            usage.usage = Some(Usage {
+                prompt_tokens,
+                completion_tokens,
+                total_tokens: prompt_tokens + completion_tokens,
+            });
+            chunks.push(usage);
+            let gap = if config.tokens_per_second > 0.0 {
+                Some(Duration::from_secs_f64(1.0 / config.tokens_per_second))
+            } else {
+                None
+            };
+            let stream: ChunkStream = match gap {
+                None => futures::stream::iter(chunks.into_iter().map(Ok)).boxed(),
+                Some(gap) => futures::stream::iter(chunks.into_iter().enumerate())
+                    .then(move |(i, c)| async move {
+                        if i > 1 {
+                            tokio::time::sleep(gap).await;
+                        }
+                        Ok(c)
+                    })
+                    .boxed(),
+            };
+            Ok(stream)
+        })
+    }
+}

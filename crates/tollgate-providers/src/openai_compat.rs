@@ -1,0 +1,242 @@
+//! Any OpenAI-compatible `/chat/completions` endpoint: OpenAI, vLLM, Ollama, llama.cpp server.
+//! Every call streams (`stream: true`, `include_usage`), so the gateway can relay and cache
+//! the same way whatever the client asked for.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tollgate_core::{ChatChunk, ChatRequest};
+
+use crate::sse::{SseEvent, SseParser};
+use crate::{ChunkStream, Provider, ProviderError};
+
+/// Time limits of one upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing the connection.
+    pub connect: Duration,
+    /// Until the response headers arrive.
+    pub first_byte: Duration,
+    /// Between two chunks of a stream.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An OpenAI-compatible upstream.
+#[derive(Debug, Clone)]
+pub struct OpenAiCompat {
+    client: reqwest::Client,
+    url: String,
+    api_key: Option<String>,
+    timeouts: Timeouts,
+}
+
+impl OpenAiCompat {
+    /// `base_url` ends before `/chat/completions` (e.g. `https://api.openai.com/v1`).
+    pub fn new(
+        base_url: &str,
+        api_key: Option<String>,
+        timeouts: Timeouts,
+    ) -> Result<Self, ProviderError> {
+        crate::init_tls();
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ProviderError::Connect(e.to_string()))?;
+        Ok(OpenAiCompat {
+            client,
+            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            api_key,
+            timeouts,
+        })
+    }
+}
+
+impl Provider for OpenAiCompat {
+    fn chat_stream(
+        &self,
+        request: ChatRequest,
+    ) -> BoxFuture<'static, Result<ChunkStream, ProviderError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut body = serde_json::to_value(&request)
+                .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+            body["stream"] = serde_json::Value::Bool(true);
+            body["stream_options"] = serde_json::json!({"include_usage": true});
+            let mut call = this
+                .client
+                .post(&this.url)
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            if let Some(key) = &this.api_key {
+                call = call.bearer_auth(key);
+            }
+            let response = tokio::time::timeout(this.timeouts.first_byte, call.send())
+                .await
+                .map_err(|_| ProviderError::Timeout)?
+                .map_err(http_error)?;
+            let status = response.status().as_u16();
+            if status != 200 {
+                return Err(status_error(status, response).await);
+            }
+            Ok(chunk_stream(
+                response,
+                this.timeouts.idle,
+                Box::new(parse_openai_event),
+            ))
+        })
+    }
+}
+
+/// Maps a non-200 answer to the error a caller can act on.
+pub(crate) async fn status_error(status: u16, response: reqwest::Response) -> ProviderError {
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(Duration::from_secs_f64);
+    let body = tokio::time::timeout(Duration::from_secs(5), response.bytes())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let body = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or(body);
+    match status {
+        429 => ProviderError::RateLimited { retry_after },
+        500..=599 => ProviderError::Upstream { status, message },
+        _ => ProviderError::Rejected { status, message },
+    }
+}
+
+pub(crate) fn http_error(e: reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout
+    } else {
+        ProviderError::Connect(e.to_string())
+    }
+}
+
+/// What an upstream event means.
+pub(crate) enum Parsed {
+    Chunks(Vec<ChatChunk>),
+    Skip,
+    End,
+}
+
+fn parse_openai_event(event: &SseEvent) -> Result<Parsed, ProviderError> {
+    let data = event.data.trim();
+    if data == "[DONE]" {
+        return Ok(Parsed::End);
+    }
+    if data.is_empty() {
+        return Ok(Parsed::Skip);
+    }
+    let value: serde_json::Value = serde_json::from_str(data)
+        .map_err(|e| ProviderError::Protocol(format!("bad chunk: {e}")))?;
+    if let Some(error) = value.get("error") {
+        let message = error
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("upstream error")
+            .to_owned();
+        return Err(ProviderError::Upstream {
+            status: 500,
+            message,
+        });
+    }
+    let chunk: ChatChunk = serde_json::from_value(value)
+        .map_err(|e| ProviderError::Protocol(format!("bad chunk: {e}")))?;
+    Ok(Parsed::Chunks(vec![chunk]))
+}
+
+/// Maps one upstream event to chunks; may keep state across events (Anthropic does).
+pub(crate) type EventParser = Box<dyn FnMut(&SseEvent) -> Result<Parsed, ProviderError> + Send>;
+
+/// Turns an SSE response into chunks, with an idle timeout between reads.
+pub(crate) fn chunk_stream(
+    response: reqwest::Response,
+    idle: Duration,
+    parse: EventParser,
+) -> ChunkStream {
+    struct State {
+        body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+        parser: SseParser,
+        pending: VecDeque<ChatChunk>,
+        done: bool,
+        parse: EventParser,
+    }
+    let state = State {
+        body: response.bytes_stream().boxed(),
+        parser: SseParser::default(),
+        pending: VecDeque::new(),
+        done: false,
+        parse,
+    };
+    futures::stream::unfold(state, move |mut s| async move {
+        loop {
+            if let Some(chunk) = s.pending.pop_front() {
+                return Some((Ok(chunk), s));
+            }
+            if s.done {
+                return None;
+            }
+            let bytes = match tokio::time::timeout(idle, s.body.next()).await {
+                Err(_) => {
+                    s.done = true;
+                    return Some((Err(ProviderError::Timeout), s));
+                }
+                Ok(None) => {
+                    s.done = true;
+                    continue;
+                }
+                Ok(Some(Err(e))) => {
+                    s.done = true;
+                    return Some((Err(http_error(e)), s));
+                }
+                Ok(Some(Ok(b))) => b,
+            };
+            let events = match s.parser.feed(&bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    s.done = true;
+                    return Some((Err(ProviderError::Protocol(e)), s));
+                }
+            };
+            for event in events {
+                match (s.parse)(&event) {
+                    Ok(Parsed::Chunks(c)) => s.pending.extend(c),
+                    Ok(Parsed::Skip) => {}
+                    Ok(Parsed::End) => s.done = true,
+                    Err(e) => {
+                        s.done = true;
+                        s.pending.clear();
+                        return Some((Err(e), s));
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}

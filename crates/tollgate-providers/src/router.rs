@@ -1,0 +1,308 @@
+//! Model routing: a model name is `provider/model` (served by the provider of that name) or an
+//! alias that routes to weighted deployments. A call tries one deployment, picked by weight,
+//! retrying retryable errors with jittered exponential backoff, then falls back to the others
+//! in order. Retries happen only before the first chunk: a stream that has started is never
+//! replayed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tollgate_core::ChatRequest;
+
+use crate::{ChunkStream, Provider, ProviderError};
+
+/// Retry behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries per deployment after the first attempt.
+    pub max_retries: u32,
+    /// First backoff; doubles each retry, with full jitter.
+    pub base_backoff: Duration,
+    /// Backoff cap (also caps an upstream's `retry-after`).
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 2,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One place a model is served.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// Name reported in `x-tollgate-route`.
+    pub name: String,
+    /// Who serves it.
+    pub provider: Arc<dyn Provider>,
+    /// The model name the upstream knows.
+    pub upstream_model: String,
+    /// Share of traffic among the alias's deployments.
+    pub weight: u32,
+}
+
+/// A started generation and where it runs.
+pub struct Routed {
+    /// The chunks.
+    pub stream: ChunkStream,
+    /// The deployment that answered.
+    pub deployment: String,
+    /// Attempts made, the successful one included.
+    pub attempts: u32,
+}
+
+impl std::fmt::Debug for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("deployment", &self.deployment)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
+}
+
+/// Providers by name, and aliases.
+#[derive(Debug, Default, Clone)]
+pub struct Router {
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+    aliases: BTreeMap<String, Vec<Deployment>>,
+    retry: RetryPolicy,
+}
+
+impl Router {
+    /// An empty router with `retry`.
+    pub fn new(retry: RetryPolicy) -> Self {
+        Router {
+            retry,
+            ..Router::default()
+        }
+    }
+
+    /// Serves `name/*` with `provider`.
+    pub fn add_provider(&mut self, name: &str, provider: Arc<dyn Provider>) {
+        self.providers.insert(name.to_owned(), provider);
+    }
+
+    /// The provider registered under `name`.
+    pub fn provider(&self, name: &str) -> Option<Arc<dyn Provider>> {
+        self.providers.get(name).cloned()
+    }
+
+    /// Routes `alias` to `deployments`.
+    pub fn add_alias(&mut self, alias: &str, deployments: Vec<Deployment>) {
+        self.aliases.insert(alias.to_owned(), deployments);
+    }
+
+    /// Aliases, for `GET /v1/models`.
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.aliases.keys().map(String::as_str)
+    }
+
+    /// Provider names.
+    pub fn provider_names(&self) -> impl Iterator<Item = &str> {
+        self.providers.keys().map(String::as_str)
+    }
+
+    /// The deployments to try for `model`, in order: one picked by weight, then the rest.
+    pub fn resolve(&self, model: &str) -> Result<Vec<Deployment>, ProviderError> {
+        if let Some(deployments) = self.aliases.get(model) {
+            let mut order = deployments.clone();
+            let total: u64 = order.iter().map(|d| u64::from(d.weight)).sum();
+            if total > 0 {
+                let mut pick = rand::rng().random_range(0..total);
+                let first = order
+                    .iter()
+                    .position(|d| {
+                        let w = u64::from(d.weight);
+                        if pick < w {
+                            true
+                        } else {
+                            pick -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(0);
+                let chosen = order.remove(first);
+                order.insert(0, chosen);
+            }
+            return Ok(order);
+        }
+        if let Some((provider, upstream)) = model.split_once('/')
+            && let Some(p) = self.providers.get(provider)
+            && !upstream.is_empty()
+        {
+            return Ok(vec![Deployment {
+                name: model.to_owned(),
+                provider: p.clone(),
+                upstream_model: upstream.to_owned(),
+                weight: 1,
+            }]);
+        }
+        Err(ProviderError::UnknownModel(model.to_owned()))
+    }
+
+    /// True when `model` can be served.
+    pub fn knows(&self, model: &str) -> bool {
+        self.aliases.contains_key(model)
+            || model
+                .split_once('/')
+                .is_some_and(|(p, m)| !m.is_empty() && self.providers.contains_key(p))
+    }
+
+    /// Starts a generation for `request.model`, with retries and fallback.
+    pub async fn chat_stream(&self, request: &ChatRequest) -> Result<Routed, ProviderError> {
+        let deployments = self.resolve(&request.model)?;
+        let mut attempts = 0;
+        let mut last_error = ProviderError::UnknownModel(request.model.clone());
+        for deployment in deployments {
+            let mut upstream_request = request.clone();
+            upstream_request.model = deployment.upstream_model.clone();
+            for retry in 0..=self.retry.max_retries {
+                attempts += 1;
+                match deployment
+                    .provider
+                    .chat_stream(upstream_request.clone())
+                    .await
+                {
+                    Ok(stream) => {
+                        return Ok(Routed {
+                            stream,
+                            deployment: deployment.name.clone(),
+                            attempts,
+                        });
+                    }
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(deployment = %deployment.name, error = %e, attempt = attempts, "upstream attempt failed");
+                        let wait = match &e {
+                            ProviderError::RateLimited {
+                                retry_after: Some(d),
+                            } => *d,
+                            _ => self.backoff(retry),
+                        };
+                        last_error = e;
+                        if retry < self.retry.max_retries {
+                            tokio::time::sleep(wait.min(self.retry.max_backoff)).await;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Full jitter: uniform in [0, min(cap, base * 2^retry)].
+    fn backoff(&self, retry: u32) -> Duration {
+        let ceiling = self
+            .retry
+            .base_backoff
+            .saturating_mul(1 << retry.min(16))
+            .min(self.retry.max_backoff);
+        ceiling.mul_f64(rand::rng().random::<f64>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::{MockConfig, MockProvider};
+    use futures::StreamExt;
+    use serde_json::json;
+
+    fn request(model: &str) -> ChatRequest {
+        serde_json::from_value(
+            json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .unwrap()
+    }
+
+    fn quick() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 2,
+            base_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn falls_back_after_retries_are_exhausted() {
+        let broken = Arc::new(MockProvider::new(MockConfig {
+            error_rate: 1.0,
+            ..MockConfig::default()
+        }));
+        let healthy = Arc::new(MockProvider::new(MockConfig::default()));
+        let mut router = Router::new(quick());
+        router.add_alias(
+            "smart",
+            vec![
+                Deployment {
+                    name: "broken".into(),
+                    provider: broken.clone(),
+                    upstream_model: "x".into(),
+                    weight: 1,
+                },
+                Deployment {
+                    name: "healthy".into(),
+                    provider: healthy.clone(),
+                    upstream_model: "x".into(),
+                    weight: 0,
+                },
+            ],
+        );
+        let routed = router.chat_stream(&request("smart")).await.unwrap();
+        assert_eq!(routed.deployment, "healthy");
+        assert_eq!(routed.attempts, 4);
+        assert_eq!(broken.calls(), 3);
+        assert!(
+            routed
+                .stream
+                .collect::<Vec<_>>()
+                .await
+                .iter()
+                .all(Result::is_ok)
+        );
+    }
+
+    #[tokio::test]
+    async fn rejections_are_not_retried_and_unknown_models_are_named() {
+        let router = Router::new(quick());
+        match router.chat_stream(&request("nobody/x")).await {
+            Err(ProviderError::UnknownModel(m)) => assert_eq!(m, "nobody/x"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn weights_split_traffic() {
+        let a = Arc::new(MockProvider::new(MockConfig::default()));
+        let b = Arc::new(MockProvider::new(MockConfig::default()));
+        let mut router = Router::new(quick());
+        router.add_alias(
+            "split",
+            vec![
+                Deployment {
+                    name: "a".into(),
+                    provider: a.clone(),
+                    upstream_model: "x".into(),
+                    weight: 9,
+                },
+                Deployment {
+                    name: "b".into(),
+                    provider: b.clone(),
+                    upstream_model: "x".into(),
+                    weight: 1,
+                },
+            ],
+        );
+        for _ in 0..2000 {
+            router.chat_stream(&request("split")).await.unwrap();
+        }
+        let share = a.calls() as f64 / 2000.0;
+        assert!((0.85..0.95).contains(&share), "a got {share}");
+    }
+}
