@@ -7,7 +7,7 @@
 -- ARGV[3]  '1' to count this lookup in the stats (a waiter's polls count once)
 -- ARGV[4]  stats ttl_ms
 -- Reply:   {status, value, generation}; status 'hit' | 'miss' | 'lead' (lease taken: compute) |
---          'wait' (another caller holds the lease)
+--          'wait' (another caller holds the lease; value is the holder's token)
 -- An entry of an older generation was invalidated: it is deleted and reported as a miss.
 
 local gen = redis.call('GET', KEYS[1]) or '0'
@@ -25,7 +25,9 @@ if ARGV[3] == '1' then
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
 if ARGV[1] == '' then return {'miss', '', gen} end
-if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then
+-- SET NX GET (Redis 7.0+): takes the lease, or returns who holds it, in one call.
+local holder = redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
+if not holder then
   return {'lead', '', gen}
 end
-return {'wait', '', gen}
+return {'wait', holder, gen}

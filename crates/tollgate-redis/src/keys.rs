@@ -6,7 +6,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `tg:{c:MODEL}:gen` | string | the model's cache generation (bumped to invalidate the model) |
-//! | `tg:{c:MODEL}:stats` | hash | cache hits/misses of the model |
+//! | `tg:{c:MODEL}:stats` | hash | cache hits/misses of the model, tokens saved by hits |
 //! | `tg:{c:MODEL}:e:TENANT:HASH` | hash | a cache entry: `g` generation, `v` value |
 //! | `tg:{c:MODEL}:l:TENANT:HASH` | string | the single-flight lease of that entry |
 //! | `tg:{s:SESSION}:meta`, `tg:{s:SESSION}:msgs` | hash, stream | a session |
@@ -14,6 +14,9 @@
 //! | `tg:{k:SUBJECT}:rl:NAME` | various | a rate limit of a subject (an API key, a user...) |
 //! | `tg:{e:MODEL:VERSION}:SHA256` | string | a cached embedding |
 //! | `tg:ch:NAME` | pub/sub channel | fire-and-forget fan-out |
+//! | `tg:{ak}:h:SHA256` | string | an API key's record, by the hash of the key (no TTL) |
+//! | `tg:{ak}:index` | hash | API key id -> hash (no TTL) |
+//! | `tg:cache-models` | set | models with cache stats |
 //!
 //! Caller-supplied ids go through [`Id`], which percent-encodes every byte outside
 //! `[A-Za-z0-9_.-/]`. The encoding is injective, so two ids never share a key, and it removes
@@ -132,6 +135,18 @@ impl Keys {
 
     pub(crate) fn embedding(&self, model: &Id, version: &Id, sha256_hex: &str) -> String {
         format!("{}{{e:{model}:{version}}}:{sha256_hex}", self.prefix)
+    }
+
+    pub(crate) fn api_key_by_hash(&self, sha256_hex: &str) -> String {
+        format!("{}{{ak}}:h:{sha256_hex}", self.prefix)
+    }
+
+    pub(crate) fn api_key_index(&self) -> String {
+        format!("{}{{ak}}:index", self.prefix)
+    }
+
+    pub(crate) fn cache_models(&self) -> String {
+        format!("{}cache-models", self.prefix)
     }
 
     pub(crate) fn channel(&self, name: &Id) -> String {

@@ -10,11 +10,13 @@
 //! - [`rate_limit`]: GCRA, sliding log, sliding counter, fixed window, token bucket, concurrency
 //!   leases, and an all-or-nothing multi-limit check.
 //! - [`embedding_cache`]: embeddings by model, version and text hash.
+//! - [`api_keys`]: API keys, stored hashed.
 //!
 //! Every script is a file in `lua/` with its contract in a header, run by EVALSHA. Every script
 //! uses the server's clock and every write sets a TTL (the one exception is documented in
 //! `lua/cache_store.lua`: a generation counter lives at least as long as its entries).
 
+pub mod api_keys;
 pub mod conn;
 pub mod embedding_cache;
 pub mod error;
@@ -26,6 +28,7 @@ mod scripts;
 pub mod session;
 pub mod stream;
 
+pub use api_keys::{ApiKeyRecord, ApiKeys};
 pub use conn::{Conn, Redis, RedisConfig};
 pub use embedding_cache::EmbeddingCache;
 pub use error::{Error, Result};
@@ -33,7 +36,7 @@ pub use keys::{Id, Keys};
 pub use pubsub::{Channels, Subscription};
 pub use rate_limit::{Check, Decision, Lease, Limit, LimitKey, MultiDecision, RateLimiter};
 pub use response_cache::{
-    CacheConfig, CacheKey, CacheStats, ComputeError, Outcome, ResponseCache, Stored,
+    CacheConfig, CacheKey, CacheStats, ComputeError, Lead, Outcome, ResponseCache, Stored,
 };
 pub use session::{SessionConfig, SessionInfo, SessionStore, Window};
 pub use stream::{

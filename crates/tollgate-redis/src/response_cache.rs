@@ -111,13 +111,35 @@ pub enum ComputeError<E> {
     Cache(Error),
 }
 
-/// Hits and misses of one model.
+/// Hits and misses of one model, and what the hits saved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
     /// Lookups that found an entry.
     pub hits: u64,
     /// Lookups that did not.
     pub misses: u64,
+    /// Prompt tokens not sent upstream thanks to hits (as recorded by [`ResponseCache::record_saved`]).
+    pub saved_prompt_tokens: u64,
+    /// Completion tokens not generated upstream thanks to hits.
+    pub saved_completion_tokens: u64,
+}
+
+/// The answer of [`ResponseCache::lead`]: a value, or who computes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lead {
+    /// The value is cached.
+    Hit(Vec<u8>),
+    /// This caller holds the lease: compute, then [`ResponseCache::complete`] or
+    /// [`ResponseCache::abandon`].
+    Leader {
+        /// The generation to store under.
+        generation: String,
+    },
+    /// Another caller holds the lease; `holder` is the token it leads with.
+    Follower {
+        /// The leader's token.
+        holder: String,
+    },
 }
 
 /// What happened to a value handed to [`ResponseCache::put`].
@@ -147,7 +169,7 @@ enum LookupStatus {
     Hit(Vec<u8>),
     Miss,
     Lead,
-    Wait,
+    Wait(String),
 }
 
 struct Lookup {
@@ -178,6 +200,89 @@ impl ResponseCache {
         }
     }
 
+    /// Reads an entry or takes the single-flight lease with `token` (one round trip). The caller
+    /// chooses the token, so it can name something followers use (a stream id, say).
+    pub async fn lead(&self, key: &CacheKey, token: &str, count: bool) -> Result<Lead> {
+        if token.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a lease token must not be empty".into(),
+            ));
+        }
+        let lookup = self.lookup(key, token, count).await?;
+        Ok(match lookup.status {
+            LookupStatus::Hit(v) => Lead::Hit(v),
+            LookupStatus::Lead => Lead::Leader {
+                generation: lookup.generation,
+            },
+            LookupStatus::Wait(holder) => Lead::Follower { holder },
+            LookupStatus::Miss => return Err(Error::reply("cache_lookup", "miss without a lease")),
+        })
+    }
+
+    /// Stores the leader's value (unless the model was invalidated meanwhile) and releases its
+    /// lease.
+    pub async fn complete(
+        &self,
+        key: &CacheKey,
+        generation: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        token: &str,
+    ) -> Result<Stored> {
+        let stored = self.store(key, generation, value, ttl, token).await?;
+        if stored == Stored::Yes {
+            let _: Result<i64, _> = redis::cmd("SADD")
+                .arg(self.keys.cache_models())
+                .arg(key.model.as_str())
+                .query_async(&mut self.redis.conn())
+                .await;
+        }
+        Ok(stored)
+    }
+
+    /// Releases a lease without storing anything (the computation failed).
+    pub async fn abandon(&self, key: &CacheKey, token: &str) -> Result<bool> {
+        self.lease_op(key, token, "release").await
+    }
+
+    /// Extends a lease held with `token`; `false` when it was lost.
+    pub async fn renew(&self, key: &CacheKey, token: &str) -> Result<bool> {
+        self.lease_op(key, token, "renew").await
+    }
+
+    /// Adds what a hit saved to the model's stats.
+    pub async fn record_saved(
+        &self,
+        model: &str,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    ) -> Result<()> {
+        let _: () = redis::pipe()
+            .cmd("HINCRBY")
+            .arg(self.keys.cache_stats(&Id::new(model)?))
+            .arg("saved_prompt_tokens")
+            .arg(prompt_tokens)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(self.keys.cache_stats(&Id::new(model)?))
+            .arg("saved_completion_tokens")
+            .arg(completion_tokens)
+            .ignore()
+            .query_async(&mut self.redis.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Models that have had entries stored (encoded as in keys).
+    pub async fn models(&self) -> Result<Vec<String>> {
+        let mut models: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.cache_models())
+            .query_async(&mut self.redis.conn())
+            .await?;
+        models.sort();
+        Ok(models)
+    }
+
     /// Stores a value under the model's current generation, for `ttl` (default and cap from the
     /// config).
     pub async fn put(&self, key: &CacheKey, value: &[u8], ttl: Option<Duration>) -> Result<Stored> {
@@ -205,17 +310,22 @@ impl ResponseCache {
         Ok(generation)
     }
 
-    /// Hit and miss counters of `model`.
+    /// Hit and miss counters of `model`, and the tokens its hits saved.
     pub async fn stats(&self, model: &str) -> Result<CacheStats> {
-        let (hits, misses): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+        type Counters = (Option<u64>, Option<u64>, Option<u64>, Option<u64>);
+        let (hits, misses, saved_prompt, saved_completion): Counters = redis::cmd("HMGET")
             .arg(self.keys.cache_stats(&Id::new(model)?))
             .arg("hits")
             .arg("misses")
+            .arg("saved_prompt_tokens")
+            .arg("saved_completion_tokens")
             .query_async(&mut self.redis.conn())
             .await?;
         Ok(CacheStats {
             hits: hits.unwrap_or(0),
             misses: misses.unwrap_or(0),
+            saved_prompt_tokens: saved_prompt.unwrap_or(0),
+            saved_completion_tokens: saved_completion.unwrap_or(0),
         })
     }
 
@@ -251,7 +361,7 @@ impl ResponseCache {
                     return Ok((v, if first { Outcome::Hit } else { Outcome::Waited }));
                 }
                 LookupStatus::Lead => break lookup,
-                LookupStatus::Wait | LookupStatus::Miss => {
+                LookupStatus::Wait(_) | LookupStatus::Miss => {
                     if started.elapsed() >= self.config.wait_timeout {
                         return Err(ComputeError::Cache(Error::Timeout(
                             self.config.wait_timeout,
@@ -333,7 +443,7 @@ impl ResponseCache {
             "hit" => LookupStatus::Hit(decode(&value)?),
             "miss" => LookupStatus::Miss,
             "lead" => LookupStatus::Lead,
-            "wait" => LookupStatus::Wait,
+            "wait" => LookupStatus::Wait(String::from_utf8_lossy(&value).into_owned()),
             other => {
                 return Err(Error::reply(
                     "cache_lookup",

@@ -6,6 +6,7 @@
     reason = "test helpers panic on failure, as the tests do"
 )]
 
+mod api_keys;
 mod bad_input;
 mod connection;
 mod embedding_cache;

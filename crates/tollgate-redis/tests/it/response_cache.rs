@@ -276,3 +276,53 @@ async fn entries_expire_with_their_ttl(b: Backend) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(cache.get(&k).await.unwrap(), None);
 }
+
+pattern_suite!(followers_learn_the_leaders_token_and_then_hit);
+
+async fn followers_learn_the_leaders_token_and_then_hit(b: Backend) {
+    use tollgate_redis::Lead;
+    let ctx = Ctx::new(b, 2).await;
+    let a = cache(&ctx, 0, CacheConfig::default());
+    let other = cache(&ctx, 1, CacheConfig::default());
+    let k = key("t", "1ead");
+    let Lead::Leader { generation } = a.lead(&k, "stream-abc", true).await.unwrap() else {
+        panic!("first caller leads")
+    };
+    assert_eq!(
+        other.lead(&k, "stream-def", true).await.unwrap(),
+        Lead::Follower {
+            holder: "stream-abc".into()
+        }
+    );
+    assert_eq!(
+        a.complete(&k, &generation, b"answer", None, "stream-abc")
+            .await
+            .unwrap(),
+        Stored::Yes
+    );
+    assert_eq!(
+        other.lead(&k, "stream-ghi", true).await.unwrap(),
+        Lead::Hit(b"answer".to_vec())
+    );
+    // An abandoned lease frees the key for the next leader at once.
+    let k2 = key("t", "2ead");
+    assert!(matches!(
+        a.lead(&k2, "s1", false).await.unwrap(),
+        Lead::Leader { .. }
+    ));
+    assert!(a.abandon(&k2, "s1").await.unwrap());
+    assert!(matches!(
+        other.lead(&k2, "s2", false).await.unwrap(),
+        Lead::Leader { .. }
+    ));
+    a.record_saved("openai/gpt-4o-mini", 10, 5).await.unwrap();
+    let stats = a.stats("openai/gpt-4o-mini").await.unwrap();
+    assert_eq!(
+        (stats.saved_prompt_tokens, stats.saved_completion_tokens),
+        (10, 5)
+    );
+    assert_eq!(
+        a.models().await.unwrap(),
+        vec!["openai/gpt-4o-mini".to_owned()]
+    );
+}

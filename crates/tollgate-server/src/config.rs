@@ -1,0 +1,522 @@
+//! Configuration: compiled-in defaults (`config/default.toml`) → a file → environment.
+//!
+//! Tables merge and values replace, so a file names only what it changes. Every problem is
+//! collected, not just the first: unknown fields anywhere, type errors in every section, and
+//! the checks of [`Config::validate`] (`tollgate config check` prints them all).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tollgate_core::Normalization;
+
+const DEFAULTS: &str = include_str!("../../../config/default.toml");
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub redis: RedisSection,
+    pub embedded_redis: EmbeddedSection,
+    pub cache: CacheSection,
+    pub limits: LimitsSection,
+    pub tiers: BTreeMap<String, Limits>,
+    pub sessions: SessionsSection,
+    pub streams: StreamsSection,
+    pub retry: RetrySection,
+    pub providers: BTreeMap<String, ProviderSection>,
+    pub aliases: BTreeMap<String, AliasSection>,
+    pub prices: BTreeMap<String, Price>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub shutdown_drain_seconds: u64,
+    pub master_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSection {
+    pub url: String,
+    pub command_timeout_ms: u64,
+    pub key_prefix: String,
+    pub cache_url: String,
+    pub limits_url: String,
+    pub sessions_url: String,
+    pub streams_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddedSection {
+    pub max_memory: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CacheSection {
+    pub enabled: bool,
+    pub default_ttl_seconds: u64,
+    pub max_ttl_seconds: u64,
+    pub max_value_bytes: usize,
+    pub cache_non_deterministic: bool,
+    pub coalesce_wait_seconds: u64,
+    pub normalization: Normalization,
+}
+
+/// What a limit does when Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailPolicy {
+    /// Admit, enforcing this instance's share in process.
+    Open,
+    /// Refuse with 503.
+    Closed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitsSection {
+    pub on_redis_error: FailPolicy,
+    pub expected_instances: u64,
+    pub default_tier: String,
+    pub concurrency_lease_seconds: u64,
+}
+
+/// Limits of a tier, or a key's own (which override its tier's, field by field).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelLimits>,
+}
+
+/// Per-model limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+}
+
+impl Limits {
+    /// `self` over `base`: every field `self` sets wins.
+    pub fn over(&self, base: &Limits) -> Limits {
+        let mut models = base.models.clone();
+        for (m, l) in &self.models {
+            let b = models.remove(m).unwrap_or_default();
+            models.insert(m.clone(), ModelLimits { rpm: l.rpm.or(b.rpm), tpm: l.tpm.or(b.tpm) });
+        }
+        Limits {
+            rpm: self.rpm.or(base.rpm),
+            tpm: self.tpm.or(base.tpm),
+            max_concurrency: self.max_concurrency.or(base.max_concurrency),
+            models,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionsSection {
+    pub idle_ttl_seconds: u64,
+    pub max_messages: u64,
+    pub history_token_budget: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamsSection {
+    pub max_len: u64,
+    pub ttl_active_seconds: u64,
+    pub ttl_after_end_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetrySection {
+    pub max_retries: u32,
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+/// Which API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Mock,
+    Openai,
+    Anthropic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderSection {
+    pub kind: ProviderKind,
+    /// Base URL (`https://api.openai.com/v1`, `http://localhost:11434/v1`, ...).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The API key itself (prefer `api_key_env`).
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// The environment variable holding the API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Models listed by `GET /v1/models` (`name/model`).
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_first_byte_ms")]
+    pub first_byte_timeout_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    /// Mock only: delay before the first chunk.
+    #[serde(default)]
+    pub first_token_latency_ms: u64,
+    /// Mock only: chunks per second (0: all at once).
+    #[serde(default)]
+    pub tokens_per_second: f64,
+    /// Mock only: fraction of requests that fail with 500.
+    #[serde(default)]
+    pub error_rate: f64,
+}
+
+fn default_connect_ms() -> u64 {
+    5_000
+}
+fn default_first_byte_ms() -> u64 {
+    60_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasSection {
+    pub deployments: Vec<AliasDeployment>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasDeployment {
+    /// `provider/model`.
+    pub model: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Dollars per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+impl Price {
+    /// The cost of `prompt` + `completion` tokens.
+    pub fn cost(&self, prompt: u64, completion: u64) -> f64 {
+        (prompt as f64 * self.input_per_million + completion as f64 * self.output_per_million) / 1e6
+    }
+}
+
+impl Config {
+    /// Defaults → `file` → environment (`TOLLGATE_LISTEN`, `TOLLGATE_REDIS_URL`,
+    /// `TOLLGATE_MASTER_KEY`), then [`Config::validate`].
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
+        let mut merged: toml::Table = toml::from_str(DEFAULTS).map_err(|e| ConfigErrors(vec![format!("defaults: {e}")]))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+            merge(&mut merged, table);
+        }
+        let mut overrides = toml::Table::new();
+        for (var, section, field) in [
+            ("TOLLGATE_LISTEN", "server", "listen"),
+            ("TOLLGATE_REDIS_URL", "redis", "url"),
+            ("TOLLGATE_MASTER_KEY", "server", "master_key"),
+        ] {
+            if let Some(v) = env.get(var) {
+                let t = overrides.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(t) = t {
+                    t.insert(field.into(), toml::Value::String(v.clone()));
+                }
+            }
+        }
+        merge(&mut merged, overrides);
+        Self::from_table(merged)
+    }
+
+    fn from_table(mut table: toml::Table) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let known = ["server", "redis", "embedded_redis", "cache", "limits", "tiers", "sessions", "streams", "retry", "providers", "aliases", "prices"];
+        for key in table.keys() {
+            if !known.contains(&key.as_str()) {
+                errors.push(format!("unknown section `{key}`"));
+            }
+        }
+        let mut take = |name: &str| table.remove(name).unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+        let server = section::<ServerConfig>("server", take("server"), &mut errors);
+        let redis = section::<RedisSection>("redis", take("redis"), &mut errors);
+        let embedded_redis = section::<EmbeddedSection>("embedded_redis", take("embedded_redis"), &mut errors);
+        let cache = section::<CacheSection>("cache", take("cache"), &mut errors);
+        let limits = section::<LimitsSection>("limits", take("limits"), &mut errors);
+        let tiers = section::<BTreeMap<String, Limits>>("tiers", take("tiers"), &mut errors);
+        let sessions = section::<SessionsSection>("sessions", take("sessions"), &mut errors);
+        let streams = section::<StreamsSection>("streams", take("streams"), &mut errors);
+        let retry = section::<RetrySection>("retry", take("retry"), &mut errors);
+        let providers = section::<BTreeMap<String, ProviderSection>>("providers", take("providers"), &mut errors);
+        let aliases = section::<BTreeMap<String, AliasSection>>("aliases", take("aliases"), &mut errors);
+        let prices = section::<BTreeMap<String, Price>>("prices", take("prices"), &mut errors);
+        let (
+            Some(server),
+            Some(redis),
+            Some(embedded_redis),
+            Some(cache),
+            Some(limits),
+            Some(tiers),
+            Some(sessions),
+            Some(streams),
+            Some(retry),
+            Some(providers),
+            Some(aliases),
+            Some(prices),
+        ) = (server, redis, embedded_redis, cache, limits, tiers, sessions, streams, retry, providers, aliases, prices)
+        else {
+            return Err(ConfigErrors(errors));
+        };
+        let config = Config { server, redis, embedded_redis, cache, limits, tiers, sessions, streams, retry, providers, aliases, prices };
+        errors.extend(config.problems());
+        if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
+    }
+
+    /// Every semantic problem (empty when the configuration is usable).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!("server.listen: {:?} is not an address like 127.0.0.1:8080", self.server.listen));
+        }
+        if self.server.max_body_bytes < 1024 {
+            p.push("server.max_body_bytes: must be at least 1024".into());
+        }
+        for (name, url) in [
+            ("redis.url", &self.redis.url),
+            ("redis.cache_url", &self.redis.cache_url),
+            ("redis.limits_url", &self.redis.limits_url),
+            ("redis.sessions_url", &self.redis.sessions_url),
+            ("redis.streams_url", &self.redis.streams_url),
+        ] {
+            if !url.is_empty() && !["redis://", "rediss://", "unix://", "redis+unix://", "redis+cluster://"].iter().any(|s| url.starts_with(s)) {
+                p.push(format!("{name}: {url:?} must start with redis://, rediss://, unix:// or redis+cluster://"));
+            }
+        }
+        if self.redis.command_timeout_ms == 0 {
+            p.push("redis.command_timeout_ms: must be at least 1".into());
+        }
+        if self.redis.key_prefix.contains(['{', '}']) {
+            p.push("redis.key_prefix: must not contain { or }".into());
+        }
+        if self.cache.default_ttl_seconds == 0 || self.cache.max_ttl_seconds == 0 {
+            p.push("cache: TTLs must be at least 1 second".into());
+        }
+        if self.limits.expected_instances == 0 {
+            p.push("limits.expected_instances: must be at least 1".into());
+        }
+        if !self.tiers.contains_key(&self.limits.default_tier) {
+            p.push(format!("limits.default_tier: no tier named {:?}", self.limits.default_tier));
+        }
+        if self.limits.concurrency_lease_seconds == 0 {
+            p.push("limits.concurrency_lease_seconds: must be at least 1".into());
+        }
+        for (tier, limits) in &self.tiers {
+            for (what, v) in [("rpm", limits.rpm), ("tpm", limits.tpm), ("max_concurrency", limits.max_concurrency)] {
+                if v == Some(0) {
+                    p.push(format!("tiers.{tier}.{what}: must be at least 1 (leave it out for no limit)"));
+                }
+            }
+        }
+        for (name, provider) in &self.providers {
+            if name.contains('/') || name.is_empty() {
+                p.push(format!("providers.{name}: a provider name must be non-empty and without '/'"));
+            }
+            if provider.kind != ProviderKind::Mock && provider.base_url.as_deref().unwrap_or("").is_empty() {
+                p.push(format!("providers.{name}.base_url: required for {:?} providers", provider.kind));
+            }
+            if provider.kind == ProviderKind::Anthropic && provider.api_key.is_none() && provider.api_key_env.is_none() {
+                p.push(format!("providers.{name}: set api_key_env (or api_key) for Anthropic"));
+            }
+            if !(0.0..=1.0).contains(&provider.error_rate) {
+                p.push(format!("providers.{name}.error_rate: must be between 0 and 1"));
+            }
+            if provider.tokens_per_second < 0.0 {
+                p.push(format!("providers.{name}.tokens_per_second: must not be negative"));
+            }
+            for m in &provider.models {
+                if m.split_once('/').map(|(p, _)| p) != Some(name.as_str()) {
+                    p.push(format!("providers.{name}.models: {m:?} must be named {name}/<model>"));
+                }
+            }
+        }
+        for (alias, a) in &self.aliases {
+            if a.deployments.is_empty() {
+                p.push(format!("aliases.{alias}: needs at least one deployment"));
+            }
+            if a.deployments.iter().all(|d| d.weight == 0) && !a.deployments.is_empty() {
+                p.push(format!("aliases.{alias}: at least one deployment needs a weight above 0"));
+            }
+            for d in &a.deployments {
+                let provider = d.model.split_once('/').map(|(p, _)| p);
+                if !provider.is_some_and(|p| self.providers.contains_key(p)) {
+                    p.push(format!("aliases.{alias}: deployment {:?} names no configured provider", d.model));
+                }
+            }
+        }
+        for (model, price) in &self.prices {
+            if price.input_per_million < 0.0 || price.output_per_million < 0.0 {
+                p.push(format!("prices.{model}: prices must not be negative"));
+            }
+        }
+        p
+    }
+
+    /// The Redis of a subsystem: its own URL, or the shared one.
+    pub fn redis_url_for<'a>(&'a self, own: &'a str) -> &'a str {
+        if own.is_empty() { &self.redis.url } else { own }
+    }
+
+    /// The per-command timeout.
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis.command_timeout_ms)
+    }
+}
+
+fn section<T: DeserializeOwned>(name: &str, value: toml::Value, errors: &mut Vec<String>) -> Option<T> {
+    let mut unknown = Vec::new();
+    let result = serde_ignored::deserialize(value, |path| unknown.push(format!("{name}.{path}")));
+    for u in unknown {
+        errors.push(format!("unknown field `{u}`"));
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(format!("{name}: {}", e.to_string().trim()));
+            None
+        }
+    }
+}
+
+/// Lays `over` onto `base`: tables merge recursively, other values replace.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigErrors> {
+        let dir = std::env::temp_dir().join(format!("tollgate-config-{}", uuid_like()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), &HashMap::new())
+    }
+
+    fn uuid_like() -> String {
+        format!("{:?}{}", std::thread::current().id(), std::process::id()).replace(|c: char| !c.is_alphanumeric(), "")
+    }
+
+    #[test]
+    fn default_config_deserializes_and_validates() {
+        let c = Config::load(None, &HashMap::new()).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.limits.on_redis_error, FailPolicy::Open);
+        assert!(c.providers.contains_key("mock"));
+    }
+
+    #[test]
+    fn a_file_changes_only_what_it_names_and_env_wins() {
+        let dir = std::env::temp_dir().join(format!("tollgate-config-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:9000\"\n[cache]\ndefault_ttl_seconds = 5\n").unwrap();
+        let env = HashMap::from([("TOLLGATE_LISTEN".to_owned(), "127.0.0.1:9100".to_owned())]);
+        let c = Config::load(Some(&path), &env).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9100");
+        assert_eq!(c.cache.default_ttl_seconds, 5);
+        assert_eq!(c.cache.max_ttl_seconds, 604800);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load(
+            r#"
+            [server]
+            listen = "nowhere"
+            colour = "blue"
+            [cache]
+            enabled = "yes"
+            [limits]
+            default_tier = "gold"
+            [providers.openai]
+            kind = "openai"
+            [aliases.smart]
+            deployments = [{ model = "ghost/x", weight = 1 }]
+            [bogus]
+            x = 1
+            "#,
+        )
+        .unwrap_err();
+        let all = err.0.join("\n");
+        for expected in ["unknown section `bogus`", "unknown field `server.colour`", "cache: invalid type"] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        // Semantic checks run only once the sections parse; fix the type error and see them all.
+        let err = load(
+            r#"
+            [server]
+            listen = "nowhere"
+            [limits]
+            default_tier = "gold"
+            [providers.openai]
+            kind = "openai"
+            [aliases.smart]
+            deployments = [{ model = "ghost/x", weight = 1 }]
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err:?}");
+    }
+
+    #[test]
+    fn key_limits_override_their_tier_field_by_field() {
+        let tier = Limits { rpm: Some(60), tpm: Some(1000), max_concurrency: Some(4), models: BTreeMap::new() };
+        let own = Limits { rpm: Some(10), ..Limits::default() };
+        let merged = own.over(&tier);
+        assert_eq!((merged.rpm, merged.tpm, merged.max_concurrency), (Some(10), Some(1000), Some(4)));
+    }
+}
