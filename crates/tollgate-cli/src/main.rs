@@ -1,16 +1,20 @@
 //! The `tollgate` binary: parses the command line and wires the crates together; the work is
 //! done in the library crates.
 
+#![allow(clippy::print_stdout, reason = "a CLI prints its answers")]
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tollgate_redis::{Redis, RedisConfig};
+use tollgate_server::config::Limits;
 use tollgate_server::embedded::{EmbeddedConfig, EmbeddedRedis};
-use tollgate_server::{AppState, serve};
+use tollgate_server::{Config, Gateway, handlers, serve};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,6 +23,12 @@ use tollgate_server::{AppState, serve};
     about = "A Redis-backed gateway for LLM applications"
 )]
 struct Cli {
+    /// Configuration file (over the compiled-in defaults).
+    #[arg(long, global = true, env = "TOLLGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the embedded Redis keeps its files.
+    #[arg(long, global = true, env = "TOLLGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,20 +37,62 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve {
-        /// Address to listen on.
-        #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Redis to use (`redis://`, `rediss://`, `unix://`, `redis+cluster://h:p,h:p`);
-        /// without it tollgate runs a private redis-server in the data dir.
-        #[arg(long, env = "TOLLGATE_REDIS_URL")]
-        redis_url: Option<String>,
-        /// Where the embedded Redis (and later the database) keep their files.
-        #[arg(long, env = "TOLLGATE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// Master key for /admin; without it tollgate runs open, on loopback only.
-        #[arg(long, env = "TOLLGATE_MASTER_KEY", hide_env_values = true)]
-        master_key: Option<String>,
+        /// Address to listen on (over the config and TOLLGATE_LISTEN).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
     },
+    /// Check the configuration and report every problem.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Inspect and invalidate the response cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load the configuration and print every problem (exit 1 when there is one).
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key; prints it once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tier: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        rpm: Option<u64>,
+        #[arg(long)]
+        tpm: Option<u64>,
+        #[arg(long)]
+        max_concurrency: Option<u64>,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Hits, misses and savings per model.
+    Stats,
+    /// Drop every cached answer of a model.
+    Invalidate { model: String },
 }
 
 fn main() -> ExitCode {
@@ -73,61 +125,175 @@ fn main() -> ExitCode {
     }
 }
 
+fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Config::load(file, &env).map_err(|e| anyhow::anyhow!("configuration: {}", e.0.join("; ")))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
     match cli.command {
-        Command::Serve {
-            listen,
-            redis_url,
-            data_dir,
-            master_key,
+        Command::Config {
+            command: ConfigCommand::Check,
         } => {
-            if master_key.is_none() && !listen.ip().is_loopback() {
-                bail!(
-                    "refusing to listen on {listen} without TOLLGATE_MASTER_KEY: set a master key, or listen on a loopback address"
-                );
-            }
-            if master_key.is_none() {
-                tracing::warn!(
-                    "no TOLLGATE_MASTER_KEY: running open (no authentication), on loopback only"
-                );
-            }
-            let (url, embedded) = match redis_url {
-                Some(url) => (url, None),
-                None => {
-                    let data_dir = data_dir.unwrap_or_else(default_data_dir);
-                    let config = EmbeddedConfig {
-                        data_dir: data_dir.join("redis"),
-                        max_memory: "256mb".into(),
-                        binary: std::env::var_os("TOLLGATE_REDIS_SERVER")
-                            .map_or_else(|| "redis-server".into(), PathBuf::from),
-                    };
-                    let server = EmbeddedRedis::start(&config)
-                        .await
-                        .context("embedded redis")?;
-                    tracing::info!(url = %server.url(), "started the embedded redis-server");
-                    (server.url(), Some(server))
+            let env: HashMap<String, String> = std::env::vars().collect();
+            match Config::load(cli.config.as_deref(), &env) {
+                Ok(_) => {
+                    println!("configuration ok");
+                    Ok(())
                 }
-            };
-            let redis = Redis::connect(&RedisConfig::new(&url))
-                .await
-                .context("redis")?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("listen on {listen}"))?;
-            tracing::info!(%listen, "tollgate is serving");
-            let result = serve::serve(
-                listener,
-                AppState { redis },
-                shutdown_signal(),
-                Duration::from_secs(30),
-            )
-            .await;
-            if let Some(server) = embedded {
-                server.stop().await;
+                Err(e) => {
+                    for problem in &e.0 {
+                        println!("{problem}");
+                    }
+                    bail!("{} problem(s) in the configuration", e.0.len())
+                }
             }
-            result.context("serve")
+        }
+        Command::Serve { listen } => {
+            let mut config = load_config(cli.config.as_deref())?;
+            if let Some(listen) = listen {
+                config.server.listen = listen.to_string();
+            }
+            serve_gateway(config, &data_dir).await
+        }
+        Command::Keys { command } => {
+            let gw = connect_gateway(cli.config.as_deref(), &data_dir).await?;
+            match command {
+                KeysCommand::Create {
+                    name,
+                    tier,
+                    tenant,
+                    rpm,
+                    tpm,
+                    max_concurrency,
+                } => {
+                    let limits = Limits {
+                        rpm,
+                        tpm,
+                        max_concurrency,
+                        ..Limits::default()
+                    };
+                    let (record, key) = handlers::create_key(&gw, name, tier, tenant, Some(limits))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    println!(
+                        "id:     {}\nname:   {}\ntier:   {}\ntenant: {}\nkey:    {key}",
+                        record.id, record.name, record.tier, record.tenant
+                    );
+                    eprintln!("the key is shown only now; store it safely");
+                }
+                KeysCommand::List => {
+                    let keys = gw.api_keys.list().await.context("keys")?;
+                    println!(
+                        "{:<26} {:<20} {:<12} {:<12} {:<8} status",
+                        "id", "name", "tier", "prefix", "created"
+                    );
+                    for k in keys {
+                        println!(
+                            "{:<26} {:<20} {:<12} {:<12} {:<8} {}",
+                            k.id,
+                            k.name,
+                            k.tier,
+                            k.prefix,
+                            k.created,
+                            if k.revoked { "revoked" } else { "active" }
+                        );
+                    }
+                }
+                KeysCommand::Revoke { id } => {
+                    gw.api_keys
+                        .revoke(&id)
+                        .await
+                        .with_context(|| format!("revoke {id}"))?;
+                    println!("revoked {id}");
+                }
+            }
+            Ok(())
+        }
+        Command::Cache { command } => {
+            let gw = connect_gateway(cli.config.as_deref(), &data_dir).await?;
+            match command {
+                CacheCommand::Stats => {
+                    let stats = handlers::cache_stats(&gw)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    println!("{}", serde_json::to_string_pretty(&stats)?);
+                }
+                CacheCommand::Invalidate { model } => {
+                    let generation = gw
+                        .cache
+                        .invalidate_model(&model)
+                        .await
+                        .context("invalidate")?;
+                    println!("invalidated {model} (generation {generation})");
+                }
+            }
+            Ok(())
         }
     }
+}
+
+/// For commands other than `serve`: the configured Redis, or the embedded one of a running
+/// `tollgate serve` in the same data dir.
+async fn connect_gateway(
+    config_file: Option<&Path>,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<Gateway>> {
+    let config = load_config(config_file)?;
+    let url = if config.redis.url.is_empty() {
+        let socket = data_dir.join("redis/redis.sock");
+        if !socket.exists() {
+            bail!(
+                "no Redis to talk to: start `tollgate serve` (its embedded Redis is at {}) or set TOLLGATE_REDIS_URL",
+                socket.display()
+            );
+        }
+        format!("unix://{}", socket.display())
+    } else {
+        config.redis.url.clone()
+    };
+    Ok(Arc::new(Gateway::build(config, &url).await?))
+}
+
+async fn serve_gateway(config: Config, data_dir: &Path) -> anyhow::Result<()> {
+    let listen: SocketAddr = config.server.listen.parse().context("server.listen")?;
+    if config.server.master_key.is_empty() && !listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {listen} without TOLLGATE_MASTER_KEY: set a master key, or listen on a loopback address"
+        );
+    }
+    if config.server.master_key.is_empty() {
+        tracing::warn!(
+            "no TOLLGATE_MASTER_KEY: running open (no authentication), on loopback only"
+        );
+    }
+    let (url, embedded) = if config.redis.url.is_empty() {
+        let embedded_config = EmbeddedConfig {
+            data_dir: data_dir.join("redis"),
+            max_memory: config.embedded_redis.max_memory.clone(),
+            binary: std::env::var_os("TOLLGATE_REDIS_SERVER")
+                .map_or_else(|| "redis-server".into(), PathBuf::from),
+        };
+        let server = EmbeddedRedis::start(&embedded_config)
+            .await
+            .context("embedded redis")?;
+        tracing::info!(url = %server.url(), "started the embedded redis-server");
+        (server.url(), Some(server))
+    } else {
+        (config.redis.url.clone(), None)
+    };
+    let drain = Duration::from_secs(config.server.shutdown_drain_seconds);
+    let gateway = Arc::new(Gateway::build(config, &url).await?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    tracing::info!(%listen, "tollgate is serving");
+    let result = serve::serve(listener, gateway, shutdown_signal(), drain).await;
+    if let Some(server) = embedded {
+        server.stop().await;
+    }
+    result.context("serve")
 }
 
 fn default_data_dir() -> PathBuf {

@@ -57,28 +57,30 @@ impl MockProvider {
     }
 }
 
-/// The words of the answer to `request`: a fixed lead-in and the last user message, repeated to
-/// fill `max_tokens` (so long answers can be asked for).
+/// The words of the answer to `request`: a fixed lead-in and the last user message's words, cut
+/// at `max_tokens` (send a longer prompt for a longer answer).
 pub fn reply_words(request: &ChatRequest, default_max: u32) -> Vec<String> {
-    let last_user = request
+    let mut words: Vec<String> = ["This", "is", "a", "mock", "answer", "to:"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    words.extend(
+        last_user_text(request)
+            .split_whitespace()
+            .map(str::to_owned),
+    );
+    words.truncate(request.max_output_tokens().unwrap_or(default_max) as usize);
+    words
+}
+
+fn last_user_text(request: &ChatRequest) -> String {
+    request
         .messages
         .iter()
         .rev()
         .find(|m| m.role == "user")
         .map(|m| m.text_content())
-        .unwrap_or_default();
-    let mut source: Vec<String> = ["This", "is", "a", "mock", "answer", "to:"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    source.extend(last_user.split_whitespace().map(str::to_owned));
-    let max = request.max_output_tokens().unwrap_or(default_max) as usize;
-    source
-        .iter()
-        .cycle()
-        .take(max.min(source.len().max(1) * 64))
-        .cloned()
-        .collect()
+        .unwrap_or_default()
 }
 
 impl Provider for MockProvider {
@@ -104,7 +106,8 @@ impl Provider for MockProvider {
             let max = request
                 .max_output_tokens()
                 .unwrap_or(config.default_max_tokens) as usize;
-            let finish = if words.len() >= max { "length" } else { "stop" };
+            let full = 6 + last_user_text(&request).split_whitespace().count();
+            let finish = if full > max { "length" } else { "stop" };
             let prompt_tokens: u64 = request
                 .messages
                 .iter()

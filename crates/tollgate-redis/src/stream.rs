@@ -122,6 +122,27 @@ impl TokenStreams {
         Ok(producer)
     }
 
+    /// The data of stream `id`'s `start` entry (its producer's metadata); [`Error::NotFound`] when
+    /// the stream does not exist (or is so long its start was trimmed).
+    pub async fn start_meta(&self, id: &str) -> Result<Vec<u8>> {
+        let key = self.keys.token_stream(&Id::new(id)?);
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("0-1")
+            .arg("0-1")
+            .query_async(&mut self.redis.conn())
+            .await?;
+        type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+        let entries: Entries =
+            redis::from_redis_value(reply).map_err(|e| Error::reply("XRANGE", e.to_string()))?;
+        let (_, fields) = entries.into_iter().next().ok_or(Error::NotFound)?;
+        Ok(fields
+            .into_iter()
+            .find(|(k, _)| k == b"d")
+            .map(|(_, v)| v)
+            .unwrap_or_default())
+    }
+
     /// A reader of stream `id`, with a blocking connection of its own.
     pub async fn reader(&self, id: &str) -> Result<StreamReader> {
         let key = self.keys.token_stream(&Id::new(id)?);

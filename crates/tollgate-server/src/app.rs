@@ -1,28 +1,77 @@
-//! The HTTP surface: routes and the state they share.
+//! The HTTP surface: paths only, and the layers every request goes through.
 
-use axum::extract::State;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
 use axum::http::Uri;
-use axum::routing::get;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tollgate_redis::Redis;
 
 use crate::error::ApiError;
-
-/// What handlers share.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// The shared Redis.
-    pub redis: Redis,
-}
+use crate::handlers as h;
+use crate::metrics::Route;
+pub use crate::state::AppState;
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .route("/v1/chat/completions", post(h::chat_completions_handler))
+        .route("/v1/models", get(h::models_handler))
+        .route("/v1/streams/{id}", get(h::stream_handler))
+        .route("/v1/sessions", post(h::create_session_handler))
+        .route(
+            "/v1/sessions/{id}",
+            get(h::get_session_handler).delete(h::delete_session_handler),
+        )
+        .route(
+            "/v1/sessions/{id}/messages",
+            get(h::session_messages_handler),
+        )
+        .route(
+            "/admin/keys",
+            post(h::create_key_handler).get(h::list_keys_handler),
+        )
+        .route(
+            "/admin/keys/{id}",
+            axum::routing::delete(h::revoke_key_handler),
+        )
+        .route("/admin/cache/stats", get(h::cache_stats_handler))
+        .route("/admin/cache/invalidate", post(h::invalidate_handler))
+        .route("/metrics", get(h::metrics_handler))
         .route("/healthz", get(healthz_handler))
         .route("/readyz", get(readyz_handler))
         .fallback(not_found_handler)
+        .layer(middleware::from_fn_with_state(state.clone(), measure))
         .with_state(state)
+}
+
+fn route_of(path: &str) -> Route {
+    if path == "/v1/chat/completions" {
+        Route::ChatCompletions
+    } else if path.starts_with("/v1/streams/") {
+        Route::Streams
+    } else if path.starts_with("/v1/sessions") {
+        Route::Sessions
+    } else if path == "/v1/models" {
+        Route::Models
+    } else if path.starts_with("/admin/") {
+        Route::Admin
+    } else {
+        Route::Other
+    }
+}
+
+/// Counts and times every request (to its response head: streams are counted when they start).
+async fn measure(State(gw): State<AppState>, request: Request, next: Next) -> Response {
+    let route = route_of(request.uri().path());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    gw.metrics
+        .request(route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// Liveness: the process answers.
@@ -31,9 +80,8 @@ async fn healthz_handler() -> Json<Value> {
 }
 
 /// Readiness: Redis answers a PING within its timeout.
-async fn readyz_handler(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state
-        .redis
+async fn readyz_handler(State(gw): State<AppState>) -> Result<Json<Value>, ApiError> {
+    gw.redis
         .ping()
         .await
         .map_err(|e| ApiError::Unavailable(format!("redis: {e}")))?;
@@ -41,5 +89,5 @@ async fn readyz_handler(State(state): State<AppState>) -> Result<Json<Value>, Ap
 }
 
 async fn not_found_handler(uri: Uri) -> ApiError {
-    ApiError::NotFound(uri.path().to_owned())
+    ApiError::NotFound(format!("unknown path {}", uri.path()))
 }

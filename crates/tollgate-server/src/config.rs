@@ -120,7 +120,13 @@ impl Limits {
         let mut models = base.models.clone();
         for (m, l) in &self.models {
             let b = models.remove(m).unwrap_or_default();
-            models.insert(m.clone(), ModelLimits { rpm: l.rpm.or(b.rpm), tpm: l.tpm.or(b.tpm) });
+            models.insert(
+                m.clone(),
+                ModelLimits {
+                    rpm: l.rpm.or(b.rpm),
+                    tpm: l.tpm.or(b.tpm),
+                },
+            );
         }
         Limits {
             rpm: self.rpm.or(base.rpm),
@@ -240,11 +246,17 @@ impl Price {
 impl Config {
     /// Defaults → `file` → environment (`TOLLGATE_LISTEN`, `TOLLGATE_REDIS_URL`,
     /// `TOLLGATE_MASTER_KEY`), then [`Config::validate`].
-    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
-        let mut merged: toml::Table = toml::from_str(DEFAULTS).map_err(|e| ConfigErrors(vec![format!("defaults: {e}")]))?;
+    pub fn load(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut merged: toml::Table =
+            toml::from_str(DEFAULTS).map_err(|e| ConfigErrors(vec![format!("defaults: {e}")]))?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+            let table: toml::Table = toml::from_str(&text)
+                .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
             merge(&mut merged, table);
         }
         let mut overrides = toml::Table::new();
@@ -254,7 +266,9 @@ impl Config {
             ("TOLLGATE_MASTER_KEY", "server", "master_key"),
         ] {
             if let Some(v) = env.get(var) {
-                let t = overrides.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let t = overrides
+                    .entry(section)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 if let toml::Value::Table(t) = t {
                     t.insert(field.into(), toml::Value::String(v.clone()));
                 }
@@ -266,24 +280,47 @@ impl Config {
 
     fn from_table(mut table: toml::Table) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
-        let known = ["server", "redis", "embedded_redis", "cache", "limits", "tiers", "sessions", "streams", "retry", "providers", "aliases", "prices"];
+        let known = [
+            "server",
+            "redis",
+            "embedded_redis",
+            "cache",
+            "limits",
+            "tiers",
+            "sessions",
+            "streams",
+            "retry",
+            "providers",
+            "aliases",
+            "prices",
+        ];
         for key in table.keys() {
             if !known.contains(&key.as_str()) {
                 errors.push(format!("unknown section `{key}`"));
             }
         }
-        let mut take = |name: &str| table.remove(name).unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+        let mut take = |name: &str| {
+            table
+                .remove(name)
+                .unwrap_or_else(|| toml::Value::Table(toml::Table::new()))
+        };
         let server = section::<ServerConfig>("server", take("server"), &mut errors);
         let redis = section::<RedisSection>("redis", take("redis"), &mut errors);
-        let embedded_redis = section::<EmbeddedSection>("embedded_redis", take("embedded_redis"), &mut errors);
+        let embedded_redis =
+            section::<EmbeddedSection>("embedded_redis", take("embedded_redis"), &mut errors);
         let cache = section::<CacheSection>("cache", take("cache"), &mut errors);
         let limits = section::<LimitsSection>("limits", take("limits"), &mut errors);
         let tiers = section::<BTreeMap<String, Limits>>("tiers", take("tiers"), &mut errors);
         let sessions = section::<SessionsSection>("sessions", take("sessions"), &mut errors);
         let streams = section::<StreamsSection>("streams", take("streams"), &mut errors);
         let retry = section::<RetrySection>("retry", take("retry"), &mut errors);
-        let providers = section::<BTreeMap<String, ProviderSection>>("providers", take("providers"), &mut errors);
-        let aliases = section::<BTreeMap<String, AliasSection>>("aliases", take("aliases"), &mut errors);
+        let providers = section::<BTreeMap<String, ProviderSection>>(
+            "providers",
+            take("providers"),
+            &mut errors,
+        );
+        let aliases =
+            section::<BTreeMap<String, AliasSection>>("aliases", take("aliases"), &mut errors);
         let prices = section::<BTreeMap<String, Price>>("prices", take("prices"), &mut errors);
         let (
             Some(server),
@@ -298,20 +335,53 @@ impl Config {
             Some(providers),
             Some(aliases),
             Some(prices),
-        ) = (server, redis, embedded_redis, cache, limits, tiers, sessions, streams, retry, providers, aliases, prices)
+        ) = (
+            server,
+            redis,
+            embedded_redis,
+            cache,
+            limits,
+            tiers,
+            sessions,
+            streams,
+            retry,
+            providers,
+            aliases,
+            prices,
+        )
         else {
             return Err(ConfigErrors(errors));
         };
-        let config = Config { server, redis, embedded_redis, cache, limits, tiers, sessions, streams, retry, providers, aliases, prices };
+        let config = Config {
+            server,
+            redis,
+            embedded_redis,
+            cache,
+            limits,
+            tiers,
+            sessions,
+            streams,
+            retry,
+            providers,
+            aliases,
+            prices,
+        };
         errors.extend(config.problems());
-        if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// Every semantic problem (empty when the configuration is usable).
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.server.listen.parse::<SocketAddr>().is_err() {
-            p.push(format!("server.listen: {:?} is not an address like 127.0.0.1:8080", self.server.listen));
+            p.push(format!(
+                "server.listen: {:?} is not an address like 127.0.0.1:8080",
+                self.server.listen
+            ));
         }
         if self.server.max_body_bytes < 1024 {
             p.push("server.max_body_bytes: must be at least 1024".into());
@@ -323,7 +393,17 @@ impl Config {
             ("redis.sessions_url", &self.redis.sessions_url),
             ("redis.streams_url", &self.redis.streams_url),
         ] {
-            if !url.is_empty() && !["redis://", "rediss://", "unix://", "redis+unix://", "redis+cluster://"].iter().any(|s| url.starts_with(s)) {
+            if !url.is_empty()
+                && ![
+                    "redis://",
+                    "rediss://",
+                    "unix://",
+                    "redis+unix://",
+                    "redis+cluster://",
+                ]
+                .iter()
+                .any(|s| url.starts_with(s))
+            {
                 p.push(format!("{name}: {url:?} must start with redis://, rediss://, unix:// or redis+cluster://"));
             }
         }
@@ -340,37 +420,64 @@ impl Config {
             p.push("limits.expected_instances: must be at least 1".into());
         }
         if !self.tiers.contains_key(&self.limits.default_tier) {
-            p.push(format!("limits.default_tier: no tier named {:?}", self.limits.default_tier));
+            p.push(format!(
+                "limits.default_tier: no tier named {:?}",
+                self.limits.default_tier
+            ));
         }
         if self.limits.concurrency_lease_seconds == 0 {
             p.push("limits.concurrency_lease_seconds: must be at least 1".into());
         }
         for (tier, limits) in &self.tiers {
-            for (what, v) in [("rpm", limits.rpm), ("tpm", limits.tpm), ("max_concurrency", limits.max_concurrency)] {
+            for (what, v) in [
+                ("rpm", limits.rpm),
+                ("tpm", limits.tpm),
+                ("max_concurrency", limits.max_concurrency),
+            ] {
                 if v == Some(0) {
-                    p.push(format!("tiers.{tier}.{what}: must be at least 1 (leave it out for no limit)"));
+                    p.push(format!(
+                        "tiers.{tier}.{what}: must be at least 1 (leave it out for no limit)"
+                    ));
                 }
             }
         }
         for (name, provider) in &self.providers {
             if name.contains('/') || name.is_empty() {
-                p.push(format!("providers.{name}: a provider name must be non-empty and without '/'"));
+                p.push(format!(
+                    "providers.{name}: a provider name must be non-empty and without '/'"
+                ));
             }
-            if provider.kind != ProviderKind::Mock && provider.base_url.as_deref().unwrap_or("").is_empty() {
-                p.push(format!("providers.{name}.base_url: required for {:?} providers", provider.kind));
+            if provider.kind != ProviderKind::Mock
+                && provider.base_url.as_deref().unwrap_or("").is_empty()
+            {
+                p.push(format!(
+                    "providers.{name}.base_url: required for {:?} providers",
+                    provider.kind
+                ));
             }
-            if provider.kind == ProviderKind::Anthropic && provider.api_key.is_none() && provider.api_key_env.is_none() {
-                p.push(format!("providers.{name}: set api_key_env (or api_key) for Anthropic"));
+            if provider.kind == ProviderKind::Anthropic
+                && provider.api_key.is_none()
+                && provider.api_key_env.is_none()
+            {
+                p.push(format!(
+                    "providers.{name}: set api_key_env (or api_key) for Anthropic"
+                ));
             }
             if !(0.0..=1.0).contains(&provider.error_rate) {
-                p.push(format!("providers.{name}.error_rate: must be between 0 and 1"));
+                p.push(format!(
+                    "providers.{name}.error_rate: must be between 0 and 1"
+                ));
             }
             if provider.tokens_per_second < 0.0 {
-                p.push(format!("providers.{name}.tokens_per_second: must not be negative"));
+                p.push(format!(
+                    "providers.{name}.tokens_per_second: must not be negative"
+                ));
             }
             for m in &provider.models {
                 if m.split_once('/').map(|(p, _)| p) != Some(name.as_str()) {
-                    p.push(format!("providers.{name}.models: {m:?} must be named {name}/<model>"));
+                    p.push(format!(
+                        "providers.{name}.models: {m:?} must be named {name}/<model>"
+                    ));
                 }
             }
         }
@@ -379,12 +486,17 @@ impl Config {
                 p.push(format!("aliases.{alias}: needs at least one deployment"));
             }
             if a.deployments.iter().all(|d| d.weight == 0) && !a.deployments.is_empty() {
-                p.push(format!("aliases.{alias}: at least one deployment needs a weight above 0"));
+                p.push(format!(
+                    "aliases.{alias}: at least one deployment needs a weight above 0"
+                ));
             }
             for d in &a.deployments {
                 let provider = d.model.split_once('/').map(|(p, _)| p);
                 if !provider.is_some_and(|p| self.providers.contains_key(p)) {
-                    p.push(format!("aliases.{alias}: deployment {:?} names no configured provider", d.model));
+                    p.push(format!(
+                        "aliases.{alias}: deployment {:?} names no configured provider",
+                        d.model
+                    ));
                 }
             }
         }
@@ -407,7 +519,11 @@ impl Config {
     }
 }
 
-fn section<T: DeserializeOwned>(name: &str, value: toml::Value, errors: &mut Vec<String>) -> Option<T> {
+fn section<T: DeserializeOwned>(
+    name: &str,
+    value: toml::Value,
+    errors: &mut Vec<String>,
+) -> Option<T> {
     let mut unknown = Vec::new();
     let result = serde_ignored::deserialize(value, |path| unknown.push(format!("{name}.{path}")));
     for u in unknown {
@@ -447,7 +563,8 @@ mod tests {
     }
 
     fn uuid_like() -> String {
-        format!("{:?}{}", std::thread::current().id(), std::process::id()).replace(|c: char| !c.is_alphanumeric(), "")
+        format!("{:?}{}", std::thread::current().id(), std::process::id())
+            .replace(|c: char| !c.is_alphanumeric(), "")
     }
 
     #[test]
@@ -463,7 +580,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tollgate-config-env-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
-        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:9000\"\n[cache]\ndefault_ttl_seconds = 5\n").unwrap();
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[cache]\ndefault_ttl_seconds = 5\n",
+        )
+        .unwrap();
         let env = HashMap::from([("TOLLGATE_LISTEN".to_owned(), "127.0.0.1:9100".to_owned())]);
         let c = Config::load(Some(&path), &env).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9100");
@@ -492,7 +613,11 @@ mod tests {
         )
         .unwrap_err();
         let all = err.0.join("\n");
-        for expected in ["unknown section `bogus`", "unknown field `server.colour`", "cache: invalid type"] {
+        for expected in [
+            "unknown section `bogus`",
+            "unknown field `server.colour`",
+            "cache: invalid type",
+        ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
         // Semantic checks run only once the sections parse; fix the type error and see them all.
@@ -514,9 +639,20 @@ mod tests {
 
     #[test]
     fn key_limits_override_their_tier_field_by_field() {
-        let tier = Limits { rpm: Some(60), tpm: Some(1000), max_concurrency: Some(4), models: BTreeMap::new() };
-        let own = Limits { rpm: Some(10), ..Limits::default() };
+        let tier = Limits {
+            rpm: Some(60),
+            tpm: Some(1000),
+            max_concurrency: Some(4),
+            models: BTreeMap::new(),
+        };
+        let own = Limits {
+            rpm: Some(10),
+            ..Limits::default()
+        };
         let merged = own.over(&tier);
-        assert_eq!((merged.rpm, merged.tpm, merged.max_concurrency), (Some(10), Some(1000), Some(4)));
+        assert_eq!(
+            (merged.rpm, merged.tpm, merged.max_concurrency),
+            (Some(10), Some(1000), Some(4))
+        );
     }
 }

@@ -2,14 +2,29 @@
 //!
 //! # Layout
 //! - [`app`]: `app(state) -> Router`, the whole HTTP surface; tests call it without a socket.
+//! - [`handlers`]: thin HTTP handlers; [`chat`]: the chat request path, callable without HTTP.
+//! - [`auth`], [`limits`]: who is calling, and the rate limits of the request path.
+//! - [`config`]: defaults → file → environment, every problem reported at once.
+//! - [`state`]: the gateway's shared state, built from the configuration.
 //! - [`error`]: `ApiError`, every failure as an OpenAI-shaped JSON error with its status.
+//! - [`sse`], [`metrics`]: server-sent events out, Prometheus metrics.
 //! - [`embedded`]: the private `redis-server` child tollgate runs when no Redis URL is given.
 //! - [`serve`]: binds, serves, and drains on shutdown.
 
 pub mod app;
+pub mod auth;
+pub mod chat;
+pub mod config;
 pub mod embedded;
 pub mod error;
+pub mod handlers;
+pub mod limits;
+pub mod metrics;
 pub mod serve;
+pub mod sse;
+pub mod state;
 
-pub use app::{AppState, app};
+pub use app::app;
+pub use config::Config;
 pub use error::ApiError;
+pub use state::{AppState, Gateway};

@@ -1,70 +1,141 @@
-//! The HTTP surface, called as a tower service (no socket), against a real redis-server.
+//! The HTTP surface, called as a tower service (no socket), against a real redis-server and the
+//! built-in mock provider.
 
 #![allow(
     clippy::unwrap_used,
     reason = "test helpers panic on failure, as the tests do"
 )]
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use serde_json::Value;
-use tollgate_redis::{Redis, RedisConfig};
-use tollgate_server::{AppState, app};
-use tollgate_testkit::RedisServer;
+use serde_json::{Value, json};
+use tollgate_server::{AppState, Config, Gateway, app};
+use tollgate_testkit::{RedisServer, shared_redis, unique_prefix};
 use tower::ServiceExt;
 
-async fn get(state: &AppState, path: &str) -> (StatusCode, Value) {
-    let response = app(state.clone())
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn gateway_on(url: &str, extra: &str) -> AppState {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.toml");
+    let text = format!(
+        "[redis]\nkey_prefix = \"{}\"\ncommand_timeout_ms = 300\n{extra}",
+        unique_prefix()
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(Some(&path), &HashMap::new()).unwrap();
+    Arc::new(Gateway::build(config, url).await.unwrap())
+}
+
+async fn gateway(extra: &str) -> AppState {
+    gateway_on(&shared_redis().url(), extra).await
+}
+
+async fn call(
+    gw: &AppState,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+    let response = app(gw.clone())
+        .oneshot(req.body(body).unwrap())
         .await
         .unwrap();
     let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap())
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
 }
 
-async fn state(url: String) -> AppState {
-    let redis = Redis::connect(&RedisConfig {
-        url,
-        command_timeout: Duration::from_millis(300),
-    })
-    .await
-    .unwrap();
-    AppState { redis }
+fn chat(content: &str) -> Value {
+    json!({"model": "mock/echo", "temperature": 0, "messages": [{"role": "user", "content": content}]})
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse_data(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn sse_text(text: &str) -> String {
+    sse_data(text)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 #[tokio::test]
-async fn health_and_readiness_answer_when_redis_is_up() {
-    let server = RedisServer::start();
-    let state = state(server.url()).await;
+async fn health_readiness_and_unknown_paths() {
+    let gw = gateway("").await;
     assert_eq!(
-        get(&state, "/healthz").await,
-        (StatusCode::OK, serde_json::json!({"status": "ok"}))
+        call(&gw, "GET", "/healthz", &[], None).await.json(),
+        json!({"status": "ok"})
     );
-    let (status, body) = get(&state, "/readyz").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["redis"], "ok");
+    assert_eq!(
+        call(&gw, "GET", "/readyz", &[], None).await.status,
+        StatusCode::OK
+    );
+    let r = call(&gw, "GET", "/v1/nothing-here", &[], None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["error"]["type"], "not_found_error");
 }
 
 #[tokio::test]
-async fn not_ready_but_alive_when_redis_is_down() {
+async fn not_ready_but_alive_when_redis_is_down_and_ready_again_when_it_returns() {
     let mut server = RedisServer::start();
-    let state = state(server.url()).await;
+    let gw = gateway_on(&server.url(), "").await;
     server.kill();
-    assert_eq!(get(&state, "/healthz").await.0, StatusCode::OK);
-    let (status, body) = get(&state, "/readyz").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body["error"]["type"], "service_unavailable");
-    // The 503 body says nothing about internals.
-    assert!(!body.to_string().contains("127.0.0.1"), "{body}");
-    // Redis comes back: ready again, no restart.
+    assert_eq!(
+        call(&gw, "GET", "/healthz", &[], None).await.status,
+        StatusCode::OK
+    );
+    let r = call(&gw, "GET", "/readyz", &[], None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        !r.text.contains("127.0.0.1"),
+        "no internals in a 5xx body: {}",
+        r.text
+    );
     server.restart();
     let mut ready = false;
     for _ in 0..100 {
-        if get(&state, "/readyz").await.0 == StatusCode::OK {
+        if call(&gw, "GET", "/readyz", &[], None).await.status == StatusCode::OK {
             ready = true;
             break;
         }
@@ -74,12 +145,528 @@ async fn not_ready_but_alive_when_redis_is_down() {
 }
 
 #[tokio::test]
-async fn unknown_paths_get_an_openai_shaped_404() {
-    let server = RedisServer::start();
-    let state = state(server.url()).await;
-    let (status, body) = get(&state, "/v1/nothing-here").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body["error"]["type"], "not_found_error");
-    assert_eq!(body["error"]["message"], "unknown path /v1/nothing-here");
-    assert!(body["error"].get("param").is_some() && body["error"].get("code").is_some());
+async fn a_repeated_deterministic_request_is_a_cache_hit() {
+    let gw = gateway("").await;
+    let first = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(chat("hello there")),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+    assert_eq!(first.header("x-tollgate-route"), Some("mock/echo"));
+    assert!(
+        first
+            .header("x-tollgate-stream-id")
+            .is_some_and(|s| s.starts_with("st_"))
+    );
+    let body = first.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "This is a mock answer to: hello there"
+    );
+    assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    let second = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(chat("hello there")),
+    )
+    .await;
+    assert_eq!(second.header("x-tollgate-cache"), Some("hit"));
+    assert_eq!(second.json(), body);
+    // A streamed request for the same answer is a hit too, replayed as chunks.
+    let mut streamed = chat("hello there");
+    streamed["stream"] = json!(true);
+    let third = call(&gw, "POST", "/v1/chat/completions", &[], Some(streamed)).await;
+    assert_eq!(third.header("x-tollgate-cache"), Some("hit"));
+    assert_eq!(third.header("content-type"), Some("text/event-stream"));
+    assert_eq!(
+        sse_text(&third.text),
+        "This is a mock answer to: hello there"
+    );
+    assert_eq!(
+        sse_data(&third.text).last().map(String::as_str),
+        Some("[DONE]")
+    );
+    // Stats count it.
+    let stats = call(&gw, "GET", "/admin/cache/stats", &[], None)
+        .await
+        .json();
+    let row = &stats["data"][0];
+    assert_eq!(
+        (
+            row["model"].as_str(),
+            row["hits"].as_u64(),
+            row["misses"].as_u64()
+        ),
+        (Some("mock/echo"), Some(2), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_miss_is_cached_after_it_completes() {
+    let gw = gateway("").await;
+    let mut req = chat("stream me");
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let first = call(&gw, "POST", "/v1/chat/completions", &[], Some(req.clone())).await;
+    assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+    assert_eq!(sse_text(&first.text), "This is a mock answer to: stream me");
+    let data = sse_data(&first.text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert!(
+        usage["usage"]["total_tokens"].as_u64().unwrap() > 0,
+        "usage chunk when include_usage"
+    );
+    // Event ids are the token-stream positions.
+    assert!(
+        first.text.starts_with("id: 2\n"),
+        "{}",
+        &first.text[..40.min(first.text.len())]
+    );
+    let again = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(chat("stream me")),
+    )
+    .await;
+    assert_eq!(again.header("x-tollgate-cache"), Some("hit"));
+}
+
+#[tokio::test]
+async fn cache_control_headers_are_honoured() {
+    let gw = gateway("").await;
+    let no_store = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[("cache-control", "no-store")],
+        Some(chat("secret")),
+    )
+    .await;
+    assert_eq!(no_store.header("x-tollgate-cache"), Some("miss"));
+    assert_eq!(
+        call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat("secret"))
+        )
+        .await
+        .header("x-tollgate-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat("secret"))
+        )
+        .await
+        .header("x-tollgate-cache"),
+        Some("hit")
+    );
+    let fresh = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[("cache-control", "no-cache")],
+        Some(chat("secret")),
+    )
+    .await;
+    assert_eq!(fresh.header("x-tollgate-cache"), Some("bypass"));
+    // Non-deterministic requests bypass the cache unless configured otherwise.
+    let mut warm = chat("warm");
+    warm["temperature"] = json!(0.7);
+    assert_eq!(
+        call(&gw, "POST", "/v1/chat/completions", &[], Some(warm.clone()))
+            .await
+            .header("x-tollgate-cache"),
+        Some("bypass")
+    );
+    assert_eq!(
+        call(&gw, "POST", "/v1/chat/completions", &[], Some(warm))
+            .await
+            .header("x-tollgate-cache"),
+        Some("bypass")
+    );
+    let bad_ttl = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-tollgate-cache-ttl", "soon")],
+        Some(chat("x")),
+    )
+    .await;
+    assert_eq!(bad_ttl.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn bad_input_gets_openai_shaped_4xx_errors() {
+    let gw = gateway("[server]\nmax_body_bytes = 4096\n").await;
+    let cases: Vec<(Option<Value>, &str, StatusCode)> = vec![
+        (None, "", StatusCode::BAD_REQUEST),
+        (
+            Some(json!({"model": "mock/echo"})),
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Some(json!({"model": "mock/echo", "messages": "hi"})),
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Some(json!({"model": 7, "messages": []})),
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Some(json!({"model": "mock/echo", "messages": []})),
+            "messages",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Some(
+                json!({"model": "mock/echo", "temperature": 9, "messages": [{"role": "user", "content": "x"}]}),
+            ),
+            "temperature",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Some(json!({"model": "nobody/x", "messages": [{"role": "user", "content": "x"}]})),
+            "model",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Some(chat(&"x".repeat(5000))),
+            "",
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (body, param, status) in cases {
+        let r = call(&gw, "POST", "/v1/chat/completions", &[], body.clone()).await;
+        assert_eq!(r.status, status, "{body:?}: {}", r.text);
+        let e = r.json();
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{e}"
+        );
+        assert!(e["error"]["type"].is_string());
+        if !param.is_empty() {
+            assert_eq!(e["error"]["param"], param, "{e}");
+        }
+    }
+    let r = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let garbage = Request::post("/v1/chat/completions")
+        .body(Body::from("{not json"))
+        .unwrap();
+    let response = app(gw.clone()).oneshot(garbage).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn keys_authenticate_and_limits_answer_429_with_retry_after() {
+    let gw = gateway("[server]\nmaster_key = \"mk-test\"\n[tiers.small]\nrpm = 3\n").await;
+    let master = [("authorization", "Bearer mk-test")];
+    assert_eq!(
+        call(&gw, "POST", "/v1/chat/completions", &[], Some(chat("x")))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", "Bearer tg-nope")],
+            Some(chat("x"))
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let created = call(
+        &gw,
+        "POST",
+        "/admin/keys",
+        &master,
+        Some(json!({"name": "team-a", "tier": "small"})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let key = created.json()["key"].as_str().unwrap().to_owned();
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let auth = format!("Bearer {key}");
+    let headers = [("authorization", auth.as_str())];
+    // Admin routes need the master key.
+    assert_eq!(
+        call(&gw, "GET", "/admin/keys", &headers, None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    for i in 0..3 {
+        let r = call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &headers,
+            Some(chat(&format!("q{i}"))),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("3"));
+        assert_eq!(
+            r.header("x-ratelimit-remaining-requests"),
+            Some(["2", "1", "0"][i])
+        );
+    }
+    let limited = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &headers,
+        Some(chat("q4")),
+    )
+    .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        limited
+            .header("retry-after")
+            .is_some_and(|s| s.parse::<u64>().unwrap() >= 1)
+    );
+    assert_eq!(limited.header("x-ratelimit-remaining-requests"), Some("0"));
+    assert_eq!(limited.json()["error"]["type"], "rate_limit_error");
+    let listed = call(&gw, "GET", "/admin/keys", &master, None).await.json();
+    assert!(
+        !listed.to_string().contains(&key),
+        "keys are never shown again"
+    );
+    assert_eq!(
+        call(&gw, "DELETE", &format!("/admin/keys/{id}"), &master, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &headers,
+            Some(chat("x"))
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn sessions_prepend_history_and_stay_with_their_key() {
+    let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
+    let master = [("authorization", "Bearer mk")];
+    let mut keys = Vec::new();
+    for name in ["alice", "bob"] {
+        let created = call(
+            &gw,
+            "POST",
+            "/admin/keys",
+            &master,
+            Some(json!({"name": name})),
+        )
+        .await
+        .json();
+        keys.push(format!("Bearer {}", created["key"].as_str().unwrap()));
+    }
+    let alice = [
+        ("authorization", keys[0].as_str()),
+        ("x-tollgate-session-id", "trip"),
+    ];
+    let mut first = chat("My name is Ada.");
+    first["messages"] = json!([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "My name is Ada."}]);
+    assert_eq!(
+        call(&gw, "POST", "/v1/chat/completions", &alice, Some(first))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // The exchange is recorded in the background; wait for it.
+    let mut messages = Value::Null;
+    for _ in 0..50 {
+        messages = call(&gw, "GET", "/v1/sessions/trip/messages", &alice[..1], None)
+            .await
+            .json();
+        if messages["data"].as_array().is_some_and(|d| d.len() == 3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let data = messages["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3, "{messages}");
+    assert_eq!(
+        (
+            data[0]["role"].as_str(),
+            data[1]["role"].as_str(),
+            data[2]["role"].as_str()
+        ),
+        (Some("system"), Some("user"), Some("assistant"))
+    );
+    // The next request sees the history: the cache key covers it, so this is a miss.
+    let second = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &alice,
+        Some(chat("What is my name?")),
+    )
+    .await;
+    assert_eq!(second.header("x-tollgate-cache"), Some("miss"));
+    let info = call(&gw, "GET", "/v1/sessions/trip", &alice[..1], None)
+        .await
+        .json();
+    assert_eq!(info["system"], "Be kind.");
+    // Bob cannot see, extend or delete Alice's session.
+    let bob = [("authorization", keys[1].as_str())];
+    assert_eq!(
+        call(&gw, "GET", "/v1/sessions/trip", &bob, None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&gw, "GET", "/v1/sessions/trip/messages", &bob, None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&gw, "DELETE", "/v1/sessions/trip", &bob, None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&gw, "DELETE", "/v1/sessions/trip", &alice[..1], None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let created = call(
+        &gw,
+        "POST",
+        "/v1/sessions",
+        &bob,
+        Some(json!({"system": "Terse."})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert!(created.json()["id"].as_str().unwrap().starts_with("sess_"));
+}
+
+#[tokio::test]
+async fn a_generation_can_be_read_again_and_resumed_from_its_stream() {
+    let gw = gateway("").await;
+    let mut req = chat("replay me please");
+    req["stream"] = json!(true);
+    let first = call(&gw, "POST", "/v1/chat/completions", &[], Some(req)).await;
+    let id = first.header("x-tollgate-stream-id").unwrap().to_owned();
+    let whole = call(&gw, "GET", &format!("/v1/streams/{id}"), &[], None).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(
+        sse_text(&whole.text),
+        "This is a mock answer to: replay me please"
+    );
+    let resumed = call(
+        &gw,
+        "GET",
+        &format!("/v1/streams/{id}"),
+        &[("last-event-id", "5")],
+        None,
+    )
+    .await;
+    let ids: Vec<u64> = resumed
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(ids.first(), Some(&6));
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1));
+    assert_eq!(
+        format!("{}{}", "This is a ", sse_text(&resumed.text).trim_start()),
+        "This is a mock answer to: replay me please"
+    );
+    assert_eq!(
+        call(&gw, "GET", "/v1/streams/st_nope", &[], None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(
+            &gw,
+            "GET",
+            &format!("/v1/streams/{id}"),
+            &[("last-event-id", "x")],
+            None
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn models_and_metrics_are_listed() {
+    let gw =
+        gateway("[aliases.smart]\ndeployments = [{ model = \"mock/echo\", weight = 1 }]\n").await;
+    let models = call(&gw, "GET", "/v1/models", &[], None).await.json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["smart", "mock/echo"]);
+    let r = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(json!({"model": "smart", "messages": [{"role": "user", "content": "x"}]})),
+    )
+    .await;
+    assert_eq!(r.header("x-tollgate-route"), Some("mock/echo"));
+    let metrics = call(&gw, "GET", "/metrics", &[], None).await.text;
+    for name in [
+        "tollgate_http_requests_total",
+        "tollgate_cache_lookups_total",
+        "tollgate_tokens_total",
+        "tollgate_http_request_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
 }

@@ -1,0 +1,516 @@
+//! HTTP handlers: extract, call the logic, shape the answer. The logic lives elsewhere
+//! ([`crate::chat`], the stores), so the CLI and tests can call it without HTTP.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tollgate_core::ChatRequest;
+use tollgate_redis::{EventKind, Window};
+
+use crate::auth;
+use crate::chat::{self, ChatOptions, ChatReply, ReplyBody, StreamItem};
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::metrics::CacheResult;
+use crate::sse;
+use crate::state::AppState;
+
+/// Reads a JSON body within the configured size limit.
+pub async fn read_json<T: DeserializeOwned>(gw: &AppState, body: Body) -> Result<T, ApiError> {
+    let limit = gw.config.server.max_body_bytes;
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(ApiError::TooLarge { limit });
+        }
+        Err(e) => {
+            return Err(ApiError::bad(
+                format!("could not read the request body: {e}"),
+                None,
+            ));
+        }
+    };
+    if bytes.is_empty() {
+        return Err(ApiError::bad(
+            "the request body is empty; send a JSON object",
+            None,
+        ));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}"), None))
+}
+
+fn chat_options(headers: &HeaderMap) -> Result<ChatOptions, ApiError> {
+    let mut opts = ChatOptions::default();
+    for value in headers.get_all("cache-control") {
+        for directive in value.to_str().unwrap_or_default().split(',') {
+            match directive.trim().to_ascii_lowercase().as_str() {
+                "no-cache" => opts.no_cache = true,
+                "no-store" => opts.no_store = true,
+                _ => {}
+            }
+        }
+    }
+    if let Some(v) = headers.get("x-tollgate-cache-ttl") {
+        let secs = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "x-tollgate-cache-ttl must be a whole number of seconds, at least 1",
+                    Some("x-tollgate-cache-ttl"),
+                )
+            })?;
+        opts.ttl = Some(Duration::from_secs(secs));
+    }
+    if let Some(v) = headers.get("x-tollgate-session-id") {
+        let id = v
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "x-tollgate-session-id must be 1 to 256 visible characters",
+                    Some("x-tollgate-session-id"),
+                )
+            })?;
+        opts.session_id = Some(id.to_owned());
+    }
+    Ok(opts)
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions_handler(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let principal = auth::principal(&gw, &headers).await?;
+    let req: ChatRequest = read_json(&gw, body).await?;
+    let opts = chat_options(&headers)?;
+    let reply = chat::chat_completions(&gw, &principal, req, opts).await?;
+    Ok(reply_response(reply))
+}
+
+fn reply_response(reply: ChatReply) -> Response {
+    let mut response = match reply.body {
+        ReplyBody::Json(completion) => Json(completion).into_response(),
+        ReplyBody::Stream(items) => sse::response(items),
+    };
+    let h = response.headers_mut();
+    let cache = match reply.cache {
+        CacheResult::Hit => "hit",
+        CacheResult::Bypass | CacheResult::Error => "bypass",
+        CacheResult::Miss | CacheResult::Coalesced => "miss",
+    };
+    h.insert("x-tollgate-cache", HeaderValue::from_static(cache));
+    if let Some(id) = reply.stream_id.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        h.insert("x-tollgate-stream-id", id);
+    }
+    if let Some(route) = reply.route.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        h.insert("x-tollgate-route", route);
+    }
+    for (name, value) in reply.headers {
+        h.insert(name, value);
+    }
+    response
+}
+
+/// `GET /v1/models`.
+pub async fn models_handler(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    auth::principal(&gw, &headers).await?;
+    let mut data = Vec::new();
+    for alias in gw.router.aliases() {
+        data.push(json!({"id": alias, "object": "model", "created": 0, "owned_by": "tollgate"}));
+    }
+    for (name, provider) in &gw.config.providers {
+        for model in &provider.models {
+            data.push(json!({"id": model, "object": "model", "created": 0, "owned_by": name}));
+        }
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AfterQuery {
+    after: Option<u64>,
+}
+
+/// `GET /v1/streams/{id}`: a generation's stream as SSE, from the start or after
+/// `Last-Event-ID` (or `?after=`), from any instance.
+pub async fn stream_handler(
+    State(gw): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<AfterQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let principal = auth::principal(&gw, &headers).await?;
+    let not_found = || ApiError::NotFound(format!("no stream {id:?}"));
+    let meta = match gw.streams.start_meta(&id).await {
+        Ok(m) => m,
+        Err(tollgate_redis::Error::NotFound | tollgate_redis::Error::InvalidArgument(_)) => {
+            return Err(not_found());
+        }
+        Err(e) => return Err(ApiError::Unavailable(format!("streams: {e}"))),
+    };
+    let owner = serde_json::from_slice::<Value>(&meta)
+        .ok()
+        .and_then(|m| m.get("owner").and_then(Value::as_str).map(str::to_owned));
+    if owner.as_deref() != Some(principal.subject.as_str()) && !principal.admin {
+        return Err(not_found());
+    }
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let after = match (last_event_id, q.after) {
+        (Some(v), _) => v.parse::<u64>().map_err(|_| {
+            ApiError::bad(
+                "Last-Event-ID must be a number from this stream",
+                Some("Last-Event-ID"),
+            )
+        })?,
+        (None, Some(a)) => a,
+        (None, None) => 0,
+    };
+    let reader = gw
+        .streams
+        .reader(&id)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("streams: {e}")))?;
+    let follower = reader.follow(after, Duration::from_secs(5));
+    let items = futures::stream::unfold(Some(follower), |f| async move {
+        let mut f = f?;
+        loop {
+            return match f.next().await {
+                Ok(Some(e)) => match e.kind {
+                    EventKind::Start => continue,
+                    EventKind::Chunk => {
+                        let json = String::from_utf8_lossy(&e.data).into_owned();
+                        Some((
+                            StreamItem::Chunk {
+                                seq: Some(e.seq),
+                                json: json.into(),
+                            },
+                            Some(f),
+                        ))
+                    }
+                    EventKind::Done => Some((StreamItem::Done, None)),
+                    EventKind::Error => {
+                        let stored: Value = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
+                        Some((
+                            StreamItem::Error(stored.get("body").cloned().unwrap_or(stored)),
+                            None,
+                        ))
+                    }
+                },
+                Ok(None) => None,
+                Err(e) => {
+                    let err = match e {
+                        tollgate_redis::Error::Trimmed { .. } | tollgate_redis::Error::NotFound => {
+                            ApiError::NotFound(format!(
+                                "the stream no longer holds those events: {e}"
+                            ))
+                        }
+                        other => ApiError::Unavailable(format!("streams: {other}")),
+                    };
+                    Some((StreamItem::Error(err.body()), None))
+                }
+            };
+        }
+    });
+    Ok(sse::response(items.boxed()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSession {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    system: Option<String>,
+}
+
+fn session_error(id: &str, e: tollgate_redis::Error) -> ApiError {
+    match e {
+        tollgate_redis::Error::NotFound => ApiError::NotFound(format!("no session {id:?}")),
+        tollgate_redis::Error::Conflict(_) => {
+            ApiError::bad(format!("session id {id:?} is taken"), Some("id"))
+        }
+        tollgate_redis::Error::InvalidArgument(m) => ApiError::bad(m, Some("id")),
+        e if e.is_unavailable() => ApiError::Unavailable(format!("sessions: {e}")),
+        e => ApiError::Internal(format!("sessions: {e}")),
+    }
+}
+
+fn session_json(id: &str, info: &tollgate_redis::SessionInfo) -> Value {
+    json!({
+        "id": id, "object": "session", "system": info.system,
+        "created_at": info.created_ms / 1000, "updated_at": info.updated_ms / 1000,
+        "message_count": info.stored, "appended": info.appended,
+    })
+}
+
+/// `POST /v1/sessions`.
+pub async fn create_session_handler(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let principal = auth::principal(&gw, &headers).await?;
+    let new: NewSession = read_json(&gw, body).await?;
+    let id = new
+        .id
+        .unwrap_or_else(|| format!("sess_{}", uuid::Uuid::new_v4().simple()));
+    gw.sessions
+        .create(&id, &principal.subject, new.system.as_deref())
+        .await
+        .map_err(|e| session_error(&id, e))?;
+    let info = gw
+        .sessions
+        .info(&id, &principal.subject)
+        .await
+        .map_err(|e| session_error(&id, e))?;
+    Ok((StatusCode::CREATED, Json(session_json(&id, &info))).into_response())
+}
+
+/// `GET /v1/sessions/{id}`.
+pub async fn get_session_handler(
+    State(gw): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = auth::principal(&gw, &headers).await?;
+    let info = gw
+        .sessions
+        .info(&id, &principal.subject)
+        .await
+        .map_err(|e| session_error(&id, e))?;
+    Ok(Json(session_json(&id, &info)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessagesQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/sessions/{id}/messages`.
+pub async fn session_messages_handler(
+    State(gw): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<MessagesQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = auth::principal(&gw, &headers).await?;
+    let window = q.limit.map_or(Window::All, Window::LastN);
+    let messages = gw
+        .sessions
+        .history(&id, &principal.subject, window)
+        .await
+        .map_err(|e| session_error(&id, e))?;
+    Ok(Json(json!({"object": "list", "data": messages})))
+}
+
+/// `DELETE /v1/sessions/{id}`.
+pub async fn delete_session_handler(
+    State(gw): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = auth::principal(&gw, &headers).await?;
+    gw.sessions
+        .delete(&id, &principal.subject)
+        .await
+        .map_err(|e| session_error(&id, e))?;
+    Ok(Json(
+        json!({"id": id, "object": "session.deleted", "deleted": true}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    name: String,
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    limits: Option<Limits>,
+}
+
+/// `POST /admin/keys`: the key is in the answer, and nowhere else, ever.
+pub async fn create_key_handler(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    auth::admin(&gw, &headers)?;
+    let new: NewKey = read_json(&gw, body).await?;
+    let (record, secret) = create_key(&gw, new.name, new.tier, new.tenant, new.limits).await?;
+    let mut body = serde_json::to_value(&record).unwrap_or_default();
+    body["key"] = Value::String(secret);
+    body["object"] = Value::String("api_key".into());
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Creates a key after checking its tier and limits (shared by HTTP and the CLI).
+pub async fn create_key(
+    gw: &AppState,
+    name: String,
+    tier: Option<String>,
+    tenant: Option<String>,
+    limits: Option<Limits>,
+) -> Result<(tollgate_redis::ApiKeyRecord, String), ApiError> {
+    if name.trim().is_empty() {
+        return Err(ApiError::bad("`name` must not be empty", Some("name")));
+    }
+    let tier = tier.unwrap_or_else(|| gw.config.limits.default_tier.clone());
+    if !gw.config.tiers.contains_key(&tier) {
+        return Err(ApiError::bad(
+            format!("no tier named {tier:?}"),
+            Some("tier"),
+        ));
+    }
+    let limits = limits.unwrap_or_default();
+    for (what, v) in [
+        ("rpm", limits.rpm),
+        ("tpm", limits.tpm),
+        ("max_concurrency", limits.max_concurrency),
+    ] {
+        if v == Some(0) {
+            return Err(ApiError::bad(
+                format!("limits.{what} must be at least 1"),
+                Some("limits"),
+            ));
+        }
+    }
+    let limits = serde_json::to_value(&limits).unwrap_or_default();
+    gw.api_keys
+        .create(
+            &name,
+            &tier,
+            tenant.as_deref().filter(|t| !t.is_empty()),
+            limits,
+        )
+        .await
+        .map_err(|e| match e {
+            e if e.is_unavailable() => ApiError::Unavailable(format!("keys: {e}")),
+            e => ApiError::bad(e.to_string(), None),
+        })
+}
+
+/// `GET /admin/keys`.
+pub async fn list_keys_handler(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&gw, &headers)?;
+    let keys = gw
+        .api_keys
+        .list()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("keys: {e}")))?;
+    Ok(Json(json!({"object": "list", "data": keys})))
+}
+
+/// `DELETE /admin/keys/{id}`.
+pub async fn revoke_key_handler(
+    State(gw): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&gw, &headers)?;
+    let record = gw.api_keys.revoke(&id).await.map_err(|e| match e {
+        tollgate_redis::Error::NotFound => ApiError::NotFound(format!("no key {id:?}")),
+        e => ApiError::Unavailable(format!("keys: {e}")),
+    })?;
+    gw.forget_keys();
+    Ok(Json(serde_json::to_value(record).unwrap_or_default()))
+}
+
+/// Cache statistics of every model with cached entries (shared by HTTP and the CLI).
+pub async fn cache_stats(gw: &AppState) -> Result<Value, ApiError> {
+    let unavailable = |e: tollgate_redis::Error| ApiError::Unavailable(format!("cache: {e}"));
+    let mut data = Vec::new();
+    for model in gw.cache.models().await.map_err(unavailable)? {
+        let s = gw.cache.stats(&model).await.map_err(unavailable)?;
+        let lookups = s.hits + s.misses;
+        let price = gw.config.prices.get(&model).copied().unwrap_or_default();
+        data.push(json!({
+            "model": model,
+            "hits": s.hits,
+            "misses": s.misses,
+            "hit_rate": if lookups == 0 { 0.0 } else { s.hits as f64 / lookups as f64 },
+            "saved_prompt_tokens": s.saved_prompt_tokens,
+            "saved_completion_tokens": s.saved_completion_tokens,
+            "saved_dollars": price.cost(s.saved_prompt_tokens, s.saved_completion_tokens),
+        }));
+    }
+    Ok(json!({"object": "list", "data": data}))
+}
+
+/// `GET /admin/cache/stats`.
+pub async fn cache_stats_handler(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&gw, &headers)?;
+    Ok(Json(cache_stats(&gw).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invalidate {
+    model: String,
+}
+
+/// `POST /admin/cache/invalidate` `{"model": ...}`.
+pub async fn invalidate_handler(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&gw, &headers)?;
+    let Invalidate { model } = read_json(&gw, body).await?;
+    let generation = gw
+        .cache
+        .invalidate_model(&model)
+        .await
+        .map_err(|e| match e {
+            tollgate_redis::Error::InvalidArgument(m) => ApiError::bad(m, Some("model")),
+            e => ApiError::Unavailable(format!("cache: {e}")),
+        })?;
+    Ok(Json(
+        json!({"model": model, "generation": generation, "invalidated": true}),
+    ))
+}
+
+/// `GET /metrics`.
+pub async fn metrics_handler(State(gw): State<AppState>) -> Response {
+    let mut response = gw.metrics.render().into_response();
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}

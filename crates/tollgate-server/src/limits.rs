@@ -1,0 +1,387 @@
+//! Rate limits in the request path.
+//!
+//! One script call checks and charges every limit of a request (requests and tokens per minute,
+//! concurrency, per-model requests and tokens), all or nothing. Tokens are reserved from an
+//! estimate and settled with the real usage when the request ends; the [`Admission`] settles
+//! itself when dropped, so a request that ends any way at all (a client gone mid-stream
+//! included) gives back what it did not use and its concurrency slot.
+//!
+//! Redis unreachable: with `on_redis_error = "open"` an in-process limiter enforces this
+//! instance's share (1 / `expected_instances`) of each limit; with `"closed"`, 503.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderName, HeaderValue};
+use tollgate_redis::{Check, Decision, Id, Lease, Limit, LimitKey};
+
+use crate::auth::Principal;
+use crate::config::FailPolicy;
+use crate::error::ApiError;
+use crate::metrics::LimiterDecision;
+use crate::state::Gateway;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Tokens assumed for the answer when a request sets no `max_tokens`.
+pub const ASSUMED_OUTPUT_TOKENS: u64 = 512;
+
+/// What was charged for a request; settles on drop.
+#[derive(Debug)]
+pub struct Admission {
+    gw: Option<Arc<Gateway>>,
+    lease: Option<Lease>,
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    tokens: Vec<(LimitKey, u64)>,
+    reserved: u64,
+    used: Arc<AtomicU64>,
+    local: Option<LocalGuard>,
+    /// `x-ratelimit-*` headers for the response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Admission {
+    /// An admission with nothing charged (no limits apply).
+    pub fn free() -> Self {
+        Admission {
+            gw: None,
+            lease: None,
+            renewal: None,
+            tokens: Vec::new(),
+            reserved: 0,
+            used: Arc::new(AtomicU64::new(0)),
+            local: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Records the tokens the request really used upstream (0, the default, refunds the whole
+    /// reservation: cache hits and coalesced answers cost the upstream nothing).
+    pub fn set_used(&self, tokens: u64) {
+        self.used.store(tokens, Ordering::Relaxed);
+    }
+
+    /// Tokens reserved.
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+        let Some(gw) = self.gw.take() else { return };
+        let lease = self.lease.take();
+        let tokens = std::mem::take(&mut self.tokens);
+        let delta = self.used.load(Ordering::Relaxed) as i64 - self.reserved as i64;
+        if lease.is_none() && (tokens.is_empty() || delta == 0) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        handle.spawn(async move {
+            if let Some(lease) = lease
+                && let Err(e) = gw.limiter.release(lease).await
+            {
+                tracing::debug!(error = %e, "could not release a concurrency lease; it will expire");
+            }
+            if delta != 0 {
+                for (key, capacity) in tokens {
+                    if let Err(e) = gw.limiter.reconcile_tokens(&key, capacity, MINUTE, delta).await {
+                        tracing::debug!(error = %e, "could not reconcile a token reservation");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Checks and charges the limits of one request for `model`, estimating `estimate` tokens.
+pub async fn admit(
+    gw: &Arc<Gateway>,
+    principal: &Principal,
+    model: &str,
+    estimate: u64,
+) -> Result<Admission, ApiError> {
+    let limits = &principal.limits;
+    let model_limits = limits.models.get(model).cloned().unwrap_or_default();
+    let subject = Id::new(&principal.subject).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let key = |name: &str| {
+        gw.limiter
+            .key(&subject, name)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    };
+    let mut checks = Vec::new();
+    let mut tokens = Vec::new();
+    // Which decision feeds which header family.
+    let (mut requests_at, mut tokens_at) = (None, None);
+    let lease_len = Duration::from_secs(gw.config.limits.concurrency_lease_seconds);
+    for (name, rpm, tpm) in [
+        ("rpm", limits.rpm, limits.tpm),
+        ("model", model_limits.rpm, model_limits.tpm),
+    ] {
+        let scoped = |what: &str| {
+            if name == "rpm" {
+                what.to_owned()
+            } else {
+                format!("m:{model}:{what}")
+            }
+        };
+        if let Some(rpm) = rpm {
+            requests_at.get_or_insert(checks.len());
+            checks.push(Check {
+                key: key(&scoped("rpm"))?,
+                limit: Limit::per(rpm, MINUTE),
+                cost: 1,
+            });
+        }
+        if let Some(tpm) = tpm {
+            if estimate > tpm {
+                return Err(ApiError::RateLimited {
+                    message: format!(
+                        "request too large: it may use {estimate} tokens (prompt + max_tokens), more than the limit of {tpm} tokens per minute; lower max_tokens"
+                    ),
+                    retry_after: MINUTE,
+                    headers: Vec::new(),
+                });
+            }
+            tokens_at.get_or_insert(checks.len());
+            let k = key(&scoped("tpm"))?;
+            tokens.push((k.clone(), tpm));
+            checks.push(Check {
+                key: k,
+                limit: Limit::TokenBucket {
+                    capacity: tpm,
+                    period: MINUTE,
+                },
+                cost: estimate,
+            });
+        }
+    }
+    if let Some(max) = limits.max_concurrency {
+        checks.push(Check {
+            key: key("conc")?,
+            limit: Limit::Concurrency {
+                limit: max,
+                lease: lease_len,
+            },
+            cost: 1,
+        });
+    }
+    if checks.is_empty() {
+        return Ok(Admission::free());
+    }
+    let decision = match gw.limiter.check_all(&checks).await {
+        Ok(d) => d,
+        Err(e) if e.is_unavailable() => return fail_over(gw, principal, &checks, estimate),
+        Err(e) => return Err(ApiError::Internal(format!("rate limiter: {e}"))),
+    };
+    let mut headers = Vec::new();
+    if let Some(i) = requests_at {
+        push_headers(&mut headers, "requests", &decision.decisions[i]);
+    }
+    if let Some(i) = tokens_at {
+        push_headers(&mut headers, "tokens", &decision.decisions[i]);
+    }
+    if !decision.allowed {
+        gw.metrics.limiter(LimiterDecision::Denied);
+        let which: Vec<&str> = checks
+            .iter()
+            .zip(&decision.decisions)
+            .filter(|(_, d)| !d.allowed)
+            .map(|(c, _)| match c.limit {
+                Limit::Concurrency { .. } => "concurrent requests",
+                Limit::TokenBucket { .. } => "tokens per minute",
+                _ => "requests per minute",
+            })
+            .collect();
+        return Err(ApiError::RateLimited {
+            message: format!(
+                "rate limit exceeded ({}); retry after the time in the retry-after header",
+                which.join(", ")
+            ),
+            retry_after: decision.retry_after().max(Duration::from_millis(1)),
+            headers,
+        });
+    }
+    gw.metrics.limiter(LimiterDecision::Allowed);
+    let renewal = decision.lease.clone().map(|lease| {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(lease_len / 3);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if !matches!(gw.limiter.renew(&lease).await, Ok(true)) {
+                    tracing::debug!("concurrency lease could not be renewed");
+                }
+            }
+        })
+    });
+    Ok(Admission {
+        gw: Some(gw.clone()),
+        lease: decision.lease,
+        renewal,
+        tokens,
+        reserved: estimate,
+        used: Arc::new(AtomicU64::new(0)),
+        local: None,
+        headers,
+    })
+}
+
+fn push_headers(headers: &mut Vec<(HeaderName, HeaderValue)>, family: &str, d: &Decision) {
+    let name =
+        |what: &str| HeaderName::from_bytes(format!("x-ratelimit-{what}-{family}").as_bytes()).ok();
+    for (what, value) in [
+        ("limit", d.limit.to_string()),
+        ("remaining", d.remaining.to_string()),
+        ("reset", format_duration(d.reset)),
+    ] {
+        if let (Some(n), Ok(v)) = (name(what), HeaderValue::from_str(&value)) {
+            headers.push((n, v));
+        }
+    }
+}
+
+/// OpenAI's spelling of a reset time: `350ms`, `1s`, `6m0s`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{}s", ms.div_ceil(1000))
+    } else {
+        let s = ms.div_ceil(1000);
+        format!("{}m{}s", s / 60, s % 60)
+    }
+}
+
+fn fail_over(
+    gw: &Arc<Gateway>,
+    principal: &Principal,
+    checks: &[Check],
+    estimate: u64,
+) -> Result<Admission, ApiError> {
+    match gw.config.limits.on_redis_error {
+        FailPolicy::Closed => {
+            gw.metrics.limiter(LimiterDecision::FailClosed);
+            Err(ApiError::Unavailable("rate limiter unavailable".into()))
+        }
+        FailPolicy::Open => {
+            let share = gw.config.limits.expected_instances.max(1);
+            match gw
+                .local_limits
+                .check(&principal.subject, checks, estimate, share)
+            {
+                Ok(guard) => {
+                    gw.metrics.limiter(LimiterDecision::FailOpenAllowed);
+                    let mut a = Admission::free();
+                    a.local = Some(guard);
+                    Ok(a)
+                }
+                Err(retry_after) => {
+                    gw.metrics.limiter(LimiterDecision::FailOpenDenied);
+                    Err(ApiError::RateLimited {
+                        message: "rate limit exceeded".into(),
+                        retry_after,
+                        headers: Vec::new(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// The in-process stand-in used while Redis is unreachable: token buckets per limit key, and a
+/// concurrency count, each sized to this instance's share of the limit.
+#[derive(Debug, Default)]
+pub struct LocalLimiter {
+    state: Mutex<HashMap<String, (f64, Instant)>>,
+    concurrency: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+/// Holds a local concurrency slot.
+#[derive(Debug)]
+pub struct LocalGuard {
+    key: Option<String>,
+    concurrency: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl Drop for LocalGuard {
+    fn drop(&mut self) {
+        if let Some(k) = &self.key
+            && let Ok(mut c) = self.concurrency.lock()
+            && let Some(n) = c.get_mut(k)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl LocalLimiter {
+    fn check(
+        &self,
+        subject: &str,
+        checks: &[Check],
+        estimate: u64,
+        share: u64,
+    ) -> Result<LocalGuard, Duration> {
+        let now = Instant::now();
+        let Ok(mut state) = self.state.lock() else {
+            return Err(Duration::from_secs(1));
+        };
+        let mut plan = Vec::new();
+        let mut concurrency = None;
+        for c in checks {
+            let (capacity, cost) = match c.limit {
+                Limit::Gcra { limit, .. } => (limit, 1),
+                Limit::TokenBucket { capacity, .. } => (capacity, estimate),
+                Limit::Concurrency { limit, .. } => {
+                    concurrency = Some((
+                        format!("{subject}:{}", c.key.as_str()),
+                        (limit / share).max(1),
+                    ));
+                    continue;
+                }
+                _ => continue,
+            };
+            let capacity = (capacity as f64 / share as f64).max(1.0);
+            let (level, at) = state
+                .get(c.key.as_str())
+                .copied()
+                .unwrap_or((capacity, now));
+            let level =
+                (level + now.duration_since(at).as_secs_f64() * capacity / 60.0).min(capacity);
+            let cost = (cost as f64).min(capacity);
+            if level < cost {
+                return Err(Duration::from_secs_f64((cost - level) * 60.0 / capacity));
+            }
+            plan.push((c.key.as_str().to_owned(), level - cost));
+        }
+        let mut guard = LocalGuard {
+            key: None,
+            concurrency: self.concurrency.clone(),
+        };
+        if let Some((key, limit)) = concurrency {
+            let Ok(mut held) = self.concurrency.lock() else {
+                return Err(Duration::from_secs(1));
+            };
+            let n = held.entry(key.clone()).or_insert(0);
+            if *n >= limit {
+                return Err(Duration::from_secs(1));
+            }
+            *n += 1;
+            guard.key = Some(key);
+        }
+        for (key, level) in plan {
+            state.insert(key, (level, now));
+        }
+        Ok(guard)
+    }
+}

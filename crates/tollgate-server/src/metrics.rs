@@ -1,0 +1,227 @@
+//! Prometheus metrics, `tollgate_<subsystem>_<what>_<unit>`. Every label is an enum, so the
+//! number of series is fixed (models are not labels: their numbers are in `/admin/cache/stats`).
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Which endpoint.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Route {
+    ChatCompletions,
+    Streams,
+    Sessions,
+    Models,
+    Admin,
+    Other,
+}
+
+/// Status class of an answer.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum StatusClass {
+    Ok,
+    ClientError,
+    RateLimited,
+    ServerError,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: Route,
+    pub status: StatusClass,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Route,
+}
+
+/// What the cache did for a request.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Coalesced,
+    Bypass,
+    Error,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub result: CacheResult,
+}
+
+/// Prompt or completion.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum TokenKind {
+    Prompt,
+    Completion,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub kind: TokenKind,
+}
+
+/// What a limiter decided.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum LimiterDecision {
+    Allowed,
+    Denied,
+    FailOpenAllowed,
+    FailOpenDenied,
+    FailClosed,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimiterLabels {
+    pub decision: LimiterDecision,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub kind: UpstreamErrorKind,
+}
+
+/// Upstream failure kinds (as `ProviderError::kind`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum UpstreamErrorKind {
+    Rejected,
+    RateLimited,
+    Upstream5xx,
+    Timeout,
+    Connect,
+    Protocol,
+    UnknownModel,
+}
+
+impl UpstreamErrorKind {
+    /// The label of a provider error.
+    pub fn of(e: &tollgate_providers::ProviderError) -> Self {
+        use tollgate_providers::ProviderError as P;
+        match e {
+            P::Rejected { .. } => Self::Rejected,
+            P::RateLimited { .. } => Self::RateLimited,
+            P::Upstream { .. } => Self::Upstream5xx,
+            P::Timeout => Self::Timeout,
+            P::Connect(_) => Self::Connect,
+            P::Protocol(_) => Self::Protocol,
+            P::UnknownModel(_) => Self::UnknownModel,
+        }
+    }
+}
+
+/// All of tollgate's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram>,
+    pub cache: Family<CacheLabels, Counter>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub saved_tokens: Counter,
+    pub saved_dollars: Counter<f64, AtomicU64>,
+    pub limiter: Family<LimiterLabels, Counter>,
+    pub upstream_errors: Family<UpstreamLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tollgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status class",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to the response head, by route",
+            latency.clone(),
+        );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Exact-cache outcomes of chat requests",
+            cache.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register("tokens", "Tokens used upstream", tokens.clone());
+        let saved_tokens = Counter::default();
+        registry.register(
+            "cache_saved_tokens",
+            "Tokens not spent upstream thanks to cache hits",
+            saved_tokens.clone(),
+        );
+        let saved_dollars = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "cache_saved_dollars",
+            "Dollars not spent upstream thanks to cache hits",
+            saved_dollars.clone(),
+        );
+        let limiter = Family::<LimiterLabels, Counter>::default();
+        registry.register("limiter_decisions", "Rate-limit decisions", limiter.clone());
+        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by kind",
+            upstream_errors.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            cache,
+            tokens,
+            saved_tokens,
+            saved_dollars,
+            limiter,
+            upstream_errors,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, route: Route, status: u16, took: Duration) {
+        let status = match status {
+            429 => StatusClass::RateLimited,
+            400..=499 => StatusClass::ClientError,
+            500..=599 => StatusClass::ServerError,
+            _ => StatusClass::Ok,
+        };
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts one cache outcome.
+    pub fn cache(&self, result: CacheResult) {
+        self.cache.get_or_create(&CacheLabels { result }).inc();
+    }
+
+    /// Counts one limiter decision.
+    pub fn limiter(&self, decision: LimiterDecision) {
+        self.limiter
+            .get_or_create(&LimiterLabels { decision })
+            .inc();
+    }
+}

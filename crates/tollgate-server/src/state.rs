@@ -1,0 +1,250 @@
+//! The gateway's shared state, built once from the configuration.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tollgate_providers::anthropic::Anthropic;
+use tollgate_providers::mock::{MockConfig, MockProvider};
+use tollgate_providers::openai_compat::{OpenAiCompat, Timeouts};
+use tollgate_providers::{Deployment, Provider, RetryPolicy, Router};
+use tollgate_redis::{
+    ApiKeyRecord, ApiKeys, CacheConfig, Keys, RateLimiter, Redis, RedisConfig, ResponseCache,
+    SessionConfig, SessionStore, StreamConfig, TokenStreams,
+};
+
+use crate::config::{Config, ProviderKind, ProviderSection};
+use crate::limits::LocalLimiter;
+use crate::metrics::Metrics;
+
+/// What every handler shares.
+pub type AppState = Arc<Gateway>;
+
+/// The gateway: configuration, Redis-backed stores, providers, metrics.
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: Config,
+    /// The main Redis (readiness).
+    pub redis: Redis,
+    pub router: Router,
+    pub cache: ResponseCache,
+    pub limiter: RateLimiter,
+    pub sessions: SessionStore,
+    pub streams: TokenStreams,
+    pub api_keys: ApiKeys,
+    pub metrics: Metrics,
+    pub local_limits: LocalLimiter,
+    key_cache: Mutex<HashMap<String, (Instant, Option<ApiKeyRecord>)>>,
+}
+
+/// Why the gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("redis ({what}): {source}")]
+    Redis {
+        what: &'static str,
+        source: tollgate_redis::Error,
+    },
+    #[error("provider {name}: {message}")]
+    Provider { name: String, message: String },
+}
+
+/// How long an API key lookup is trusted without asking Redis again (revocation takes effect
+/// within this long on other instances).
+const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+
+impl Gateway {
+    /// Connects to Redis (`redis_url` is the resolved main URL, e.g. the embedded server's) and
+    /// builds providers and stores.
+    pub async fn build(config: Config, redis_url: &str) -> Result<Gateway, BuildError> {
+        let timeout = config.command_timeout();
+        let connect = |url: String, what: &'static str| async move {
+            Redis::connect(&RedisConfig {
+                url,
+                command_timeout: timeout,
+            })
+            .await
+            .map_err(|source| BuildError::Redis { what, source })
+        };
+        let own = |url: &str| {
+            if url.is_empty() {
+                redis_url.to_owned()
+            } else {
+                url.to_owned()
+            }
+        };
+        let redis = connect(redis_url.to_owned(), "main").await?;
+        let cache_redis = connect(own(&config.redis.cache_url), "cache").await?;
+        let limits_redis = connect(own(&config.redis.limits_url), "limits").await?;
+        let sessions_redis = connect(own(&config.redis.sessions_url), "sessions").await?;
+        let streams_redis = connect(own(&config.redis.streams_url), "streams").await?;
+        let keys =
+            Keys::new(config.redis.key_prefix.clone()).map_err(|source| BuildError::Redis {
+                what: "key prefix",
+                source,
+            })?;
+        let cache = ResponseCache::new(
+            cache_redis,
+            keys.clone(),
+            CacheConfig {
+                default_ttl: Duration::from_secs(config.cache.default_ttl_seconds),
+                max_ttl: Duration::from_secs(config.cache.max_ttl_seconds),
+                max_value_bytes: config.cache.max_value_bytes,
+                lease: Duration::from_secs(30),
+                wait_timeout: Duration::from_secs(config.cache.coalesce_wait_seconds),
+                ..CacheConfig::default()
+            },
+        );
+        let sessions = SessionStore::new(
+            sessions_redis,
+            keys.clone(),
+            SessionConfig {
+                idle_ttl: Duration::from_secs(config.sessions.idle_ttl_seconds),
+                max_messages: config.sessions.max_messages,
+            },
+        );
+        let streams = TokenStreams::new(
+            streams_redis,
+            keys.clone(),
+            StreamConfig {
+                max_len: config.streams.max_len,
+                ttl_active: Duration::from_secs(config.streams.ttl_active_seconds),
+                ttl_after_end: Duration::from_secs(config.streams.ttl_after_end_seconds),
+            },
+        );
+        let router = build_router(&config)?;
+        Ok(Gateway {
+            limiter: RateLimiter::new(limits_redis.clone(), keys.clone()),
+            api_keys: ApiKeys::new(limits_redis, keys),
+            redis,
+            router,
+            cache,
+            sessions,
+            streams,
+            metrics: Metrics::default(),
+            local_limits: LocalLimiter::default(),
+            key_cache: Mutex::new(HashMap::new()),
+            config,
+        })
+    }
+
+    /// The master key, when one is set.
+    pub fn master_key(&self) -> Option<&str> {
+        Some(self.config.server.master_key.as_str()).filter(|k| !k.is_empty())
+    }
+
+    /// The record of a presented API key (`None`: unknown or revoked). Lookups are cached for a
+    /// few seconds; while Redis is unreachable a cached answer is used however old.
+    pub async fn lookup_key(
+        &self,
+        secret: &str,
+    ) -> Result<Option<ApiKeyRecord>, tollgate_redis::Error> {
+        let hash = tollgate_redis::api_keys::key_hash(secret);
+        let cached = self
+            .key_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&hash).cloned());
+        if let Some((at, record)) = &cached
+            && at.elapsed() < KEY_CACHE_TTL
+        {
+            return Ok(record.clone());
+        }
+        match self.api_keys.authenticate(secret).await {
+            Ok(record) => {
+                if let Ok(mut c) = self.key_cache.lock() {
+                    if c.len() > 100_000 {
+                        c.clear();
+                    }
+                    c.insert(hash, (Instant::now(), record.clone()));
+                }
+                Ok(record)
+            }
+            Err(e) if e.is_unavailable() => match cached {
+                Some((_, record)) => Ok(record),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Forgets cached key lookups (after a revocation on this instance).
+    pub fn forget_keys(&self) {
+        if let Ok(mut c) = self.key_cache.lock() {
+            c.clear();
+        }
+    }
+}
+
+fn build_router(config: &Config) -> Result<Router, BuildError> {
+    let mut router = Router::new(RetryPolicy {
+        max_retries: config.retry.max_retries,
+        base_backoff: Duration::from_millis(config.retry.base_backoff_ms),
+        max_backoff: Duration::from_millis(config.retry.max_backoff_ms),
+    });
+    for (name, section) in &config.providers {
+        router.add_provider(name, build_provider(name, section)?);
+    }
+    for (alias, a) in &config.aliases {
+        let mut deployments = Vec::new();
+        for d in &a.deployments {
+            let (provider, upstream) = d.model.split_once('/').unwrap_or((d.model.as_str(), ""));
+            let provider = router
+                .provider(provider)
+                .ok_or_else(|| BuildError::Provider {
+                    name: alias.clone(),
+                    message: format!("deployment {:?} names no configured provider", d.model),
+                })?;
+            deployments.push(Deployment {
+                name: d.model.clone(),
+                provider,
+                upstream_model: upstream.to_owned(),
+                weight: d.weight,
+            });
+        }
+        router.add_alias(alias, deployments);
+    }
+    Ok(router)
+}
+
+fn build_provider(name: &str, s: &ProviderSection) -> Result<Arc<dyn Provider>, BuildError> {
+    let timeouts = Timeouts {
+        connect: Duration::from_millis(s.connect_timeout_ms),
+        first_byte: Duration::from_millis(s.first_byte_timeout_ms),
+        idle: Duration::from_millis(s.idle_timeout_ms),
+    };
+    let api_key = s
+        .api_key
+        .clone()
+        .or_else(|| s.api_key_env.as_deref().and_then(|v| std::env::var(v).ok()))
+        .filter(|k| !k.is_empty());
+    let err = |e: tollgate_providers::ProviderError| BuildError::Provider {
+        name: name.to_owned(),
+        message: e.to_string(),
+    };
+    Ok(match s.kind {
+        ProviderKind::Mock => Arc::new(MockProvider::new(MockConfig {
+            first_token_latency: Duration::from_millis(s.first_token_latency_ms),
+            tokens_per_second: s.tokens_per_second,
+            error_rate: s.error_rate,
+            ..MockConfig::default()
+        })),
+        ProviderKind::Openai => Arc::new(
+            OpenAiCompat::new(s.base_url.as_deref().unwrap_or_default(), api_key, timeouts)
+                .map_err(err)?,
+        ),
+        ProviderKind::Anthropic => {
+            let key = api_key.ok_or_else(|| BuildError::Provider {
+                name: name.to_owned(),
+                message: format!(
+                    "no API key: set {}",
+                    s.api_key_env.as_deref().unwrap_or("api_key")
+                ),
+            })?;
+            Arc::new(
+                Anthropic::new(s.base_url.as_deref().unwrap_or_default(), key, timeouts)
+                    .map_err(err)?,
+            )
+        }
+    })
+}
