@@ -1,10 +1,15 @@
 //! Test support for tollgate: real `redis-server` processes and real Redis Clusters on free
-//! loopback ports, and a fresh key prefix for every test so tests share servers safely.
+//! loopback ports, a fresh key prefix for every test so tests share servers safely, and a fake
+//! OpenAI-compatible upstream (the one fake: real LLM APIs are paid and out of reach).
 //!
 //! Nothing here imitates Redis: every helper starts the Debian `redis-server` binary (or the one
 //! named by `TOLLGATE_REDIS_SERVER`) in a temp dir and kills it on drop. Servers shared by a whole
 //! test binary are started from a thread that lives as long as the process, so they are not
 //! killed early, and they exit with the test binary because they watch its pid (see `watchdog`).
+
+mod fake_upstream;
+
+pub use fake_upstream::{FakeUpstream, FakeUpstreamConfig};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,103 @@
+//! Real `tollgate` processes for end-to-end tests: each on a free port, killed on drop.
+
+#![allow(dead_code, reason = "each test binary uses part of this")]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `tollgate serve`.
+pub(crate) struct Replica {
+    child: Child,
+    pub(crate) base: String,
+}
+
+impl Replica {
+    /// Starts `tollgate serve` on `redis_url` with the config file `config`, and waits until ready.
+    pub(crate) fn start(redis_url: &str, config: &Path, env: &[(&str, &str)]) -> Replica {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(["serve", "--listen", &addr])
+            .arg("--config")
+            .arg(config)
+            .env("TOLLGATE_REDIS_URL", redis_url)
+            .env_remove("TOLLGATE_MASTER_KEY")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "tollgate exited at start"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "tollgate did not listen within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Replica {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process (as a crash would).
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A config file in a temp dir (kept alive by the returned guard).
+pub(crate) fn config_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// The `id:` and content deltas of an SSE body, in order.
+pub(crate) fn sse_events(text: &str) -> Vec<(Option<u64>, String)> {
+    let mut out = Vec::new();
+    let mut id = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.parse().ok();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            if data != "[DONE]"
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(data)
+                && let Some(c) = v["choices"][0]["delta"]["content"].as_str()
+            {
+                out.push((id, c.to_owned()));
+            }
+            id = None;
+        }
+    }
+    out
+}

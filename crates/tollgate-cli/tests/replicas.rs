@@ -1,0 +1,293 @@
+//! Several `tollgate` processes on one Redis: limits, coalescing, streams and sessions hold
+//! across them; Redis dying under load slows tollgate down without taking it down.
+
+#![allow(clippy::unwrap_used, reason = "tests panic on failure")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Replica, config_file, sse_events};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tollgate_testkit::{FakeUpstream, FakeUpstreamConfig, RedisServer};
+
+fn client() -> reqwest::Client {
+    tollgate_providers::init_tls();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn upstream_config(upstream: &FakeUpstream, extra: &str) -> String {
+    format!(
+        "[redis]\ncommand_timeout_ms = 300\n[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up/m\"]\n{extra}",
+        upstream.base_url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_rpm_limit_holds_exactly_across_three_processes() {
+    let redis = RedisServer::start();
+    let (_dir, path) = config_file("[server]\nmaster_key = \"mk\"\n");
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let created: Value = http
+        .post(replicas[0].url("/admin/keys"))
+        .bearer_auth("mk")
+        .json(&json!({"name": "load", "limits": {"rpm": 20}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let (http, url, key) = (
+            http.clone(),
+            replicas[i % 3].url("/v1/chat/completions"),
+            key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"model": "mock/echo", "temperature": 0.9, "messages": [{"role": "user", "content": format!("q{i}")}]});
+            http.post(url).bearer_auth(key).json(&body).send().await.unwrap().status().as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        20,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        40,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_identical_requests_over_three_processes_make_one_upstream_call() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        chunks: 12,
+        chunk_delay: Duration::from_millis(40),
+        fail_first: 0,
+    })
+    .await;
+    let (_dir, path) = config_file(&upstream_config(&upstream, ""));
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let (http, url) = (http.clone(), replicas[i % 3].url("/v1/chat/completions"));
+        let stream = i % 2 == 0;
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"model": "up/m", "temperature": 0, "stream": stream, "messages": [{"role": "user", "content": "the same question"}]});
+            let response = http.post(url).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let text = response.text().await.unwrap();
+            if stream {
+                sse_events(&text).into_iter().map(|(_, c)| c).collect::<String>()
+            } else {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                v["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+            }
+        }));
+    }
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap(),
+            upstream.answer(),
+            "every caller gets the whole answer"
+        );
+    }
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "one upstream call for thirty identical requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_started_on_one_process_is_read_and_resumed_on_others() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        chunks: 40,
+        chunk_delay: Duration::from_millis(15),
+        fail_first: 0,
+    })
+    .await;
+    let (_dir, path) = config_file(&upstream_config(&upstream, ""));
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let body = json!({"model": "up/m", "stream": true, "temperature": 0.5, "messages": [{"role": "user", "content": "long story"}]});
+    let started = http
+        .post(replicas[0].url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let id = started.headers()["x-tollgate-stream-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // The first client goes away at once; the generation goes on.
+    drop(started);
+    // A reader on the second process takes some events, then its connection drops.
+    let mut reader = http
+        .get(replicas[1].url(&format!("/v1/streams/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    let mut text = String::new();
+    while sse_events(&text).len() < 10 {
+        text.push_str(&String::from_utf8_lossy(
+            &reader.next().await.unwrap().unwrap(),
+        ));
+    }
+    drop(reader);
+    let mut seen = sse_events(&text);
+    // Keep only whole events (the last one may have been cut mid-way).
+    let last_id = seen.last().unwrap().0.unwrap();
+    // It resumes on the third process from its last id.
+    let rest = http
+        .get(replicas[2].url(&format!("/v1/streams/{id}")))
+        .header("last-event-id", last_id.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(rest.trim_end().ends_with("data: [DONE]"), "{rest}");
+    seen.extend(sse_events(&rest));
+    let ids: Vec<u64> = seen.iter().map(|(i, _)| i.unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "no chunk lost or repeated: {ids:?}"
+    );
+    let whole: String = seen.into_iter().map(|(_, c)| c).collect();
+    assert_eq!(whole, upstream.answer());
+    assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_shared_between_processes() {
+    let redis = RedisServer::start();
+    let (_dir, path) = config_file("");
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let body = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "remember the number 42"}]});
+    let r = http
+        .post(replicas[0].url("/v1/chat/completions"))
+        .header("x-tollgate-session-id", "shared-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let messages = loop {
+        let v: Value = http
+            .get(replicas[1].url("/v1/sessions/shared-1/messages"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["data"].as_array().is_some_and(|d| d.len() == 2) || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(messages["data"][0]["content"], "remember the number 42");
+    assert_eq!(messages["data"][1]["role"], "assistant");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dying_under_load_slows_tollgate_down_and_it_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let (_dir, path) = config_file("[redis]\ncommand_timeout_ms = 300\n");
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|r| r.url("/v1/chat/completions"))
+        .collect();
+    let ask = move |i: usize| {
+        let (http, url) = (client(), urls[i % 2].clone());
+        async move {
+            let body = json!({"model": "mock/echo", "temperature": 0, "messages": [{"role": "user", "content": "cached question"}]});
+            let r = http.post(url).json(&body).send().await.unwrap();
+            let cache = r
+                .headers()
+                .get("x-tollgate-cache")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), cache)
+        }
+    };
+    assert_eq!(ask(0).await.0, 200);
+    assert_eq!(ask(1).await, (200, Some("hit".to_owned())));
+    // Load runs while Redis dies: every request is still answered.
+    let load = {
+        let ask = ask.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..80 {
+                statuses.push(ask(i).await.0);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.kill();
+    let during = ask(0).await;
+    assert_eq!(
+        during,
+        (200, Some("bypass".to_owned())),
+        "answered without Redis"
+    );
+    let statuses = load.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    redis.restart();
+    let back = Instant::now();
+    loop {
+        let (status, cache) = ask(1).await;
+        assert_eq!(status, 200);
+        if cache.as_deref() != Some("bypass") {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "not recovered within 5 s of Redis coming back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready = http
+        .get(replicas[0].url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(ready, 200);
+}

@@ -1,0 +1,161 @@
+//! A fake OpenAI-compatible upstream (the real ones are paid and out of reach): an HTTP server on
+//! a free loopback port that answers `POST /v1/chat/completions` with a fixed number of chunks at
+//! a fixed pace, counts the calls it gets, and can fail the first N calls with 500.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// How the fake upstream answers.
+#[derive(Debug, Clone)]
+pub struct FakeUpstreamConfig {
+    /// Chunks of content per answer (`w0 w1 ...`).
+    pub chunks: usize,
+    /// Pause before each chunk.
+    pub chunk_delay: Duration,
+    /// The first this-many calls get a 500.
+    pub fail_first: u64,
+}
+
+impl Default for FakeUpstreamConfig {
+    fn default() -> Self {
+        FakeUpstreamConfig {
+            chunks: 8,
+            chunk_delay: Duration::ZERO,
+            fail_first: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: FakeUpstreamConfig,
+    calls: AtomicU64,
+}
+
+/// A running fake upstream; stops when dropped.
+#[derive(Debug)]
+pub struct FakeUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    /// Starts it on a free loopback port (inside the current tokio runtime).
+    pub async fn start(config: FakeUpstreamConfig) -> Self {
+        let shared = Arc::new(Shared {
+            config,
+            calls: AtomicU64::new(0),
+        });
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", axum::routing::post(chat))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake upstream");
+        let addr = listener.local_addr().expect("fake upstream address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeUpstream { addr, shared, task }
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, the base URL to configure.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Calls received so far.
+    pub fn calls(&self) -> u64 {
+        self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    /// The text every successful answer spells.
+    pub fn answer(&self) -> String {
+        answer_text(self.shared.config.chunks)
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn answer_text(chunks: usize) -> String {
+    (0..chunks)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> Response {
+    let n = shared.calls.fetch_add(1, Ordering::SeqCst);
+    if n < shared.config.fail_first {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": "fake upstream failure"}})),
+        )
+            .into_response();
+    }
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("fake")
+        .to_owned();
+    let config = shared.config.clone();
+    let chunk = move |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for i in 0..config.chunks {
+        let text = if i == 0 {
+            format!("w{i}")
+        } else {
+            format!(" w{i}")
+        };
+        events.push(chunk(json!({"content": text}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    let mut usage = chunk(json!({}), Value::Null);
+    usage["choices"] = json!([]);
+    usage["usage"] = json!({"prompt_tokens": 10, "completion_tokens": config.chunks, "total_tokens": 10 + config.chunks});
+    events.push(usage);
+    let delay = config.chunk_delay;
+    let body = paced_body(events, delay);
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn paced_body(events: Vec<Value>, delay: Duration) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(4);
+    tokio::spawn(async move {
+        for e in events {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if tx.send(Ok(format!("data: {e}\n\n"))).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Ok("data: [DONE]\n\n".to_owned())).await;
+    });
+    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
