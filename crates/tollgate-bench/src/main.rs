@@ -6,9 +6,15 @@
 //! multiplexed connection (as a gateway process uses it), against raw GET and raw EVALSHA of a
 //! trivial script on the same server at the same concurrency. The baselines run before and
 //! after the patterns, and the ratio uses their mean, so drift during the run shows.
+//!
+//! `tollgate-bench gateway`: the `tollgate` binary (a separate process, as deployed) in front of a
+//! 0 ms mock upstream, against the same mock called directly by the same load generator: added
+//! latency (p50, p99) for pass-through and exact-cache hits at each concurrency, throughput, and
+//! tollgate's RSS idle and at peak.
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its report")]
 
+mod gateway;
 mod patterns;
 
 use clap::{Parser, Subcommand};
@@ -27,11 +33,14 @@ struct Cli {
 enum Command {
     /// Throughput of every Redis pattern against raw GET / EVALSHA.
     Patterns(patterns::Args),
+    /// tollgate in front of a 0 ms mock upstream against the mock called directly.
+    Gateway(gateway::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Patterns(args) => patterns::run(args).await,
+        Command::Gateway(args) => gateway::run(args).await,
     }
 }

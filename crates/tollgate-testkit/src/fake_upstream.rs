@@ -1,6 +1,6 @@
 //! A fake OpenAI-compatible upstream (the real ones are paid and out of reach): an HTTP server on
 //! a free loopback port that answers `POST /v1/chat/completions` with a fixed number of chunks at
-//! a fixed pace, counts the calls it gets, and can fail the first N calls with 500.
+//! a fixed pace (or one JSON answer when `stream` is not true), counts the calls it gets, and can fail the first N calls with 500.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +63,9 @@ impl FakeUpstream {
             .await
             .expect("bind the fake upstream");
         let addr = listener.local_addr().expect("fake upstream address");
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -1,0 +1,264 @@
+//! The `gateway` benchmark.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tollgate_testkit::{FakeUpstream, FakeUpstreamConfig, RedisServer};
+
+/// Options of `tollgate-bench gateway`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Concurrencies to measure, comma-separated.
+    #[arg(long, default_value = "1,32")]
+    concurrency: String,
+    /// Seconds per cell (after a 1 s warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// The tollgate binary (default: next to this one).
+    #[arg(long)]
+    tollgate: Option<PathBuf>,
+}
+
+struct Cell {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    tollgate_providers::init_tls();
+    let concurrencies: Vec<usize> = args
+        .concurrency
+        .split(',')
+        .map(|c| c.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let binary = match args.tollgate {
+        Some(b) => b,
+        None => std::env::current_exe()?.with_file_name("tollgate"),
+    };
+    anyhow::ensure!(
+        binary.exists(),
+        "no tollgate binary at {} (cargo build --release -p tollgate-cli)",
+        binary.display()
+    );
+    let redis = tokio::task::spawn_blocking(RedisServer::start).await?;
+    let upstream = FakeUpstream::start(FakeUpstreamConfig::default()).await;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        // Limits stay on (their check is part of every request's cost), set too high to refuse.
+        format!(
+            "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up/m\"]\n\
+             [tiers.default]\nrpm = 1000000000\ntpm = 1000000000000\nmax_concurrency = 100000\n",
+            upstream.base_url()
+        ),
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = Command::new(&binary)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(&config)
+        .env("TOLLGATE_REDIS_URL", redis.url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let gateway = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()?;
+    let ready = Instant::now();
+    while http
+        .get(format!("{gateway}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(20),
+            "tollgate did not get ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = rss_kib(child.id(), "VmRSS");
+
+    let message = json!([{"role": "user", "content": "Say hello in one short sentence."}]);
+    let direct =
+        Arc::new(json!({"model": "m", "max_tokens": 32, "temperature": 0, "messages": message}));
+    let pass = Arc::new(
+        json!({"model": "up/m", "max_tokens": 32, "temperature": 0.7, "messages": message}),
+    );
+    let hit =
+        Arc::new(json!({"model": "up/m", "max_tokens": 32, "temperature": 0, "messages": message}));
+    let prime = http
+        .post(format!("{gateway}/v1/chat/completions"))
+        .body(hit.to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(
+        prime.status() == 200,
+        "priming request failed: {}",
+        prime.text().await?
+    );
+    let check = http
+        .post(format!("{gateway}/v1/chat/completions"))
+        .body(hit.to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(
+        check
+            .headers()
+            .get("x-tollgate-cache")
+            .is_some_and(|v| v == "hit"),
+        "the cache-hit request is not a hit"
+    );
+
+    let duration = Duration::from_secs_f64(args.seconds);
+    let mut rows = Vec::new();
+    for &c in &concurrencies {
+        let upstream_url = format!("{}/chat/completions", upstream.base_url());
+        let tollgate_url = format!("{gateway}/v1/chat/completions");
+        let d = measure(&http, &upstream_url, direct.clone(), c, duration).await;
+        let p = measure(&http, &tollgate_url, pass.clone(), c, duration).await;
+        let h = measure(&http, &tollgate_url, hit.clone(), c, duration).await;
+        rows.push((c, d, p, h));
+    }
+    let peak_rss = rss_kib(child.id(), "VmHWM");
+    let upstream_calls = upstream.calls();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    println!("## tollgate in front of a 0 ms mock upstream, against the mock called directly\n");
+    println!(
+        "{} s per cell after a 1 s warm-up; one load generator (this process), keep-alive connections.\n",
+        args.seconds
+    );
+    println!("| scenario | concurrency | req/s | p50 | p99 | added p50 | added p99 | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (c, d, p, h) in &rows {
+        let ms = |x: Duration| format!("{:.3} ms", x.as_secs_f64() * 1e3);
+        let added = |x: Duration, base: Duration| {
+            format!("{:+.3} ms", (x.as_secs_f64() - base.as_secs_f64()) * 1e3)
+        };
+        println!(
+            "| mock upstream, direct | {c} | {:.0} | {} | {} | | | {} |",
+            d.rps,
+            ms(d.p50),
+            ms(d.p99),
+            d.errors
+        );
+        println!(
+            "| tollgate pass-through | {c} | {:.0} | {} | {} | {} | {} | {} |",
+            p.rps,
+            ms(p.p50),
+            ms(p.p99),
+            added(p.p50, d.p50),
+            added(p.p99, d.p99),
+            p.errors
+        );
+        println!(
+            "| tollgate exact-cache hit | {c} | {:.0} | {} | {} | {} | {} | {} |",
+            h.rps,
+            ms(h.p50),
+            ms(h.p99),
+            added(h.p50, d.p50),
+            added(h.p99, d.p99),
+            h.errors
+        );
+    }
+    println!(
+        "\ntollgate RSS: {:.1} MiB idle, {:.1} MiB peak. Upstream calls during the run: {upstream_calls} (pass-through only).",
+        idle_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    Ok(())
+}
+
+async fn measure(
+    http: &reqwest::Client,
+    url: &str,
+    body: Arc<Value>,
+    concurrency: usize,
+    duration: Duration,
+) -> Cell {
+    let body: Arc<str> = body.to_string().into();
+    let run = |for_how_long: Duration| {
+        let mut tasks = Vec::new();
+        let deadline = Instant::now() + for_how_long;
+        for _ in 0..concurrency {
+            let (http, url, body) = (http.clone(), url.to_owned(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(8192);
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let ok = match http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                    {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if ok {
+                        latencies.push(t.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            }));
+        }
+        tasks
+    };
+    for t in run(Duration::from_secs(1)) {
+        let _ = t.await;
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in run(duration) {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed();
+    all.sort_unstable();
+    let pick = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Cell {
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pick(0.5),
+        p99: pick(0.99),
+        errors,
+    }
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
