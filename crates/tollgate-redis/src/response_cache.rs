@@ -118,7 +118,7 @@ pub struct CacheStats {
     pub hits: u64,
     /// Lookups that did not.
     pub misses: u64,
-    /// Prompt tokens not sent upstream thanks to hits (as recorded by [`ResponseCache::record_saved`]).
+    /// Prompt tokens not sent upstream thanks to hits (entries stored with their usage).
     pub saved_prompt_tokens: u64,
     /// Completion tokens not generated upstream thanks to hits.
     pub saved_completion_tokens: u64,
@@ -220,7 +220,8 @@ impl ResponseCache {
     }
 
     /// Stores the leader's value (unless the model was invalidated meanwhile) and releases its
-    /// lease.
+    /// lease. `usage` (prompt, completion tokens) is what each later hit saves; the lookup counts
+    /// it in the model's stats itself.
     pub async fn complete(
         &self,
         key: &CacheKey,
@@ -228,8 +229,12 @@ impl ResponseCache {
         value: &[u8],
         ttl: Option<Duration>,
         token: &str,
+        usage: Option<(u64, u64)>,
     ) -> Result<Stored> {
-        let stored = self.store(key, generation, value, ttl, token).await?;
+        let usage = usage.map(|(p, c)| format!("{p} {c}")).unwrap_or_default();
+        let stored = self
+            .store(key, generation, value, ttl, token, &usage)
+            .await?;
         if stored == Stored::Yes {
             let _: Result<i64, _> = redis::cmd("SADD")
                 .arg(self.keys.cache_models())
@@ -248,29 +253,6 @@ impl ResponseCache {
     /// Extends a lease held with `token`; `false` when it was lost.
     pub async fn renew(&self, key: &CacheKey, token: &str) -> Result<bool> {
         self.lease_op(key, token, "renew").await
-    }
-
-    /// Adds what a hit saved to the model's stats.
-    pub async fn record_saved(
-        &self,
-        model: &str,
-        prompt_tokens: u64,
-        completion_tokens: u64,
-    ) -> Result<()> {
-        let _: () = redis::pipe()
-            .cmd("HINCRBY")
-            .arg(self.keys.cache_stats(&Id::new(model)?))
-            .arg("saved_prompt_tokens")
-            .arg(prompt_tokens)
-            .ignore()
-            .cmd("HINCRBY")
-            .arg(self.keys.cache_stats(&Id::new(model)?))
-            .arg("saved_completion_tokens")
-            .arg(completion_tokens)
-            .ignore()
-            .query_async(&mut self.redis.conn())
-            .await?;
-        Ok(())
     }
 
     /// Models that have had entries stored (encoded as in keys).
@@ -295,6 +277,7 @@ impl ResponseCache {
             &generation.unwrap_or_else(|| "0".into()),
             value,
             ttl,
+            "",
             "",
         )
         .await
@@ -377,7 +360,7 @@ impl ResponseCache {
         match value {
             Ok(value) => {
                 if let Err(e) = self
-                    .store(key, &lookup.generation, &value, ttl, &token)
+                    .store(key, &lookup.generation, &value, ttl, &token, "")
                     .await
                 {
                     tracing::warn!(error = %e, "could not store a computed value in the response cache");
@@ -461,6 +444,7 @@ impl ResponseCache {
         value: &[u8],
         ttl: Option<Duration>,
         token: &str,
+        usage: &str,
     ) -> Result<Stored> {
         let ttl = ttl
             .unwrap_or(self.config.default_ttl)
@@ -485,6 +469,7 @@ impl ResponseCache {
             .arg(encoded)
             .arg(millis(ttl))
             .arg(token)
+            .arg(usage)
             .invoke_async(&mut self.redis.conn())
             .await?;
         Ok(if stored == 1 {

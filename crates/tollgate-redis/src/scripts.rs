@@ -14,7 +14,7 @@ macro_rules! script {
 }
 
 script!(RATE_LIMIT, "rate_limit.lua");
-script!(TOKEN_RECONCILE, "token_reconcile.lua");
+script!(SETTLE, "settle.lua");
 script!(LEASE_RENEW, "lease_renew.lua");
 script!(LEASE_TOKEN, "lease_token.lua");
 script!(CACHE_LOOKUP, "cache_lookup.lua");

@@ -30,7 +30,7 @@ use tollgate_redis::{CacheKey, EventKind, Lead, Producer, Window};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::limits::{ASSUMED_OUTPUT_TOKENS, Admission, admit};
+use crate::limits::{ASSUMED_OUTPUT_TOKENS, Admission, Charge, admit};
 use crate::metrics::{CacheResult, TokenKind, TokenLabels, UpstreamErrorKind, UpstreamLabels};
 use crate::state::Gateway;
 
@@ -128,6 +128,10 @@ enum Caching {
 }
 
 /// Answers a chat request.
+///
+/// The cache is asked first, so that what a request is charged fits what it costs: a hit or a
+/// coalesced follower is charged one request (no tokens, no concurrency slot: it costs the
+/// upstream nothing); a request that goes upstream is charged in full before it does.
 pub async fn chat_completions(
     gw: &Arc<Gateway>,
     principal: &Principal,
@@ -160,7 +164,17 @@ pub async fn chat_completions(
         + req
             .max_output_tokens()
             .map_or(ASSUMED_OUTPUT_TOKENS, u64::from);
-    let admission = admit(gw, principal, &req.model, estimate).await?;
+    let model = req.model.clone();
+    let full = || {
+        admit(
+            gw,
+            principal,
+            &model,
+            Charge::Full {
+                estimated_tokens: estimate,
+            },
+        )
+    };
 
     let cacheable = gw.config.cache.enabled
         && (req.is_deterministic() || gw.config.cache.cache_non_deterministic);
@@ -188,7 +202,12 @@ pub async fn chat_completions(
     let Some(key) = key else {
         gw.metrics.cache(CacheResult::Bypass);
         return plan
-            .generate(admission, Caching::Bypass, stream_id, CacheResult::Bypass)
+            .generate(
+                full().await?,
+                Caching::Bypass,
+                stream_id,
+                CacheResult::Bypass,
+            )
             .await;
     };
     if opts.no_cache {
@@ -199,7 +218,7 @@ pub async fn chat_completions(
             Caching::StoreAfter(key)
         };
         return plan
-            .generate(admission, caching, stream_id, CacheResult::Bypass)
+            .generate(full().await?, caching, stream_id, CacheResult::Bypass)
             .await;
     }
     let deadline = Instant::now() + Duration::from_secs(gw.config.cache.coalesce_wait_seconds);
@@ -208,10 +227,19 @@ pub async fn chat_completions(
         match gw.cache.lead(&key, &stream_id, first).await {
             Ok(Lead::Hit(bytes)) => {
                 gw.metrics.cache(CacheResult::Hit);
+                let admission = admit(gw, principal, &model, Charge::RequestOnly).await?;
                 return plan.hit(admission, &bytes);
             }
             Ok(Lead::Leader { generation }) => {
                 gw.metrics.cache(CacheResult::Miss);
+                let admission = match full().await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Refused: let an identical request that is allowed lead instead.
+                        let _ = gw.cache.abandon(&key, &stream_id).await;
+                        return Err(e);
+                    }
+                };
                 let caching = Caching::Lead {
                     key,
                     generation,
@@ -224,6 +252,7 @@ pub async fn chat_completions(
             Ok(Lead::Follower { holder }) => {
                 if let Some(started) = plan.attach(&holder).await? {
                     gw.metrics.cache(CacheResult::Coalesced);
+                    let admission = admit(gw, principal, &model, Charge::RequestOnly).await?;
                     return plan.follow(admission, holder, started).await;
                 }
                 // The leader's stream is gone (it died before writing): try to lead in turn.
@@ -239,7 +268,12 @@ pub async fn chat_completions(
                 tracing::warn!(error = %e, "response cache unavailable; answering without it");
                 gw.metrics.cache(CacheResult::Error);
                 return plan
-                    .generate(admission, Caching::Bypass, stream_id, CacheResult::Bypass)
+                    .generate(
+                        full().await?,
+                        Caching::Bypass,
+                        stream_id,
+                        CacheResult::Bypass,
+                    )
                     .await;
             }
             Err(e) => return Err(ApiError::Internal(format!("cache: {e}"))),
@@ -315,14 +349,6 @@ impl Plan {
                 .saved_dollars
                 .inc_by(price.cost(usage.prompt_tokens, usage.completion_tokens));
         }
-        let model = self.req.model.clone();
-        let recorder = gw.clone();
-        tokio::spawn(async move {
-            let _ = recorder
-                .cache
-                .record_saved(&model, usage.prompt_tokens, usage.completion_tokens)
-                .await;
-        });
         if let Some(s) = self.session {
             s.record(&gw, &completion);
         }
@@ -694,9 +720,13 @@ impl Generation {
                         generation,
                         store: true,
                     } => {
+                        // What each later hit saves (known only when the upstream reported usage).
+                        let saved = completion
+                            .usage
+                            .map(|u| (u.prompt_tokens, u.completion_tokens));
                         if let Err(e) = gw
                             .cache
-                            .complete(key, generation, &value, self.ttl, &self.stream_id)
+                            .complete(key, generation, &value, self.ttl, &self.stream_id, saved)
                             .await
                         {
                             tracing::warn!(error = %e, "could not store the answer in the cache");

@@ -85,29 +85,35 @@ impl Drop for Admission {
             return;
         };
         handle.spawn(async move {
-            if let Some(lease) = lease
-                && let Err(e) = gw.limiter.release(lease).await
-            {
-                tracing::debug!(error = %e, "could not release a concurrency lease; it will expire");
-            }
-            if delta != 0 {
-                for (key, capacity) in tokens {
-                    if let Err(e) = gw.limiter.reconcile_tokens(&key, capacity, MINUTE, delta).await {
-                        tracing::debug!(error = %e, "could not reconcile a token reservation");
-                    }
-                }
+            // One round trip: the slot back, the reservation settled.
+            let buckets = if delta == 0 { Vec::new() } else { tokens };
+            if let Err(e) = gw.limiter.settle(lease.as_ref(), &buckets, MINUTE, delta).await {
+                tracing::debug!(error = %e, "could not settle a request's limits; leases expire, reservations stand");
             }
         });
     }
 }
 
-/// Checks and charges the limits of one request for `model`, estimating `estimate` tokens.
+/// What a request is charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// It goes upstream: one request, the estimated tokens (settled later), a concurrency slot.
+    Full { estimated_tokens: u64 },
+    /// It is answered without the upstream (a cache hit, a coalesced follower): one request.
+    RequestOnly,
+}
+
+/// Checks and charges the limits of one request for `model`.
 pub async fn admit(
     gw: &Arc<Gateway>,
     principal: &Principal,
     model: &str,
-    estimate: u64,
+    charge: Charge,
 ) -> Result<Admission, ApiError> {
+    let (estimate, full) = match charge {
+        Charge::Full { estimated_tokens } => (estimated_tokens, true),
+        Charge::RequestOnly => (0, false),
+    };
     let limits = &principal.limits;
     let model_limits = limits.models.get(model).cloned().unwrap_or_default();
     let subject = Id::new(&principal.subject).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -140,7 +146,7 @@ pub async fn admit(
                 cost: 1,
             });
         }
-        if let Some(tpm) = tpm {
+        if let Some(tpm) = tpm.filter(|_| full) {
             if estimate > tpm {
                 return Err(ApiError::RateLimited {
                     message: format!(
@@ -163,7 +169,7 @@ pub async fn admit(
             });
         }
     }
-    if let Some(max) = limits.max_concurrency {
+    if let Some(max) = limits.max_concurrency.filter(|_| full) {
         checks.push(Check {
             key: key("conc")?,
             limit: Limit::Concurrency {

@@ -670,3 +670,48 @@ async fn models_and_metrics_are_listed() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
 }
+
+#[tokio::test]
+async fn requests_give_back_what_they_did_not_use_and_hits_cost_no_tokens() {
+    // 500 tokens a minute, one request at a time. Each request reserves its prompt plus 200
+    // output tokens; two reservations cannot be held at once, so only settling lets these pass.
+    let gw = gateway("[tiers.default]\ntpm = 500\nmax_concurrency = 1\n").await;
+    for i in 0..5 {
+        let mut req = chat(&format!("distinct question {i}"));
+        req["max_tokens"] = json!(200);
+        let mut status = StatusCode::TOO_MANY_REQUESTS;
+        // Settling runs just after the answer; give it a moment.
+        for _ in 0..50 {
+            status = call(&gw, "POST", "/v1/chat/completions", &[], Some(req.clone()))
+                .await
+                .status;
+            if status == StatusCode::OK {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "request {i} was not admitted: its predecessors kept their reservation or slot"
+        );
+    }
+    // Hits of a cached answer are charged one request each, no tokens and no slot: twenty in a
+    // row fit in a budget that holds two reservations at most.
+    let mut cached = chat("distinct question 0");
+    cached["max_tokens"] = json!(200);
+    for _ in 0..20 {
+        let r = call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(cached.clone()),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.header("x-tollgate-cache")),
+            (StatusCode::OK, Some("hit"))
+        );
+    }
+}

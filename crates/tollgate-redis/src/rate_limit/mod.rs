@@ -386,17 +386,56 @@ impl RateLimiter {
         period: Duration,
         delta: i64,
     ) -> Result<i64> {
-        Limit::TokenBucket { capacity, period }.validate(0)?;
-        if delta == 0 {
-            return Ok(0);
-        }
-        let left: i64 = scripts::TOKEN_RECONCILE
-            .key(key.as_str())
-            .arg(capacity)
-            .arg(millis(period))
-            .arg(delta)
-            .invoke_async(&mut self.redis.conn())
+        let left = self
+            .settle(None, &[(key.clone(), capacity)], period, delta)
             .await?;
+        left.first()
+            .copied()
+            .ok_or_else(|| Error::reply("settle", "no bucket in the reply"))
+    }
+
+    /// Ends a request's charges in one round trip: releases `lease` (if any) and settles each
+    /// token bucket `(key, capacity)` with `delta = actual - reserved`. The keys must belong to
+    /// one subject. Returns the tokens left in each bucket.
+    pub async fn settle(
+        &self,
+        lease: Option<&Lease>,
+        buckets: &[(LimitKey, u64)],
+        period: Duration,
+        delta: i64,
+    ) -> Result<Vec<i64>> {
+        if lease.is_none() && buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        for (_, capacity) in buckets {
+            Limit::TokenBucket {
+                capacity: *capacity,
+                period,
+            }
+            .validate(0)?;
+        }
+        let tag = lease
+            .map(|l| l.key.as_str())
+            .or_else(|| buckets.first().map(|(k, _)| k.as_str()))
+            .and_then(keys::hash_tag);
+        if buckets
+            .iter()
+            .any(|(k, _)| keys::hash_tag(k.as_str()) != tag)
+        {
+            return Err(Error::InvalidArgument(
+                "a lease and buckets settled together must belong to one subject".into(),
+            ));
+        }
+        let mut invocation = scripts::SETTLE.prepare_invoke();
+        match lease {
+            Some(l) => invocation.key(l.key.as_str()).arg(&l.id),
+            None => invocation.arg(""),
+        };
+        invocation.arg(millis(period)).arg(delta);
+        for (key, capacity) in buckets {
+            invocation.key(key.as_str()).arg(*capacity);
+        }
+        let left: Vec<i64> = invocation.invoke_async(&mut self.redis.conn()).await?;
         Ok(left)
     }
 }

@@ -378,3 +378,76 @@ async fn limits_of_different_subjects_cannot_be_checked_together() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+pattern_suite!(settle_gives_back_the_slot_and_settles_every_bucket_in_one_call);
+
+async fn settle_gives_back_the_slot_and_settles_every_bucket_in_one_call(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let subject = Id::new("k").unwrap();
+    let period = Duration::from_secs(3600);
+    let (tpm, model_tpm, conc) = (
+        limiter.key(&subject, "tpm").unwrap(),
+        limiter.key(&subject, "m:x:tpm").unwrap(),
+        limiter.key(&subject, "conc").unwrap(),
+    );
+    let checks = [
+        Check {
+            key: tpm.clone(),
+            limit: Limit::TokenBucket {
+                capacity: 1000,
+                period,
+            },
+            cost: 800,
+        },
+        Check {
+            key: model_tpm.clone(),
+            limit: Limit::TokenBucket {
+                capacity: 900,
+                period,
+            },
+            cost: 800,
+        },
+        Check {
+            key: conc.clone(),
+            limit: Limit::Concurrency {
+                limit: 1,
+                lease: period,
+            },
+            cost: 1,
+        },
+    ];
+    let d = limiter.check_all(&checks).await.unwrap();
+    assert!(d.allowed);
+    assert!(
+        !limiter.check_all(&checks).await.unwrap().allowed,
+        "slot and tokens are taken"
+    );
+    // The request used 100 of the 800 reserved.
+    let left = limiter
+        .settle(
+            d.lease.as_ref(),
+            &[(tpm, 1000), (model_tpm, 900)],
+            period,
+            100 - 800,
+        )
+        .await
+        .unwrap();
+    assert!(
+        (899..=901).contains(&left[0]) && (799..=801).contains(&left[1]),
+        "{left:?}"
+    );
+    assert!(
+        limiter.check_all(&checks).await.unwrap().allowed,
+        "slot free and tokens back"
+    );
+    let other = limiter
+        .key(&Id::new("someone-else").unwrap(), "tpm")
+        .unwrap();
+    assert!(matches!(
+        limiter
+            .settle(d.lease.as_ref(), &[(other, 10)], period, 1)
+            .await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
