@@ -26,7 +26,7 @@ use tollgate_core::{
     Aggregator, ApproxTokenCounter, ChatCompletion, ChatMessage, ChatRequest, TokenCounter,
     request_hash,
 };
-use tollgate_redis::{CacheKey, EventKind, Lead, Producer, Window};
+use tollgate_redis::{CacheKey, EventKind, Lead, Window};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -650,13 +650,13 @@ impl Generation {
     async fn run(mut self) {
         let gw = self.gw.clone();
         let meta = json!({"owner": self.owner, "model": self.request.model}).to_string();
-        let writer = match gw.streams.create(&self.stream_id, meta.as_bytes()).await {
-            Ok(producer) => Some(StreamWriter::spawn(producer)),
-            Err(e) => {
-                tracing::warn!(error = %e, "token stream unavailable; streaming to this client only");
-                None
-            }
-        };
+        // The writer creates the stream while the upstream call starts (chunks queue meanwhile);
+        // a follower blocked on the stream's key wakes when it appears.
+        let writer = Some(StreamWriter::spawn(
+            gw.streams.clone(),
+            self.stream_id.clone(),
+            meta.into_bytes(),
+        ));
         let renewal = match &self.caching {
             Caching::Lead { key, .. } => {
                 let (gw, key, token) = (gw.clone(), key.clone(), self.stream_id.clone());
@@ -815,10 +815,17 @@ enum WriterMsg {
 }
 
 impl StreamWriter {
-    fn spawn(mut producer: Producer) -> Self {
+    fn spawn(streams: tollgate_redis::TokenStreams, id: String, meta: Vec<u8>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<WriterMsg>();
         tokio::spawn(async move {
-            let mut broken = false;
+            let mut producer = match streams.create(&id, &meta).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "token stream unavailable; streaming to this client only");
+                    None
+                }
+            };
+            let mut broken = producer.is_none();
             let mut batch: Vec<Arc<str>> = Vec::new();
             while let Some(first) = rx.recv().await {
                 let mut end = None;
@@ -833,7 +840,7 @@ impl StreamWriter {
                     }
                     next = rx.try_recv().ok();
                 }
-                if !batch.is_empty() && !broken {
+                if let Some(producer) = producer.as_mut().filter(|_| !broken && !batch.is_empty()) {
                     let refs: Vec<&[u8]> = batch.iter().map(|c| c.as_bytes()).collect();
                     if let Err(e) = producer.push_many(&refs).await {
                         tracing::warn!(error = %e, "token stream write failed; this stream is no longer resumable");
@@ -842,7 +849,7 @@ impl StreamWriter {
                 }
                 batch.clear();
                 if let Some((kind, data)) = end {
-                    if !broken {
+                    if let Some(producer) = producer.take().filter(|_| !broken) {
                         let result = match kind {
                             EventKind::Error => producer.fail(&data).await,
                             _ => producer.finish(&data).await,
