@@ -14,7 +14,9 @@ test: deps
 
 ## Benchmarks (not tests): ratios against baselines measured in the same run.
 bench: deps
-	cargo run --release --locked -p tollgate-bench -- patterns
+	cargo build --release --locked -p tollgate-cli -p tollgate-bench
+	target/release/tollgate-bench patterns
+	target/release/tollgate-bench gateway
 
 lint:
 	cargo fmt --all --check
