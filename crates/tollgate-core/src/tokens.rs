@@ -4,7 +4,7 @@
 use crate::message::ChatMessage;
 
 /// Counts the tokens a text or a message costs.
-pub trait TokenCounter: Send + Sync {
+pub trait TokenCounter: Send + Sync + std::fmt::Debug {
     /// Tokens of a plain text.
     fn count_text(&self, text: &str) -> u32;
 

@@ -22,10 +22,7 @@ use futures::stream::BoxStream;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_core::chat::completion_to_chunks;
-use tollgate_core::{
-    Aggregator, ApproxTokenCounter, ChatCompletion, ChatMessage, ChatRequest, TokenCounter,
-    request_hash,
-};
+use tollgate_core::{Aggregator, ChatCompletion, ChatMessage, ChatRequest, request_hash};
 use tollgate_redis::{CacheKey, EventKind, Lead, Window};
 
 use crate::auth::Principal;
@@ -158,7 +155,7 @@ pub async fn chat_completions(
     let prompt: u64 = req
         .messages
         .iter()
-        .map(|m| u64::from(ApproxTokenCounter.count_message(m)))
+        .map(|m| u64::from(gw.counter.count_message(m)))
         .sum();
     let estimate = prompt
         + req

@@ -8,6 +8,7 @@
 //! - [`state`]: the gateway's shared state, built from the configuration.
 //! - [`error`]: `ApiError`, every failure as an OpenAI-shaped JSON error with its status.
 //! - [`sse`], [`metrics`]: server-sent events out, Prometheus metrics.
+//! - [`tokens`]: token counting with OpenAI's encoding.
 //! - [`embedded`]: the private `redis-server` child tollgate runs when no Redis URL is given.
 //! - [`serve`]: binds, serves, and drains on shutdown.
 
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod serve;
 pub mod sse;
 pub mod state;
+pub mod tokens;
 
 pub use app::app;
 pub use config::Config;

@@ -16,6 +16,8 @@ use tollgate_redis::{
 use crate::config::{Config, ProviderKind, ProviderSection};
 use crate::limits::LocalLimiter;
 use crate::metrics::Metrics;
+use crate::tokens::OpenAiTokenCounter;
+use tollgate_core::TokenCounter;
 
 /// What every handler shares.
 pub type AppState = Arc<Gateway>;
@@ -34,6 +36,8 @@ pub struct Gateway {
     pub api_keys: ApiKeys,
     pub metrics: Metrics,
     pub local_limits: LocalLimiter,
+    /// Counts prompt tokens for limit estimates and session windows.
+    pub counter: Arc<dyn TokenCounter>,
     key_cache: Mutex<HashMap<String, (Instant, Option<ApiKeyRecord>)>>,
 }
 
@@ -95,13 +99,18 @@ impl Gateway {
                 ..CacheConfig::default()
             },
         );
-        let sessions = SessionStore::new(
+        tokio::task::spawn_blocking(OpenAiTokenCounter::warm_up)
+            .await
+            .ok();
+        let counter: Arc<dyn TokenCounter> = Arc::new(OpenAiTokenCounter);
+        let sessions = SessionStore::with_counter(
             sessions_redis,
             keys.clone(),
             SessionConfig {
                 idle_ttl: Duration::from_secs(config.sessions.idle_ttl_seconds),
                 max_messages: config.sessions.max_messages,
             },
+            counter.clone(),
         );
         let streams = TokenStreams::new(
             streams_redis,
@@ -122,6 +131,7 @@ impl Gateway {
             sessions,
             streams,
             metrics: Metrics::default(),
+            counter,
             local_limits: LocalLimiter::default(),
             key_cache: Mutex::new(HashMap::new()),
             config,
