@@ -85,6 +85,15 @@ pub enum FailPolicy {
 #[derive(Debug, Clone, Deserialize)]
 pub struct LimitsSection {
     pub on_redis_error: FailPolicy,
+    /// Overrides `on_redis_error` for request-count limits.
+    #[serde(default)]
+    pub requests_on_redis_error: Option<FailPolicy>,
+    /// Overrides `on_redis_error` for token limits.
+    #[serde(default)]
+    pub tokens_on_redis_error: Option<FailPolicy>,
+    /// Overrides `on_redis_error` for concurrency limits.
+    #[serde(default)]
+    pub concurrency_on_redis_error: Option<FailPolicy>,
     pub expected_instances: u64,
     pub default_tier: String,
     pub concurrency_lease_seconds: u64,

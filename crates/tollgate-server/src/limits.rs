@@ -274,32 +274,38 @@ fn fail_over(
     checks: &[Check],
     estimate: u64,
 ) -> Result<Admission, ApiError> {
-    match gw.config.limits.on_redis_error {
-        FailPolicy::Closed => {
-            gw.metrics.limiter(LimiterDecision::FailClosed);
-            Err(ApiError::Unavailable("rate limiter unavailable".into()))
+    // Each kind of limit may have its own policy; one closed limit closes the request.
+    let l = &gw.config.limits;
+    let closed = checks.iter().any(|c| {
+        let own = match c.limit {
+            Limit::Concurrency { .. } => l.concurrency_on_redis_error,
+            Limit::TokenBucket { .. } => l.tokens_on_redis_error,
+            _ => l.requests_on_redis_error,
+        };
+        own.unwrap_or(l.on_redis_error) == FailPolicy::Closed
+    });
+    if closed {
+        gw.metrics.limiter(LimiterDecision::FailClosed);
+        return Err(ApiError::Unavailable("rate limiter unavailable".into()));
+    }
+    let share = l.expected_instances.max(1);
+    match gw
+        .local_limits
+        .check(&principal.subject, checks, estimate, share)
+    {
+        Ok(guard) => {
+            gw.metrics.limiter(LimiterDecision::FailOpenAllowed);
+            let mut a = Admission::free();
+            a.local = Some(guard);
+            Ok(a)
         }
-        FailPolicy::Open => {
-            let share = gw.config.limits.expected_instances.max(1);
-            match gw
-                .local_limits
-                .check(&principal.subject, checks, estimate, share)
-            {
-                Ok(guard) => {
-                    gw.metrics.limiter(LimiterDecision::FailOpenAllowed);
-                    let mut a = Admission::free();
-                    a.local = Some(guard);
-                    Ok(a)
-                }
-                Err(retry_after) => {
-                    gw.metrics.limiter(LimiterDecision::FailOpenDenied);
-                    Err(ApiError::RateLimited {
-                        message: "rate limit exceeded".into(),
-                        retry_after,
-                        headers: Vec::new(),
-                    })
-                }
-            }
+        Err(retry_after) => {
+            gw.metrics.limiter(LimiterDecision::FailOpenDenied);
+            Err(ApiError::RateLimited {
+                message: "rate limit exceeded".into(),
+                retry_after,
+                headers: Vec::new(),
+            })
         }
     }
 }

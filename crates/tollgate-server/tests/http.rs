@@ -715,3 +715,32 @@ async fn requests_give_back_what_they_did_not_use_and_hits_cost_no_tokens() {
         );
     }
 }
+
+#[tokio::test]
+async fn limiters_follow_their_policy_while_redis_is_down() {
+    let mut server = RedisServer::start();
+    let open = gateway_on(&server.url(), "[tiers.default]\nrpm = 3\n").await;
+    let closed = gateway_on(
+        &server.url(),
+        "[tiers.default]\nrpm = 3\nmax_concurrency = 5\n[limits]\nconcurrency_on_redis_error = \"closed\"\n",
+    )
+    .await;
+    server.kill();
+    let req = |i: usize| {
+        let mut r = chat(&format!("while redis is down {i}"));
+        r["temperature"] = json!(0.8);
+        r
+    };
+    // Fail open: answered, with this instance's share of the limit enforced in process.
+    for i in 0..3 {
+        let r = call(&open, "POST", "/v1/chat/completions", &[], Some(req(i))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    let r = call(&open, "POST", "/v1/chat/completions", &[], Some(req(3))).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.header("retry-after").is_some());
+    // Fail closed (concurrency here): refused with 503, nothing sent upstream.
+    let r = call(&closed, "POST", "/v1/chat/completions", &[], Some(req(4))).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["error"]["type"], "service_unavailable");
+}
