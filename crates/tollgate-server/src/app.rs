@@ -64,13 +64,33 @@ fn route_of(path: &str) -> Route {
     }
 }
 
-/// Counts and times every request (to its response head: streams are counted when they start).
+/// Counts, times and logs every request (to its response head: streams when they start).
 async fn measure(State(gw): State<AppState>, request: Request, next: Next) -> Response {
     let route = route_of(request.uri().path());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
-    gw.metrics
-        .request(route, response.status().as_u16(), started.elapsed());
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    gw.metrics.request(route, status, took);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    tracing::info!(
+        target: "tollgate::access",
+        %method,
+        path,
+        status,
+        ms = took.as_secs_f64() * 1e3,
+        cache = header("x-tollgate-cache"),
+        route = header("x-tollgate-route"),
+        "request"
+    );
     response
 }
 
