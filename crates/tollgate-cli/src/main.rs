@@ -16,6 +16,8 @@ use tollgate_server::config::Limits;
 use tollgate_server::embedded::{EmbeddedConfig, EmbeddedRedis};
 use tollgate_server::{Config, Gateway, handlers, serve};
 
+mod warm;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tollgate",
@@ -93,6 +95,17 @@ enum CacheCommand {
     Stats,
     /// Drop every cached answer of a model.
     Invalidate { model: String },
+    /// Send each line of a JSONL file (one chat request a line) through the gateway, so the
+    /// answers are cached.
+    Warm {
+        file: PathBuf,
+        /// The tenant whose cache to warm (an API key's tenant; `open` when running without keys).
+        #[arg(long, default_value = "open")]
+        tenant: String,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -229,6 +242,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     println!("{}", serde_json::to_string_pretty(&stats)?);
+                }
+                CacheCommand::Warm {
+                    file,
+                    tenant,
+                    concurrency,
+                } => {
+                    let failed = warm::warm(gw, &file, &tenant, concurrency).await?;
+                    if failed > 0 {
+                        bail!("{failed} line(s) failed");
+                    }
                 }
                 CacheCommand::Invalidate { model } => {
                     let generation = gw

@@ -174,3 +174,64 @@ fn bad_arguments_are_reported_without_a_panic() {
     );
     assert!(!stderr.contains("panicked"));
 }
+
+#[test]
+fn cache_warm_fills_the_cache_and_names_every_bad_line() {
+    let redis = tollgate_testkit::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warm.jsonl");
+    let line = |q: &str, t: f64| {
+        format!(
+            r#"{{"model":"mock/echo","temperature":{t},"messages":[{{"role":"user","content":"{q}"}}]}}"#
+        )
+    };
+    let lines = [
+        line("one", 0.0),
+        line("two", 0.0),
+        String::new(),
+        line("three", 0.0),
+        "{not json".to_owned(),
+        line("warm", 0.9),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let warm = || {
+        tollgate()
+            .args(["cache", "warm"])
+            .arg(&file)
+            .env("TOLLGATE_REDIS_URL", redis.url())
+            .output()
+            .unwrap()
+    };
+    let first = warm();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        stdout.contains("warmed 3, already cached 0, not cacheable 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("line 5: not a chat request"), "{stdout}");
+    assert!(!first.status.success(), "a failed line fails the command");
+    assert_eq!(one_line_error(&first), "tollgate: 1 line(s) failed");
+    let second = warm();
+    assert!(String::from_utf8_lossy(&second.stdout).contains("warmed 0, already cached 3"));
+    // A gateway on the same Redis answers the warmed request from the cache.
+    let addr = free_addr();
+    let mut child = tollgate()
+        .args(["serve", "--listen", &addr])
+        .env("TOLLGATE_REDIS_URL", redis.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&addr, &mut child);
+    let body = line("two", 0.0);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(s, "POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(
+        raw.to_ascii_lowercase().contains("x-tollgate-cache: hit"),
+        "{raw}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
