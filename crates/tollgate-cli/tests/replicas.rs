@@ -291,3 +291,95 @@ async fn redis_dying_under_load_slows_tollgate_down_and_it_recovers_by_itself() 
         .status();
     assert_eq!(ready, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_stream_finish_before_exiting() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        chunks: 20,
+        chunk_delay: Duration::from_millis(40),
+        fail_first: 0,
+    })
+    .await;
+    let (_dir, path) = config_file(&upstream_config(&upstream, ""));
+    let mut replica = Replica::start(&redis.url(), &path, &[]);
+    let body = json!({"model": "up/m", "stream": true, "messages": [{"role": "user", "content": "take your time"}]});
+    let response = client()
+        .post(replica.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    let mut text = String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()).into_owned();
+    replica.terminate();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(
+        text.trim_end().ends_with("data: [DONE]"),
+        "the stream was cut: {text}"
+    );
+    assert_eq!(
+        sse_events(&text)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect::<String>(),
+        upstream.answer()
+    );
+    let status = replica
+        .wait_exit(Duration::from_secs(10))
+        .expect("tollgate exits once drained");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_can_live_on_a_redis_of_its_own() {
+    let main = RedisServer::start();
+    let cache = RedisServer::start();
+    let (_dir, path) = config_file(&format!("[redis]\ncache_url = \"{}\"\n", cache.url()));
+    let replica = Replica::start(&main.url(), &path, &[]);
+    let http = client();
+    let body = json!({"model": "mock/echo", "temperature": 0, "messages": [{"role": "user", "content": "where am I cached"}]});
+    // One request with a session (its keys stay on the main Redis), then the same request twice.
+    let r = http
+        .post(replica.url("/v1/chat/completions"))
+        .header("x-tollgate-session-id", "s1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let r = http
+            .post(replica.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        seen.push(r.headers()["x-tollgate-cache"].to_str().unwrap().to_owned());
+    }
+    // The session was new (no history), so its request was this very request: both are hits.
+    assert_eq!(seen, ["hit", "hit"]);
+    let keys = |url: String| {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        redis::cmd("KEYS")
+            .arg("tg:*")
+            .query::<Vec<String>>(&mut c)
+            .unwrap()
+    };
+    let (in_main, in_cache) = (keys(main.url()), keys(cache.url()));
+    assert!(
+        in_cache.iter().any(|k| k.starts_with("tg:{c:")),
+        "{in_cache:?}"
+    );
+    assert!(
+        !in_main.iter().any(|k| k.starts_with("tg:{c:")),
+        "cache entries leaked into the main Redis: {in_main:?}"
+    );
+    assert!(
+        in_main.iter().any(|k| k.starts_with("tg:{s:")),
+        "sessions stay on the main Redis: {in_main:?}"
+    );
+}

@@ -61,6 +61,28 @@ impl Replica {
         self.child.id()
     }
 
+    /// Sends SIGTERM (a graceful stop).
+    pub(crate) fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status if it did.
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Kills the process (as a crash would).
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
