@@ -1,0 +1,182 @@
+//! The HTTP providers against fake upstreams on loopback (the real APIs are paid and out of
+//! reach): what they send, and how they read streams and errors.
+
+#![allow(clippy::unwrap_used, reason = "tests panic on failure")]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tollgate_core::{Aggregator, ChatRequest};
+use tollgate_providers::anthropic::Anthropic;
+use tollgate_providers::openai_compat::{OpenAiCompat, Timeouts};
+use tollgate_providers::{Provider, ProviderError};
+
+type Seen = Arc<Mutex<Vec<(HeaderMap, Value)>>>;
+
+async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn request(v: Value) -> ChatRequest {
+    serde_json::from_value(v).unwrap()
+}
+
+fn sse(events: &[(&str, Value)]) -> Response {
+    let body: String = events
+        .iter()
+        .map(|(e, d)| format!("event: {e}\ndata: {d}\n\n"))
+        .collect();
+    ([("content-type", "text/event-stream")], body).into_response()
+}
+
+async fn fold(
+    p: &dyn Provider,
+    req: ChatRequest,
+) -> Result<tollgate_core::ChatCompletion, ProviderError> {
+    let mut stream = p.chat_stream(req).await?;
+    let mut agg = Aggregator::default();
+    while let Some(chunk) = stream.next().await {
+        agg.push(&chunk?);
+    }
+    Ok(agg.finish())
+}
+
+#[tokio::test]
+async fn anthropic_requests_and_streams_are_translated_both_ways() {
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/messages",
+            axum::routing::post(|State(seen): State<Seen>, headers: HeaderMap, Json(body): Json<Value>| async move {
+                seen.lock().unwrap().push((headers, body));
+                sse(&[
+                    ("message_start", json!({"type": "message_start", "message": {"id": "msg_7", "usage": {"input_tokens": 21}}})),
+                    ("content_block_start", json!({"type": "content_block_start", "index": 0})),
+                    ("ping", json!({"type": "ping"})),
+                    ("content_block_delta", json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Bonjour"}})),
+                    ("content_block_delta", json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": " !"}})),
+                    ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}})),
+                    ("message_stop", json!({"type": "message_stop"})),
+                ])
+            }),
+        )
+        .with_state(seen.clone());
+    let base = serve(app).await;
+    let provider = Anthropic::new(&base, "sk-ant-test".into(), Timeouts::default()).unwrap();
+    let req = request(json!({
+        "model": "claude-test", "temperature": 0.2,
+        "messages": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello"}]
+    }));
+    let done = fold(&provider, req).await.unwrap();
+    assert_eq!(done.choices[0].message.text_content(), "Bonjour !");
+    assert_eq!(done.choices[0].finish_reason.as_deref(), Some("stop"));
+    let usage = done.usage.unwrap();
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        ),
+        (21, 3, 24)
+    );
+    let (headers, body) = seen.lock().unwrap()[0].clone();
+    assert_eq!(headers["x-api-key"], "sk-ant-test");
+    assert_eq!(headers["anthropic-version"], "2023-06-01");
+    assert_eq!(body["system"], "Answer in French.");
+    assert_eq!(
+        body["messages"],
+        json!([{"role": "user", "content": "Hello"}])
+    );
+    assert_eq!(
+        (
+            body["stream"].clone(),
+            body["max_tokens"].clone(),
+            body["model"].clone()
+        ),
+        (json!(true), json!(1024), json!("claude-test"))
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_become_errors_the_router_can_act_on() {
+    let app = axum::Router::new()
+        .route(
+            "/a/chat/completions",
+            axum::routing::post(|| async {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "3")],
+                    "slow down",
+                )
+            }),
+        )
+        .route(
+            "/b/chat/completions",
+            axum::routing::post(|| async {
+                (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"error": {"message": "bad model"}})),
+                )
+            }),
+        )
+        .route(
+            "/c/chat/completions",
+            axum::routing::post(|| async { (StatusCode::BAD_GATEWAY, "oops") }),
+        )
+        .route(
+            "/d/chat/completions",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/e/chat/completions",
+            axum::routing::post(|| async {
+                (
+                    [("content-type", "text/event-stream")],
+                    "data: {not json}\n\n",
+                )
+            }),
+        );
+    let base = serve(app).await;
+    let req = || request(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
+    let quick = Timeouts {
+        first_byte: Duration::from_millis(300),
+        ..Timeouts::default()
+    };
+    let call = |path: &str| {
+        let p = OpenAiCompat::new(&format!("{base}/{path}"), Some("k".into()), quick).unwrap();
+        async move { fold(&p, req()).await }
+    };
+    assert!(
+        matches!(call("a").await, Err(ProviderError::RateLimited { retry_after: Some(d) }) if d == Duration::from_secs(3))
+    );
+    match call("b").await {
+        Err(ProviderError::Rejected {
+            status: 400,
+            message,
+        }) => assert_eq!(message, "bad model"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        call("c").await,
+        Err(ProviderError::Upstream { status: 502, .. })
+    ));
+    assert!(matches!(call("d").await, Err(ProviderError::Timeout)));
+    assert!(matches!(call("e").await, Err(ProviderError::Protocol(_))));
+    let unreachable = OpenAiCompat::new("http://127.0.0.1:9/v1", None, quick).unwrap();
+    assert!(matches!(
+        fold(&unreachable, req()).await,
+        Err(ProviderError::Connect(_))
+    ));
+}
