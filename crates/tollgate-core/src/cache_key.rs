@@ -84,27 +84,18 @@ pub fn canonical_request(
     if !map.get("model").is_some_and(Value::is_string) {
         return Err(CacheKeyError::MissingModel);
     }
-    let mut keys: Vec<&String> = map
-        .keys()
-        .filter(|k| !IGNORED_FIELDS.contains(&k.as_str()))
-        .collect();
-    keys.sort();
-    out.push('{');
-    for (i, key) in keys.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_string(key, out);
-        out.push(':');
-        let value = &map[key.as_str()];
-        if key == "messages" || key == "input" || key == "prompt" {
-            let normalized = normalize_text(value, normalization);
-            write_canonical(&normalized, out);
-        } else {
-            write_canonical(value, out);
-        }
-    }
-    out.push('}');
+    write_object(
+        map,
+        out,
+        |key| !IGNORED_FIELDS.contains(&key),
+        |key, value, out| {
+            if key == "messages" || key == "input" || key == "prompt" {
+                write_canonical(&normalize_text(value, normalization), out);
+            } else {
+                write_canonical(value, out);
+            }
+        },
+    );
     Ok(())
 }
 
@@ -124,21 +115,30 @@ fn write_canonical(value: &Value, out: &mut String) {
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(key, out);
-                out.push(':');
-                write_canonical(&map[key.as_str()], out);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_object(map, out, |_| true, |_, v, out| write_canonical(v, out)),
     }
+}
+
+/// Writes an object with its keys sorted, leaving out those `keep` refuses; `value` writes each
+/// value.
+fn write_object(
+    map: &serde_json::Map<String, Value>,
+    out: &mut String,
+    keep: impl Fn(&str) -> bool,
+    value: impl Fn(&str, &Value, &mut String),
+) {
+    let mut keys: Vec<&String> = map.keys().filter(|k| keep(k)).collect();
+    keys.sort();
+    out.push('{');
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(key, out);
+        out.push(':');
+        value(key, &map[key.as_str()], out);
+    }
+    out.push('}');
 }
 
 /// Integers, and floats with no fractional part within f64's exact range, are written as

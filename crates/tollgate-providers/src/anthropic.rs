@@ -8,7 +8,9 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tollgate_core::{ChatChunk, ChatRequest, Delta, Usage};
 
-use crate::openai_compat::{EventParser, Parsed, Timeouts, chunk_stream, http_error, status_error};
+use crate::openai_compat::{
+    EventParser, Parsed, Timeouts, chunk_stream, http_client, http_error, status_error,
+};
 use crate::sse::SseEvent;
 use crate::{ChunkStream, Provider, ProviderError, unix_now};
 
@@ -26,12 +28,7 @@ pub struct Anthropic {
 impl Anthropic {
     /// `base_url` ends before `/v1/messages` (e.g. `https://api.anthropic.com`).
     pub fn new(base_url: &str, api_key: String, timeouts: Timeouts) -> Result<Self, ProviderError> {
-        crate::init_tls();
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ProviderError::Connect(e.to_string()))?;
+        let client = http_client(&timeouts)?;
         Ok(Anthropic {
             client,
             url: format!("{}/v1/messages", base_url.trim_end_matches('/')),

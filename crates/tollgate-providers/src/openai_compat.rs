@@ -49,13 +49,7 @@ impl OpenAiCompat {
         api_key: Option<String>,
         timeouts: Timeouts,
     ) -> Result<Self, ProviderError> {
-        crate::init_tls();
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ProviderError::Connect(e.to_string()))?;
+        let client = http_client(&timeouts)?;
         Ok(OpenAiCompat {
             client,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
@@ -99,6 +93,17 @@ impl Provider for OpenAiCompat {
             ))
         })
     }
+}
+
+/// The HTTP client of an upstream: its connect timeout, pooled keep-alive connections, no Nagle.
+pub(crate) fn http_client(timeouts: &Timeouts) -> Result<reqwest::Client, ProviderError> {
+    crate::init_tls();
+    reqwest::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| ProviderError::Connect(e.to_string()))
 }
 
 /// Maps a non-200 answer to the error a caller can act on.
