@@ -22,6 +22,59 @@ pub(crate) struct Args {
     tollgate: Option<PathBuf>,
 }
 
+/// Options of the hidden `proxy` command.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProxyArgs {
+    #[arg(long)]
+    listen: String,
+    /// Full URL requests are forwarded to.
+    #[arg(long)]
+    upstream: String,
+}
+
+/// A forwarding proxy with no logic: the request body goes to the upstream, its answer comes
+/// back. What any gateway hop costs on this machine, the floor under tollgate's added latency.
+pub(crate) async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    tollgate_providers::init_tls();
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let upstream: Arc<str> = args.upstream.into();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            match client
+                .post(&*upstream)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let bytes = r.bytes().await.unwrap_or_default();
+                    (
+                        axum::http::StatusCode::from_u16(status)
+                            .unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
+                        bytes,
+                    )
+                }
+                Err(_) => (
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    axum::body::Bytes::new(),
+                ),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
 struct Cell {
     rps: f64,
     p50: Duration,
@@ -71,6 +124,21 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let gateway = format!("http://127.0.0.1:{port}");
+    let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut proxy = Command::new(std::env::current_exe()?)
+        .args([
+            "proxy",
+            "--listen",
+            &format!("127.0.0.1:{proxy_port}"),
+            "--upstream",
+        ])
+        .arg(format!("{}/chat/completions", upstream.base_url()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}/v1/chat/completions");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
@@ -130,14 +198,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let upstream_url = format!("{}/chat/completions", upstream.base_url());
         let tollgate_url = format!("{gateway}/v1/chat/completions");
         let d = measure(&http, &upstream_url, direct.clone(), c, duration).await;
+        let f = measure(&http, &proxy_url, direct.clone(), c, duration).await;
         let p = measure(&http, &tollgate_url, pass.clone(), c, duration).await;
         let h = measure(&http, &tollgate_url, hit.clone(), c, duration).await;
-        rows.push((c, d, p, h));
+        rows.push((c, d, f, p, h));
     }
     let peak_rss = rss_kib(child.id(), "VmHWM");
     let upstream_calls = upstream.calls();
     let _ = child.kill();
     let _ = child.wait();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
 
     println!("## tollgate in front of a 0 ms mock upstream, against the mock called directly\n");
     println!(
@@ -146,7 +217,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("| scenario | concurrency | req/s | p50 | p99 | added p50 | added p99 | errors |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (c, d, p, h) in &rows {
+    for (c, d, f, p, h) in &rows {
         let ms = |x: Duration| format!("{:.3} ms", x.as_secs_f64() * 1e3);
         let added = |x: Duration, base: Duration| {
             format!("{:+.3} ms", (x.as_secs_f64() - base.as_secs_f64()) * 1e3)
@@ -157,6 +228,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             ms(d.p50),
             ms(d.p99),
             d.errors
+        );
+        println!(
+            "| minimal forwarding proxy (floor) | {c} | {:.0} | {} | {} | {} | {} | {} |",
+            f.rps,
+            ms(f.p50),
+            ms(f.p99),
+            added(f.p50, d.p50),
+            added(f.p99, d.p99),
+            f.errors
         );
         println!(
             "| tollgate pass-through | {c} | {:.0} | {} | {} | {} | {} | {} |",

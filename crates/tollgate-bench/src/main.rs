@@ -35,6 +35,9 @@ enum Command {
     Patterns(patterns::Args),
     /// tollgate in front of a 0 ms mock upstream against the mock called directly.
     Gateway(gateway::Args),
+    /// A minimal forwarding proxy (the floor any gateway hop costs); run by `gateway`.
+    #[command(hide = true)]
+    Proxy(gateway::ProxyArgs),
 }
 
 #[tokio::main]
@@ -42,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Patterns(args) => patterns::run(args).await,
         Command::Gateway(args) => gateway::run(args).await,
+        Command::Proxy(args) => gateway::proxy(args).await,
     }
 }
