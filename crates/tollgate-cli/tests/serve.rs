@@ -235,3 +235,80 @@ fn cache_warm_fills_the_cache_and_names_every_bad_line() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn config_check_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"nowhere\"\n[limits]\ndefault_tier = \"gold\"\n[cache]\nttl = 5\n",
+    )
+    .unwrap();
+    let out = tollgate()
+        .args(["config", "check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("unknown field `cache.ttl`"), "{stdout}");
+    assert!(stdout.contains("server.listen"), "{stdout}");
+    assert!(stdout.contains("limits.default_tier"), "{stdout}");
+    assert_eq!(
+        one_line_error(&out),
+        "tollgate: 3 problem(s) in the configuration"
+    );
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[cache]\ndefault_ttl_seconds = 60\n").unwrap();
+    let out = tollgate()
+        .args(["config", "check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "configuration ok"
+    );
+}
+
+#[test]
+fn keys_are_created_listed_and_revoked_from_the_cli() {
+    let redis = tollgate_testkit::RedisServer::start();
+    let keys = |args: &[&str]| {
+        tollgate()
+            .arg("keys")
+            .args(args)
+            .env("TOLLGATE_REDIS_URL", redis.url())
+            .output()
+            .unwrap()
+    };
+    let created = keys(&["create", "--name", "ci-bot", "--rpm", "10"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let text = String::from_utf8_lossy(&created.stdout).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap()
+            .to_owned()
+    };
+    let (id, key) = (field("id:"), field("key:"));
+    assert!(key.starts_with("tg-"));
+    let listed = String::from_utf8_lossy(&keys(&["list"]).stdout).into_owned();
+    assert!(
+        listed.contains(&id) && listed.contains("ci-bot") && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&key), "the key is never shown again");
+    assert!(keys(&["revoke", &id]).status.success());
+    assert!(String::from_utf8_lossy(&keys(&["list"]).stdout).contains("revoked"));
+    let missing = keys(&["revoke", "key_nope"]);
+    assert!(one_line_error(&missing).contains("key_nope"));
+    let bad_tier = keys(&["create", "--name", "x", "--tier", "platinum"]);
+    assert!(one_line_error(&bad_tier).contains("no tier named \"platinum\""));
+}

@@ -125,7 +125,7 @@ pub async fn admit(
     let mut checks = Vec::new();
     let mut tokens = Vec::new();
     // Which decision feeds which header family.
-    let (mut requests_at, mut tokens_at) = (None, None);
+    let (mut requests_at, mut tokens_at) = (Vec::new(), Vec::new());
     let lease_len = Duration::from_secs(gw.config.limits.concurrency_lease_seconds);
     for (name, rpm, tpm) in [
         ("rpm", limits.rpm, limits.tpm),
@@ -139,7 +139,7 @@ pub async fn admit(
             }
         };
         if let Some(rpm) = rpm {
-            requests_at.get_or_insert(checks.len());
+            requests_at.push(checks.len());
             checks.push(Check {
                 key: key(&scoped("rpm"))?,
                 limit: Limit::per(rpm, MINUTE),
@@ -156,7 +156,7 @@ pub async fn admit(
                     headers: Vec::new(),
                 });
             }
-            tokens_at.get_or_insert(checks.len());
+            tokens_at.push(checks.len());
             let k = key(&scoped("tpm"))?;
             tokens.push((k.clone(), tpm));
             checks.push(Check {
@@ -188,11 +188,10 @@ pub async fn admit(
         Err(e) => return Err(ApiError::Internal(format!("rate limiter: {e}"))),
     };
     let mut headers = Vec::new();
-    if let Some(i) = requests_at {
-        push_headers(&mut headers, "requests", &decision.decisions[i]);
-    }
-    if let Some(i) = tokens_at {
-        push_headers(&mut headers, "tokens", &decision.decisions[i]);
+    for (family, at) in [("requests", &requests_at), ("tokens", &tokens_at)] {
+        if let Some(d) = binding(at.iter().map(|&i| &decision.decisions[i])) {
+            push_headers(&mut headers, family, d);
+        }
     }
     if !decision.allowed {
         gw.metrics.limiter(LimiterDecision::Denied);
@@ -239,6 +238,12 @@ pub async fn admit(
         local: None,
         headers,
     })
+}
+
+/// The limit the headers should describe: one that refused (the longest wait), else the one
+/// with the least left.
+fn binding<'a>(decisions: impl Iterator<Item = &'a Decision>) -> Option<&'a Decision> {
+    decisions.min_by_key(|d| (d.allowed, std::cmp::Reverse(d.retry_after), d.remaining))
 }
 
 fn push_headers(headers: &mut Vec<(HeaderName, HeaderValue)>, family: &str, d: &Decision) {

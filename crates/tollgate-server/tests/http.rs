@@ -744,3 +744,121 @@ async fn limiters_follow_their_policy_while_redis_is_down() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.json()["error"]["type"], "service_unavailable");
 }
+
+#[tokio::test]
+async fn per_model_limits_apply_to_their_model_only() {
+    let gw = gateway("[aliases.other]\ndeployments = [{ model = \"mock/other\" }]\n[tiers.default.models.\"mock/echo\"]\nrpm = 2\n").await;
+    let ask = |model: &str, i: usize| json!({"model": model, "temperature": 0.5, "messages": [{"role": "user", "content": format!("m{i}")}]});
+    for i in 0..2 {
+        assert_eq!(
+            call(
+                &gw,
+                "POST",
+                "/v1/chat/completions",
+                &[],
+                Some(ask("mock/echo", i))
+            )
+            .await
+            .status,
+            StatusCode::OK
+        );
+    }
+    let refused = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(ask("mock/echo", 2)),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("x-ratelimit-limit-requests"), Some("2"));
+    // Another model is not limited by it.
+    for i in 0..5 {
+        assert_eq!(
+            call(
+                &gw,
+                "POST",
+                "/v1/chat/completions",
+                &[],
+                Some(ask("other", i))
+            )
+            .await
+            .status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalidation_drops_a_models_answers_and_stats_count_dollars_saved() {
+    let gw = gateway(
+        "[prices.\"mock/echo\"]\ninput_per_million = 1000.0\noutput_per_million = 2000.0\n",
+    )
+    .await;
+    let first = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(chat("price me")),
+    )
+    .await
+    .json();
+    let usage = &first["usage"];
+    assert_eq!(
+        call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat("price me"))
+        )
+        .await
+        .header("x-tollgate-cache"),
+        Some("hit")
+    );
+    let stats = call(&gw, "GET", "/admin/cache/stats", &[], None)
+        .await
+        .json();
+    let row = &stats["data"][0];
+    let expected = (usage["prompt_tokens"].as_f64().unwrap() * 1000.0
+        + usage["completion_tokens"].as_f64().unwrap() * 2000.0)
+        / 1e6;
+    assert!(
+        (row["saved_dollars"].as_f64().unwrap() - expected).abs() < 1e-9,
+        "{row} vs {expected}"
+    );
+    assert_eq!(row["hit_rate"], 0.5);
+    let r = call(
+        &gw,
+        "POST",
+        "/admin/cache/invalidate",
+        &[],
+        Some(json!({"model": "mock/echo"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["generation"], 1);
+    assert_eq!(
+        call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat("price me"))
+        )
+        .await
+        .header("x-tollgate-cache"),
+        Some("miss")
+    );
+    let bad = call(
+        &gw,
+        "POST",
+        "/admin/cache/invalidate",
+        &[],
+        Some(json!({"model": ""})),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
