@@ -8,9 +8,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tollgate_core::{ChatChunk, ChatRequest, Delta, Usage};
 
-use crate::openai_compat::{
-    EventParser, Parsed, Timeouts, chunk_stream, http_client, http_error, status_error,
-};
+use crate::openai_compat::{EventParser, Parsed, Timeouts, chunk_stream, http_client, send};
 use crate::sse::SseEvent;
 use crate::{ChunkStream, Provider, ProviderError, unix_now};
 
@@ -208,14 +206,7 @@ impl Provider for Anthropic {
                 .header("anthropic-version", "2023-06-01")
                 .header("content-type", "application/json")
                 .body(body.to_string());
-            let response = tokio::time::timeout(this.timeouts.first_byte, call.send())
-                .await
-                .map_err(|_| ProviderError::Timeout)?
-                .map_err(http_error)?;
-            let status = response.status().as_u16();
-            if status != 200 {
-                return Err(status_error(status, response).await);
-            }
+            let response = send(call, this.timeouts.first_byte).await?;
             let mut parse = event_parser(request.model.clone());
             let mut ended = false;
             let parser: EventParser = Box::new(move |event| {

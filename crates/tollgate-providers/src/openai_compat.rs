@@ -78,14 +78,7 @@ impl Provider for OpenAiCompat {
             if let Some(key) = &this.api_key {
                 call = call.bearer_auth(key);
             }
-            let response = tokio::time::timeout(this.timeouts.first_byte, call.send())
-                .await
-                .map_err(|_| ProviderError::Timeout)?
-                .map_err(http_error)?;
-            let status = response.status().as_u16();
-            if status != 200 {
-                return Err(status_error(status, response).await);
-            }
+            let response = send(call, this.timeouts.first_byte).await?;
             Ok(chunk_stream(
                 response,
                 this.timeouts.idle,
@@ -104,6 +97,23 @@ pub(crate) fn http_client(timeouts: &Timeouts) -> Result<reqwest::Client, Provid
         .tcp_nodelay(true)
         .build()
         .map_err(|e| ProviderError::Connect(e.to_string()))
+}
+
+/// Sends a request, waiting at most `first_byte` for the answer's head; anything but 200 is the
+/// error a caller can act on.
+pub(crate) async fn send(
+    call: reqwest::RequestBuilder,
+    first_byte: Duration,
+) -> Result<reqwest::Response, ProviderError> {
+    let response = tokio::time::timeout(first_byte, call.send())
+        .await
+        .map_err(|_| ProviderError::Timeout)?
+        .map_err(http_error)?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(status_error(status, response).await);
+    }
+    Ok(response)
 }
 
 /// Maps a non-200 answer to the error a caller can act on.

@@ -238,9 +238,11 @@ impl RedisCluster {
                     .expect("CLUSTER REPLICATE");
             }
         }
+        // Every node must report the cluster ok, with all slots assigned and every node known,
+        // before clients connect, or the first commands see MOVED storms while gossip settles.
         wait_until(
             Duration::from_secs(30),
-            "cluster_state:ok on every node",
+            "a settled cluster on every node",
             || {
                 self.nodes.iter().all(|n| {
                     let mut c = sync_conn(n.port);
@@ -249,22 +251,7 @@ impl RedisCluster {
                         .query(&mut c)
                         .unwrap_or_default();
                     info.contains("cluster_state:ok")
-                })
-            },
-        );
-        // Every node must agree on the slot map before clients connect, or the first commands
-        // see MOVED storms while gossip settles.
-        wait_until(
-            Duration::from_secs(30),
-            "every node to see all slots assigned",
-            || {
-                self.nodes.iter().all(|n| {
-                    let mut c = sync_conn(n.port);
-                    let info: String = redis::cmd("CLUSTER")
-                        .arg("INFO")
-                        .query(&mut c)
-                        .unwrap_or_default();
-                    info.contains("cluster_slots_assigned:16384")
+                        && info.contains("cluster_slots_assigned:16384")
                         && info.contains(&format!("cluster_known_nodes:{}", self.nodes.len()))
                 })
             },
