@@ -14,6 +14,7 @@
 //! | `tg:{k:SUBJECT}:rl:NAME` | various | a rate limit of a subject (an API key, a user...) |
 //! | `tg:{e:MODEL:VERSION}:SHA256` | string | a cached embedding |
 //! | `tg:ch:NAME` | pub/sub channel | fire-and-forget fan-out |
+//! | `tg:{ev:STREAM}`, `tg:{ev:STREAM}:dead` | stream, stream | an event stream and its dead letters |
 //! | `tg:{ak}:h:SHA256` | string | an API key's record, by the hash of the key (no TTL) |
 //! | `tg:{ak}:index` | hash | API key id -> hash (no TTL) |
 //! | `tg:cache-models` | set | models with cache stats |
@@ -147,6 +148,14 @@ impl Keys {
 
     pub(crate) fn cache_models(&self) -> String {
         format!("{}cache-models", self.prefix)
+    }
+
+    pub(crate) fn event_stream(&self, stream: &Id) -> String {
+        format!("{}{{ev:{stream}}}", self.prefix)
+    }
+
+    pub(crate) fn dead_letters(&self, stream: &Id) -> String {
+        format!("{}{{ev:{stream}}}:dead", self.prefix)
     }
 
     pub(crate) fn channel(&self, name: &Id) -> String {

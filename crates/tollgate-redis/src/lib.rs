@@ -11,6 +11,7 @@
 //!   leases, and an all-or-nothing multi-limit check.
 //! - [`embedding_cache`]: embeddings by model, version and text hash.
 //! - [`api_keys`]: API keys, stored hashed.
+//! - [`events`]: an event bus on Streams: consumer groups, reclaim, dead letters.
 //!
 //! Every script is a file in `lua/` with its contract in a header, run by EVALSHA. Every script
 //! uses the server's clock and every write sets a TTL (the one exception is documented in
@@ -20,6 +21,7 @@ pub mod api_keys;
 pub mod conn;
 pub mod embedding_cache;
 pub mod error;
+pub mod events;
 pub mod keys;
 pub mod pubsub;
 pub mod rate_limit;
@@ -32,6 +34,7 @@ pub use api_keys::{ApiKeyRecord, ApiKeys};
 pub use conn::{Conn, Redis, RedisConfig};
 pub use embedding_cache::EmbeddingCache;
 pub use error::{Error, Result};
+pub use events::{Consumer, Event, EventBus, EventConfig, StartAt};
 pub use keys::{Id, Keys};
 pub use pubsub::{Channels, Subscription};
 pub use rate_limit::{Check, Decision, Lease, Limit, LimitKey, MultiDecision, RateLimiter};

@@ -22,3 +22,4 @@ script!(CACHE_STORE, "cache_store.lua");
 script!(CACHE_INVALIDATE, "cache_invalidate.lua");
 script!(SESSION_WRITE, "session_write.lua");
 script!(SESSION_DELETE, "session_delete.lua");
+script!(DEAD_LETTER, "dead_letter.lua");

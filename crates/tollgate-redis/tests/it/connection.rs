@@ -5,6 +5,7 @@ use tollgate_redis::{
     CacheConfig, CacheKey, Channels, EmbeddingCache, Error, Id, Keys, Limit, Outcome, RateLimiter,
     Redis, RedisConfig, ResponseCache, SessionConfig, SessionStore, StreamConfig, TokenStreams,
 };
+use tollgate_redis::{EventBus, EventConfig, StartAt};
 use tollgate_testkit::{RedisServer, shared_cluster, unique_prefix};
 
 use crate::connect;
@@ -215,6 +216,12 @@ async fn every_key_written_has_a_ttl() {
         .publish("c", b"x")
         .await
         .unwrap();
+    let events = EventBus::new(redis.clone(), keys.clone(), EventConfig::default());
+    events.create_group("ev", "g", StartAt::New).await.unwrap();
+    events.publish("ev", &[("k", b"v")]).await.unwrap();
+    let mut consumer = events.consumer("ev", "g", "c").await.unwrap();
+    let delivered = consumer.next().await.unwrap();
+    consumer.dead_letter(&delivered[0], "test").await.unwrap();
 
     let mut conn = redis.conn();
     let all: Vec<String> = redis::cmd("KEYS")
@@ -222,9 +229,9 @@ async fn every_key_written_has_a_ttl() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    // 6 limits, session meta + messages, cache entry + generation + stats, stream, embedding
-    // (the released single-flight lease is gone, as it should be).
-    assert_eq!(all.len(), 13, "expected a key per pattern, found {all:?}");
+    // 6 limits, session meta + messages, cache entry + generation + stats, stream, embedding,
+    // event stream + dead letters (the released single-flight lease is gone, as it should be).
+    assert_eq!(all.len(), 15, "expected a key per pattern, found {all:?}");
     for key in all {
         let pttl: i64 = redis::cmd("PTTL")
             .arg(&key)

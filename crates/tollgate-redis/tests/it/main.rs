@@ -10,6 +10,7 @@ mod api_keys;
 mod bad_input;
 mod connection;
 mod embedding_cache;
+mod events;
 mod rate_limit;
 mod response_cache;
 mod session;
