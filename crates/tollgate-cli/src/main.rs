@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Work with event streams.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +92,23 @@ enum KeysCommand {
     List,
     /// Revoke a key by id.
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Print a stream's events as JSON lines as they arrive (Ctrl-C to stop).
+    Tail {
+        stream: String,
+        /// The tenant whose stream it is (an API key's tenant; `open` without keys).
+        #[arg(long, default_value = "open")]
+        tenant: String,
+        /// Start from the oldest event kept, not from now.
+        #[arg(long)]
+        from_start: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,6 +252,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await
                         .with_context(|| format!("revoke {id}"))?;
                     println!("revoked {id}");
+                }
+            }
+            Ok(())
+        }
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    stream,
+                    tenant,
+                    from_start,
+                    count,
+                },
+        } => {
+            let gw = connect_gateway(cli.config.as_deref(), &data_dir).await?;
+            let name = handlers::tenant_stream(&tenant, &stream);
+            let block = Duration::from_secs(1);
+            let mut conn = gw.events.reader(block).await.context("events")?;
+            let mut after = if from_start {
+                "0".to_owned()
+            } else {
+                gw.events.last_id(&name).await.context("events")?
+            };
+            let mut printed = 0;
+            while count.is_none_or(|c| printed < c) {
+                for event in gw
+                    .events
+                    .read(&mut conn, &name, &after, 100, block)
+                    .await
+                    .context("events")?
+                {
+                    let fields: serde_json::Map<String, serde_json::Value> = event
+                        .fields
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
+                            )
+                        })
+                        .collect();
+                    println!("{}", serde_json::json!({"id": event.id, "fields": fields}));
+                    after = event.id;
+                    printed += 1;
+                    if count.is_some_and(|c| printed >= c) {
+                        break;
+                    }
                 }
             }
             Ok(())

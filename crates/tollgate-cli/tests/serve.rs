@@ -312,3 +312,47 @@ fn keys_are_created_listed_and_revoked_from_the_cli() {
     let bad_tier = keys(&["create", "--name", "x", "--tier", "platinum"]);
     assert!(one_line_error(&bad_tier).contains("no tier named \"platinum\""));
 }
+
+#[test]
+fn events_tail_prints_what_was_published() {
+    let redis = tollgate_testkit::RedisServer::start();
+    let addr = free_addr();
+    let mut child = tollgate()
+        .args(["serve", "--listen", &addr])
+        .env("TOLLGATE_REDIS_URL", redis.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&addr, &mut child);
+    for n in 1..=3 {
+        let body = format!(r#"{{"n": {n}}}"#);
+        let mut s = TcpStream::connect(&addr).unwrap();
+        write!(s, "POST /v1/events/clicks HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        assert!(
+            raw.starts_with("HTTP/1.0 201") || raw.starts_with("HTTP/1.1 201"),
+            "{raw}"
+        );
+    }
+    let out = tollgate()
+        .args(["events", "tail", "clicks", "--from-start", "--count", "2"])
+        .env("TOLLGATE_REDIS_URL", redis.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["fields"]["n"], "1");
+    assert_eq!(lines[1]["fields"]["n"], "2");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -185,6 +185,63 @@ impl EventBus {
         })
     }
 
+    /// Entries after `after` (an entry id; `0` for the beginning, `$` for only new ones), without a
+    /// group, waiting up to `block` on a connection of the caller's ([`EventBus::reader`]).
+    pub async fn read(
+        &self,
+        conn: &mut Conn,
+        stream: &str,
+        after: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Event>> {
+        let key = self.keys.event_stream(&Id::new(stream)?);
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("BLOCK")
+            .arg(millis(block))
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(after)
+            .query_async(conn)
+            .await?;
+        if matches!(reply, Value::Nil) {
+            return Ok(Vec::new());
+        }
+        type Streams = Vec<(String, Value)>;
+        let streams: Streams =
+            redis::from_redis_value(reply).map_err(|e| Error::reply("XREAD", e.to_string()))?;
+        match streams.into_iter().next() {
+            Some((_, entries)) => parse_entries(entries, 0),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// A connection for [`EventBus::read`] blocking up to `block`.
+    pub async fn reader(&self, block: Duration) -> Result<Conn> {
+        self.redis
+            .dedicated(block + self.redis.command_timeout())
+            .await
+    }
+
+    /// The id of the newest entry of `stream` (`0-0` when empty or missing), to tail from.
+    pub async fn last_id(&self, stream: &str) -> Result<String> {
+        let key = self.keys.event_stream(&Id::new(stream)?);
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.redis.conn())
+            .await?;
+        Ok(parse_entries(reply, 0)?
+            .into_iter()
+            .next()
+            .map_or_else(|| "0-0".to_owned(), |e| e.id))
+    }
+
     /// The first `count` entries of the dead-letter stream of `stream`.
     pub async fn dead_letters(&self, stream: &str, count: usize) -> Result<Vec<Event>> {
         let key = self.keys.dead_letters(&Id::new(stream)?);

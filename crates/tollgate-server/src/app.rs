@@ -21,6 +21,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(h::chat_completions_handler))
         .route("/v1/models", get(h::models_handler))
         .route("/v1/streams/{id}", get(h::stream_handler))
+        .route("/v1/events/{stream}", post(h::publish_event_handler))
         .route("/v1/sessions", post(h::create_session_handler))
         .route(
             "/v1/sessions/{id}",
@@ -57,6 +58,8 @@ fn route_of(path: &str) -> Route {
         Route::Sessions
     } else if path == "/v1/models" {
         Route::Models
+    } else if path.starts_with("/v1/events/") {
+        Route::Events
     } else if path.starts_with("/admin/") {
         Route::Admin
     } else {

@@ -346,6 +346,62 @@ pub async fn delete_session_handler(
     ))
 }
 
+/// The stream an API key's events go to: streams are per tenant.
+pub fn tenant_stream(tenant: &str, stream: &str) -> String {
+    format!("{tenant}/{stream}")
+}
+
+/// `POST /v1/events/{stream}`: the body is a JSON object, each member a field of the event
+/// (strings as they are, other values as JSON).
+pub async fn publish_event_handler(
+    State(gw): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let principal = auth::principal(&gw, &headers).await?;
+    if stream.is_empty() || stream.len() > 256 {
+        return Err(ApiError::bad(
+            "a stream name must be 1 to 256 characters",
+            Some("stream"),
+        ));
+    }
+    let event: Value = read_json(&gw, body).await?;
+    let Value::Object(members) = event else {
+        return Err(ApiError::bad("an event must be a JSON object", None));
+    };
+    if members.is_empty() {
+        return Err(ApiError::bad("an event must have at least one field", None));
+    }
+    let fields: Vec<(String, Vec<u8>)> = members
+        .into_iter()
+        .map(|(k, v)| {
+            let bytes = match v {
+                Value::String(s) => s.into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            (k, bytes)
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let id = gw
+        .events
+        .publish(&tenant_stream(&principal.tenant, &stream), &refs)
+        .await
+        .map_err(|e| match e {
+            tollgate_redis::Error::InvalidArgument(m) => ApiError::bad(m, None),
+            e => ApiError::Unavailable(format!("events: {e}")),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "object": "event", "stream": stream})),
+    )
+        .into_response())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {

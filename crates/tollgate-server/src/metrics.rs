@@ -17,6 +17,7 @@ pub enum Route {
     Streams,
     Sessions,
     Models,
+    Events,
     Admin,
     Other,
 }

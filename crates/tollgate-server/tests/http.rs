@@ -862,3 +862,68 @@ async fn invalidation_drops_a_models_answers_and_stats_count_dollars_saved() {
     .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn events_are_published_into_the_callers_tenant() {
+    let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
+    let master = [("authorization", "Bearer mk")];
+    let mut keys = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let created = call(
+            &gw,
+            "POST",
+            "/admin/keys",
+            &master,
+            Some(json!({"name": tenant, "tenant": tenant})),
+        )
+        .await
+        .json();
+        keys.push(format!("Bearer {}", created["key"].as_str().unwrap()));
+    }
+    let acme = [("authorization", keys[0].as_str())];
+    let r = call(
+        &gw,
+        "POST",
+        "/v1/events/orders",
+        &acme,
+        Some(json!({"order": "o-1", "amount": 12.5, "tags": ["a"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json()["stream"], "orders");
+    let globex = [("authorization", keys[1].as_str())];
+    call(
+        &gw,
+        "POST",
+        "/v1/events/orders",
+        &globex,
+        Some(json!({"order": "g-9"})),
+    )
+    .await;
+    let mut conn = gw.events.reader(Duration::from_millis(100)).await.unwrap();
+    let seen = gw
+        .events
+        .read(
+            &mut conn,
+            "acme/orders",
+            "0",
+            10,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), 1, "only acme's event is in acme's stream");
+    assert_eq!(seen[0].field("order"), Some(&b"o-1"[..]));
+    assert_eq!(seen[0].field("amount"), Some(&b"12.5"[..]));
+    assert_eq!(seen[0].field("tags"), Some(&br#"["a"]"#[..]));
+    for bad in [json!([1, 2]), json!({}), json!("text")] {
+        let r = call(&gw, "POST", "/v1/events/orders", &acme, Some(bad.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(
+        call(&gw, "POST", "/v1/events/orders", &[], Some(json!({"a": 1})))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
