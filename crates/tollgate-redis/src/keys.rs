@@ -13,6 +13,7 @@
 //! | `tg:{st:STREAM}` | stream | a generation's token stream |
 //! | `tg:{k:SUBJECT}:rl:NAME` | various | a rate limit of a subject (an API key, a user...) |
 //! | `tg:{e:MODEL:VERSION}:SHA256` | string | a cached embedding |
+//! | `tg:{f:TYPE:ID}:GROUP` | hash | a feature group of an entity (`@ts`: update time) |
 //! | `tg:ch:NAME` | pub/sub channel | fire-and-forget fan-out |
 //! | `tg:{ev:STREAM}`, `tg:{ev:STREAM}:dead` | stream, stream | an event stream and its dead letters |
 //! | `tg:{ak}:h:SHA256` | string | an API key's record, by the hash of the key (no TTL) |
@@ -148,6 +149,10 @@ impl Keys {
 
     pub(crate) fn cache_models(&self) -> String {
         format!("{}cache-models", self.prefix)
+    }
+
+    pub(crate) fn feature_group(&self, entity_type: &Id, entity_id: &Id, group: &Id) -> String {
+        format!("{}{{f:{entity_type}:{entity_id}}}:{group}", self.prefix)
     }
 
     pub(crate) fn event_stream(&self, stream: &Id) -> String {

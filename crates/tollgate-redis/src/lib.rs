@@ -12,6 +12,7 @@
 //! - [`embedding_cache`]: embeddings by model, version and text hash.
 //! - [`api_keys`]: API keys, stored hashed.
 //! - [`events`]: an event bus on Streams: consumer groups, reclaim, dead letters.
+//! - [`features`]: the online feature store.
 //!
 //! Every script is a file in `lua/` with its contract in a header, run by EVALSHA. Every script
 //! uses the server's clock and every write sets a TTL (the one exception is documented in
@@ -22,6 +23,7 @@ pub mod conn;
 pub mod embedding_cache;
 pub mod error;
 pub mod events;
+pub mod features;
 pub mod keys;
 pub mod pubsub;
 pub mod rate_limit;
@@ -35,6 +37,7 @@ pub use conn::{Conn, Redis, RedisConfig};
 pub use embedding_cache::EmbeddingCache;
 pub use error::{Error, Result};
 pub use events::{Consumer, Event, EventBus, EventConfig, StartAt};
+pub use features::{EntityRef, FeatureGroup, FeatureStore};
 pub use keys::{Id, Keys};
 pub use pubsub::{Channels, Subscription};
 pub use rate_limit::{Check, Decision, Lease, Limit, LimitKey, MultiDecision, RateLimiter};

@@ -23,3 +23,4 @@ script!(CACHE_INVALIDATE, "cache_invalidate.lua");
 script!(SESSION_WRITE, "session_write.lua");
 script!(SESSION_DELETE, "session_delete.lua");
 script!(DEAD_LETTER, "dead_letter.lua");
+script!(FEATURES_PUT, "features_put.lua");

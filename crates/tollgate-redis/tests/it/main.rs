@@ -11,6 +11,7 @@ mod bad_input;
 mod connection;
 mod embedding_cache;
 mod events;
+mod features;
 mod rate_limit;
 mod response_cache;
 mod session;
