@@ -16,6 +16,7 @@ use tollgate_server::config::Limits;
 use tollgate_server::embedded::{EmbeddedConfig, EmbeddedRedis};
 use tollgate_server::{Config, Gateway, handlers, serve};
 
+mod load;
 mod warm;
 
 #[derive(Debug, Parser)]
@@ -58,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Bulk-load the feature store.
+    Features {
+        #[command(subcommand)]
+        command: FeaturesCommand,
+    },
     /// Work with event streams.
     Events {
         #[command(subcommand)]
@@ -92,6 +98,23 @@ enum KeysCommand {
     List,
     /// Revoke a key by id.
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum FeaturesCommand {
+    /// Load feature groups from a CSV or JSONL file.
+    Load {
+        file: PathBuf,
+        /// The tenant whose features these are (an API key's tenant; `open` without keys).
+        #[arg(long, default_value = "open")]
+        tenant: String,
+        /// Writes in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// TTL of every group loaded (rows may set their own in JSONL).
+        #[arg(long)]
+        ttl_seconds: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,6 +276,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .with_context(|| format!("revoke {id}"))?;
                     println!("revoked {id}");
                 }
+            }
+            Ok(())
+        }
+        Command::Features {
+            command:
+                FeaturesCommand::Load {
+                    file,
+                    tenant,
+                    concurrency,
+                    ttl_seconds,
+                },
+        } => {
+            let gw = connect_gateway(cli.config.as_deref(), &data_dir).await?;
+            let ttl = ttl_seconds.filter(|t| *t > 0).map(Duration::from_secs);
+            let bad = load::load(gw, &file, &tenant, concurrency, ttl).await?;
+            if bad > 0 {
+                bail!("{bad} bad row(s)");
             }
             Ok(())
         }

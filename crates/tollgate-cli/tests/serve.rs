@@ -356,3 +356,59 @@ fn events_tail_prints_what_was_published() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn features_load_reports_bad_rows_by_line_and_loads_the_rest() {
+    let redis = tollgate_testkit::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("users.csv");
+    std::fs::write(&csv, "entity_type,entity_id,group,age,plan\nuser,u1,profile,31,pro\nuser,u2,profile,27\nuser,u3,profile,,free\n").unwrap();
+    let jsonl = dir.path().join("items.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"entity_type\":\"item\",\"entity_id\":\"i1\",\"group\":\"stats\",\"features\":{\"views\":10}}\n{oops\n",
+    )
+    .unwrap();
+    let load = |file: &std::path::Path| {
+        tollgate()
+            .args(["features", "load"])
+            .arg(file)
+            .env("TOLLGATE_REDIS_URL", redis.url())
+            .output()
+            .unwrap()
+    };
+    let out = load(&csv);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("loaded 3 feature values"), "{stdout}");
+    assert!(stdout.contains("line 3: 4 cells for 5 columns"), "{stdout}");
+    assert_eq!(one_line_error(&out), "tollgate: 1 bad row(s)");
+    let out = load(&jsonl);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("line 2: not a feature row"));
+    let addr = free_addr();
+    let mut child = tollgate()
+        .args(["serve", "--listen", &addr])
+        .env("TOLLGATE_REDIS_URL", redis.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&addr, &mut child);
+    let (status, body) = http_get(&addr, "/v1/features/user/u1?groups=profile").unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["groups"]["profile"]["features"],
+        serde_json::json!({"age": 31, "plan": "pro"})
+    );
+    let (_, body) = http_get(&addr, "/v1/features/user/u3?groups=profile").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["groups"]["profile"]["features"],
+        serde_json::json!({"plan": "free"}),
+        "empty cells are left out"
+    );
+    let (_, body) = http_get(&addr, "/v1/features/item/i1?groups=stats").unwrap();
+    assert!(body.contains("\"views\":10"), "{body}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -22,6 +22,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(h::models_handler))
         .route("/v1/streams/{id}", get(h::stream_handler))
         .route("/v1/events/{stream}", post(h::publish_event_handler))
+        .route("/v1/features/batch", post(h::features_batch_handler))
+        .route(
+            "/v1/features/{entity_type}/{entity_id}",
+            get(h::get_features_handler),
+        )
+        .route(
+            "/v1/features/{entity_type}/{entity_id}/{group}",
+            axum::routing::put(h::put_features_handler),
+        )
         .route("/v1/sessions", post(h::create_session_handler))
         .route(
             "/v1/sessions/{id}",
@@ -60,6 +69,8 @@ fn route_of(path: &str) -> Route {
         Route::Models
     } else if path.starts_with("/v1/events/") {
         Route::Events
+    } else if path.starts_with("/v1/features/") {
+        Route::Features
     } else if path.starts_with("/admin/") {
         Route::Admin
     } else {

@@ -18,6 +18,7 @@ pub enum Route {
     Sessions,
     Models,
     Events,
+    Features,
     Admin,
     Other,
 }

@@ -9,8 +9,8 @@ use tollgate_providers::mock::{MockConfig, MockProvider};
 use tollgate_providers::openai_compat::{OpenAiCompat, Timeouts};
 use tollgate_providers::{Deployment, Provider, RetryPolicy, Router};
 use tollgate_redis::{
-    ApiKeyRecord, ApiKeys, CacheConfig, EventBus, EventConfig, Keys, RateLimiter, Redis,
-    RedisConfig, ResponseCache, SessionConfig, SessionStore, StreamConfig, TokenStreams,
+    ApiKeyRecord, ApiKeys, CacheConfig, EventBus, EventConfig, FeatureStore, Keys, RateLimiter,
+    Redis, RedisConfig, ResponseCache, SessionConfig, SessionStore, StreamConfig, TokenStreams,
 };
 
 use crate::config::{Config, ProviderKind, ProviderSection};
@@ -35,6 +35,7 @@ pub struct Gateway {
     pub streams: TokenStreams,
     pub api_keys: ApiKeys,
     pub events: EventBus,
+    pub features: FeatureStore,
     pub metrics: Metrics,
     pub local_limits: LocalLimiter,
     /// Counts prompt tokens for limit estimates and session windows.
@@ -126,7 +127,8 @@ impl Gateway {
         Ok(Gateway {
             limiter: RateLimiter::new(limits_redis.clone(), keys.clone()),
             api_keys: ApiKeys::new(limits_redis, keys.clone()),
-            events: EventBus::new(redis.clone(), keys, EventConfig::default()),
+            events: EventBus::new(redis.clone(), keys.clone(), EventConfig::default()),
+            features: FeatureStore::new(redis.clone(), keys),
             redis,
             router,
             cache,

@@ -927,3 +927,106 @@ async fn events_are_published_into_the_callers_tenant() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn features_are_written_and_read_per_tenant() {
+    let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
+    let master = [("authorization", "Bearer mk")];
+    let mut keys = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let created = call(
+            &gw,
+            "POST",
+            "/admin/keys",
+            &master,
+            Some(json!({"name": tenant, "tenant": tenant})),
+        )
+        .await
+        .json();
+        keys.push(format!("Bearer {}", created["key"].as_str().unwrap()));
+    }
+    let acme = [("authorization", keys[0].as_str())];
+    let put = call(
+        &gw,
+        "PUT",
+        "/v1/features/user/u1/profile",
+        &acme,
+        Some(json!({"features": {"age": 31, "plan": "pro"}})),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+    call(
+        &gw,
+        "PUT",
+        "/v1/features/user/u1/activity",
+        &acme,
+        Some(json!({"features": {"clicks": 4}, "ttl_seconds": 60})),
+    )
+    .await;
+    let got = call(
+        &gw,
+        "GET",
+        "/v1/features/user/u1?groups=profile,activity,none",
+        &acme,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(
+        got["groups"]["profile"]["features"],
+        json!({"age": 31, "plan": "pro"})
+    );
+    assert!(got["groups"]["profile"]["updated_at_ms"].as_u64().unwrap() > 0);
+    assert_eq!(got["groups"]["activity"]["features"]["clicks"], 4);
+    assert_eq!(got["groups"]["none"], Value::Null);
+    let batch = call(
+        &gw,
+        "POST",
+        "/v1/features/batch",
+        &acme,
+        Some(json!({"entities": [{"entity_type": "user", "entity_id": "u1"}, {"entity_type": "user", "entity_id": "u2"}], "groups": ["profile"]})),
+    )
+    .await
+    .json();
+    assert_eq!(batch["data"][0]["groups"]["profile"]["features"]["age"], 31);
+    assert_eq!(batch["data"][1]["groups"]["profile"], Value::Null);
+    // Another tenant sees none of it.
+    let globex = [("authorization", keys[1].as_str())];
+    let theirs = call(
+        &gw,
+        "GET",
+        "/v1/features/user/u1?groups=profile",
+        &globex,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(theirs["groups"]["profile"], Value::Null);
+    for (method, path, body) in [
+        ("GET", "/v1/features/user/u1", None),
+        (
+            "PUT",
+            "/v1/features/user/u1/g",
+            Some(json!({"features": {}})),
+        ),
+        (
+            "PUT",
+            "/v1/features/user/u1/g",
+            Some(json!({"features": {"@ts": 1}})),
+        ),
+        (
+            "PUT",
+            "/v1/features/user/u1/g",
+            Some(json!({"features": {"a": 1}, "ttl_seconds": 0})),
+        ),
+        ("PUT", "/v1/features/user/u1/g", Some(json!({"a": 1}))),
+    ] {
+        let r = call(&gw, method, path, &acme, body.clone()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path} {body:?}: {}",
+            r.text
+        );
+    }
+}
