@@ -16,6 +16,7 @@ test: deps
 bench: deps
 	cargo build --release --locked -p tollgate-cli -p tollgate-bench
 	target/release/tollgate-bench patterns
+	target/release/tollgate-bench features
 	target/release/tollgate-bench gateway
 
 lint:

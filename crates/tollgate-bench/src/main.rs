@@ -14,6 +14,7 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its report")]
 
+mod features;
 mod gateway;
 mod patterns;
 
@@ -35,6 +36,8 @@ enum Command {
     Patterns(patterns::Args),
     /// tollgate in front of a 0 ms mock upstream against the mock called directly.
     Gateway(gateway::Args),
+    /// Feature-store reads and bulk load.
+    Features(features::Args),
     /// A minimal forwarding proxy (the floor any gateway hop costs); run by `gateway`.
     #[command(hide = true)]
     Proxy(gateway::ProxyArgs),
@@ -46,5 +49,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Patterns(args) => patterns::run(args).await,
         Command::Gateway(args) => gateway::run(args).await,
         Command::Proxy(args) => gateway::proxy(args).await,
+        Command::Features(args) => features::run(args).await,
     }
 }

@@ -26,22 +26,22 @@ pub(crate) struct Args {
     seconds: f64,
 }
 
-type Op =
+pub(crate) type Op =
     Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
 
-struct Scenario {
-    name: &'static str,
-    round_trips: &'static str,
-    op: Op,
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
+    pub(crate) round_trips: &'static str,
+    pub(crate) op: Op,
 }
 
-struct Measured {
-    ops_per_sec: f64,
-    p50: Duration,
-    p99: Duration,
+pub(crate) struct Measured {
+    pub(crate) ops_per_sec: f64,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
 }
 
-fn op<F, Fut>(f: F) -> Op
+pub(crate) fn op<F, Fut>(f: F) -> Op
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -141,7 +141,11 @@ fn print_row(name: &str, round_trips: &str, m: &Measured, evalsha: f64) {
 }
 
 /// Runs `concurrency` callers looping on the operation for `duration` (after a short warm-up).
-async fn measure(s: &Scenario, concurrency: usize, duration: Duration) -> anyhow::Result<Measured> {
+pub(crate) async fn measure(
+    s: &Scenario,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
     let warmup = Instant::now() + Duration::from_millis(200);
     while Instant::now() < warmup {
         (s.op)(0).await?;
