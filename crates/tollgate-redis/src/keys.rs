@@ -15,6 +15,7 @@
 //! | `tg:{e:MODEL:VERSION}:SHA256` | string | a cached embedding |
 //! | `tg:{f:TYPE:ID}:GROUP` | hash | a feature group of an entity (`@ts`: update time) |
 //! | `tg:ch:NAME` | pub/sub channel | fire-and-forget fan-out |
+//! | `tg:{reg}:models`, `tg:{reg}:version` | hash, string | the model registry and its version (no TTL) |
 //! | `tg:{ev:STREAM}`, `tg:{ev:STREAM}:dead` | stream, stream | an event stream and its dead letters |
 //! | `tg:{ak}:h:SHA256` | string | an API key's record, by the hash of the key (no TTL) |
 //! | `tg:{ak}:index` | hash | API key id -> hash (no TTL) |
@@ -153,6 +154,14 @@ impl Keys {
 
     pub(crate) fn feature_group(&self, entity_type: &Id, entity_id: &Id, group: &Id) -> String {
         format!("{}{{f:{entity_type}:{entity_id}}}:{group}", self.prefix)
+    }
+
+    pub(crate) fn registry_models(&self) -> String {
+        format!("{}{{reg}}:models", self.prefix)
+    }
+
+    pub(crate) fn registry_version(&self) -> String {
+        format!("{}{{reg}}:version", self.prefix)
     }
 
     pub(crate) fn event_stream(&self, stream: &Id) -> String {

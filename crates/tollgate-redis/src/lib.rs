@@ -13,6 +13,7 @@
 //! - [`api_keys`]: API keys, stored hashed.
 //! - [`events`]: an event bus on Streams: consumer groups, reclaim, dead letters.
 //! - [`features`]: the online feature store.
+//! - [`registry`]: the model registry, changed at runtime, with sticky A/B experiments.
 //!
 //! Every script is a file in `lua/` with its contract in a header, run by EVALSHA. Every script
 //! uses the server's clock and every write sets a TTL (the one exception is documented in
@@ -27,6 +28,7 @@ pub mod features;
 pub mod keys;
 pub mod pubsub;
 pub mod rate_limit;
+pub mod registry;
 pub mod response_cache;
 mod scripts;
 pub mod session;
@@ -41,6 +43,7 @@ pub use features::{EntityRef, FeatureGroup, FeatureStore};
 pub use keys::{Id, Keys};
 pub use pubsub::{Channels, Subscription};
 pub use rate_limit::{Check, Decision, Lease, Limit, LimitKey, MultiDecision, RateLimiter};
+pub use registry::{Arm, DeploymentEntry, DeploymentStatus, Experiment, ModelEntry, Registry};
 pub use response_cache::{
     CacheConfig, CacheKey, CacheStats, ComputeError, Lead, Outcome, ResponseCache, Stored,
 };

@@ -24,3 +24,4 @@ script!(SESSION_WRITE, "session_write.lua");
 script!(SESSION_DELETE, "session_delete.lua");
 script!(DEAD_LETTER, "dead_letter.lua");
 script!(FEATURES_PUT, "features_put.lua");
+script!(REGISTRY_WRITE, "registry_write.lua");

@@ -13,6 +13,7 @@ mod embedding_cache;
 mod events;
 mod features;
 mod rate_limit;
+mod registry;
 mod response_cache;
 mod session;
 mod stream;
