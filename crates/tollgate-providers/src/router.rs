@@ -72,6 +72,60 @@ pub struct Router {
     providers: BTreeMap<String, Arc<dyn Provider>>,
     aliases: BTreeMap<String, Vec<Deployment>>,
     retry: RetryPolicy,
+    health: Arc<Health>,
+}
+
+/// Recent outcomes per deployment, for routing away from failing ones. Shared by the routers
+/// rebuilt from one another ([`Router::with_aliases`]), so a rebuild keeps what was learned.
+#[derive(Debug, Default)]
+pub struct Health {
+    windows: std::sync::Mutex<BTreeMap<String, Window>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: std::time::Instant,
+    ok: u32,
+    failed: u32,
+}
+
+/// Outcomes are counted over windows of this length.
+const HEALTH_WINDOW: Duration = Duration::from_secs(30);
+
+impl Health {
+    fn record(&self, deployment: &str, ok: bool) {
+        let Ok(mut w) = self.windows.lock() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let entry = w.entry(deployment.to_owned()).or_insert(Window {
+            started: now,
+            ok: 0,
+            failed: 0,
+        });
+        if now.duration_since(entry.started) > HEALTH_WINDOW {
+            *entry = Window {
+                started: now,
+                ok: 0,
+                failed: 0,
+            };
+        }
+        if ok {
+            entry.ok += 1;
+        } else {
+            entry.failed += 1;
+        }
+    }
+
+    /// Unhealthy: at least 5 failures in the window, and more failures than successes.
+    pub fn is_unhealthy(&self, deployment: &str) -> bool {
+        let Ok(w) = self.windows.lock() else {
+            return false;
+        };
+        w.get(deployment).is_some_and(|x| {
+            x.started.elapsed() <= HEALTH_WINDOW && x.failed >= 5 && x.failed > x.ok
+        })
+    }
 }
 
 impl Router {
@@ -91,6 +145,19 @@ impl Router {
     /// The provider registered under `name`.
     pub fn provider(&self, name: &str) -> Option<Arc<dyn Provider>> {
         self.providers.get(name).cloned()
+    }
+
+    /// A copy with `aliases` replacing every alias (providers, retries and health kept).
+    pub fn with_aliases(&self, aliases: BTreeMap<String, Vec<Deployment>>) -> Router {
+        Router {
+            aliases,
+            ..self.clone()
+        }
+    }
+
+    /// The aliases as configured.
+    pub fn alias_map(&self) -> &BTreeMap<String, Vec<Deployment>> {
+        &self.aliases
     }
 
     /// Routes `alias` to `deployments`.
@@ -157,6 +224,18 @@ impl Router {
     /// Starts a generation for `request.model`, with retries and fallback.
     pub async fn chat_stream(&self, request: &ChatRequest) -> Result<Routed, ProviderError> {
         let deployments = self.resolve(&request.model)?;
+        self.chat_stream_via(deployments, request).await
+    }
+
+    /// Starts a generation on `deployments`, in order (healthy ones first), with retries on
+    /// each and fallback to the next.
+    pub async fn chat_stream_via(
+        &self,
+        mut deployments: Vec<Deployment>,
+        request: &ChatRequest,
+    ) -> Result<Routed, ProviderError> {
+        // Stable: the weighted pick stays first among the healthy.
+        deployments.sort_by_key(|d| self.health.is_unhealthy(&d.name));
         let mut attempts = 0;
         let mut last_error = ProviderError::UnknownModel(request.model.clone());
         for deployment in deployments {
@@ -170,6 +249,7 @@ impl Router {
                     .await
                 {
                     Ok(stream) => {
+                        self.health.record(&deployment.name, true);
                         return Ok(Routed {
                             stream,
                             deployment: deployment.name.clone(),
@@ -177,6 +257,7 @@ impl Router {
                         });
                     }
                     Err(e) if e.is_retryable() => {
+                        self.health.record(&deployment.name, false);
                         tracing::warn!(deployment = %deployment.name, error = %e, attempt = attempts, "upstream attempt failed");
                         let wait = match &e {
                             ProviderError::RateLimited {
@@ -194,6 +275,18 @@ impl Router {
             }
         }
         Err(last_error)
+    }
+
+    /// The deployment for `provider/model` (for routes chosen outside aliases).
+    pub fn deployment_for(&self, name: &str, model: &str) -> Option<Deployment> {
+        let (provider, upstream) = model.split_once('/')?;
+        let p = self.providers.get(provider)?;
+        Some(Deployment {
+            name: name.to_owned(),
+            provider: p.clone(),
+            upstream_model: upstream.to_owned(),
+            weight: 1,
+        })
     }
 
     /// Full jitter: uniform in [0, min(cap, base * 2^retry)].
@@ -275,6 +368,44 @@ mod tests {
             Err(ProviderError::UnknownModel(m)) => assert_eq!(m, "nobody/x"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn failing_deployments_are_tried_last() {
+        let broken = Arc::new(MockProvider::new(MockConfig {
+            error_rate: 1.0,
+            ..MockConfig::default()
+        }));
+        let healthy = Arc::new(MockProvider::new(MockConfig::default()));
+        let mut router = Router::new(RetryPolicy {
+            max_retries: 0,
+            ..quick()
+        });
+        router.add_alias(
+            "m",
+            vec![
+                Deployment {
+                    name: "broken".into(),
+                    provider: broken.clone(),
+                    upstream_model: "x".into(),
+                    weight: 1,
+                },
+                Deployment {
+                    name: "healthy".into(),
+                    provider: healthy.clone(),
+                    upstream_model: "x".into(),
+                    weight: 0,
+                },
+            ],
+        );
+        for _ in 0..10 {
+            assert_eq!(
+                router.chat_stream(&request("m")).await.unwrap().deployment,
+                "healthy"
+            );
+        }
+        // After five failures the broken deployment is skipped to the back: no more attempts on it.
+        assert_eq!(broken.calls(), 5);
     }
 
     #[tokio::test]

@@ -48,6 +48,11 @@ pub fn app(state: AppState) -> Router {
             "/admin/keys/{id}",
             axum::routing::delete(h::revoke_key_handler),
         )
+        .route("/admin/models", get(h::list_registry_handler))
+        .route(
+            "/admin/models/{name}",
+            axum::routing::put(h::put_registry_handler).delete(h::delete_registry_handler),
+        )
         .route("/admin/cache/stats", get(h::cache_stats_handler))
         .route("/admin/cache/invalidate", post(h::invalidate_handler))
         .route("/metrics", get(h::metrics_handler))

@@ -42,6 +42,8 @@ pub struct ChatOptions {
     pub ttl: Option<Duration>,
     /// `x-tollgate-session-id`.
     pub session_id: Option<String>,
+    /// `x-tollgate-user`: sticky experiment arms.
+    pub user: Option<String>,
 }
 
 /// One server-sent event for the client.
@@ -139,7 +141,7 @@ pub async fn chat_completions(
         message: e.message,
         param: e.param,
     })?;
-    if !gw.router.knows(&req.model) {
+    if !gw.router().knows(&req.model) {
         return Err(ApiError::UnknownModel(req.model));
     }
     let include_usage = req
@@ -175,8 +177,13 @@ pub async fn chat_completions(
 
     let cacheable = gw.config.cache.enabled
         && (req.is_deterministic() || gw.config.cache.cache_non_deterministic);
+    // An experiment pins the user's arm; arms may answer differently, so the arm is in the key.
+    let pinned = gw.pinned_route(&req.model, opts.user.as_deref());
     let key = if cacheable {
-        let body = serde_json::to_value(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut body = serde_json::to_value(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let Some((arm, _)) = &pinned {
+            body["tollgate_route"] = Value::String(arm.clone());
+        }
         let hash = request_hash(&body, gw.config.cache.normalization)
             .map_err(|e| ApiError::bad(e.to_string(), None))?;
         Some(
@@ -194,6 +201,7 @@ pub async fn chat_completions(
         include_usage,
         session,
         ttl: opts.ttl,
+        route: pinned.map(|(_, route)| route),
     };
 
     let Some(key) = key else {
@@ -332,6 +340,8 @@ struct Plan {
     include_usage: bool,
     session: Option<SessionWrite>,
     ttl: Option<Duration>,
+    /// Deployments in order when an experiment pinned the route.
+    route: Option<Vec<tollgate_providers::Deployment>>,
 }
 
 impl Plan {
@@ -398,6 +408,7 @@ impl Plan {
             admission,
             events: events_tx,
             started: Some(started_tx),
+            route: self.route,
         };
         tokio::spawn(generation.run());
         let route = started
@@ -641,6 +652,7 @@ struct Generation {
     admission: Admission,
     events: mpsc::UnboundedSender<GenEvent>,
     started: Option<oneshot::Sender<Result<String, ApiError>>>,
+    route: Option<Vec<tollgate_providers::Deployment>>,
 }
 
 impl Generation {
@@ -764,7 +776,12 @@ impl Generation {
                 })
                 .inc();
         };
-        let routed = gw.router.chat_stream(&self.request).await.map_err(|e| {
+        let router = gw.router();
+        let routed = match self.route.take() {
+            Some(deployments) => router.chat_stream_via(deployments, &self.request).await,
+            None => router.chat_stream(&self.request).await,
+        };
+        let routed = routed.map_err(|e| {
             upstream_error(&e);
             ApiError::Provider(e)
         })?;

@@ -77,6 +77,20 @@ fn chat_options(headers: &HeaderMap) -> Result<ChatOptions, ApiError> {
             })?;
         opts.ttl = Some(Duration::from_secs(secs));
     }
+    if let Some(v) = headers.get("x-tollgate-user") {
+        let user = v
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "x-tollgate-user must be 1 to 256 visible characters",
+                    Some("x-tollgate-user"),
+                )
+            })?;
+        opts.user = Some(user.to_owned());
+    }
     if let Some(v) = headers.get("x-tollgate-session-id") {
         let id = v
             .to_str()
@@ -138,7 +152,7 @@ pub async fn models_handler(
 ) -> Result<Json<Value>, ApiError> {
     auth::principal(&gw, &headers).await?;
     let mut data = Vec::new();
-    for alias in gw.router.aliases() {
+    for alias in gw.router().aliases() {
         data.push(json!({"id": alias, "object": "model", "created": 0, "owned_by": "tollgate"}));
     }
     for (name, provider) in &gw.config.providers {
@@ -728,6 +742,73 @@ pub async fn invalidate_handler(
         })?;
     Ok(Json(
         json!({"model": model, "generation": generation, "invalidated": true}),
+    ))
+}
+
+/// `GET /admin/models`: the registry's models and its version.
+pub async fn list_registry_handler(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&gw, &headers)?;
+    let (version, models) = gw
+        .registry
+        .load()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("registry: {e}")))?;
+    Ok(Json(
+        json!({"object": "list", "version": version, "data": models}),
+    ))
+}
+
+/// `PUT /admin/models/{name}`: adds or replaces a model (`{"deployments": [...], "experiment": ...}`).
+pub async fn put_registry_handler(
+    State(gw): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&gw, &headers)?;
+    let mut entry: Value = read_json(&gw, body).await?;
+    if !entry.is_object() {
+        return Err(ApiError::bad("a model must be a JSON object", None));
+    }
+    entry["name"] = Value::String(name.clone());
+    let entry: tollgate_redis::ModelEntry = serde_json::from_value(entry)
+        .map_err(|e| ApiError::bad(format!("invalid model: {e}"), None))?;
+    let router = gw.router();
+    for d in &entry.deployments {
+        if router.deployment_for(&d.name, &d.model).is_none() {
+            return Err(ApiError::bad(
+                format!("deployment {:?}: no provider serves {:?}", d.name, d.model),
+                Some("deployments"),
+            ));
+        }
+    }
+    let version = gw.registry.put(&entry).await.map_err(|e| match e {
+        tollgate_redis::Error::InvalidArgument(m) => ApiError::bad(m, None),
+        e => ApiError::Unavailable(format!("registry: {e}")),
+    })?;
+    let _ = gw.sync_registry().await;
+    Ok(Json(json!({"name": name, "version": version})))
+}
+
+/// `DELETE /admin/models/{name}`.
+pub async fn delete_registry_handler(
+    State(gw): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&gw, &headers)?;
+    let version = gw.registry.delete(&name).await.map_err(|e| match e {
+        tollgate_redis::Error::NotFound => {
+            ApiError::NotFound(format!("no model {name:?} in the registry"))
+        }
+        e => ApiError::Unavailable(format!("registry: {e}")),
+    })?;
+    let _ = gw.sync_registry().await;
+    Ok(Json(
+        json!({"name": name, "version": version, "deleted": true}),
     ))
 }
 

@@ -8,6 +8,47 @@ use tokio::net::TcpListener;
 
 use crate::app::{AppState, app};
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Applies registry changes as they are announced, and polls its version twice a second in case
+/// an announcement was missed (a subscription lost while Redis was away): every instance applies
+/// a change within a second.
+pub async fn keep_registry_in_sync(gw: AppState) {
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut watch = match gw.registry.watch().await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::debug!(error = %e, "registry announcements unavailable; polling");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                msg = async { match watch.as_mut() { Some(w) => w.next().await, None => std::future::pending().await } } => {
+                    if msg.is_none() {
+                        break; // The subscription closed: subscribe again.
+                    }
+                }
+                _ = poll.tick() => {}
+            }
+            if let Err(e) = gw.sync_registry().await {
+                tracing::debug!(error = %e, "registry sync failed; retrying");
+            }
+            if watch.is_none() {
+                break;
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains in-flight requests for at most `drain`.
 pub async fn serve(
     listener: TcpListener,
@@ -15,6 +56,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
+    let registry = tokio::spawn(keep_registry_in_sync(state.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Without TCP_NODELAY, a response written in two segments waits ~40 ms for a delayed ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -25,6 +67,7 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut stop = stop_rx;
+    let _registry = AbortOnDrop(registry);
     tokio::select! {
         result = server => result,
         () = async move {

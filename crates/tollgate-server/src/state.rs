@@ -9,8 +9,9 @@ use tollgate_providers::mock::{MockConfig, MockProvider};
 use tollgate_providers::openai_compat::{OpenAiCompat, Timeouts};
 use tollgate_providers::{Deployment, Provider, RetryPolicy, Router};
 use tollgate_redis::{
-    ApiKeyRecord, ApiKeys, CacheConfig, EventBus, EventConfig, FeatureStore, Keys, RateLimiter,
-    Redis, RedisConfig, ResponseCache, SessionConfig, SessionStore, StreamConfig, TokenStreams,
+    ApiKeyRecord, ApiKeys, CacheConfig, DeploymentStatus, EventBus, EventConfig, FeatureStore,
+    Keys, ModelEntry, RateLimiter, Redis, RedisConfig, Registry, ResponseCache, SessionConfig,
+    SessionStore, StreamConfig, TokenStreams,
 };
 
 use crate::config::{Config, ProviderKind, ProviderSection};
@@ -28,7 +29,13 @@ pub struct Gateway {
     pub config: Config,
     /// The main Redis (readiness).
     pub redis: Redis,
-    pub router: Router,
+    /// Rebuilt when the model registry changes; see [`Gateway::router`].
+    router: std::sync::RwLock<Arc<Router>>,
+    /// Aliases from the configuration (the registry's models are laid over them).
+    config_aliases: std::collections::BTreeMap<String, Vec<Deployment>>,
+    pub registry: Registry,
+    registry_models: std::sync::RwLock<Arc<std::collections::BTreeMap<String, ModelEntry>>>,
+    registry_version: std::sync::atomic::AtomicU64,
     pub cache: ResponseCache,
     pub limiter: RateLimiter,
     pub sessions: SessionStore,
@@ -124,13 +131,18 @@ impl Gateway {
             },
         );
         let router = build_router(&config)?;
+        let config_aliases = router.alias_map().clone();
         Ok(Gateway {
+            router: std::sync::RwLock::new(Arc::new(router)),
+            config_aliases,
+            registry: Registry::new(redis.clone(), keys.clone()),
+            registry_models: std::sync::RwLock::new(Arc::default()),
+            registry_version: std::sync::atomic::AtomicU64::new(u64::MAX),
             limiter: RateLimiter::new(limits_redis.clone(), keys.clone()),
             api_keys: ApiKeys::new(limits_redis, keys.clone()),
             events: EventBus::new(redis.clone(), keys.clone(), EventConfig::default()),
             features: FeatureStore::new(redis.clone(), keys),
             redis,
-            router,
             cache,
             sessions,
             streams,
@@ -140,6 +152,86 @@ impl Gateway {
             key_cache: Mutex::new(HashMap::new()),
             config,
         })
+    }
+
+    /// The router in force (cheap: an `Arc` clone).
+    pub fn router(&self) -> Arc<Router> {
+        self.router
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The registry entry of `model`, if the registry has one.
+    pub fn registry_entry(&self, model: &str) -> Option<ModelEntry> {
+        self.registry_models
+            .read()
+            .ok()
+            .and_then(|m| m.get(model).cloned())
+    }
+
+    /// The deployments for `model` with the experiment's arm for `user` first, when `model` is in
+    /// the registry with an experiment; the arm's name goes into the cache key.
+    pub fn pinned_route(
+        &self,
+        model: &str,
+        user: Option<&str>,
+    ) -> Option<(String, Vec<Deployment>)> {
+        let entry = self.registry_entry(model)?;
+        let arm = entry.arm_for(user?)?;
+        let router = self.router();
+        let mut route = vec![router.deployment_for(&arm.name, &arm.model)?];
+        for d in router.resolve(model).ok()? {
+            if d.name != arm.name {
+                route.push(d);
+            }
+        }
+        Some((arm.name.clone(), route))
+    }
+
+    /// Applies the registry if its version moved: rebuilds the router from the configured aliases
+    /// and the registry's models (which win over aliases of the same name). Returns whether it
+    /// changed anything.
+    pub async fn sync_registry(&self) -> Result<bool, tollgate_redis::Error> {
+        use std::sync::atomic::Ordering;
+        let version = self.registry.version().await?;
+        // u64::MAX until the first load: an empty registry (version 0) is loaded once, not polled.
+        if version == self.registry_version.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let (version, models) = self.registry.load().await?;
+        let router = self.router();
+        let mut aliases = self.config_aliases.clone();
+        let mut entries = std::collections::BTreeMap::new();
+        for entry in models {
+            let deployments: Vec<Deployment> = entry
+                .deployments
+                .iter()
+                .filter(|d| d.status == DeploymentStatus::Active)
+                .filter_map(|d| {
+                    router.deployment_for(&d.name, &d.model).map(|mut dep| {
+                        dep.weight = d.weight;
+                        dep
+                    })
+                })
+                .collect();
+            if deployments.is_empty() {
+                tracing::warn!(model = %entry.name, "registry model has no usable deployment (unknown provider?)");
+                continue;
+            }
+            aliases.insert(entry.name.clone(), deployments);
+            entries.insert(entry.name.clone(), entry);
+        }
+        let rebuilt = Arc::new(router.with_aliases(aliases));
+        if let Ok(mut r) = self.router.write() {
+            *r = rebuilt;
+        }
+        if let Ok(mut m) = self.registry_models.write() {
+            *m = Arc::new(entries);
+        }
+        self.registry_version.store(version, Ordering::Relaxed);
+        tracing::info!(version, "model registry applied");
+        Ok(true)
     }
 
     /// The master key, when one is set.
