@@ -43,6 +43,21 @@ enum Command {
     Proxy(gateway::ProxyArgs),
 }
 
+/// The Redis a benchmark measures: the one given, or a private redis-server (kept alive by the
+/// returned handle).
+pub(crate) async fn redis_to_measure(
+    url: Option<&str>,
+) -> anyhow::Result<(Option<tollgate_testkit::RedisServer>, String)> {
+    match url {
+        Some(url) => Ok((None, url.to_owned())),
+        None => {
+            let server = tokio::task::spawn_blocking(tollgate_testkit::RedisServer::start).await?;
+            let url = server.url();
+            Ok((Some(server), url))
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {

@@ -50,16 +50,7 @@ where
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let _server;
-    let url = match &args.redis_url {
-        Some(url) => url.clone(),
-        None => {
-            let server = tokio::task::spawn_blocking(tollgate_testkit::RedisServer::start).await?;
-            let url = server.url();
-            _server = server;
-            url
-        }
-    };
+    let (_server, url) = crate::redis_to_measure(args.redis_url.as_deref()).await?;
     let redis = Redis::connect(&RedisConfig::new(&url)).await?;
     let keys = Keys::new("tollgate-bench:")?;
     let scenarios = scenarios(&redis, &keys).await?;
