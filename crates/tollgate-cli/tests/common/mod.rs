@@ -14,43 +14,46 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    /// Starts `tollgate serve` on `redis_url` with the config file `config`, and waits until ready.
+    /// Starts `tollgate serve` on `redis_url` with the config file `config`, and waits until it
+    /// answers `/healthz`. A port taken by another process between our probe and tollgate's bind
+    /// (tests run in parallel) makes tollgate exit: then it is started again on another port.
     pub(crate) fn start(redis_url: &str, config: &Path, env: &[(&str, &str)]) -> Replica {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        drop(listener);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-        cmd.args(["serve", "--listen", &addr])
-            .arg("--config")
-            .arg(config)
-            .env("TOLLGATE_REDIS_URL", redis_url)
-            .env_remove("TOLLGATE_MASTER_KEY")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                break;
+        for _ in 0..5 {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            drop(listener);
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+            cmd.args(["serve", "--listen", &addr])
+                .arg("--config")
+                .arg(config)
+                .env("TOLLGATE_REDIS_URL", redis_url)
+                .env_remove("TOLLGATE_MASTER_KEY")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            for (k, v) in env {
+                cmd.env(k, v);
             }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "tollgate exited at start"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "tollgate did not listen within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            let mut child = cmd.spawn().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if healthz(&addr) {
+                    return Replica {
+                        child,
+                        base: format!("http://{addr}"),
+                    };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break; // It could not bind: try another port.
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "tollgate did not answer /healthz within 20 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Replica {
-            child,
-            base: format!("http://{addr}"),
-        }
+        panic!("tollgate did not start after 5 tries");
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -94,6 +97,21 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// True when our tollgate answers `/healthz` at `addr` (not just anything listening there).
+fn healthz(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(s, "GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw.starts_with("HTTP/1.") && raw.contains(" 200 ") && raw.contains(r#"{"status":"ok"}"#)
 }
 
 /// A config file in a temp dir (kept alive by the returned guard).
