@@ -35,22 +35,33 @@ fn tollgate() -> Command {
     c
 }
 
-fn wait_ready(addr: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some((200, _)) = http_get(addr, "/readyz") {
-            return;
+/// `tollgate serve` on a free port with `env`, ready (answering `/readyz`). A port taken by
+/// another process between our probe and tollgate's bind makes tollgate exit: it is started
+/// again on another port.
+fn serve_on(env: &[(&str, &str)]) -> (String, Child) {
+    for _ in 0..5 {
+        let addr = free_addr();
+        let mut cmd = tollgate();
+        cmd.args(["serve", "--listen", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
         }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "tollgate exited before it was ready"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "tollgate was not ready within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if let Some((200, _)) = http_get(&addr, "/readyz") {
+                return (addr, child);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tollgate was not ready within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
+    panic!("tollgate did not start after 5 tries");
 }
 
 fn one_line_error(output: &Output) -> String {
@@ -67,15 +78,7 @@ fn one_line_error(output: &Output) -> String {
 #[test]
 fn serve_runs_its_own_redis_and_stops_it_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let mut child = tollgate()
-        .args(["serve", "--listen", &addr])
-        .env("TOLLGATE_DATA_DIR", data.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(&addr, &mut child);
+    let (addr, mut child) = serve_on(&[("TOLLGATE_DATA_DIR", data.path().to_str().unwrap())]);
     assert_eq!(
         http_get(&addr, "/healthz").unwrap(),
         (200, r#"{"status":"ok"}"#.to_owned())
@@ -120,16 +123,10 @@ fn serve_runs_its_own_redis_and_stops_it_on_sigterm() {
 #[test]
 fn serve_uses_an_external_redis_when_given_one() {
     let redis = tollgate_testkit::RedisServer::start();
-    let addr = free_addr();
-    let mut child = tollgate()
-        .args(["serve", "--listen", &addr])
-        .env("TOLLGATE_REDIS_URL", redis.url())
-        .env("TOLLGATE_DATA_DIR", "/nonexistent/never-used")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(&addr, &mut child);
+    let (_addr, mut child) = serve_on(&[
+        ("TOLLGATE_REDIS_URL", &redis.url()),
+        ("TOLLGATE_DATA_DIR", "/nonexistent/never-used"),
+    ]);
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -214,15 +211,7 @@ fn cache_warm_fills_the_cache_and_names_every_bad_line() {
     let second = warm();
     assert!(String::from_utf8_lossy(&second.stdout).contains("warmed 0, already cached 3"));
     // A gateway on the same Redis answers the warmed request from the cache.
-    let addr = free_addr();
-    let mut child = tollgate()
-        .args(["serve", "--listen", &addr])
-        .env("TOLLGATE_REDIS_URL", redis.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(&addr, &mut child);
+    let (addr, mut child) = serve_on(&[("TOLLGATE_REDIS_URL", &redis.url())]);
     let body = line("two", 0.0);
     let mut s = TcpStream::connect(&addr).unwrap();
     write!(s, "POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
@@ -316,15 +305,7 @@ fn keys_are_created_listed_and_revoked_from_the_cli() {
 #[test]
 fn events_tail_prints_what_was_published() {
     let redis = tollgate_testkit::RedisServer::start();
-    let addr = free_addr();
-    let mut child = tollgate()
-        .args(["serve", "--listen", &addr])
-        .env("TOLLGATE_REDIS_URL", redis.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(&addr, &mut child);
+    let (addr, mut child) = serve_on(&[("TOLLGATE_REDIS_URL", &redis.url())]);
     for n in 1..=3 {
         let body = format!(r#"{{"n": {n}}}"#);
         let mut s = TcpStream::connect(&addr).unwrap();
@@ -384,15 +365,7 @@ fn features_load_reports_bad_rows_by_line_and_loads_the_rest() {
     assert_eq!(one_line_error(&out), "tollgate: 1 bad row(s)");
     let out = load(&jsonl);
     assert!(String::from_utf8_lossy(&out.stdout).contains("line 2: not a feature row"));
-    let addr = free_addr();
-    let mut child = tollgate()
-        .args(["serve", "--listen", &addr])
-        .env("TOLLGATE_REDIS_URL", redis.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(&addr, &mut child);
+    let (addr, mut child) = serve_on(&[("TOLLGATE_REDIS_URL", &redis.url())]);
     let (status, body) = http_get(&addr, "/v1/features/user/u1?groups=profile").unwrap();
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

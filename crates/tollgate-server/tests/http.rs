@@ -75,6 +75,25 @@ async fn call(
     }
 }
 
+/// Creates one key per tenant (the gateway's master key must be `mk`); `Bearer KEY` each.
+async fn tenant_keys(gw: &AppState, tenants: &[&str]) -> Vec<String> {
+    let mut keys = Vec::new();
+    for tenant in tenants {
+        let body = json!({"name": tenant, "tenant": tenant});
+        let created = call(
+            gw,
+            "POST",
+            "/admin/keys",
+            &[("authorization", "Bearer mk")],
+            Some(body),
+        )
+        .await
+        .json();
+        keys.push(format!("Bearer {}", created["key"].as_str().unwrap()));
+    }
+    keys
+}
+
 fn chat(content: &str) -> Value {
     json!({"model": "mock/echo", "temperature": 0, "messages": [{"role": "user", "content": content}]})
 }
@@ -866,20 +885,7 @@ async fn invalidation_drops_a_models_answers_and_stats_count_dollars_saved() {
 #[tokio::test]
 async fn events_are_published_into_the_callers_tenant() {
     let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
-    let master = [("authorization", "Bearer mk")];
-    let mut keys = Vec::new();
-    for tenant in ["acme", "globex"] {
-        let created = call(
-            &gw,
-            "POST",
-            "/admin/keys",
-            &master,
-            Some(json!({"name": tenant, "tenant": tenant})),
-        )
-        .await
-        .json();
-        keys.push(format!("Bearer {}", created["key"].as_str().unwrap()));
-    }
+    let keys = tenant_keys(&gw, &["acme", "globex"]).await;
     let acme = [("authorization", keys[0].as_str())];
     let r = call(
         &gw,
@@ -931,20 +937,7 @@ async fn events_are_published_into_the_callers_tenant() {
 #[tokio::test]
 async fn features_are_written_and_read_per_tenant() {
     let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
-    let master = [("authorization", "Bearer mk")];
-    let mut keys = Vec::new();
-    for tenant in ["acme", "globex"] {
-        let created = call(
-            &gw,
-            "POST",
-            "/admin/keys",
-            &master,
-            Some(json!({"name": tenant, "tenant": tenant})),
-        )
-        .await
-        .json();
-        keys.push(format!("Bearer {}", created["key"].as_str().unwrap()));
-    }
+    let keys = tenant_keys(&gw, &["acme", "globex"]).await;
     let acme = [("authorization", keys[0].as_str())];
     let put = call(
         &gw,
