@@ -687,7 +687,12 @@ impl Generation {
         match outcome {
             Err(err) => {
                 if let Some(w) = writer {
-                    w.end(EventKind::Error, stored_error(&err));
+                    w.end(
+                        EventKind::Error,
+                        stored_error(&err),
+                        gw.config.command_timeout(),
+                    )
+                    .await;
                 }
                 if let Caching::Lead { key, .. } = &self.caching {
                     let _ = gw.cache.abandon(key, &self.stream_id).await;
@@ -754,11 +759,12 @@ impl Generation {
                 if let Some(session) = self.session.take() {
                     session.record(&gw, &completion);
                 }
+                // The end reaches the client only once the whole stream is in Redis (or Redis
+                // failed to take it in time): what a client saw complete is readable everywhere.
                 if let Some(w) = writer {
-                    w.end(
-                        EventKind::Done,
-                        serde_json::to_vec(&usage).unwrap_or_default(),
-                    );
+                    let usage = serde_json::to_vec(&usage).unwrap_or_default();
+                    w.end(EventKind::Done, usage, gw.config.command_timeout())
+                        .await;
                 }
                 let _ = self.events.send(GenEvent::Done(Arc::new(completion)));
             }
@@ -825,7 +831,8 @@ struct StreamWriter {
 
 enum WriterMsg {
     Chunk(Arc<str>),
-    End(EventKind, Vec<u8>),
+    /// The terminal entry; the sender is told once it is written (or could not be).
+    End(EventKind, Vec<u8>, oneshot::Sender<()>),
 }
 
 impl StreamWriter {
@@ -847,8 +854,8 @@ impl StreamWriter {
                 while let Some(msg) = next.take() {
                     match msg {
                         WriterMsg::Chunk(c) => batch.push(c),
-                        WriterMsg::End(kind, data) => {
-                            end = Some((kind, data));
+                        WriterMsg::End(kind, data, written) => {
+                            end = Some((kind, data, written));
                             break;
                         }
                     }
@@ -862,7 +869,7 @@ impl StreamWriter {
                     }
                 }
                 batch.clear();
-                if let Some((kind, data)) = end {
+                if let Some((kind, data, written)) = end {
                     if let Some(producer) = producer.take().filter(|_| !broken) {
                         let result = match kind {
                             EventKind::Error => producer.fail(&data).await,
@@ -872,6 +879,7 @@ impl StreamWriter {
                             tracing::warn!(error = %e, "could not end the token stream");
                         }
                     }
+                    let _ = written.send(());
                     return;
                 }
             }
@@ -883,7 +891,12 @@ impl StreamWriter {
         let _ = self.tx.send(WriterMsg::Chunk(json));
     }
 
-    fn end(self, kind: EventKind, data: Vec<u8>) {
-        let _ = self.tx.send(WriterMsg::End(kind, data));
+    /// Writes the terminal entry after everything queued, and waits (at most `wait`) until the
+    /// stream is complete in Redis.
+    async fn end(self, kind: EventKind, data: Vec<u8>, wait: Duration) {
+        let (written, done) = oneshot::channel();
+        if self.tx.send(WriterMsg::End(kind, data, written)).is_ok() {
+            let _ = tokio::time::timeout(wait, done).await;
+        }
     }
 }

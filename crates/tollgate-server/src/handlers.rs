@@ -178,12 +178,20 @@ pub async fn stream_handler(
 ) -> Result<Response, ApiError> {
     let principal = auth::principal(&gw, &headers).await?;
     let not_found = || ApiError::NotFound(format!("no stream {id:?}"));
-    let meta = match gw.streams.start_meta(&id).await {
-        Ok(m) => m,
-        Err(tollgate_redis::Error::NotFound | tollgate_redis::Error::InvalidArgument(_)) => {
-            return Err(not_found());
+    // A generation writes its stream while it starts upstream: a reader arriving in its first
+    // milliseconds waits for the stream to appear (up to a second) rather than getting a 404.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let meta = loop {
+        match gw.streams.start_meta(&id).await {
+            Ok(m) => break m,
+            Err(tollgate_redis::Error::NotFound) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(tollgate_redis::Error::NotFound | tollgate_redis::Error::InvalidArgument(_)) => {
+                return Err(not_found());
+            }
+            Err(e) => return Err(ApiError::Unavailable(format!("streams: {e}"))),
         }
-        Err(e) => return Err(ApiError::Unavailable(format!("streams: {e}"))),
     };
     let owner = serde_json::from_slice::<Value>(&meta)
         .ok()
