@@ -14,7 +14,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde_json::Value;
 use tollgate_server::Gateway;
-use tollgate_server::handlers::tenant_entity;
+use tollgate_server::handlers::tenant_scoped;
 
 struct Row {
     line: usize,
@@ -52,7 +52,7 @@ pub(crate) async fn load(
     let failures: Vec<(usize, String)> = futures::stream::iter(rows)
         .map(|row| {
             let (gw, bar) = (gw.clone(), bar.clone());
-            let entity_type = tenant_entity(tenant, &row.entity_type);
+            let entity_type = tenant_scoped(tenant, &row.entity_type);
             async move {
                 let result = gw
                     .features

@@ -306,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let gw = connect_gateway(cli.config.as_deref(), &data_dir).await?;
-            let name = handlers::tenant_stream(&tenant, &stream);
+            let name = handlers::tenant_scoped(&tenant, &stream);
             let block = Duration::from_secs(1);
             let mut conn = gw.events.reader(block).await.context("events")?;
             let mut after = if from_start {

@@ -40,17 +40,20 @@ fn same(a: &str, b: &str) -> bool {
 
 /// Authenticates a `/v1` request.
 pub async fn principal(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let default_tier = gw
-        .config
-        .tiers
-        .get(&gw.config.limits.default_tier)
-        .cloned()
-        .unwrap_or_default();
+    let tier = |name: &str| {
+        gw.config
+            .tiers
+            .get(name)
+            .or_else(|| gw.config.tiers.get(&gw.config.limits.default_tier))
+    };
     let Some(master) = gw.master_key() else {
+        let limits = tier(&gw.config.limits.default_tier)
+            .cloned()
+            .unwrap_or_default();
         return Ok(Principal {
             subject: "open".into(),
             tenant: "open".into(),
-            limits: default_tier,
+            limits,
             admin: true,
         });
     };
@@ -70,17 +73,11 @@ pub async fn principal(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, A
         Ok(None) => return Err(ApiError::Unauthorized("invalid API key".into())),
         Err(e) => return Err(ApiError::Unavailable(format!("key lookup: {e}"))),
     };
-    let tier = gw
-        .config
-        .tiers
-        .get(&record.tier)
-        .cloned()
-        .unwrap_or(default_tier);
     let own: Limits = serde_json::from_value(record.limits.clone()).unwrap_or_default();
     Ok(Principal {
         subject: record.id.clone(),
         tenant: record.tenant.clone(),
-        limits: own.over(&tier),
+        limits: own.over(tier(&record.tier).unwrap_or(&Limits::default())),
         admin: false,
     })
 }

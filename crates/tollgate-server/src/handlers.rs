@@ -52,6 +52,25 @@ pub async fn read_json<T: DeserializeOwned>(gw: &AppState, body: Body) -> Result
         .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}"), None))
 }
 
+/// A header holding an id: absent, or 1 to 256 visible characters (trimmed).
+fn short_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(name) else {
+        return Ok(None);
+    };
+    let value = v
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 256);
+    let value = value.ok_or_else(|| {
+        ApiError::bad(
+            format!("{name} must be 1 to 256 visible characters"),
+            Some(name),
+        )
+    })?;
+    Ok(Some(value.to_owned()))
+}
+
 fn chat_options(headers: &HeaderMap) -> Result<ChatOptions, ApiError> {
     let mut opts = ChatOptions::default();
     for value in headers.get_all("cache-control") {
@@ -77,34 +96,8 @@ fn chat_options(headers: &HeaderMap) -> Result<ChatOptions, ApiError> {
             })?;
         opts.ttl = Some(Duration::from_secs(secs));
     }
-    if let Some(v) = headers.get("x-tollgate-user") {
-        let user = v
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && s.len() <= 256)
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "x-tollgate-user must be 1 to 256 visible characters",
-                    Some("x-tollgate-user"),
-                )
-            })?;
-        opts.user = Some(user.to_owned());
-    }
-    if let Some(v) = headers.get("x-tollgate-session-id") {
-        let id = v
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && s.len() <= 256)
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "x-tollgate-session-id must be 1 to 256 visible characters",
-                    Some("x-tollgate-session-id"),
-                )
-            })?;
-        opts.session_id = Some(id.to_owned());
-    }
+    opts.user = short_header(headers, "x-tollgate-user")?;
+    opts.session_id = short_header(headers, "x-tollgate-session-id")?;
     Ok(opts)
 }
 
@@ -368,9 +361,10 @@ pub async fn delete_session_handler(
     ))
 }
 
-/// The stream an API key's events go to: streams are per tenant.
-pub fn tenant_stream(tenant: &str, stream: &str) -> String {
-    format!("{tenant}/{stream}")
+/// A name scoped to a tenant (`TENANT/NAME`): event streams and feature entity types are per
+/// tenant, so one tenant's keys never reach another's.
+pub fn tenant_scoped(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
 }
 
 /// `POST /v1/events/{stream}`: the body is a JSON object, each member a field of the event
@@ -411,7 +405,7 @@ pub async fn publish_event_handler(
         .collect();
     let id = gw
         .events
-        .publish(&tenant_stream(&principal.tenant, &stream), &refs)
+        .publish(&tenant_scoped(&principal.tenant, &stream), &refs)
         .await
         .map_err(|e| match e {
             tollgate_redis::Error::InvalidArgument(m) => ApiError::bad(m, None),
@@ -422,11 +416,6 @@ pub async fn publish_event_handler(
         Json(json!({"id": id, "object": "event", "stream": stream})),
     )
         .into_response())
-}
-
-/// The entity type an API key's features live under: entities are per tenant.
-pub fn tenant_entity(tenant: &str, entity_type: &str) -> String {
-    format!("{tenant}/{entity_type}")
 }
 
 #[derive(Debug, Deserialize)]
@@ -470,7 +459,7 @@ pub async fn put_features_handler(
     let updated = gw
         .features
         .put(
-            &tenant_entity(&principal.tenant, &entity_type),
+            &tenant_scoped(&principal.tenant, &entity_type),
             &entity_id,
             &group,
             &put.features,
@@ -520,7 +509,7 @@ pub async fn get_features_handler(
     let got = gw
         .features
         .get(
-            &tenant_entity(&principal.tenant, &entity_type),
+            &tenant_scoped(&principal.tenant, &entity_type),
             &entity_id,
             &refs,
         )
@@ -569,7 +558,7 @@ pub async fn features_batch_handler(
         .entities
         .iter()
         .map(|e| tollgate_redis::EntityRef {
-            entity_type: tenant_entity(&principal.tenant, &e.entity_type),
+            entity_type: tenant_scoped(&principal.tenant, &e.entity_type),
             entity_id: e.entity_id.clone(),
         })
         .collect();
