@@ -11,12 +11,16 @@
 //! 0 ms mock upstream, against the same mock called directly by the same load generator: added
 //! latency (p50, p99) for pass-through and exact-cache hits at each concurrency, throughput, and
 //! tollgate's RSS idle and at peak.
+//!
+//! `tollgate-bench vectors`: the vector index at 100k × 384, graph and filtered searches against
+//! an exact scan of the same index, with recall.
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its report")]
 
 mod features;
 mod gateway;
 mod patterns;
+mod vectors;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +42,8 @@ enum Command {
     Gateway(gateway::Args),
     /// Feature-store reads and bulk load.
     Features(features::Args),
+    /// The in-process vector index against an exact scan, with recall.
+    Vectors(vectors::Args),
     /// A minimal forwarding proxy (the floor any gateway hop costs); run by `gateway`.
     #[command(hide = true)]
     Proxy(gateway::ProxyArgs),
@@ -65,5 +71,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Gateway(args) => gateway::run(args).await,
         Command::Proxy(args) => gateway::proxy(args).await,
         Command::Features(args) => features::run(args).await,
+        Command::Vectors(args) => vectors::run(args),
     }
 }

@@ -14,6 +14,7 @@
 //! - [`events`]: an event bus on Streams: consumer groups, reclaim, dead letters.
 //! - [`features`]: the online feature store.
 //! - [`registry`]: the model registry, changed at runtime, with sticky A/B experiments.
+//! - [`vectors`]: vector collections in Redis, searched in an in-process index kept in step.
 //!
 //! Every script is a file in `lua/` with its contract in a header, run by EVALSHA. Every script
 //! uses the server's clock and every write sets a TTL (the one exception is documented in
@@ -33,6 +34,7 @@ pub mod response_cache;
 mod scripts;
 pub mod session;
 pub mod stream;
+pub mod vectors;
 
 pub use api_keys::{ApiKeyRecord, ApiKeys};
 pub use conn::{Conn, Redis, RedisConfig};
@@ -50,6 +52,9 @@ pub use response_cache::{
 pub use session::{SessionConfig, SessionInfo, SessionStore, Window};
 pub use stream::{
     EventKind, Follower, Producer, StreamConfig, StreamEvent, StreamReader, TokenStreams,
+};
+pub use vectors::{
+    CollectionInfo, VectorCollections, VectorConfig, VectorHit, VectorItem, VectorSearch,
 };
 
 /// A duration in whole milliseconds for a Redis argument, at least 1 (Redis rejects 0 TTLs).

@@ -25,3 +25,5 @@ script!(SESSION_DELETE, "session_delete.lua");
 script!(DEAD_LETTER, "dead_letter.lua");
 script!(FEATURES_PUT, "features_put.lua");
 script!(REGISTRY_WRITE, "registry_write.lua");
+script!(VECTOR_WRITE, "vector_write.lua");
+script!(VECTOR_DROP, "vector_drop.lua");

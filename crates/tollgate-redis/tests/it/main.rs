@@ -17,6 +17,7 @@ mod registry;
 mod response_cache;
 mod session;
 mod stream;
+mod vectors;
 
 use std::time::Duration;
 

@@ -1,9 +1,9 @@
-//! The flat index against a naive filter-then-rank written independently.
+//! The index against a naive filter-then-rank written independently.
 
 #![allow(clippy::unwrap_used, reason = "tests panic on failure")]
 
 use proptest::prelude::*;
-use tollgate_vector::{Condition, Filter, FlatIndex, Metadata, VectorError};
+use tollgate_vector::{Condition, Filter, Index, Metadata, VectorError};
 
 fn meta(lang: &str, price: f64) -> Metadata {
     Metadata {
@@ -61,7 +61,7 @@ proptest! {
         langs_mask in 1u8..8,
     ) {
         let names = ["en", "fr", "de"];
-        let mut index = FlatIndex::new(8);
+        let mut index = Index::new(8);
         let mut items = Vec::new();
         for (i, (v, lang, price)) in vectors.into_iter().enumerate() {
             let id = format!("v{i:03}");
@@ -85,7 +85,7 @@ proptest! {
 
     #[test]
     fn removal_forgets_exactly_the_removed(n in 2usize..40, remove in proptest::collection::vec(0usize..40, 0..20)) {
-        let mut index = FlatIndex::new(4);
+        let mut index = Index::new(4);
         for i in 0..n {
             index.upsert(&format!("v{i}"), &[i as f32 + 1.0, 1.0, 0.5, -0.5], Metadata::default()).unwrap();
         }
@@ -101,7 +101,7 @@ proptest! {
 
 #[test]
 fn upserts_replace_and_bad_vectors_are_refused() {
-    let mut index = FlatIndex::new(3);
+    let mut index = Index::new(3);
     index
         .upsert("a", &[1.0, 0.0, 0.0], Metadata::default())
         .unwrap();

@@ -1,0 +1,347 @@
+use tollgate_redis::{Error, VectorCollections, VectorConfig, VectorItem};
+use tollgate_vector::{Condition, Filter, IndexConfig, Metadata, SearchMode};
+
+use crate::{Backend, Ctx, pattern_suite};
+
+pattern_suite!(
+    a_write_on_one_instance_is_seen_by_the_next_search_on_another,
+    filtered_search_after_reload_matches_filter_then_rank,
+    an_instance_that_missed_trimmed_changes_reloads,
+    concurrent_writers_on_two_instances_lose_nothing,
+    a_dropped_collection_is_gone_everywhere_and_can_be_made_anew,
+    bad_items_are_refused_whole,
+);
+
+/// Two gateway instances: separate connections, separate in-process indexes.
+fn instances(ctx: &Ctx, config: VectorConfig) -> (VectorCollections, VectorCollections) {
+    (
+        VectorCollections::new(ctx.conn_for(0), ctx.keys.clone(), config.clone()),
+        VectorCollections::new(ctx.conn_for(1), ctx.keys.clone(), config),
+    )
+}
+
+fn item(id: &str, vector: Vec<f32>, lang: &str, price: f64) -> VectorItem {
+    VectorItem {
+        id: id.to_owned(),
+        vector,
+        metadata: Metadata {
+            tags: [("lang".to_owned(), lang.to_owned())].into(),
+            numbers: [("price".to_owned(), price)].into(),
+        },
+        text: None,
+    }
+}
+
+fn ids(found: &tollgate_redis::VectorSearch) -> Vec<String> {
+    found.hits.iter().map(|h| h.id.clone()).collect()
+}
+
+async fn a_write_on_one_instance_is_seen_by_the_next_search_on_another(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let (a, other) = instances(&ctx, VectorConfig::default());
+    let search = |q: Vec<f32>| other.search("docs", q, 2, Filter::default(), SearchMode::Auto);
+    assert!(matches!(
+        search(vec![1.0, 0.0, 0.0]).await,
+        Err(Error::NotFound)
+    ));
+    a.upsert(
+        "docs",
+        &[
+            item("x", vec![1.0, 0.0, 0.0], "en", 1.0),
+            item("y", vec![0.0, 1.0, 0.0], "fr", 2.0),
+        ],
+    )
+    .await
+    .unwrap();
+    let found = search(vec![1.0, 0.1, 0.0]).await.unwrap();
+    assert_eq!(ids(&found), ["x", "y"]);
+    assert!(found.exact);
+    assert_eq!(found.hits[0].metadata.tags["lang"], "en");
+    // Moved, then deleted: each visible at once on the other instance.
+    a.upsert("docs", &[item("x", vec![0.0, 0.0, 1.0], "de", 3.0)])
+        .await
+        .unwrap();
+    let found = search(vec![1.0, 0.1, 0.0]).await.unwrap();
+    assert_eq!(ids(&found), ["y", "x"]);
+    assert_eq!(found.hits[1].metadata.tags["lang"], "de");
+    assert_eq!(a.delete("docs", &["y", "nope"]).await.unwrap(), 1);
+    assert_eq!(ids(&search(vec![1.0, 0.1, 0.0]).await.unwrap()), ["x"]);
+    let info = other.info("docs").await.unwrap();
+    assert_eq!((info.dim, info.len, info.seq), (3, 1, 4));
+    let stored = other.get("docs", "x").await.unwrap().unwrap();
+    assert_eq!(stored.vector, vec![0.0, 0.0, 1.0]);
+    assert!(other.get("docs", "y").await.unwrap().is_none());
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+async fn filtered_search_after_reload_matches_filter_then_rank(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let (writer, _) = instances(&ctx, VectorConfig::default());
+    let mut rng = Rng(42);
+    let langs = ["en", "fr", "de"];
+    let items: Vec<VectorItem> = (0..600)
+        .map(|i| {
+            let v: Vec<f32> = (0..16).map(|_| rng.next()).collect();
+            item(
+                &format!("d{i:03}"),
+                v,
+                langs[i % 3],
+                f64::from(i as u32 % 100),
+            )
+        })
+        .collect();
+    for chunk in items.chunks(200) {
+        writer.upsert("docs", chunk).await.unwrap();
+    }
+    // A fresh instance loads the collection from Redis on first use.
+    let reader = VectorCollections::new(ctx.conn_for(1), ctx.keys.clone(), VectorConfig::default());
+    for round in 0..20 {
+        let q: Vec<f32> = (0..16).map(|_| rng.next()).collect();
+        let (lo, hi) = (f64::from(round * 3), f64::from(round * 3 + 40));
+        let filter = Filter {
+            conditions: vec![
+                Condition::TagIn {
+                    field: "lang".into(),
+                    values: vec!["en".into(), "de".into()],
+                },
+                Condition::Range {
+                    field: "price".into(),
+                    min: Some(lo),
+                    max: Some(hi),
+                },
+            ],
+        };
+        let found = reader
+            .search("docs", q.clone(), 7, filter, SearchMode::Auto)
+            .await
+            .unwrap();
+        let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let mut want: Vec<(f64, &str)> = items
+            .iter()
+            .filter(|it| {
+                it.metadata.tags["lang"] != "fr"
+                    && (lo..=hi).contains(&it.metadata.numbers["price"])
+            })
+            .map(|it| {
+                let dot: f64 = it
+                    .vector
+                    .iter()
+                    .zip(&q)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                (dot / (norm(&it.vector) * norm(&q)), it.id.as_str())
+            })
+            .collect();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+        let want: Vec<&str> = want.iter().take(7).map(|(_, id)| *id).collect();
+        assert!(found.exact);
+        assert_eq!(ids(&found), want, "round {round}");
+    }
+}
+
+async fn an_instance_that_missed_trimmed_changes_reloads(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let config = VectorConfig {
+        log_max_len: 10,
+        ..VectorConfig::default()
+    };
+    let (a, other) = instances(&ctx, config);
+    a.upsert("docs", &[item("keep", vec![1.0, 1.0], "en", 0.0)])
+        .await
+        .unwrap();
+    assert_eq!(other.info("docs").await.unwrap().len, 1);
+    // Far more changes than the log keeps: the other instance cannot replay them.
+    for i in 0..600 {
+        a.upsert(
+            "docs",
+            &[item(&format!("t{i}"), vec![1.0, i as f32], "en", 0.0)],
+        )
+        .await
+        .unwrap();
+    }
+    let ids: Vec<String> = (0..500).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(a.delete("docs", &refs).await.unwrap(), 500);
+    let info = other.info("docs").await.unwrap();
+    assert_eq!((info.len, info.seq), (101, 1101));
+    let all = other
+        .search(
+            "docs",
+            vec![1.0, 0.0],
+            1000,
+            Filter::default(),
+            SearchMode::Exact,
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.hits.len(), 101);
+    assert!(
+        all.hits
+            .iter()
+            .all(|h| h.id == "keep" || h.id[1..].parse::<usize>().unwrap() >= 500)
+    );
+}
+
+async fn concurrent_writers_on_two_instances_lose_nothing(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let (a, other) = instances(
+        &ctx,
+        VectorConfig {
+            index: IndexConfig {
+                graph_min_len: 100,
+                ..IndexConfig::default()
+            },
+            ..VectorConfig::default()
+        },
+    );
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let store = if w % 2 == 0 { a.clone() } else { other.clone() };
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let v = vec![1.0, w as f32, i as f32];
+                store
+                    .upsert("docs", &[item(&format!("w{w}-{i}"), v, "en", 0.0)])
+                    .await
+                    .unwrap();
+                // Searches run while the others write, on both instances.
+                if i % 10 == 0 {
+                    store
+                        .search(
+                            "docs",
+                            vec![1.0, 0.0, 0.0],
+                            5,
+                            Filter::default(),
+                            SearchMode::Auto,
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for instance in [&a, &other] {
+        let info = instance.info("docs").await.unwrap();
+        assert_eq!((info.len, info.seq), (300, 300));
+        let all = instance
+            .search(
+                "docs",
+                vec![1.0, 0.0, 0.0],
+                500,
+                Filter::default(),
+                SearchMode::Exact,
+            )
+            .await
+            .unwrap();
+        assert_eq!(all.hits.len(), 300);
+    }
+}
+
+async fn a_dropped_collection_is_gone_everywhere_and_can_be_made_anew(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let (a, other) = instances(&ctx, VectorConfig::default());
+    a.upsert("docs", &[item("x", vec![1.0, 0.0], "en", 0.0)])
+        .await
+        .unwrap();
+    assert_eq!(other.info("docs").await.unwrap().len, 1);
+    assert!(a.drop_collection("docs").await.unwrap());
+    assert!(!a.drop_collection("docs").await.unwrap());
+    assert!(matches!(other.info("docs").await, Err(Error::NotFound)));
+    // The same name with another dimension is a new collection.
+    a.upsert("docs", &[item("z", vec![0.0, 0.0, 1.0], "en", 0.0)])
+        .await
+        .unwrap();
+    let found = other
+        .search(
+            "docs",
+            vec![0.0, 0.0, 1.0],
+            5,
+            Filter::default(),
+            SearchMode::Auto,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&found), ["z"]);
+    assert_eq!(a.delete("nothing-here", &["x"]).await.unwrap(), 0);
+}
+
+async fn bad_items_are_refused_whole(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let store = VectorCollections::new(ctx.redis(), ctx.keys.clone(), VectorConfig::default());
+    store
+        .upsert("docs", &[item("a", vec![1.0, 0.0], "en", 0.0)])
+        .await
+        .unwrap();
+    let invalid = |r: Result<u64, Error>| matches!(r, Err(Error::InvalidArgument(_)));
+    assert!(invalid(store.upsert("docs", &[]).await));
+    assert!(invalid(
+        store
+            .upsert(
+                "docs",
+                &[
+                    item("b", vec![1.0, 0.0], "en", 0.0),
+                    item("c", vec![0.0, 0.0], "en", 0.0)
+                ]
+            )
+            .await
+    ));
+    assert!(invalid(
+        store
+            .upsert("docs", &[item("b", vec![1.0, f32::NAN], "en", 0.0)])
+            .await
+    ));
+    assert!(invalid(
+        store
+            .upsert("docs", &[item("b", vec![1.0, 0.0], "en", f64::INFINITY)])
+            .await
+    ));
+    assert!(invalid(
+        store
+            .upsert("docs", &[item("", vec![1.0, 0.0], "en", 0.0)])
+            .await
+    ));
+    assert!(invalid(
+        store
+            .upsert(
+                "docs",
+                &[
+                    item("b", vec![1.0, 0.0], "en", 0.0),
+                    item("c", vec![1.0], "en", 0.0)
+                ]
+            )
+            .await
+    ));
+    assert!(matches!(
+        store
+            .upsert("docs", &[item("b", vec![1.0, 0.0, 0.0], "en", 0.0)])
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    // Nothing of the refused batches was stored.
+    assert_eq!(store.info("docs").await.unwrap().len, 1);
+    assert!(matches!(
+        store
+            .search(
+                "docs",
+                vec![1.0, 0.0, 0.0],
+                1,
+                Filter::default(),
+                SearchMode::Auto
+            )
+            .await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
