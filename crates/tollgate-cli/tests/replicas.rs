@@ -496,3 +496,64 @@ async fn a_registry_change_through_one_process_takes_effect_on_all_within_a_seco
     let bad = put(json!({"deployments": [{"name": "x", "model": "nobody/x"}]})).await;
     assert_eq!(bad, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vector_written_through_one_process_is_found_by_the_next_search_on_every_other() {
+    let redis = RedisServer::start();
+    let (_dir, path) = config_file("[vectors]\nembedding_model = \"mock/embed\"\n");
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let search = |replica: &Replica, text: &str| {
+        let (http, url) = (http.clone(), replica.url("/v1/vectors/docs/search"));
+        let body = json!({"text": text, "k": 1});
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let found: Value = r.json().await.unwrap();
+            found["data"][0]["id"].as_str().map(str::to_owned)
+        }
+    };
+    let put = |replica: &Replica, id: &str, text: &str| {
+        let (http, url) = (http.clone(), replica.url(&format!("/v1/vectors/docs/{id}")));
+        let body = json!({"text": text, "tags": {"kind": "note"}});
+        async move {
+            let r = http.put(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    put(&replicas[0], "cat", "the cat sat on the mat").await;
+    put(&replicas[0], "rain", "heavy rain expected tomorrow").await;
+    // Each process loads the collection on first use and answers at once.
+    for replica in &replicas {
+        assert_eq!(
+            search(replica, "cat on a mat").await.as_deref(),
+            Some("cat")
+        );
+    }
+    // A write on one process: the very next search on the others sees it, with no wait.
+    for round in 0..20 {
+        let id = format!("doc{round}");
+        let text = format!("unique marker {round} zebra{round}");
+        put(&replicas[round % 3], &id, &text).await;
+        let other = &replicas[(round + 1) % 3];
+        assert_eq!(search(other, &text).await.as_deref(), Some(id.as_str()));
+    }
+    // A process started afterwards rebuilds the collection from Redis.
+    replicas[2].kill();
+    replicas[2] = Replica::start(&redis.url(), &path, &[]);
+    assert_eq!(
+        search(&replicas[2], "rain tomorrow").await.as_deref(),
+        Some("rain")
+    );
+    let info: Value = http
+        .get(replicas[2].url("/v1/vectors/docs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["count"], 22);
+}

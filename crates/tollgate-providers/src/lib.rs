@@ -3,8 +3,9 @@
 //! # Layout
 //! - [`Provider`]: one upstream; every call streams, a whole answer is the folded stream.
 //! - [`mock`]: deterministic answers derived from the prompt, with latency, rate and errors to
-//!   order, for tests and load.
-//! - [`openai_compat`]: any OpenAI-compatible `/chat/completions` (OpenAI, vLLM, Ollama, llama.cpp).
+//!   order, for tests and load; deterministic embeddings (hashed words and trigrams).
+//! - [`openai_compat`]: any OpenAI-compatible `/chat/completions` and `/embeddings` (OpenAI, vLLM,
+//!   Ollama, llama.cpp).
 //! - [`anthropic`]: the Anthropic Messages API, translated both ways.
 //! - [`router`]: aliases to weighted deployments, retries with jittered backoff, fallback.
 //! - [`sse`]: a server-sent-events parser for upstream streams.
@@ -34,6 +35,30 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         &self,
         request: ChatRequest,
     ) -> BoxFuture<'static, Result<ChunkStream, ProviderError>>;
+
+    /// Embeds `texts` with `model` (the upstream's own name): one vector per text, in order.
+    /// Providers without embeddings refuse, which is not retryable.
+    fn embed(
+        &self,
+        model: String,
+        texts: Vec<String>,
+    ) -> BoxFuture<'static, Result<Embeddings, ProviderError>> {
+        let _ = texts;
+        Box::pin(async move {
+            Err(ProviderError::Rejected {
+                status: 400,
+                message: format!("model {model:?} does not produce embeddings"),
+            })
+        })
+    }
+}
+
+/// Vectors for a batch of texts, in the order of the texts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    /// Input tokens the upstream counted.
+    pub prompt_tokens: u64,
 }
 
 /// Installs the TLS crypto provider (ring) once per process; HTTP providers call it.

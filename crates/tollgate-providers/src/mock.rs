@@ -9,7 +9,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use tollgate_core::{ApproxTokenCounter, ChatChunk, ChatRequest, Delta, TokenCounter, Usage};
 
-use crate::{ChunkStream, Provider, ProviderError, unix_now};
+use crate::{ChunkStream, Embeddings, Provider, ProviderError, unix_now};
 
 /// How the mock behaves.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +83,62 @@ fn last_user_text(request: &ChatRequest) -> String {
         .unwrap_or_default()
 }
 
+/// Dimensions of the mock's embeddings (all-MiniLM-L6-v2's).
+pub const MOCK_EMBEDDING_DIM: usize = 384;
+
+/// A deterministic embedding: each lowercased word, and each character trigram at half weight,
+/// adds ±1 at a position picked by its hash (feature hashing), then the vector is normalized.
+/// Texts sharing words are similar, identical texts equal, like a (much weaker) real model.
+pub fn mock_embedding(text: &str) -> Vec<f32> {
+    let mut v = vec![0.0f32; MOCK_EMBEDDING_DIM];
+    let mut add = |feature: &str, weight: f32| {
+        // FNV-1a: stable across versions and platforms, unlike std's hasher.
+        let h = feature.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let slot = (h % MOCK_EMBEDDING_DIM as u64) as usize;
+        v[slot] += if h >> 63 == 0 { weight } else { -weight };
+    };
+    let lower = text.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    for w in &words {
+        add(w, 1.0);
+        let chars: Vec<char> = format!(" {w} ").chars().collect();
+        for tri in chars.windows(3) {
+            add(&tri.iter().collect::<String>(), 0.5);
+        }
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    } else {
+        v[0] = 1.0; // No words: still a direction.
+    }
+    v
+}
+
 impl Provider for MockProvider {
+    fn embed(
+        &self,
+        _model: String,
+        texts: Vec<String>,
+    ) -> BoxFuture<'static, Result<Embeddings, ProviderError>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            let prompt_tokens = texts
+                .iter()
+                .map(|t| t.split_whitespace().count() as u64)
+                .sum();
+            Ok(Embeddings {
+                vectors: texts.iter().map(|t| mock_embedding(t)).collect(),
+                prompt_tokens,
+            })
+        })
+    }
+
     fn chat_stream(
         &self,
         request: ChatRequest,

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use tollgate_core::{ChatChunk, ChatRequest};
 
 use crate::sse::{SseEvent, SseParser};
-use crate::{ChunkStream, Provider, ProviderError};
+use crate::{ChunkStream, Embeddings, Provider, ProviderError};
 
 /// Time limits of one upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,7 @@ impl Default for Timeouts {
 pub struct OpenAiCompat {
     client: reqwest::Client,
     url: String,
+    embeddings_url: String,
     api_key: Option<String>,
     timeouts: Timeouts,
 }
@@ -53,6 +54,7 @@ impl OpenAiCompat {
         Ok(OpenAiCompat {
             client,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            embeddings_url: format!("{}/embeddings", base_url.trim_end_matches('/')),
             api_key,
             timeouts,
         })
@@ -60,6 +62,68 @@ impl OpenAiCompat {
 }
 
 impl Provider for OpenAiCompat {
+    fn embed(
+        &self,
+        model: String,
+        texts: Vec<String>,
+    ) -> BoxFuture<'static, Result<Embeddings, ProviderError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let expected = texts.len();
+            let body =
+                serde_json::json!({"model": model, "input": texts, "encoding_format": "float"});
+            let mut call = this
+                .client
+                .post(&this.embeddings_url)
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            if let Some(key) = &this.api_key {
+                call = call.bearer_auth(key);
+            }
+            let response = send(call, this.timeouts.first_byte).await?;
+            let bytes = tokio::time::timeout(this.timeouts.idle, response.bytes())
+                .await
+                .map_err(|_| ProviderError::Timeout)?
+                .map_err(http_error)?;
+            #[derive(serde::Deserialize)]
+            struct Item {
+                index: usize,
+                embedding: Vec<f32>,
+            }
+            #[derive(serde::Deserialize)]
+            struct Reply {
+                data: Vec<Item>,
+                #[serde(default)]
+                usage: Option<serde_json::Value>,
+            }
+            let reply: Reply = serde_json::from_slice(&bytes)
+                .map_err(|e| ProviderError::Protocol(format!("embeddings: {e}")))?;
+            let mut vectors = vec![Vec::new(); expected];
+            for item in reply.data {
+                match vectors.get_mut(item.index) {
+                    Some(slot) => *slot = item.embedding,
+                    None => {
+                        return Err(ProviderError::Protocol(format!(
+                            "embedding index {} for {expected} inputs",
+                            item.index
+                        )));
+                    }
+                }
+            }
+            if vectors.iter().any(Vec::is_empty) {
+                return Err(ProviderError::Protocol("an input got no embedding".into()));
+            }
+            let prompt_tokens = reply
+                .usage
+                .and_then(|u| u.get("prompt_tokens").and_then(serde_json::Value::as_u64))
+                .unwrap_or(0);
+            Ok(Embeddings {
+                vectors,
+                prompt_tokens,
+            })
+        })
+    }
+
     fn chat_stream(
         &self,
         request: ChatRequest,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::Rng;
 use tollgate_core::ChatRequest;
 
-use crate::{ChunkStream, Provider, ProviderError};
+use crate::{ChunkStream, Embeddings, Provider, ProviderError};
 
 /// Retry behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +268,48 @@ impl Router {
                         last_error = e;
                         if retry < self.retry.max_retries {
                             tokio::time::sleep(wait.min(self.retry.max_backoff)).await;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Embeds `texts` with `model` (an alias or `provider/model`), with the same retries and
+    /// fallback as generations. Returns the deployment that answered.
+    pub async fn embed(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+    ) -> Result<(String, Embeddings), ProviderError> {
+        let mut deployments = self.resolve(model)?;
+        deployments.sort_by_key(|d| self.health.is_unhealthy(&d.name));
+        let mut last_error = ProviderError::UnknownModel(model.to_owned());
+        for deployment in deployments {
+            for retry in 0..=self.retry.max_retries {
+                let attempt = deployment
+                    .provider
+                    .embed(deployment.upstream_model.clone(), texts.clone())
+                    .await;
+                match attempt {
+                    Ok(e) if e.vectors.len() == texts.len() => {
+                        self.health.record(&deployment.name, true);
+                        return Ok((deployment.name.clone(), e));
+                    }
+                    Ok(e) => {
+                        return Err(ProviderError::Protocol(format!(
+                            "{} embeddings for {} inputs",
+                            e.vectors.len(),
+                            texts.len()
+                        )));
+                    }
+                    Err(e) if e.is_retryable() => {
+                        self.health.record(&deployment.name, false);
+                        last_error = e;
+                        if retry < self.retry.max_retries {
+                            tokio::time::sleep(self.backoff(retry)).await;
                         }
                     }
                     Err(e) => return Err(e),

@@ -10,16 +10,33 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use crate::embeddings::embeddings_handler;
 use crate::error::ApiError;
 use crate::handlers as h;
 use crate::metrics::Route;
 pub use crate::state::AppState;
+use crate::vectors as v;
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(h::chat_completions_handler))
         .route("/v1/models", get(h::models_handler))
+        .route("/v1/embeddings", post(embeddings_handler))
+        .route(
+            "/v1/vectors/{collection}",
+            get(v::collection_info_handler).delete(v::drop_collection_handler),
+        )
+        .route(
+            "/v1/vectors/{collection}/search",
+            post(v::search_vectors_handler),
+        )
+        .route(
+            "/v1/vectors/{collection}/{id}",
+            axum::routing::put(v::put_vector_handler)
+                .get(v::get_vector_handler)
+                .delete(v::delete_vector_handler),
+        )
         .route("/v1/streams/{id}", get(h::stream_handler))
         .route("/v1/events/{stream}", post(h::publish_event_handler))
         .route("/v1/features/batch", post(h::features_batch_handler))
@@ -76,6 +93,10 @@ fn route_of(path: &str) -> Route {
         Route::Events
     } else if path.starts_with("/v1/features/") {
         Route::Features
+    } else if path == "/v1/embeddings" {
+        Route::Embeddings
+    } else if path.starts_with("/v1/vectors/") {
+        Route::Vectors
     } else if path.starts_with("/admin/") {
         Route::Admin
     } else {

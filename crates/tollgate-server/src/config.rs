@@ -31,6 +31,8 @@ pub struct Config {
     pub tiers: BTreeMap<String, Limits>,
     pub sessions: SessionsSection,
     pub streams: StreamsSection,
+    pub embeddings: EmbeddingsSection,
+    pub vectors: VectorsSection,
     pub retry: RetrySection,
     pub providers: BTreeMap<String, ProviderSection>,
     pub aliases: BTreeMap<String, AliasSection>,
@@ -158,6 +160,24 @@ pub struct StreamsSection {
     pub max_len: u64,
     pub ttl_active_seconds: u64,
     pub ttl_after_end_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingsSection {
+    /// How long a computed embedding stays in the embedding cache.
+    pub cache_ttl_seconds: u64,
+    /// Most inputs in one `/v1/embeddings` request.
+    pub max_inputs: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VectorsSection {
+    /// The model that embeds `text` stored in, or searched for in, a vector collection.
+    pub embedding_model: String,
+    /// Changes kept in a collection's change log; an instance further behind reloads.
+    pub log_max_len: usize,
+    /// Largest `k` a search may ask for.
+    pub max_k: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,6 +318,8 @@ impl Config {
             "tiers",
             "sessions",
             "streams",
+            "embeddings",
+            "vectors",
             "retry",
             "providers",
             "aliases",
@@ -322,6 +344,9 @@ impl Config {
         let tiers = section::<BTreeMap<String, Limits>>("tiers", take("tiers"), &mut errors);
         let sessions = section::<SessionsSection>("sessions", take("sessions"), &mut errors);
         let streams = section::<StreamsSection>("streams", take("streams"), &mut errors);
+        let embeddings =
+            section::<EmbeddingsSection>("embeddings", take("embeddings"), &mut errors);
+        let vectors = section::<VectorsSection>("vectors", take("vectors"), &mut errors);
         let retry = section::<RetrySection>("retry", take("retry"), &mut errors);
         let providers = section::<BTreeMap<String, ProviderSection>>(
             "providers",
@@ -340,6 +365,8 @@ impl Config {
             Some(tiers),
             Some(sessions),
             Some(streams),
+            Some(embeddings),
+            Some(vectors),
             Some(retry),
             Some(providers),
             Some(aliases),
@@ -353,6 +380,8 @@ impl Config {
             tiers,
             sessions,
             streams,
+            embeddings,
+            vectors,
             retry,
             providers,
             aliases,
@@ -370,6 +399,8 @@ impl Config {
             tiers,
             sessions,
             streams,
+            embeddings,
+            vectors,
             retry,
             providers,
             aliases,
@@ -394,6 +425,20 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             p.push("server.max_body_bytes: must be at least 1024".into());
+        }
+        if self.embeddings.cache_ttl_seconds == 0 || self.embeddings.max_inputs == 0 {
+            p.push("embeddings: cache_ttl_seconds and max_inputs must be at least 1".into());
+        }
+        if self.vectors.log_max_len < 100 || self.vectors.max_k == 0 {
+            p.push("vectors: log_max_len must be at least 100 and max_k at least 1".into());
+        }
+        if !self.vectors.embedding_model.contains('/')
+            && !self.aliases.contains_key(&self.vectors.embedding_model)
+        {
+            p.push(format!(
+                "vectors.embedding_model: {:?} is neither provider/model nor an alias",
+                self.vectors.embedding_model
+            ));
         }
         for (name, url) in [
             ("redis.url", &self.redis.url),

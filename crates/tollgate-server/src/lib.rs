@@ -17,6 +17,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod embedded;
+pub mod embeddings;
 pub mod error;
 pub mod handlers;
 pub mod limits;
@@ -25,6 +26,7 @@ pub mod serve;
 pub mod sse;
 pub mod state;
 pub mod tokens;
+pub mod vectors;
 
 pub use app::app;
 pub use config::Config;

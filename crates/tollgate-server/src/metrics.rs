@@ -19,6 +19,8 @@ pub enum Route {
     Models,
     Events,
     Features,
+    Embeddings,
+    Vectors,
     Admin,
     Other,
 }

@@ -11,7 +11,7 @@ use tollgate_providers::{Deployment, Provider, RetryPolicy, Router};
 use tollgate_redis::{
     ApiKeyRecord, ApiKeys, CacheConfig, DeploymentStatus, EventBus, EventConfig, FeatureStore,
     Keys, ModelEntry, RateLimiter, Redis, RedisConfig, Registry, ResponseCache, SessionConfig,
-    SessionStore, StreamConfig, TokenStreams,
+    SessionStore, StreamConfig, TokenStreams, VectorCollections, VectorConfig,
 };
 
 use crate::config::{Config, ProviderKind, ProviderSection};
@@ -43,6 +43,10 @@ pub struct Gateway {
     pub api_keys: ApiKeys,
     pub events: EventBus,
     pub features: FeatureStore,
+    pub vectors: VectorCollections,
+    /// The cache's Redis, which also holds the embedding cache.
+    pub embedding_redis: Redis,
+    pub keys: Keys,
     pub metrics: Metrics,
     pub local_limits: LocalLimiter,
     /// Counts prompt tokens for limit estimates and session windows.
@@ -97,7 +101,7 @@ impl Gateway {
                 source,
             })?;
         let cache = ResponseCache::new(
-            cache_redis,
+            cache_redis.clone(),
             keys.clone(),
             CacheConfig {
                 default_ttl: Duration::from_secs(config.cache.default_ttl_seconds),
@@ -141,7 +145,17 @@ impl Gateway {
             limiter: RateLimiter::new(limits_redis.clone(), keys.clone()),
             api_keys: ApiKeys::new(limits_redis, keys.clone()),
             events: EventBus::new(redis.clone(), keys.clone(), EventConfig::default()),
-            features: FeatureStore::new(redis.clone(), keys),
+            features: FeatureStore::new(redis.clone(), keys.clone()),
+            vectors: VectorCollections::new(
+                redis.clone(),
+                keys.clone(),
+                VectorConfig {
+                    log_max_len: config.vectors.log_max_len,
+                    ..VectorConfig::default()
+                },
+            ),
+            embedding_redis: cache_redis,
+            keys,
             redis,
             cache,
             sessions,

@@ -1023,3 +1023,310 @@ async fn features_are_written_and_read_per_tenant() {
         );
     }
 }
+
+#[tokio::test]
+async fn embeddings_are_computed_once_then_answered_from_the_cache() {
+    let gw = gateway("").await;
+    let embed = |input: Value, extra: Value| {
+        let mut body = json!({"model": "mock/embed", "input": input});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        call(&gw, "POST", "/v1/embeddings", &[], Some(body))
+    };
+    let first = embed(json!(["hello world", "hello world again"]), json!({})).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(first.header("x-tollgate-embeddings-cached"), Some("0"));
+    let body = first.json();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(body["data"][1]["index"], 1);
+    let v0: Vec<f32> = serde_json::from_value(body["data"][0]["embedding"].clone()).unwrap();
+    assert_eq!(v0.len(), 384);
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+
+    // One input cached, one new; order kept; base64 carries the same floats.
+    let second = embed(
+        json!(["brand new", "hello world"]),
+        json!({"encoding_format": "base64"}),
+    )
+    .await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text);
+    assert_eq!(second.header("x-tollgate-embeddings-cached"), Some("1"));
+    let b64 = second.json()["data"][1]["embedding"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(decoded, v0);
+    let single = embed(json!("hello world"), json!({})).await;
+    assert_eq!(single.header("x-tollgate-embeddings-cached"), Some("1"));
+
+    for (input, extra, param) in [
+        (json!([]), json!({}), "input"),
+        (json!([1, 2, 3]), json!({}), "input"),
+        (json!([""]), json!({}), "input"),
+        (
+            json!("x"),
+            json!({"encoding_format": "int8"}),
+            "encoding_format",
+        ),
+        (json!("x"), json!({"dimensions": 12}), "dimensions"),
+    ] {
+        let bad = embed(input, extra).await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+        assert_eq!(bad.json()["error"]["param"], param, "{}", bad.text);
+    }
+    let unknown = call(
+        &gw,
+        "POST",
+        "/v1/embeddings",
+        &[],
+        Some(json!({"model": "nope/x", "input": "x"})),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
+}
+
+#[tokio::test]
+async fn vector_collections_filter_before_ranking_and_stay_within_a_tenant() {
+    let gw =
+        gateway("[server]\nmaster_key = \"mk\"\n[vectors]\nembedding_model = \"mock/embed\"\n")
+            .await;
+    let keys = tenant_keys(&gw, &["acme", "globex"]).await;
+    let (acme, globex) = (keys[0].as_str(), keys[1].as_str());
+    for (id, v, lang, price) in [
+        ("a", [1.0, 0.0, 0.0], "en", 5.0),
+        ("b", [0.9, 0.1, 0.0], "fr", 15.0),
+        ("c", [0.8, 0.2, 0.0], "en", 25.0),
+        ("d", [0.0, 1.0, 0.0], "en", 15.0),
+    ] {
+        let r = as_key(
+            &gw,
+            "PUT",
+            format!("/v1/vectors/items/{id}"),
+            acme,
+            Some(json!({"vector": v, "tags": {"lang": lang}, "numbers": {"price": price}})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.json()["dimensions"], 3);
+    }
+    let found = as_key(&gw, "POST", "/v1/vectors/items/search".into(), acme, Some(json!({"vector": [1.0, 0.0, 0.0], "k": 2, "filter": {"tags": {"lang": "en"}, "ranges": {"price": {"gte": 10}}}})))
+    .await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.text);
+    let body = found.json();
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["c", "d"],
+        "a fails the range, b the tag: the nearest passing come back"
+    );
+    assert_eq!(body["exact"], true);
+    assert_eq!(body["data"][0]["numbers"]["price"], 25.0);
+
+    // Another tenant has no such collection, and cannot read or delete the items.
+    let other = as_key(
+        &gw,
+        "POST",
+        "/v1/vectors/items/search".into(),
+        globex,
+        Some(json!({"vector": [1.0, 0.0, 0.0]})),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND, "{}", other.text);
+    let get = call(
+        &gw,
+        "GET",
+        "/v1/vectors/items/a",
+        &[("authorization", globex)],
+        None,
+    )
+    .await;
+    assert_eq!(get.status, StatusCode::NOT_FOUND);
+    let get = call(
+        &gw,
+        "GET",
+        "/v1/vectors/items/a",
+        &[("authorization", acme)],
+        None,
+    )
+    .await;
+    assert_eq!(get.json()["vector"], json!([1.0, 0.0, 0.0]));
+    let del = call(
+        &gw,
+        "DELETE",
+        "/v1/vectors/items/a",
+        &[("authorization", globex)],
+        None,
+    )
+    .await;
+    assert_eq!(del.status, StatusCode::NOT_FOUND);
+    let del = call(
+        &gw,
+        "DELETE",
+        "/v1/vectors/items/a",
+        &[("authorization", acme)],
+        None,
+    )
+    .await;
+    assert_eq!(del.status, StatusCode::OK);
+    let info = call(
+        &gw,
+        "GET",
+        "/v1/vectors/items",
+        &[("authorization", acme)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            info.json()["count"].clone(),
+            info.json()["dimensions"].clone()
+        ),
+        (json!(3), json!(3))
+    );
+
+    // Text is embedded by the configured model and kept with the item.
+    for (id, text) in [
+        ("cat", "the cat sat on the mat"),
+        ("stocks", "stock markets fell sharply today"),
+    ] {
+        let r = as_key(
+            &gw,
+            "PUT",
+            format!("/v1/vectors/docs/{id}"),
+            acme,
+            Some(json!({"text": text})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    let found = search_in(&gw, acme, "docs", json!({"text": "a cat on a mat", "k": 1})).await;
+    assert_eq!(found["data"][0]["id"], "cat", "{found}");
+    let get = call(
+        &gw,
+        "GET",
+        "/v1/vectors/docs/cat",
+        &[("authorization", acme)],
+        None,
+    )
+    .await;
+    assert_eq!(get.json()["text"], "the cat sat on the mat");
+
+    // Bad input: one clear 400 each, nothing stored.
+    for (path, body) in [
+        (
+            "/v1/vectors/items/z",
+            json!({"vector": [1.0, 0.0], "tags": {}}),
+        ),
+        (
+            "/v1/vectors/items/z",
+            json!({"vector": [1.0, 0.0, 0.0], "text": "both"}),
+        ),
+        ("/v1/vectors/items/z", json!({})),
+        ("/v1/vectors/items/z", json!({"vector": [0.0, 0.0, 0.0]})),
+        (
+            "/v1/vectors/items/z",
+            json!({"vector": [1.0, 0.0, 0.0], "colour": "red"}),
+        ),
+        (
+            "/v1/vectors/items/z",
+            json!({"vector": [1.0, 0.0, 0.0], "tags": {"lang": 3}}),
+        ),
+    ] {
+        let r = as_key(&gw, "PUT", path.to_owned(), acme, Some(body.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    }
+    for body in [
+        json!({"vector": [1.0, 0.0, 0.0], "k": 0}),
+        json!({"vector": [1.0, 0.0, 0.0], "k": 100000}),
+        json!({"vector": [1.0, 0.0]}),
+        json!({"vector": [1.0, 0.0, 0.0], "filter": {"ranges": {"price": {"gt": 1}}}}),
+        json!({"vector": [1.0, 0.0, 0.0], "filter": {"where": {}}}),
+    ] {
+        let r = as_key(
+            &gw,
+            "POST",
+            "/v1/vectors/items/search".into(),
+            acme,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+    }
+    let info = call(
+        &gw,
+        "GET",
+        "/v1/vectors/items",
+        &[("authorization", acme)],
+        None,
+    )
+    .await;
+    assert_eq!(info.json()["count"], 3);
+    let dropped = call(
+        &gw,
+        "DELETE",
+        "/v1/vectors/items",
+        &[("authorization", acme)],
+        None,
+    )
+    .await;
+    assert_eq!(dropped.status, StatusCode::OK);
+    let gone = call(
+        &gw,
+        "GET",
+        "/v1/vectors/items",
+        &[("authorization", acme)],
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+}
+
+async fn as_key(
+    gw: &AppState,
+    method: &str,
+    path: String,
+    key: &str,
+    body: Option<Value>,
+) -> Reply {
+    call(gw, method, &path, &[("authorization", key)], body).await
+}
+
+async fn search_in(gw: &AppState, key: &str, collection: &str, body: Value) -> Value {
+    let path = format!("/v1/vectors/{collection}/search");
+    let r = call(gw, "POST", &path, &[("authorization", key)], Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.json()
+}
+
+#[tokio::test]
+async fn text_without_an_embedding_model_is_a_clear_400() {
+    // The default embedding model is the local one, absent here.
+    let gw = gateway("").await;
+    let r = call(
+        &gw,
+        "PUT",
+        "/v1/vectors/docs/1",
+        &[],
+        Some(json!({"text": "hello"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("vectors.embedding_model"), "{message}");
+}

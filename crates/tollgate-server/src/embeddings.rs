@@ -1,0 +1,215 @@
+//! `POST /v1/embeddings` and the embedding path that vector collections share: the embedding
+//! cache (Redis) answers what it holds in one round trip, only the misses go to the model, in one
+//! batch, and are stored for next time. Order is kept. Redis away: everything is computed.
+//!
+//! The cache is keyed by the model name as requested (an alias over several embedding models
+//! should route to models that agree) and the text's SHA-256.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tollgate_redis::EmbeddingCache;
+
+use crate::auth::{self, Principal};
+use crate::error::ApiError;
+use crate::handlers::read_json;
+use crate::limits::{Charge, admit};
+use crate::state::AppState;
+
+/// The version part of embedding cache keys; bump it when what a model name means changes.
+const CACHE_VERSION: &str = "1";
+
+/// Vectors for `texts`, in order, and how many came from the cache.
+#[derive(Debug)]
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    pub cached: usize,
+    /// Input tokens counted (by the upstream where it tells, else estimated).
+    pub prompt_tokens: u64,
+}
+
+/// Embeds `texts` with `model`, charging `principal`'s limits for what goes upstream.
+pub async fn embed_texts(
+    gw: &AppState,
+    principal: &Principal,
+    model: &str,
+    texts: &[String],
+) -> Result<Embedded, ApiError> {
+    let router = gw.router();
+    if !router.knows(model) {
+        return Err(ApiError::UnknownModel(model.to_owned()));
+    }
+    let cache = EmbeddingCache::new(
+        gw.embedding_redis.clone(),
+        gw.keys.clone(),
+        model,
+        CACHE_VERSION,
+        Duration::from_secs(gw.config.embeddings.cache_ttl_seconds),
+    )
+    .map_err(|e| ApiError::bad(e.to_string(), Some("model")))?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut found = match cache.get_many(&refs).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "embedding cache unavailable; computing every input");
+            vec![None; texts.len()]
+        }
+    };
+    let misses: Vec<usize> = (0..texts.len()).filter(|&i| found[i].is_none()).collect();
+    let cached = texts.len() - misses.len();
+    let mut prompt_tokens = 0;
+    if !misses.is_empty() {
+        let batch: Vec<String> = misses.iter().map(|&i| texts[i].clone()).collect();
+        let estimate: u64 = batch
+            .iter()
+            .map(|t| u64::from(gw.counter.count_text(t)))
+            .sum();
+        let admission = admit(
+            gw,
+            principal,
+            model,
+            Charge::Full {
+                estimated_tokens: estimate,
+            },
+        )
+        .await?;
+        let (_, embeddings) = router.embed(model, batch).await?;
+        prompt_tokens = if embeddings.prompt_tokens > 0 {
+            embeddings.prompt_tokens
+        } else {
+            estimate
+        };
+        admission.set_used(prompt_tokens);
+        let fresh: Vec<(&str, &[f32])> = misses
+            .iter()
+            .zip(&embeddings.vectors)
+            .map(|(&i, v)| (texts[i].as_str(), v.as_slice()))
+            .collect();
+        if let Err(e) = cache.set_many(&fresh).await {
+            tracing::warn!(error = %e, "could not store embeddings in the cache");
+        }
+        for (&i, v) in misses.iter().zip(embeddings.vectors) {
+            found[i] = Some(v);
+        }
+    }
+    Ok(Embedded {
+        vectors: found.into_iter().flatten().collect(),
+        cached,
+        prompt_tokens,
+    })
+}
+
+/// One string or a list of strings (token arrays are not accepted).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingsRequest {
+    pub model: String,
+    pub input: Value,
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    #[serde(default)]
+    pub dimensions: Option<u64>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl EmbeddingsRequest {
+    /// The texts, or a 400 naming what is wrong.
+    fn texts(&self, max_inputs: usize) -> Result<Vec<String>, ApiError> {
+        let bad = |m: &str| ApiError::bad(m, Some("input"));
+        let texts = match serde_json::from_value::<Input>(self.input.clone()) {
+            Ok(Input::One(t)) => vec![t],
+            Ok(Input::Many(ts)) => ts,
+            Err(_) => {
+                return Err(bad(
+                    "input must be a string or an array of strings (token arrays are not supported)",
+                ));
+            }
+        };
+        if texts.is_empty() {
+            return Err(bad("input must not be empty"));
+        }
+        if texts.len() > max_inputs {
+            return Err(bad(&format!("at most {max_inputs} inputs per request")));
+        }
+        if texts.iter().any(String::is_empty) {
+            return Err(bad("an input string must not be empty"));
+        }
+        Ok(texts)
+    }
+}
+
+/// `POST /v1/embeddings`, in OpenAI's format; `x-tollgate-embeddings-cached` counts the inputs
+/// answered from the cache.
+pub async fn embeddings_handler(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let principal = auth::principal(&gw, &headers).await?;
+    let req: EmbeddingsRequest = read_json(&gw, body).await?;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad(
+                format!("encoding_format must be \"float\" or \"base64\", not {other:?}"),
+                Some("encoding_format"),
+            ));
+        }
+    };
+    let texts = req.texts(gw.config.embeddings.max_inputs)?;
+    let embedded = embed_texts(&gw, &principal, &req.model, &texts).await?;
+    if let Some(d) = req.dimensions
+        && embedded
+            .vectors
+            .first()
+            .is_some_and(|v| v.len() as u64 != d)
+    {
+        return Err(ApiError::bad(
+            format!("model {} does not produce {d} dimensions", req.model),
+            Some("dimensions"),
+        ));
+    }
+    let data: Vec<Value> = embedded
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                Value::String(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(tollgate_redis::embedding_cache::encode(v)),
+                )
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let mut response = Json(json!({
+        "object": "list",
+        "data": data,
+        "model": req.model,
+        "usage": {"prompt_tokens": embedded.prompt_tokens, "total_tokens": embedded.prompt_tokens},
+    }))
+    .into_response();
+    response.headers_mut().insert(
+        "x-tollgate-embeddings-cached",
+        HeaderValue::from(embedded.cached),
+    );
+    Ok(response)
+}
