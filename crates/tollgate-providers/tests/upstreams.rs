@@ -180,3 +180,71 @@ async fn upstream_errors_become_errors_the_router_can_act_on() {
         Err(ProviderError::Connect(_))
     ));
 }
+
+#[tokio::test]
+async fn openai_embeddings_are_sent_as_one_batch_and_read_back_in_input_order() {
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/embeddings",
+            axum::routing::post(|State(seen): State<Seen>, headers: HeaderMap, Json(body): Json<Value>| async move {
+                let inputs = body["input"].as_array().cloned().unwrap_or_default();
+                seen.lock().unwrap().push((headers, body));
+                if inputs.iter().any(|i| i == "fail") {
+                    return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": {"message": "busy"}}))).into_response();
+                }
+                if inputs.iter().any(|i| i == "short") {
+                    return Json(json!({"data": [{"index": 0, "embedding": [1.0]}]})).into_response();
+                }
+                // Out of order, as the API allows: `index` says which input each belongs to.
+                let data: Vec<Value> = (0..inputs.len())
+                    .rev()
+                    .map(|i| json!({"object": "embedding", "index": i, "embedding": [i as f32, 1.0]}))
+                    .collect();
+                Json(json!({"object": "list", "data": data, "usage": {"prompt_tokens": 7, "total_tokens": 7}})).into_response()
+            }),
+        )
+        .with_state(seen.clone());
+    let base = serve(app).await;
+    let p = OpenAiCompat::new(
+        &format!("{base}/v1"),
+        Some("sk-test".into()),
+        Timeouts::default(),
+    )
+    .unwrap();
+    let got = p
+        .embed(
+            "text-embedding-3-small".into(),
+            vec!["a".into(), "b".into(), "c".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got.vectors,
+        vec![vec![0.0, 1.0], vec![1.0, 1.0], vec![2.0, 1.0]]
+    );
+    assert_eq!(got.prompt_tokens, 7);
+    {
+        let seen = seen.lock().unwrap();
+        let (headers, body) = &seen[0];
+        assert_eq!(headers["authorization"], "Bearer sk-test");
+        assert_eq!(body["model"], "text-embedding-3-small");
+        assert_eq!(body["input"], json!(["a", "b", "c"]));
+    }
+    let busy = p.embed("m".into(), vec!["fail".into()]).await.unwrap_err();
+    assert!(busy.is_retryable(), "{busy:?}");
+    let short = p
+        .embed("m".into(), vec!["short".into(), "x".into()])
+        .await
+        .unwrap_err();
+    assert!(matches!(short, ProviderError::Protocol(_)), "{short:?}");
+    // A provider without embeddings refuses, and that is final.
+    let anthropic = Anthropic::new(&base, "k".into(), Timeouts::default()).unwrap();
+    let refused = anthropic
+        .embed("claude".into(), vec!["a".into()])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ProviderError::Rejected { status: 400, .. }) && !refused.is_retryable()
+    );
+}
