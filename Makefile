@@ -17,6 +17,7 @@ bench: deps
 	cargo build --release --locked -p tollgate-cli -p tollgate-bench
 	target/release/tollgate-bench patterns
 	target/release/tollgate-bench features
+	target/release/tollgate-bench vectors
 	target/release/tollgate-bench gateway
 
 lint:

@@ -75,12 +75,31 @@ pub struct Router {
     health: Arc<Health>,
 }
 
-/// Recent outcomes per deployment, for routing away from failing ones. Shared by the routers
-/// rebuilt from one another ([`Router::with_aliases`]), so a rebuild keeps what was learned.
+/// Recent outcomes and latencies per deployment, for routing away from failing or slow ones.
+/// Shared by the routers rebuilt from one another ([`Router::with_aliases`]), so a rebuild keeps
+/// what was learned.
 #[derive(Debug, Default)]
 pub struct Health {
     windows: std::sync::Mutex<BTreeMap<String, Window>>,
+    latency: std::sync::Mutex<BTreeMap<String, Latency>>,
 }
+
+/// Time to the upstream's answer head (first byte), smoothed.
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    /// Exponentially weighted mean, in ms.
+    mean_ms: f64,
+    samples: u32,
+    updated: std::time::Instant,
+}
+
+/// Weight of the newest sample in the latency mean.
+const LATENCY_ALPHA: f64 = 0.2;
+/// Samples needed before a deployment's latency counts.
+const LATENCY_MIN_SAMPLES: u32 = 5;
+/// Slow: this many times the fastest peer's mean, and at least `SLOW_MARGIN_MS` more.
+const SLOW_FACTOR: f64 = 3.0;
+const SLOW_MARGIN_MS: f64 = 50.0;
 
 #[derive(Debug, Clone, Copy)]
 struct Window {
@@ -114,6 +133,69 @@ impl Health {
             entry.ok += 1;
         } else {
             entry.failed += 1;
+        }
+    }
+
+    fn record_latency(&self, deployment: &str, took: Duration) {
+        let Ok(mut l) = self.latency.lock() else {
+            return;
+        };
+        let ms = took.as_secs_f64() * 1e3;
+        let now = std::time::Instant::now();
+        let entry = l.entry(deployment.to_owned()).or_insert(Latency {
+            mean_ms: ms,
+            samples: 0,
+            updated: now,
+        });
+        if now.duration_since(entry.updated) > HEALTH_WINDOW {
+            // Stale: start over, so a deployment demoted for being slow can show it recovered.
+            *entry = Latency {
+                mean_ms: ms,
+                samples: 0,
+                updated: now,
+            };
+        }
+        entry.mean_ms = if entry.samples == 0 {
+            ms
+        } else {
+            LATENCY_ALPHA * ms + (1.0 - LATENCY_ALPHA) * entry.mean_ms
+        };
+        entry.samples += 1;
+        entry.updated = now;
+    }
+
+    /// The smoothed latency of `deployment`, once it has enough recent samples.
+    fn latency_ms(&self, deployment: &str) -> Option<f64> {
+        let l = self.latency.lock().ok()?;
+        l.get(deployment)
+            .filter(|x| x.samples >= LATENCY_MIN_SAMPLES && x.updated.elapsed() <= HEALTH_WINDOW)
+            .map(|x| x.mean_ms)
+    }
+
+    /// Puts failing deployments last and slow ones (against the fastest of `deployments`) just
+    /// before them; otherwise the order stays (the weighted pick stays first).
+    fn order(&self, deployments: &mut [Deployment]) {
+        let latencies: Vec<Option<f64>> = deployments
+            .iter()
+            .map(|d| self.latency_ms(&d.name))
+            .collect();
+        let fastest = latencies
+            .iter()
+            .flatten()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let mut keyed: Vec<(bool, bool, Deployment)> = deployments
+            .iter()
+            .zip(&latencies)
+            .map(|(d, l)| {
+                let slow =
+                    l.is_some_and(|ms| ms > fastest * SLOW_FACTOR && ms > fastest + SLOW_MARGIN_MS);
+                (self.is_unhealthy(&d.name), slow, d.clone())
+            })
+            .collect();
+        keyed.sort_by_key(|(unhealthy, slow, _)| (*unhealthy, *slow));
+        for (slot, (_, _, d)) in deployments.iter_mut().zip(keyed) {
+            *slot = d;
         }
     }
 
@@ -234,8 +316,7 @@ impl Router {
         mut deployments: Vec<Deployment>,
         request: &ChatRequest,
     ) -> Result<Routed, ProviderError> {
-        // Stable: the weighted pick stays first among the healthy.
-        deployments.sort_by_key(|d| self.health.is_unhealthy(&d.name));
+        self.health.order(&mut deployments);
         let mut attempts = 0;
         let mut last_error = ProviderError::UnknownModel(request.model.clone());
         for deployment in deployments {
@@ -243,6 +324,7 @@ impl Router {
             upstream_request.model = deployment.upstream_model.clone();
             for retry in 0..=self.retry.max_retries {
                 attempts += 1;
+                let started = std::time::Instant::now();
                 match deployment
                     .provider
                     .chat_stream(upstream_request.clone())
@@ -250,6 +332,8 @@ impl Router {
                 {
                     Ok(stream) => {
                         self.health.record(&deployment.name, true);
+                        self.health
+                            .record_latency(&deployment.name, started.elapsed());
                         return Ok(Routed {
                             stream,
                             deployment: deployment.name.clone(),
@@ -285,10 +369,11 @@ impl Router {
         texts: Vec<String>,
     ) -> Result<(String, Embeddings), ProviderError> {
         let mut deployments = self.resolve(model)?;
-        deployments.sort_by_key(|d| self.health.is_unhealthy(&d.name));
+        self.health.order(&mut deployments);
         let mut last_error = ProviderError::UnknownModel(model.to_owned());
         for deployment in deployments {
             for retry in 0..=self.retry.max_retries {
+                let started = std::time::Instant::now();
                 let attempt = deployment
                     .provider
                     .embed(deployment.upstream_model.clone(), texts.clone())
@@ -296,6 +381,8 @@ impl Router {
                 match attempt {
                     Ok(e) if e.vectors.len() == texts.len() => {
                         self.health.record(&deployment.name, true);
+                        self.health
+                            .record_latency(&deployment.name, started.elapsed());
                         return Ok((deployment.name.clone(), e));
                     }
                     Ok(e) => {
@@ -410,6 +497,46 @@ mod tests {
             Err(ProviderError::UnknownModel(m)) => assert_eq!(m, "nobody/x"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn slow_deployments_are_tried_after_fast_ones() {
+        let slow = Arc::new(MockProvider::new(MockConfig {
+            first_token_latency: Duration::from_millis(200),
+            ..MockConfig::default()
+        }));
+        let fast = Arc::new(MockProvider::new(MockConfig::default()));
+        let router = Router::new(quick());
+        let deployment = |name: &str, provider: &Arc<MockProvider>| Deployment {
+            name: name.into(),
+            provider: provider.clone(),
+            upstream_model: "x".into(),
+            weight: 1,
+        };
+        let slow_first = vec![deployment("slow", &slow), deployment("fast", &fast)];
+        let fast_first = vec![deployment("fast", &fast), deployment("slow", &slow)];
+        // Until both have enough samples, the order given is kept.
+        for _ in 0..LATENCY_MIN_SAMPLES {
+            let a = router
+                .chat_stream_via(slow_first.clone(), &request("x"))
+                .await
+                .unwrap();
+            assert_eq!(a.deployment, "slow");
+            let b = router
+                .chat_stream_via(fast_first.clone(), &request("x"))
+                .await
+                .unwrap();
+            assert_eq!(b.deployment, "fast");
+        }
+        // Now the slow one goes behind the fast one whatever the weighted pick said.
+        for _ in 0..5 {
+            let routed = router
+                .chat_stream_via(slow_first.clone(), &request("x"))
+                .await
+                .unwrap();
+            assert_eq!(routed.deployment, "fast");
+        }
+        assert_eq!(slow.calls(), u64::from(LATENCY_MIN_SAMPLES));
     }
 
     #[tokio::test]
