@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate_vector::{Condition, Filter, Index, Metadata, SearchMode};
+use tollgate_vector::{Condition, Filter, Index, IndexConfig, Metadata, SearchMode};
 
 /// Options of `tollgate-bench vectors`.
 #[derive(Debug, clap::Args)]
@@ -23,6 +23,9 @@ pub(crate) struct Args {
     /// Queries per scenario.
     #[arg(long, default_value_t = 500)]
     queries: usize,
+    /// Beam width of graph searches (the index's default without it).
+    #[arg(long)]
+    ef_search: Option<usize>,
 }
 
 struct Rng(u64);
@@ -71,7 +74,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
-    let mut index = Index::new(dim);
+    let mut config = IndexConfig::default();
+    if let Some(ef) = args.ef_search {
+        config.ef_search = ef;
+    }
+    let ef_search = config.ef_search;
+    let mut index = Index::with_config(dim, config);
     for (i, p) in points.iter().enumerate() {
         index.upsert(&format!("doc-{i}"), p, meta(i))?;
     }
@@ -205,7 +213,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     ];
 
     println!(
-        "\n{n} vectors × {dim} dims; built in {:.1} s ({:.0} inserts/s); {} queries per row, one at a time\n",
+        "\n{n} vectors × {dim} dims, ef_search {ef_search}; built in {:.1} s ({:.0} inserts/s); {} queries per row, one at a time\n",
         build.as_secs_f64(),
         n as f64 / build.as_secs_f64(),
         args.queries

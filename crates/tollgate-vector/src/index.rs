@@ -277,11 +277,9 @@ impl Index {
                 });
             }
         };
-        // The walk keeps going until it has `ef` passing slots, so a filter costs visits, not
-        // recall; a slightly wider beam (√ of the share filtered out, at most 2×) recovers the
-        // recall lost where passing slots are sparse. Measured: a wider one costs more than it gains.
-        let widen = (self.len() as f64 / passing as f64).sqrt().clamp(1.0, 2.0);
-        let ef = ((self.config.ef_search.max(k) as f64) * widen) as usize;
+        // The walk keeps going until it holds `ef` passing slots, so a filter costs visits, not
+        // recall. A wider beam for sparse filters was measured and costs more than it gains.
+        let ef = self.config.ef_search.max(k);
         let vectors = Vectors {
             data: &self.data,
             dim: self.dim,
