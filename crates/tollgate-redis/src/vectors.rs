@@ -194,6 +194,27 @@ impl VectorCollections {
         })
     }
 
+    /// `vector_write.lua` on `collection`'s keys, its fixed arguments set; the caller adds items.
+    fn write(
+        &self,
+        collection: &str,
+        op: &str,
+        dim: usize,
+        epoch: &str,
+    ) -> Result<redis::ScriptInvocation<'static>> {
+        let k = self.keys_of(collection)?;
+        let mut invocation = scripts::VECTOR_WRITE.prepare_invoke();
+        invocation
+            .key(k.meta)
+            .key(k.items)
+            .key(k.log)
+            .arg(op)
+            .arg(dim)
+            .arg(epoch)
+            .arg(self.config.log_max_len);
+        Ok(invocation)
+    }
+
     /// Stores `items` (creating the collection with their dimension), all or none. Returns the
     /// sequence number of the last change.
     pub async fn upsert(&self, collection: &str, items: &[VectorItem]) -> Result<u64> {
@@ -224,16 +245,8 @@ impl VectorCollections {
                 )));
             }
         }
-        let k = self.keys_of(collection)?;
-        let mut invocation = scripts::VECTOR_WRITE.prepare_invoke();
-        invocation
-            .key(&k.meta)
-            .key(&k.items)
-            .key(&k.log)
-            .arg("put")
-            .arg(dim)
-            .arg(uuid::Uuid::new_v4().simple().to_string())
-            .arg(self.config.log_max_len);
+        let epoch = uuid::Uuid::new_v4().simple().to_string();
+        let mut invocation = self.write(collection, "put", dim, &epoch)?;
         for item in items {
             invocation.arg(&item.id).arg(encode_record(item));
         }
@@ -251,16 +264,7 @@ impl VectorCollections {
         if ids.is_empty() {
             return Ok(0);
         }
-        let k = self.keys_of(collection)?;
-        let mut invocation = scripts::VECTOR_WRITE.prepare_invoke();
-        invocation
-            .key(&k.meta)
-            .key(&k.items)
-            .key(&k.log)
-            .arg("del")
-            .arg(0)
-            .arg("")
-            .arg(self.config.log_max_len);
+        let mut invocation = self.write(collection, "del", 0, "")?;
         for id in ids {
             invocation.arg(*id);
         }
