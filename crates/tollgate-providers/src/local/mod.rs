@@ -1,0 +1,377 @@
+//! The `local` provider: models run in this process with candle (pure Rust, CPU), loaded from
+//! `TOLLGATE_MODEL_DIR` (`scripts/install-models.sh` puts the weights there):
+//! - `local/all-minilm-l6-v2`: sentence embeddings, 384 dimensions ([`embed`]);
+//! - `local/smollm2-135m-instruct`: a small chat model, streamed token by token ([`chat`]).
+//!
+//! Each model runs on a thread of its own, fed by a bounded queue: inference never runs on the
+//! async runtime, so a busy model does not stall other requests, and a full queue is answered at
+//! once as rate limited (429 with `retry-after`). A model loads in the background when the
+//! provider is built; requests wait for it. Missing weights are one clear error naming the
+//! command that installs them, never a panic.
+
+mod chat;
+mod embed;
+
+use std::path::PathBuf;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use tollgate_core::{ChatChunk, ChatRequest, Delta, Usage};
+
+use crate::{ChunkStream, Embeddings, Provider, ProviderError, unix_now};
+
+/// The embedding model's name under `local/`.
+pub const EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
+/// The chat model's name under `local/`.
+pub const CHAT_MODEL: &str = "smollm2-135m-instruct";
+
+/// Where the weights live, and how much may queue.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub model_dir: PathBuf,
+    /// Generations waiting for the chat model beyond the one running.
+    pub chat_queue: usize,
+    /// Embedding batches waiting.
+    pub embed_queue: usize,
+    /// Load the models when the provider starts; otherwise at each model's first request (so
+    /// a gateway that never uses them never holds them in memory).
+    pub preload: bool,
+    /// Re-quantize the chat model's Q4_1 weights to Q8_0 when loading (about 2× faster decoding
+    /// for ~50% more memory). Off keeps the file as shipped.
+    pub requantize: bool,
+}
+
+impl LocalConfig {
+    /// `$TOLLGATE_MODEL_DIR`, else `$XDG_CACHE_HOME/tollgate/models`, else
+    /// `~/.cache/tollgate/models` (where `scripts/install-models.sh` installs).
+    pub fn default_model_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("TOLLGATE_MODEL_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        cache.join("tollgate").join("models")
+    }
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            model_dir: LocalConfig::default_model_dir(),
+            chat_queue: 8,
+            embed_queue: 64,
+            preload: false,
+            requantize: true,
+        }
+    }
+}
+
+/// Why a model could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "{path}: {reason}; install the local models with `make models` (scripts/install-models.sh)"
+    )]
+    Missing { path: PathBuf, reason: String },
+    #[error("model files are unusable: {0}")]
+    Invalid(String),
+}
+
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, ProviderError>>;
+
+struct EmbedJob {
+    texts: Vec<String>,
+    reply: Reply<Embeddings>,
+}
+
+struct ChatJob {
+    request: ChatRequest,
+    chunks: tokio::sync::mpsc::Sender<Result<ChatChunk, ProviderError>>,
+}
+
+/// The local models; see the module docs.
+#[derive(Clone)]
+pub struct LocalProvider {
+    embed: SyncSender<EmbedJob>,
+    chat: SyncSender<ChatJob>,
+}
+
+impl std::fmt::Debug for LocalProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalProvider").finish_non_exhaustive()
+    }
+}
+
+/// True when the weights of both models are where `config` says (it does not check hashes).
+pub fn weights_present(config: &LocalConfig) -> bool {
+    [
+        format!("{EMBEDDING_MODEL}/model.safetensors"),
+        format!("{EMBEDDING_MODEL}/tokenizer.json"),
+        format!("{CHAT_MODEL}/model.gguf"),
+    ]
+    .iter()
+    .all(|f| config.model_dir.join(f).is_file())
+}
+
+fn unavailable(e: &LoadError) -> ProviderError {
+    ProviderError::Rejected {
+        status: 503,
+        message: format!("local model unavailable: {e}"),
+    }
+}
+
+fn busy() -> ProviderError {
+    ProviderError::RateLimited {
+        retry_after: Some(Duration::from_secs(1)),
+    }
+}
+
+impl LocalProvider {
+    /// Starts the two model threads; each loads its model (at once with `preload`, else when
+    /// its first job arrives), then serves its queue.
+    pub fn start(config: LocalConfig) -> Self {
+        let (embed, embed_jobs) = std::sync::mpsc::sync_channel::<EmbedJob>(config.embed_queue);
+        let dir = config.model_dir.join(EMBEDDING_MODEL);
+        let preload = config.preload;
+        std::thread::Builder::new()
+            .name("local-embed".into())
+            .spawn(move || {
+                let mut model = None;
+                if preload {
+                    model = Some(loaded("embeddings", || embed::MiniLm::load(&dir)));
+                }
+                for job in embed_jobs {
+                    let model = model
+                        .get_or_insert_with(|| loaded("embeddings", || embed::MiniLm::load(&dir)));
+                    let result = match model {
+                        Ok(m) => m
+                            .embed(&job.texts)
+                            .map(|(vectors, tokens)| Embeddings {
+                                vectors,
+                                prompt_tokens: tokens,
+                            })
+                            .map_err(|e| ProviderError::Upstream {
+                                status: 500,
+                                message: e,
+                            }),
+                        Err(e) => Err(unavailable(e)),
+                    };
+                    let _ = job.reply.send(result);
+                }
+            })
+            .ok();
+        let (chat, chat_jobs) = std::sync::mpsc::sync_channel::<ChatJob>(config.chat_queue);
+        let path = config.model_dir.join(CHAT_MODEL).join("model.gguf");
+        let requantize = config.requantize;
+        std::thread::Builder::new()
+            .name("local-chat".into())
+            .spawn(move || {
+                let mut model = None;
+                if preload {
+                    model = Some(loaded("chat", || chat::SmolLm::load(&path, requantize)));
+                }
+                for job in chat_jobs {
+                    let model = model.get_or_insert_with(|| {
+                        loaded("chat", || chat::SmolLm::load(&path, requantize))
+                    });
+                    match model {
+                        Ok(m) => run_chat(m, job),
+                        Err(e) => {
+                            let _ = job.chunks.blocking_send(Err(unavailable(e)));
+                        }
+                    }
+                }
+            })
+            .ok();
+        LocalProvider { embed, chat }
+    }
+}
+
+fn loaded<T>(what: &str, load: impl FnOnce() -> Result<T, LoadError>) -> Result<T, LoadError> {
+    let started = Instant::now();
+    let model = load();
+    match &model {
+        Ok(_) => tracing::info!(
+            model = what,
+            ms = started.elapsed().as_millis() as u64,
+            "local model loaded"
+        ),
+        Err(e) => tracing::warn!(model = what, error = %e, "local model not loaded"),
+    }
+    model
+}
+
+/// Runs one generation, sending chunks until it ends or the receiver goes away.
+fn run_chat(model: &chat::SmolLm, job: ChatJob) {
+    let ChatJob { request, chunks } = job;
+    let messages: Vec<(String, String)> = request
+        .messages
+        .iter()
+        .map(|m| (m.role.clone(), m.text_content()))
+        .collect();
+    let prompt = match model.prompt(&messages) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = chunks.blocking_send(Err(ProviderError::Upstream {
+                status: 500,
+                message: e,
+            }));
+            return;
+        }
+    };
+    if prompt.len() >= chat::CONTEXT {
+        let _ = chunks.blocking_send(Err(ProviderError::Rejected {
+            status: 400,
+            message: format!(
+                "the prompt has {} tokens; {CHAT_MODEL} reads at most {}",
+                prompt.len(),
+                chat::CONTEXT - 1
+            ),
+        }));
+        return;
+    }
+    let room = chat::CONTEXT - prompt.len();
+    let sampler = chat::Sampler {
+        max_tokens: request
+            .max_output_tokens()
+            .map_or(chat::DEFAULT_MAX_TOKENS, |m| m as usize)
+            .min(room),
+        temperature: request.temperature,
+        top_p: request.top_p,
+        seed: request.seed.map_or_else(rand::random, |s| s as u64),
+        stop: stop_strings(&request),
+    };
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let (created, name) = (unix_now(), format!("local/{CHAT_MODEL}"));
+    let chunk = |delta: Delta, finish: Option<String>| {
+        ChatChunk::delta(&id, created, &name, 0, delta, finish)
+    };
+    let first = Delta {
+        role: Some("assistant".into()),
+        content: Some(String::new()),
+        ..Delta::default()
+    };
+    if chunks.blocking_send(Ok(chunk(first, None))).is_err() {
+        return;
+    }
+    let result = model.generate(&prompt, &sampler, |piece| {
+        let delta = Delta {
+            content: Some(piece.to_owned()),
+            ..Delta::default()
+        };
+        chunks.blocking_send(Ok(chunk(delta, None))).is_ok()
+    });
+    match result {
+        Ok((chat::Finish::Abandoned, _)) => {}
+        Ok((finish, generated)) => {
+            let reason = if finish == chat::Finish::Length {
+                "length"
+            } else {
+                "stop"
+            };
+            let _ = chunks.blocking_send(Ok(chunk(Delta::default(), Some(reason.into()))));
+            let mut usage = chunk(Delta::default(), None);
+            usage.choices.clear();
+            let (prompt_tokens, completion_tokens) = (prompt.len() as u64, generated as u64);
+            usage.usage = Some(Usage {
+                prompt_tokens,
+                completion_tokens,
+                total_tokens: prompt_tokens + completion_tokens,
+            });
+            let _ = chunks.blocking_send(Ok(usage));
+        }
+        Err(e) => {
+            let _ = chunks.blocking_send(Err(ProviderError::Upstream {
+                status: 500,
+                message: e,
+            }));
+        }
+    }
+}
+
+/// `stop`: one string or up to four.
+fn stop_strings(request: &ChatRequest) -> Vec<String> {
+    match request.extra.get("stop") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => vec![s.clone()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn unknown(model: &str) -> ProviderError {
+    ProviderError::Rejected {
+        status: 404,
+        message: format!(
+            "no local model {model:?}: local/{EMBEDDING_MODEL} embeds, local/{CHAT_MODEL} chats"
+        ),
+    }
+}
+
+impl Provider for LocalProvider {
+    fn chat_stream(
+        &self,
+        request: ChatRequest,
+    ) -> BoxFuture<'static, Result<ChunkStream, ProviderError>> {
+        let queue = self.chat.clone();
+        Box::pin(async move {
+            if request.model != CHAT_MODEL {
+                return Err(unknown(&request.model));
+            }
+            let (chunks, receiver) = tokio::sync::mpsc::channel(64);
+            match queue.try_send(ChatJob { request, chunks }) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return Err(busy()),
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(ProviderError::Upstream {
+                        status: 503,
+                        message: "the local chat model stopped".into(),
+                    });
+                }
+            }
+            let stream: ChunkStream = Box::pin(tokio_stream(receiver));
+            Ok(stream)
+        })
+    }
+
+    fn embed(
+        &self,
+        model: String,
+        texts: Vec<String>,
+    ) -> BoxFuture<'static, Result<Embeddings, ProviderError>> {
+        let queue = self.embed.clone();
+        Box::pin(async move {
+            if model != EMBEDDING_MODEL {
+                return Err(unknown(&model));
+            }
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            match queue.try_send(EmbedJob { texts, reply }) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return Err(busy()),
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(ProviderError::Upstream {
+                        status: 503,
+                        message: "the local embedding model stopped".into(),
+                    });
+                }
+            }
+            answer.await.map_err(|_| ProviderError::Upstream {
+                status: 503,
+                message: "the local embedding model stopped".into(),
+            })?
+        })
+    }
+}
+
+/// A receiver as a stream.
+fn tokio_stream<T: Send + 'static>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
