@@ -105,8 +105,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(
         &config,
         // Limits stay on (their check is part of every request's cost), set too high to refuse.
+        // The semantic cache is off: pass-through measures the hop, not an embedding per miss.
         format!(
-            "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up/m\"]\n\
+            "[semantic_cache]\nenabled = false\n[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up/m\"]\n\
              [tiers.default]\nrpm = 1000000000\ntpm = 1000000000000\nmax_concurrency = 100000\n",
             upstream.base_url()
         ),

@@ -12,6 +12,9 @@
 //! latency (p50, p99) for pass-through and exact-cache hits at each concurrency, throughput, and
 //! tollgate's RSS idle and at peak.
 //!
+//! `tollgate-bench models`: the local models (embeddings latency and throughput, chat time to
+//! first token and decode speed) against the chat model's weights as shipped.
+//!
 //! `tollgate-bench vectors`: the vector index at 100k × 384, graph and filtered searches against
 //! an exact scan of the same index, with recall.
 
@@ -19,6 +22,7 @@
 
 mod features;
 mod gateway;
+mod models;
 mod patterns;
 mod vectors;
 
@@ -42,6 +46,9 @@ enum Command {
     Gateway(gateway::Args),
     /// Feature-store reads and bulk load.
     Features(features::Args),
+    /// The local models: embedding latency and throughput, chat time to first token and decode
+    /// speed against the Q4_1 weights as shipped.
+    Models(models::Args),
     /// The in-process vector index against an exact scan, with recall.
     Vectors(vectors::Args),
     /// A minimal forwarding proxy (the floor any gateway hop costs); run by `gateway`.
@@ -72,5 +79,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Proxy(args) => gateway::proxy(args).await,
         Command::Features(args) => features::run(args).await,
         Command::Vectors(args) => vectors::run(args),
+        Command::Models(args) => models::run(args).await,
     }
 }

@@ -16,6 +16,7 @@ use tollgate_server::config::Limits;
 use tollgate_server::embedded::{EmbeddedConfig, EmbeddedRedis};
 use tollgate_server::{Config, Gateway, handlers, serve};
 
+mod eval;
 mod load;
 mod warm;
 
@@ -68,6 +69,18 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// Measure the semantic cache's threshold on labelled question pairs (JSONL, gzip or not:
+    /// {"a", "b", "label"}): hit rate, precision and recall for a sweep of thresholds.
+    SemanticEval {
+        /// The pairs file.
+        file: PathBuf,
+        /// Embedding model (default: semantic_cache.embedding_model).
+        #[arg(long)]
+        model: Option<String>,
+        /// Only the first N pairs.
+        #[arg(long)]
+        limit: Option<usize>,
     },
 }
 
@@ -295,6 +308,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("{bad} bad row(s)");
             }
             Ok(())
+        }
+        Command::SemanticEval { file, model, limit } => {
+            let gw = connect_gateway(cli.config.as_deref(), &data_dir).await?;
+            let model = model.unwrap_or_else(|| gw.config.semantic_cache.embedding_model.clone());
+            eval::semantic_eval(gw, &file, &model, limit).await
         }
         Command::Events {
             command:

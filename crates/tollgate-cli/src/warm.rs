@@ -59,7 +59,7 @@ pub(crate) async fn warm(
                         req.stream = false;
                         match chat_completions(&gw, &principal, req, ChatOptions::default()).await {
                             Ok(reply) => match reply.cache {
-                                CacheResult::Hit => Outcome::AlreadyCached,
+                                CacheResult::Hit | CacheResult::Semantic => Outcome::AlreadyCached,
                                 CacheResult::Miss | CacheResult::Coalesced => Outcome::Warmed,
                                 CacheResult::Bypass | CacheResult::Error => Outcome::NotCacheable,
                             },

@@ -557,3 +557,33 @@ async fn a_vector_written_through_one_process_is_found_by_the_next_search_on_eve
         .unwrap();
     assert_eq!(info["count"], 22);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cached_on_one_process_is_a_semantic_hit_on_another() {
+    let redis = RedisServer::start();
+    let (_dir, path) = config_file("[semantic_cache]\nenabled = true\nthreshold = 0.8\n");
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let ask = |replica: &Replica, text: &str| {
+        let (http, url) = (http.clone(), replica.url("/v1/chat/completions"));
+        let body = json!({"model": "mock/echo", "temperature": 0, "messages": [{"role": "user", "content": text}]});
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["x-tollgate-cache"].to_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(
+        ask(&replicas[0], "What is the capital of France?").await,
+        "miss"
+    );
+    // The other process finds it by meaning on its very next lookup.
+    assert_eq!(
+        ask(&replicas[1], "what's the capital of france").await,
+        "semantic"
+    );
+    assert_eq!(ask(&replicas[1], "How do I bake bread?").await, "miss");
+    assert_eq!(ask(&replicas[0], "how do i bake bread").await, "semantic");
+}

@@ -20,7 +20,7 @@
 //! | `tg:{ak}:h:SHA256` | string | an API key's record, by the hash of the key (no TTL) |
 //! | `tg:{ak}:index` | hash | API key id -> hash (no TTL) |
 //! | `tg:cache-models` | set | models with cache stats |
-//! | `tg:{v:COLL}:meta`, `:items`, `:log` | hash, hash, stream | a vector collection (no TTL) |
+//! | `tg:{v:COLL}:meta`, `:items`, `:log`, `:exp` | hash, hash, stream, zset | a vector collection (no TTL unless all its items expire) |
 //!
 //! Caller-supplied ids go through [`Id`], which percent-encodes every byte outside
 //! `[A-Za-z0-9_.-/]`. The encoding is injective, so two ids never share a key, and it removes
@@ -183,6 +183,10 @@ impl Keys {
 
     pub(crate) fn vector_log(&self, collection: &Id) -> String {
         format!("{}{{v:{collection}}}:log", self.prefix)
+    }
+
+    pub(crate) fn vector_expiries(&self, collection: &Id) -> String {
+        format!("{}{{v:{collection}}}:exp", self.prefix)
     }
 
     pub(crate) fn channel(&self, name: &Id) -> String {

@@ -15,6 +15,7 @@
 //! - [`features`]: the online feature store.
 //! - [`registry`]: the model registry, changed at runtime, with sticky A/B experiments.
 //! - [`vectors`]: vector collections in Redis, searched in an in-process index kept in step.
+//! - [`semantic_cache`]: exact-cache answers found again by the meaning of the question.
 //!
 //! Every script is a file in `lua/` with its contract in a header, run by EVALSHA. Every script
 //! uses the server's clock and every write sets a TTL (the one exception is documented in
@@ -32,6 +33,7 @@ pub mod rate_limit;
 pub mod registry;
 pub mod response_cache;
 mod scripts;
+pub mod semantic_cache;
 pub mod session;
 pub mod stream;
 pub mod vectors;
@@ -49,6 +51,7 @@ pub use registry::{Arm, DeploymentEntry, DeploymentStatus, Experiment, ModelEntr
 pub use response_cache::{
     CacheConfig, CacheKey, CacheStats, ComputeError, Lead, Outcome, ResponseCache, Stored,
 };
+pub use semantic_cache::{SemanticCache, SemanticHit};
 pub use session::{SessionConfig, SessionInfo, SessionStore, Window};
 pub use stream::{
     EventKind, Follower, Producer, StreamConfig, StreamEvent, StreamReader, TokenStreams,
@@ -56,6 +59,13 @@ pub use stream::{
 pub use vectors::{
     CollectionInfo, VectorCollections, VectorConfig, VectorHit, VectorItem, VectorSearch,
 };
+
+/// This machine's clock, ms since the epoch (0 before 1970).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// A duration in whole milliseconds for a Redis argument, at least 1 (Redis rejects 0 TTLs).
 pub(crate) fn millis(d: std::time::Duration) -> u64 {

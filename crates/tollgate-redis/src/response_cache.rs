@@ -85,6 +85,11 @@ impl CacheKey {
             hash: request_hash.to_owned(),
         })
     }
+
+    /// The request hash the key was made with.
+    pub fn request_hash(&self) -> &str {
+        &self.hash
+    }
 }
 
 /// How [`ResponseCache::get_or_compute`] got its value.
@@ -185,6 +190,12 @@ impl ResponseCache {
             keys,
             config,
         }
+    }
+
+    /// How long an entry stored with `ttl` lives: the default when none, at most the maximum.
+    pub fn ttl_for(&self, ttl: Option<Duration>) -> Duration {
+        ttl.unwrap_or(self.config.default_ttl)
+            .min(self.config.max_ttl)
     }
 
     /// The cache's limits.
@@ -446,9 +457,7 @@ impl ResponseCache {
         token: &str,
         usage: &str,
     ) -> Result<Stored> {
-        let ttl = ttl
-            .unwrap_or(self.config.default_ttl)
-            .min(self.config.max_ttl);
+        let ttl = self.ttl_for(ttl);
         if ttl.as_millis() == 0 {
             return Err(Error::InvalidArgument(
                 "a cache TTL must be at least 1 ms".into(),

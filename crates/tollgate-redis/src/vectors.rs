@@ -4,16 +4,21 @@
 //!
 //! Layout: `{v:COLL}:meta` (dimension, epoch, last change number), `{v:COLL}:items` (id →
 //! record: the vector as little-endian f32 and its metadata as JSON), `{v:COLL}:log` (a stream
-//! with one entry per change, ids `0-SEQ` dense from 1). One script writes items and log
-//! together, so the log never disagrees with the items.
+//! with one entry per change, ids `0-SEQ` dense from 1), `{v:COLL}:exp` (expiry of the items
+//! that have one). One script writes items and log together, so the log never disagrees with
+//! the items.
+//!
+//! Items may expire (the semantic cache's do): a search never ranks an item past its expiry
+//! (the expiry is a column of the index, filtered before ranking), every write purges expired
+//! items, and a collection whose items all expire expires with the last one.
 //!
 //! Keeping in step: before a search, an instance reads the meta and the log after the last change
 //! it applied, in one round trip, and applies what is new (re-reading those items, so applying a
 //! change twice is harmless). A search therefore sees every write acknowledged before it began,
 //! on any instance. A gap in the log (trimmed before this instance read it) or a new epoch (the
 //! collection dropped and created again) makes the instance reload the whole collection (HSCAN),
-//! as it does on first use. Concurrent searches share one catch-up. Collections are durable
-//! records: no TTL.
+//! as it does on first use. Concurrent searches share one catch-up. Collections with an item
+//! that never expires are durable records: no TTL.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -63,7 +68,14 @@ pub struct VectorItem {
     pub metadata: Metadata,
     /// The text the vector was computed from, when it was.
     pub text: Option<String>,
+    /// When the item expires, ms since the epoch; `None`: never.
+    pub expires_at_ms: Option<u64>,
 }
+
+/// The metadata number holding an item's expiry in the index (names starting with `@` are
+/// reserved). Items that never expire hold [`NEVER`].
+const EXPIRY_FIELD: &str = "@exp";
+const NEVER: f64 = 1e300;
 
 /// A search hit with the item's metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +111,8 @@ struct StoredMeta {
     numbers: BTreeMap<String, f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
 }
 
 /// A record: u32 dimension, the vector, then the metadata as JSON.
@@ -109,6 +123,7 @@ fn encode_record(item: &VectorItem) -> Vec<u8> {
         tags: item.metadata.tags.clone(),
         numbers: item.metadata.numbers.clone(),
         text: item.text.clone(),
+        exp: item.expires_at_ms,
     };
     out.extend(serde_json::to_vec(&meta).unwrap_or_default());
     out
@@ -134,6 +149,7 @@ fn decode_record(id: String, bytes: &[u8]) -> Result<VectorItem> {
             numbers: meta.numbers,
         },
         text: meta.text,
+        expires_at_ms: meta.exp,
     })
 }
 
@@ -173,6 +189,7 @@ struct CollectionKeys {
     meta: String,
     items: String,
     log: String,
+    expiries: String,
 }
 
 impl VectorCollections {
@@ -191,6 +208,7 @@ impl VectorCollections {
             meta: self.keys.vector_meta(&c),
             items: self.keys.vector_items(&c),
             log: self.keys.vector_log(&c),
+            expiries: self.keys.vector_expiries(&c),
         })
     }
 
@@ -208,6 +226,7 @@ impl VectorCollections {
             .key(k.meta)
             .key(k.items)
             .key(k.log)
+            .key(k.expiries)
             .arg(op)
             .arg(dim)
             .arg(epoch)
@@ -238,6 +257,20 @@ impl VectorCollections {
             }
             normalized(&item.vector)
                 .map_err(|e| Error::InvalidArgument(format!("item {:?}: {e}", item.id)))?;
+            let names = item
+                .metadata
+                .tags
+                .keys()
+                .chain(item.metadata.numbers.keys());
+            if let Some(name) = names
+                .into_iter()
+                .find(|n| n.is_empty() || n.starts_with('@'))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "item {:?}: metadata name {name:?} is empty or starts with '@' (reserved)",
+                    item.id
+                )));
+            }
             if let Some((field, _)) = item.metadata.numbers.iter().find(|(_, x)| !x.is_finite()) {
                 return Err(Error::InvalidArgument(format!(
                     "item {:?}: metadata number {field} is not finite",
@@ -248,7 +281,10 @@ impl VectorCollections {
         let epoch = uuid::Uuid::new_v4().simple().to_string();
         let mut invocation = self.write(collection, "put", dim, &epoch)?;
         for item in items {
-            invocation.arg(&item.id).arg(encode_record(item));
+            invocation
+                .arg(&item.id)
+                .arg(encode_record(item))
+                .arg(item.expires_at_ms.unwrap_or(0));
         }
         let (seq, n): (i64, u64) = invocation.invoke_async(&mut self.redis.conn()).await?;
         if seq < 0 {
@@ -290,6 +326,7 @@ impl VectorCollections {
             .key(&k.meta)
             .key(&k.items)
             .key(&k.log)
+            .key(&k.expiries)
             .invoke_async(&mut self.redis.conn())
             .await?;
         Ok(dropped == 1)
@@ -307,17 +344,22 @@ impl VectorCollections {
         })
     }
 
-    /// The `k` items nearest `query` among those passing `filter`, seeing every write
-    /// acknowledged before the call. `NotFound` when the collection does not exist.
+    /// The `k` items nearest `query` among those passing `filter` (and not expired), seeing
+    /// every write acknowledged before the call. `NotFound` when the collection does not exist.
     pub async fn search(
         &self,
         collection: &str,
         query: Vec<f32>,
         k: usize,
-        filter: Filter,
+        mut filter: Filter,
         mode: SearchMode,
     ) -> Result<VectorSearch> {
         let loaded = self.caught_up(collection).await?;
+        filter.conditions.push(Condition::Range {
+            field: EXPIRY_FIELD.into(),
+            min: Some(crate::now_ms() as f64),
+            max: None,
+        });
         tokio::task::spawn_blocking(move || {
             let state = loaded.state.read().map_err(|_| poisoned())?;
             let s = state.as_ref().ok_or(Error::NotFound)?;
@@ -327,14 +369,18 @@ impl VectorCollections {
                 .map_err(|e| Error::InvalidArgument(e.to_string()))?;
             let hits = hits
                 .into_iter()
-                .map(|h| VectorHit {
-                    metadata: s
+                .map(|h| {
+                    let mut metadata = s
                         .index
                         .get(&h.id)
                         .map(|(_, m)| m.clone())
-                        .unwrap_or_default(),
-                    id: h.id,
-                    score: h.score,
+                        .unwrap_or_default();
+                    metadata.numbers.remove(EXPIRY_FIELD);
+                    VectorHit {
+                        metadata,
+                        id: h.id,
+                        score: h.score,
+                    }
                 })
                 .collect();
             Ok(VectorSearch { hits, exact })
@@ -515,7 +561,9 @@ enum Change {
 
 fn apply(index: &mut Index, change: Change) {
     match change {
-        Change::Put(item) => {
+        Change::Put(mut item) => {
+            let expiry = item.expires_at_ms.map_or(NEVER, |ms| ms as f64);
+            item.metadata.numbers.insert(EXPIRY_FIELD.into(), expiry);
             // Records were validated when written; one that no longer fits is skipped, loudly.
             if let Err(e) = index.upsert(&item.id, &item.vector, item.metadata) {
                 tracing::warn!(id = item.id, error = %e, "vector record not indexed");

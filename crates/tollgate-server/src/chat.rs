@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::http::{HeaderName, HeaderValue};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde_json::{Value, json};
@@ -119,6 +120,8 @@ enum Caching {
         key: CacheKey,
         generation: String,
         store: bool,
+        /// Where to index the answer in the semantic cache once stored.
+        semantic: Option<Box<SemanticProbe>>,
     },
     /// Store the answer without a lease (`no-cache` but not `no-store`).
     StoreAfter(CacheKey),
@@ -179,6 +182,7 @@ pub async fn chat_completions(
         && (req.is_deterministic() || gw.config.cache.cache_non_deterministic);
     // An experiment pins the user's arm; arms may answer differently, so the arm is in the key.
     let pinned = gw.pinned_route(&req.model, opts.user.as_deref());
+    let mut semantic_context = None;
     let key = if cacheable {
         let mut body = serde_json::to_value(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
         if let Some((arm, _)) = &pinned {
@@ -186,6 +190,9 @@ pub async fn chat_completions(
         }
         let hash = request_hash(&body, gw.config.cache.normalization)
             .map_err(|e| ApiError::bad(e.to_string(), None))?;
+        if gw.config.semantic_cache.enabled {
+            semantic_context = semantic_context_of(gw, &req.model, &principal.tenant, body);
+        }
         Some(
             CacheKey::new(&req.model, &principal.tenant, &hash)
                 .map_err(|e| ApiError::bad(e.to_string(), None))?,
@@ -236,6 +243,26 @@ pub async fn chat_completions(
                 return plan.hit(admission, &bytes);
             }
             Ok(Lead::Leader { generation }) => {
+                let probe = match semantic_context.take() {
+                    Some(context) => semantic_probe(gw, context).await,
+                    None => None,
+                };
+                if let Some(probe) = &probe
+                    && let Some((bytes, similarity)) =
+                        semantic_hit(gw, principal, &model, probe).await
+                {
+                    gw.metrics.cache(CacheResult::Semantic);
+                    let _ = gw.cache.abandon(&key, &stream_id).await;
+                    let admission = admit(gw, principal, &model, Charge::RequestOnly).await?;
+                    let mut reply = plan.hit(admission, &bytes)?;
+                    reply.cache = CacheResult::Semantic;
+                    if let Ok(v) = HeaderValue::from_str(&format!("{similarity:.4}")) {
+                        reply
+                            .headers
+                            .push((HeaderName::from_static("x-tollgate-cache-similarity"), v));
+                    }
+                    return Ok(reply);
+                }
                 gw.metrics.cache(CacheResult::Miss);
                 let admission = match full().await {
                     Ok(a) => a,
@@ -249,6 +276,7 @@ pub async fn chat_completions(
                     key,
                     generation,
                     store: !opts.no_store,
+                    semantic: probe.map(Box::new),
                 };
                 return plan
                     .generate(admission, caching, stream_id, CacheResult::Miss)
@@ -733,17 +761,39 @@ impl Generation {
                         key,
                         generation,
                         store: true,
+                        semantic,
                     } => {
                         // What each later hit saves (known only when the upstream reported usage).
                         let saved = completion
                             .usage
                             .map(|u| (u.prompt_tokens, u.completion_tokens));
-                        if let Err(e) = gw
+                        match gw
                             .cache
                             .complete(key, generation, &value, self.ttl, &self.stream_id, saved)
                             .await
                         {
-                            tracing::warn!(error = %e, "could not store the answer in the cache");
+                            Ok(tollgate_redis::Stored::Yes) => {
+                                if let Some(probe) = semantic {
+                                    let ttl = gw.cache.ttl_for(self.ttl);
+                                    if let Err(e) = gw
+                                        .semantic
+                                        .insert(
+                                            &probe.partition,
+                                            key.request_hash(),
+                                            probe.embedding.clone(),
+                                            &probe.question,
+                                            ttl,
+                                        )
+                                        .await
+                                    {
+                                        tracing::warn!(error = %e, "could not index the answer in the semantic cache");
+                                    }
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not store the answer in the cache");
+                            }
                         }
                     }
                     Caching::Lead { key, .. } => {
@@ -897,6 +947,114 @@ impl StreamWriter {
         let (written, done) = oneshot::channel();
         if self.tx.send(WriterMsg::End(kind, data, written)).is_ok() {
             let _ = tokio::time::timeout(wait, done).await;
+        }
+    }
+}
+
+/// What the semantic cache needs of a request: the question (the last message, from the user,
+/// as plain text) and the partition of everything else.
+struct SemanticContext {
+    partition: String,
+    question: String,
+}
+
+/// A question embedded, ready to look up and, after a miss, to index.
+struct SemanticProbe {
+    partition: String,
+    question: String,
+    embedding: Vec<f32>,
+}
+
+/// The semantic context of a canonical request body: `None` unless its last message is a user's
+/// plain text. The partition hashes the body without that message (system prompt, earlier
+/// turns, every parameter) with the model and tenant.
+fn semantic_context_of(
+    gw: &Gateway,
+    model: &str,
+    tenant: &str,
+    mut body: Value,
+) -> Option<SemanticContext> {
+    let messages = body.get_mut("messages")?.as_array_mut()?;
+    let last = messages.last()?;
+    if last.get("role")?.as_str()? != "user" {
+        return None;
+    }
+    let question = last.get("content")?.as_str()?.to_owned();
+    if question.trim().is_empty() {
+        return None;
+    }
+    messages.pop();
+    let context = request_hash(&body, gw.config.cache.normalization).ok()?;
+    Some(SemanticContext {
+        partition: tollgate_redis::SemanticCache::partition(model, tenant, &context),
+        question,
+    })
+}
+
+/// How long a semantic lookup may take before the request goes on without it (the first one
+/// may wait for the embedding model to load).
+const SEMANTIC_LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Embeds the question (through the embedding cache, charged to no key); `None` when the
+/// embedding model is unavailable: the request goes on without the semantic cache.
+async fn semantic_probe(gw: &Arc<Gateway>, context: SemanticContext) -> Option<SemanticProbe> {
+    let model = &gw.config.semantic_cache.embedding_model;
+    let texts = [context.question.clone()];
+    let embedded = tokio::time::timeout(
+        SEMANTIC_LOOKUP_DEADLINE,
+        crate::embeddings::embed_texts(gw, None, model, &texts),
+    )
+    .await;
+    match embedded {
+        Ok(Ok(mut e)) => Some(SemanticProbe {
+            partition: context.partition,
+            question: context.question,
+            embedding: e.vectors.pop()?,
+        }),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "semantic cache skipped: the question could not be embedded");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("semantic cache skipped: embedding took too long");
+            None
+        }
+    }
+}
+
+/// The cached answer of the most similar question, when it is similar enough and its exact
+/// cache entry still exists (an item whose entry expired or was invalidated is forgotten).
+async fn semantic_hit(
+    gw: &Arc<Gateway>,
+    principal: &Principal,
+    model: &str,
+    probe: &SemanticProbe,
+) -> Option<(Vec<u8>, f32)> {
+    let threshold = gw.config.semantic_cache.threshold_for(model);
+    let hit = match gw
+        .semantic
+        .lookup(&probe.partition, probe.embedding.clone(), threshold)
+        .await
+    {
+        Ok(hit) => hit?,
+        Err(e) => {
+            tracing::warn!(error = %e, "semantic cache unavailable; treating as a miss");
+            return None;
+        }
+    };
+    let key = CacheKey::new(model, &principal.tenant, &hit.request_hash).ok()?;
+    match gw.cache.get(&key).await {
+        Ok(Some(bytes)) => Some((bytes, hit.similarity)),
+        Ok(None) => {
+            let _ = gw
+                .semantic
+                .forget(&probe.partition, &hit.request_hash)
+                .await;
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "response cache unavailable for a semantic hit");
+            None
         }
     }
 }

@@ -32,6 +32,7 @@ pub struct Config {
     pub sessions: SessionsSection,
     pub streams: StreamsSection,
     pub embeddings: EmbeddingsSection,
+    pub semantic_cache: SemanticCacheSection,
     pub vectors: VectorsSection,
     pub retry: RetrySection,
     pub providers: BTreeMap<String, ProviderSection>,
@@ -171,6 +172,28 @@ pub struct EmbeddingsSection {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct SemanticCacheSection {
+    pub enabled: bool,
+    /// The model that embeds questions (any provider's embedding model).
+    pub embedding_model: String,
+    /// Cosine similarity at or above which a cached answer serves another question.
+    pub threshold: f32,
+    /// Per-model thresholds over `threshold`.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, f32>,
+}
+
+impl SemanticCacheSection {
+    /// The threshold for `model`.
+    pub fn threshold_for(&self, model: &str) -> f32 {
+        self.thresholds
+            .get(model)
+            .copied()
+            .unwrap_or(self.threshold)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct VectorsSection {
     /// The model that embeds `text` stored in, or searched for in, a vector collection.
     pub embedding_model: String,
@@ -194,6 +217,8 @@ pub enum ProviderKind {
     Mock,
     Openai,
     Anthropic,
+    /// In-process models (candle): `local/all-minilm-l6-v2`, `local/smollm2-135m-instruct`.
+    Local,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +251,12 @@ pub struct ProviderSection {
     /// Mock only: fraction of requests that fail with 500.
     #[serde(default)]
     pub error_rate: f64,
+    /// Local only: where the weights are (empty: `TOLLGATE_MODEL_DIR`, else the user's cache).
+    #[serde(default)]
+    pub model_dir: String,
+    /// Local only: load the models at start instead of at their first request.
+    #[serde(default)]
+    pub preload: bool,
 }
 
 fn default_connect_ms() -> u64 {
@@ -319,6 +350,7 @@ impl Config {
             "sessions",
             "streams",
             "embeddings",
+            "semantic_cache",
             "vectors",
             "retry",
             "providers",
@@ -346,6 +378,8 @@ impl Config {
         let streams = section::<StreamsSection>("streams", take("streams"), &mut errors);
         let embeddings =
             section::<EmbeddingsSection>("embeddings", take("embeddings"), &mut errors);
+        let semantic_cache =
+            section::<SemanticCacheSection>("semantic_cache", take("semantic_cache"), &mut errors);
         let vectors = section::<VectorsSection>("vectors", take("vectors"), &mut errors);
         let retry = section::<RetrySection>("retry", take("retry"), &mut errors);
         let providers = section::<BTreeMap<String, ProviderSection>>(
@@ -366,6 +400,7 @@ impl Config {
             Some(sessions),
             Some(streams),
             Some(embeddings),
+            Some(semantic_cache),
             Some(vectors),
             Some(retry),
             Some(providers),
@@ -381,6 +416,7 @@ impl Config {
             sessions,
             streams,
             embeddings,
+            semantic_cache,
             vectors,
             retry,
             providers,
@@ -400,6 +436,7 @@ impl Config {
             sessions,
             streams,
             embeddings,
+            semantic_cache,
             vectors,
             retry,
             providers,
@@ -428,6 +465,23 @@ impl Config {
         }
         if self.embeddings.cache_ttl_seconds == 0 || self.embeddings.max_inputs == 0 {
             p.push("embeddings: cache_ttl_seconds and max_inputs must be at least 1".into());
+        }
+        let thresholds = std::iter::once((
+            "semantic_cache.threshold".to_owned(),
+            self.semantic_cache.threshold,
+        ))
+        .chain(
+            self.semantic_cache
+                .thresholds
+                .iter()
+                .map(|(m, t)| (format!("semantic_cache.thresholds.{m:?}"), *t)),
+        );
+        for (name, t) in thresholds {
+            if !(0.0..=1.0).contains(&t) {
+                p.push(format!(
+                    "{name}: {t} is not a cosine similarity between 0 and 1"
+                ));
+            }
         }
         if self.vectors.log_max_len < 100 || self.vectors.max_k == 0 {
             p.push("vectors: log_max_len must be at least 100 and max_k at least 1".into());
@@ -501,8 +555,8 @@ impl Config {
                     "providers.{name}: a provider name must be non-empty and without '/'"
                 ));
             }
-            if provider.kind != ProviderKind::Mock
-                && provider.base_url.as_deref().unwrap_or("").is_empty()
+            let remote = matches!(provider.kind, ProviderKind::Openai | ProviderKind::Anthropic);
+            if remote && provider.base_url.as_deref().unwrap_or("").is_empty()
             {
                 p.push(format!(
                     "providers.{name}.base_url: required for {:?} providers",

@@ -35,10 +35,11 @@ pub struct Embedded {
     pub prompt_tokens: u64,
 }
 
-/// Embeds `texts` with `model`, charging `principal`'s limits for what goes upstream.
+/// Embeds `texts` with `model`, charging `principal`'s limits for what goes upstream (`None`:
+/// the gateway's own use, such as semantic-cache lookups, which no key is charged for).
 pub async fn embed_texts(
     gw: &AppState,
-    principal: &Principal,
+    principal: Option<&Principal>,
     model: &str,
     texts: &[String],
 ) -> Result<Embedded, ApiError> {
@@ -71,22 +72,29 @@ pub async fn embed_texts(
             .iter()
             .map(|t| u64::from(gw.counter.count_text(t)))
             .sum();
-        let admission = admit(
-            gw,
-            principal,
-            model,
-            Charge::Full {
-                estimated_tokens: estimate,
-            },
-        )
-        .await?;
+        let admission = match principal {
+            Some(p) => Some(
+                admit(
+                    gw,
+                    p,
+                    model,
+                    Charge::Full {
+                        estimated_tokens: estimate,
+                    },
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let (_, embeddings) = router.embed(model, batch).await?;
         prompt_tokens = if embeddings.prompt_tokens > 0 {
             embeddings.prompt_tokens
         } else {
             estimate
         };
-        admission.set_used(prompt_tokens);
+        if let Some(a) = &admission {
+            a.set_used(prompt_tokens);
+        }
         let fresh: Vec<(&str, &[f32])> = misses
             .iter()
             .zip(&embeddings.vectors)
@@ -172,7 +180,7 @@ pub async fn embeddings_handler(
         }
     };
     let texts = req.texts(gw.config.embeddings.max_inputs)?;
-    let embedded = embed_texts(&gw, &principal, &req.model, &texts).await?;
+    let embedded = embed_texts(&gw, Some(&principal), &req.model, &texts).await?;
     if let Some(d) = req.dimensions
         && embedded
             .vectors

@@ -122,6 +122,7 @@ fn reply_response(reply: ChatReply) -> Response {
     let h = response.headers_mut();
     let cache = match reply.cache {
         CacheResult::Hit => "hit",
+        CacheResult::Semantic => "semantic",
         CacheResult::Bypass | CacheResult::Error => "bypass",
         CacheResult::Miss | CacheResult::Coalesced => "miss",
     };

@@ -49,6 +49,7 @@ pub struct RouteLabels {
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum CacheResult {
     Hit,
+    Semantic,
     Miss,
     Coalesced,
     Bypass,

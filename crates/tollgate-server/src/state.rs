@@ -5,13 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tollgate_providers::anthropic::Anthropic;
+use tollgate_providers::local::{LocalConfig, LocalProvider};
 use tollgate_providers::mock::{MockConfig, MockProvider};
 use tollgate_providers::openai_compat::{OpenAiCompat, Timeouts};
 use tollgate_providers::{Deployment, Provider, RetryPolicy, Router};
 use tollgate_redis::{
     ApiKeyRecord, ApiKeys, CacheConfig, DeploymentStatus, EventBus, EventConfig, FeatureStore,
-    Keys, ModelEntry, RateLimiter, Redis, RedisConfig, Registry, ResponseCache, SessionConfig,
-    SessionStore, StreamConfig, TokenStreams, VectorCollections, VectorConfig,
+    Keys, ModelEntry, RateLimiter, Redis, RedisConfig, Registry, ResponseCache, SemanticCache,
+    SessionConfig, SessionStore, StreamConfig, TokenStreams, VectorCollections, VectorConfig,
 };
 
 use crate::config::{Config, ProviderKind, ProviderSection};
@@ -44,6 +45,7 @@ pub struct Gateway {
     pub events: EventBus,
     pub features: FeatureStore,
     pub vectors: VectorCollections,
+    pub semantic: SemanticCache,
     /// The cache's Redis, which also holds the embedding cache.
     pub embedding_redis: Redis,
     pub keys: Keys,
@@ -154,6 +156,11 @@ impl Gateway {
                     ..VectorConfig::default()
                 },
             ),
+            semantic: SemanticCache::new(cache_redis.clone(), &keys, VectorConfig::default())
+                .map_err(|source| BuildError::Redis {
+                    what: "semantic cache",
+                    source,
+                })?,
             embedding_redis: cache_redis,
             keys,
             redis,
@@ -353,6 +360,20 @@ fn build_provider(name: &str, s: &ProviderSection) -> Result<Arc<dyn Provider>, 
             OpenAiCompat::new(s.base_url.as_deref().unwrap_or_default(), api_key, timeouts)
                 .map_err(err)?,
         ),
+        ProviderKind::Local => {
+            let mut local = LocalConfig::default();
+            if !s.model_dir.is_empty() {
+                local.model_dir = s.model_dir.clone().into();
+            }
+            local.preload = s.preload;
+            if !tollgate_providers::local::weights_present(&local) {
+                tracing::warn!(
+                    dir = %local.model_dir.display(),
+                    "local model weights not found; `make models` (scripts/install-models.sh) installs them"
+                );
+            }
+            Arc::new(LocalProvider::start(local))
+        }
         ProviderKind::Anthropic => {
             let key = api_key.ok_or_else(|| BuildError::Provider {
                 name: name.to_owned(),

@@ -30,9 +30,10 @@ use crate::state::AppState;
 const MAX_COLLECTION: usize = 128;
 
 fn collection_name(principal: &Principal, collection: &str) -> Result<String, ApiError> {
-    if collection.is_empty() || collection.len() > MAX_COLLECTION {
+    // No '/': it separates the tenant from the name, so it must not be part of a name.
+    if collection.is_empty() || collection.len() > MAX_COLLECTION || collection.contains('/') {
         return Err(ApiError::bad(
-            format!("a collection name needs 1 to {MAX_COLLECTION} bytes"),
+            format!("a collection name needs 1 to {MAX_COLLECTION} bytes and no '/'"),
             Some("collection"),
         ));
     }
@@ -82,7 +83,7 @@ async fn vector_of(
                     Some("text"),
                 ));
             }
-            let mut embedded = embed_texts(gw, principal, model, &[t.to_owned()]).await?;
+            let mut embedded = embed_texts(gw, Some(principal), model, &[t.to_owned()]).await?;
             embedded
                 .vectors
                 .pop()
@@ -116,6 +117,7 @@ pub async fn put_vector_handler(
             numbers: put.numbers,
         },
         text: put.text,
+        expires_at_ms: None,
     };
     let seq = gw
         .vectors

@@ -36,8 +36,14 @@ impl Reply {
 async fn gateway_on(url: &str, extra: &str) -> AppState {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.toml");
+    // The semantic cache is off unless a test turns it on: the others check the exact cache.
+    let semantic = if extra.contains("[semantic_cache]") {
+        ""
+    } else {
+        "[semantic_cache]\nenabled = false\n"
+    };
     let text = format!(
-        "[redis]\nkey_prefix = \"{}\"\ncommand_timeout_ms = 300\n{extra}",
+        "[redis]\nkey_prefix = \"{}\"\ncommand_timeout_ms = 300\n{semantic}{extra}",
         unique_prefix()
     );
     std::fs::write(&path, text).unwrap();
@@ -669,7 +675,15 @@ async fn models_and_metrics_are_listed() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, vec!["smart", "mock/echo"]);
+    assert_eq!(
+        ids,
+        vec![
+            "smart",
+            "local/smollm2-135m-instruct",
+            "local/all-minilm-l6-v2",
+            "mock/echo"
+        ]
+    );
     let r = call(
         &gw,
         "POST",
@@ -1316,8 +1330,7 @@ async fn search_in(gw: &AppState, key: &str, collection: &str, body: Value) -> V
 
 #[tokio::test]
 async fn text_without_an_embedding_model_is_a_clear_400() {
-    // The default embedding model is the local one, absent here.
-    let gw = gateway("").await;
+    let gw = gateway("[vectors]\nembedding_model = \"nobody/embed\"\n").await;
     let r = call(
         &gw,
         "PUT",
@@ -1329,4 +1342,180 @@ async fn text_without_an_embedding_model_is_a_clear_400() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(message.contains("vectors.embedding_model"), "{message}");
+}
+
+/// A gateway with the semantic cache on (the local embedding model, real weights).
+async fn semantic_gateway() -> AppState {
+    gateway("[server]\nmaster_key = \"mk\"\n[semantic_cache]\nenabled = true\nthreshold = 0.8\n")
+        .await
+}
+
+async fn ask(gw: &AppState, key: &str, body: Value, extra: &[(&str, &str)]) -> Reply {
+    let mut headers = vec![("authorization", key)];
+    headers.extend_from_slice(extra);
+    let r = call(gw, "POST", "/v1/chat/completions", &headers, Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r
+}
+
+fn question(model: &str, text: &str) -> Value {
+    json!({"model": model, "temperature": 0, "messages": [{"role": "user", "content": text}]})
+}
+
+#[tokio::test]
+async fn a_paraphrase_is_a_semantic_hit_and_never_crosses_a_partition() {
+    let gw = semantic_gateway().await;
+    let keys = tenant_keys(&gw, &["acme", "globex"]).await;
+    let (acme, globex) = (keys[0].as_str(), keys[1].as_str());
+    let first = ask(
+        &gw,
+        acme,
+        question("mock/echo", "What is the capital of France?"),
+        &[],
+    )
+    .await;
+    assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+    let again = ask(
+        &gw,
+        acme,
+        question("mock/echo", "what's the capital of france"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        again.header("x-tollgate-cache"),
+        Some("semantic"),
+        "{}",
+        again.text
+    );
+    let similarity: f32 = again
+        .header("x-tollgate-cache-similarity")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.8..=1.0).contains(&similarity), "{similarity}");
+    assert_eq!(
+        again.json()["choices"][0]["message"]["content"],
+        first.json()["choices"][0]["message"]["content"],
+        "the cached answer is served"
+    );
+    // Streamed, a semantic hit is replayed as a stream.
+    let mut streamed = question("mock/echo", "What's the capital city of France?");
+    streamed["stream"] = json!(true);
+    let r = ask(&gw, acme, streamed, &[]).await;
+    assert_eq!(r.header("x-tollgate-cache"), Some("semantic"));
+    assert!(
+        sse_text(&r.text).contains("capital of France"),
+        "{}",
+        r.text
+    );
+
+    // Each of these differs in what the answer depends on: never a semantic hit.
+    let paraphrase = "what's the capital of france";
+    let mut with_system = question("mock/echo", paraphrase);
+    with_system["messages"] = json!([{"role": "system", "content": "Answer in French."}, {"role": "user", "content": paraphrase}]);
+    let mut with_params = question("mock/echo", paraphrase);
+    with_params["max_tokens"] = json!(5);
+    let mut with_turns = question("mock/echo", paraphrase);
+    with_turns["messages"] = json!([
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": paraphrase}
+    ]);
+    for (what, key, body) in [
+        ("another model", acme, question("mock/other", paraphrase)),
+        ("another tenant", globex, question("mock/echo", paraphrase)),
+        ("a system prompt", acme, with_system),
+        ("other parameters", acme, with_params),
+        ("earlier turns", acme, with_turns),
+        (
+            "another question",
+            acme,
+            question("mock/echo", "How do I bake bread?"),
+        ),
+    ] {
+        let r = ask(&gw, key, body, &[]).await;
+        assert_eq!(
+            r.header("x-tollgate-cache"),
+            Some("miss"),
+            "{what}: {}",
+            r.text
+        );
+    }
+    // no-cache skips it.
+    let r = ask(
+        &gw,
+        acme,
+        question("mock/echo", paraphrase),
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(r.header("x-tollgate-cache"), Some("bypass"));
+}
+
+#[tokio::test]
+async fn an_expired_or_invalidated_answer_is_never_served_semantically() {
+    let gw = semantic_gateway().await;
+    let key = tenant_keys(&gw, &["acme"]).await.remove(0);
+    let r = ask(
+        &gw,
+        &key,
+        question("mock/echo", "How tall is the Eiffel Tower?"),
+        &[("x-tollgate-cache-ttl", "1")],
+    )
+    .await;
+    assert_eq!(r.header("x-tollgate-cache"), Some("miss"));
+    let r = ask(
+        &gw,
+        &key,
+        question("mock/echo", "how tall is the eiffel tower"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.header("x-tollgate-cache"), Some("semantic"));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let r = ask(
+        &gw,
+        &key,
+        question("mock/echo", "What is the height of the Eiffel Tower?"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.header("x-tollgate-cache"),
+        Some("miss"),
+        "expired: {}",
+        r.text
+    );
+
+    // That miss stored a fresh answer; invalidating the model makes it unreachable too.
+    let r = ask(
+        &gw,
+        &key,
+        question("mock/echo", "how tall is the eiffel tower?"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.header("x-tollgate-cache"), Some("semantic"));
+    let inv = call(
+        &gw,
+        "POST",
+        "/admin/cache/invalidate",
+        &[("authorization", "Bearer mk")],
+        Some(json!({"model": "mock/echo"})),
+    )
+    .await;
+    assert_eq!(inv.status, StatusCode::OK, "{}", inv.text);
+    let r = ask(
+        &gw,
+        &key,
+        question("mock/echo", "how tall is the eiffel tower?"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.header("x-tollgate-cache"),
+        Some("miss"),
+        "invalidated: {}",
+        r.text
+    );
 }

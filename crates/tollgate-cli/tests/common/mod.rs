@@ -114,11 +114,17 @@ fn healthz(addr: &str) -> bool {
     raw.starts_with("HTTP/1.") && raw.contains(" 200 ") && raw.contains(r#"{"status":"ok"}"#)
 }
 
-/// A config file in a temp dir (kept alive by the returned guard).
+/// A config file in a temp dir (kept alive by the returned guard). The semantic cache is off
+/// unless `text` configures it: the tests that do not, check the exact cache.
 pub(crate) fn config_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.toml");
-    std::fs::write(&path, text).unwrap();
+    let semantic = if text.contains("[semantic_cache]") {
+        ""
+    } else {
+        "[semantic_cache]\nenabled = false\n"
+    };
+    std::fs::write(&path, format!("{semantic}{text}")).unwrap();
     (dir, path)
 }
 

@@ -10,6 +10,7 @@ pattern_suite!(
     concurrent_writers_on_two_instances_lose_nothing,
     a_dropped_collection_is_gone_everywhere_and_can_be_made_anew,
     bad_items_are_refused_whole,
+    expired_items_are_never_ranked_and_the_next_write_purges_them,
 );
 
 /// Two gateway instances: separate connections, separate in-process indexes.
@@ -29,6 +30,7 @@ fn item(id: &str, vector: Vec<f32>, lang: &str, price: f64) -> VectorItem {
             numbers: [("price".to_owned(), price)].into(),
         },
         text: None,
+        expires_at_ms: None,
     }
 }
 
@@ -342,6 +344,89 @@ async fn bad_items_are_refused_whole(b: Backend) {
                 SearchMode::Auto
             )
             .await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+async fn expired_items_are_never_ranked_and_the_next_write_purges_them(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let (a, other) = instances(&ctx, VectorConfig::default());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let expiring = |id: &str, v: Vec<f32>, at: u64| VectorItem {
+        expires_at_ms: Some(at),
+        ..item(id, v, "en", 0.0)
+    };
+    a.upsert(
+        "cache",
+        &[
+            expiring("fresh", vec![1.0, 0.2], now + 60_000),
+            expiring("stale", vec![1.0, 0.0], now + 300),
+        ],
+    )
+    .await
+    .unwrap();
+    let found = other
+        .search(
+            "cache",
+            vec![1.0, 0.0],
+            2,
+            Filter::default(),
+            SearchMode::Auto,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&found), ["stale", "fresh"]);
+    assert!(
+        found
+            .hits
+            .iter()
+            .all(|h| !h.metadata.numbers.contains_key("@exp")),
+        "the expiry is internal"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // Past its expiry the nearest item is never ranked, purged or not.
+    let found = other
+        .search(
+            "cache",
+            vec![1.0, 0.0],
+            2,
+            Filter::default(),
+            SearchMode::Exact,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&found), ["fresh"]);
+    // The next write purges it, and every instance drops it.
+    a.upsert("cache", &[expiring("new", vec![0.0, 1.0], now + 60_000)])
+        .await
+        .unwrap();
+    assert!(a.get("cache", "stale").await.unwrap().is_none());
+    assert_eq!(other.info("cache").await.unwrap().len, 2);
+    // A collection whose items all expire expires with them; one durable item makes it durable.
+    let meta = format!("{}{{v:cache}}:meta", ctx.keys.prefix());
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&meta)
+        .query_async(&mut ctx.redis().conn())
+        .await
+        .unwrap();
+    assert!(pttl > 60_000 && pttl <= 121_000, "{pttl}");
+    a.upsert("cache", &[item("kept", vec![1.0, 1.0], "en", 0.0)])
+        .await
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&meta)
+        .query_async(&mut ctx.redis().conn())
+        .await
+        .unwrap();
+    assert_eq!(pttl, -1);
+    // Names starting with '@' are reserved.
+    let mut reserved = item("r", vec![1.0, 0.0], "en", 0.0);
+    reserved.metadata.numbers.insert("@exp".into(), 1.0);
+    assert!(matches!(
+        a.upsert("cache", &[reserved]).await,
         Err(Error::InvalidArgument(_))
     ));
 }

@@ -1,0 +1,124 @@
+//! The `models` benchmark: the local models as the gateway runs them (through the provider, on
+//! their own threads), one request at a time:
+//! - embeddings: one short sentence (latency), batches of 32 (sentences/s);
+//! - chat: time to first token for a short prompt and decode speed, with the weights
+//!   re-quantized to Q8_0 (what tollgate does) against the Q4_1 file as shipped (the baseline,
+//!   measured in the same run).
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+use tollgate_providers::Provider;
+use tollgate_providers::local::{CHAT_MODEL, EMBEDDING_MODEL, LocalConfig, LocalProvider};
+
+/// Options of `tollgate-bench models`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Repetitions of each measurement.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// Tokens generated per chat run.
+    #[arg(long, default_value_t = 64)]
+    tokens: u32,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Time to the first content and decode tokens/s (tokens after the first over the time after it).
+async fn chat_run(local: &LocalProvider, tokens: u32) -> anyhow::Result<(Duration, f64)> {
+    let request = serde_json::from_value(json!({
+        "model": CHAT_MODEL, "temperature": 0, "max_tokens": tokens,
+        "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
+    }))?;
+    let started = Instant::now();
+    let mut stream = local.chat_stream(request).await?;
+    let (mut first, mut completion) = (None, 0u64);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        let has_text = chunk
+            .choices
+            .first()
+            .and_then(|c| c.delta.content.as_deref())
+            .is_some_and(|t| !t.is_empty());
+        if has_text && first.is_none() {
+            first = Some(started.elapsed());
+        }
+        if let Some(u) = chunk.usage {
+            completion = u.completion_tokens;
+        }
+    }
+    let total = started.elapsed();
+    let first = first.unwrap_or(total);
+    let decode = (completion.saturating_sub(1)) as f64 / (total - first).as_secs_f64().max(1e-9);
+    Ok((first, decode))
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let local = LocalProvider::start(LocalConfig {
+        preload: true,
+        ..LocalConfig::default()
+    });
+    let sentence = vec!["What is the capital of France?".to_owned()];
+    // Warm up (and wait for the load).
+    local
+        .embed(EMBEDDING_MODEL.into(), sentence.clone())
+        .await?;
+    let mut single = Vec::new();
+    for _ in 0..args.rounds {
+        let t = Instant::now();
+        local
+            .embed(EMBEDDING_MODEL.into(), sentence.clone())
+            .await?;
+        single.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let batch: Vec<String> = (0..32)
+        .map(|i| format!("Question number {i}: how do I make my gateway cache answers by meaning?"))
+        .collect();
+    let mut per_second = Vec::new();
+    for _ in 0..args.rounds.div_ceil(4) {
+        let t = Instant::now();
+        local.embed(EMBEDDING_MODEL.into(), batch.clone()).await?;
+        per_second.push(32.0 / t.elapsed().as_secs_f64());
+    }
+    println!(
+        "\nlocal/{EMBEDDING_MODEL}: one short sentence p50 {:.1} ms; batches of 32: {:.0} sentences/s\n",
+        median(single),
+        median(per_second)
+    );
+
+    println!(
+        "| local/{CHAT_MODEL} | time to first token (p50) | decode (p50) | vs Q4_1 as shipped |"
+    );
+    println!("|---|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for (name, requantize) in [
+        ("Q4_1 as shipped (baseline)", false),
+        ("re-quantized to Q8_0 (tollgate)", true),
+    ] {
+        let model = LocalProvider::start(LocalConfig {
+            preload: true,
+            requantize,
+            ..LocalConfig::default()
+        });
+        chat_run(&model, 4).await?; // warm up, and wait for the load
+        let (mut ttft, mut decode) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds.div_ceil(4) {
+            let (first, rate) = chat_run(&model, args.tokens).await?;
+            ttft.push(first.as_secs_f64() * 1e3);
+            decode.push(rate);
+        }
+        rows.push((name, median(ttft), median(decode)));
+    }
+    let base = rows[0].2;
+    for (name, ttft, decode) in rows {
+        println!(
+            "| {name} | {ttft:.0} ms | {decode:.1} tok/s | {:.2}× |",
+            decode / base
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The semantic cache: answers of the exact cache ([`crate::response_cache`]) found again by
+//! meaning. Each answer the exact cache stores may also be indexed here under the embedding of
+//! the question it answered; a later question whose embedding is similar enough, in the same
+//! partition, is answered with it.
+//!
+//! - A partition is everything else the answer depends on: the model, the tenant, the system
+//!   prompt and earlier turns, every output-affecting parameter. The caller hashes those into a
+//!   context hash; [`SemanticCache::partition`] hashes it with model and tenant, so no name can
+//!   reach another tenant's partition. A hit never crosses models, tenants or contexts.
+//! - A partition is a vector collection of its own (under the prefix's `sc:` space, apart from
+//!   user collections) whose items expire with their answers: every instance searches it in
+//!   memory, kept in step through Redis (see [`crate::vectors`]).
+//! - An item names the exact cache entry (its request hash), it does not copy the answer: a hit
+//!   reads the entry from the exact cache, so an expired, evicted or invalidated answer is never
+//!   served (the caller then [`SemanticCache::forget`]s the item).
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::conn::Redis;
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+use crate::vectors::{Filter, SearchMode, VectorCollections, VectorConfig, VectorItem};
+
+/// The nearest cached question of a partition, when it is similar enough.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticHit {
+    /// The exact cache entry's request hash.
+    pub request_hash: String,
+    /// Cosine similarity of the two questions' embeddings.
+    pub similarity: f32,
+}
+
+/// Semantic lookups and inserts on one Redis.
+#[derive(Debug, Clone)]
+pub struct SemanticCache {
+    collections: VectorCollections,
+}
+
+impl SemanticCache {
+    /// Partitions under `keys`' prefix followed by `sc:`.
+    pub fn new(redis: Redis, keys: &Keys, config: VectorConfig) -> Result<Self> {
+        let keys = Keys::new(format!("{}sc:", keys.prefix()))?;
+        Ok(SemanticCache {
+            collections: VectorCollections::new(redis, keys, config),
+        })
+    }
+
+    /// The partition of (model, tenant, context hash).
+    pub fn partition(model: &str, tenant: &str, context_hash: &str) -> String {
+        let mut h = Sha256::new();
+        for part in [model, tenant, context_hash] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// The most similar cached question of `partition`, if its similarity is at least
+    /// `threshold`. Expired entries are never considered.
+    pub async fn lookup(
+        &self,
+        partition: &str,
+        embedding: Vec<f32>,
+        threshold: f32,
+    ) -> Result<Option<SemanticHit>> {
+        match self
+            .collections
+            .search(partition, embedding, 1, Filter::default(), SearchMode::Auto)
+            .await
+        {
+            Ok(found) => Ok(found
+                .hits
+                .into_iter()
+                .next()
+                .filter(|h| h.score >= threshold)
+                .map(|h| SemanticHit {
+                    request_hash: h.id,
+                    similarity: h.score,
+                })),
+            Err(Error::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Indexes the exact cache entry `request_hash` under `embedding` for `ttl` (the entry's own).
+    pub async fn insert(
+        &self,
+        partition: &str,
+        request_hash: &str,
+        embedding: Vec<f32>,
+        question: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        let expires =
+            crate::now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        self.collections
+            .upsert(
+                partition,
+                &[VectorItem {
+                    id: request_hash.to_owned(),
+                    vector: embedding,
+                    metadata: Default::default(),
+                    text: Some(question.to_owned()),
+                    expires_at_ms: Some(expires),
+                }],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Drops an item whose exact cache entry is gone.
+    pub async fn forget(&self, partition: &str, request_hash: &str) -> Result<()> {
+        self.collections
+            .delete(partition, &[request_hash])
+            .await
+            .map(|_| ())
+    }
+}
