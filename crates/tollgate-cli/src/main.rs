@@ -81,6 +81,9 @@ enum Command {
         /// Only the first N pairs.
         #[arg(long)]
         limit: Option<usize>,
+        /// Print this many wrong hits at the configured threshold.
+        #[arg(long, default_value_t = 10)]
+        show_wrong: usize,
     },
 }
 
@@ -309,10 +312,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::SemanticEval { file, model, limit } => {
-            let gw = connect_gateway(cli.config.as_deref(), &data_dir).await?;
-            let model = model.unwrap_or_else(|| gw.config.semantic_cache.embedding_model.clone());
-            eval::semantic_eval(gw, &file, &model, limit).await
+        Command::SemanticEval {
+            file,
+            model,
+            limit,
+            show_wrong,
+        } => {
+            // Only the models are needed: no Redis.
+            let config = load_config(cli.config.as_deref())?;
+            let router = tollgate_server::state::build_router(&config)?;
+            let model = model.unwrap_or_else(|| config.semantic_cache.embedding_model.clone());
+            let default = config.semantic_cache.threshold;
+            eval::semantic_eval(&router, &file, &model, default, limit, show_wrong).await
         }
         Command::Events {
             command:

@@ -385,3 +385,72 @@ fn features_load_reports_bad_rows_by_line_and_loads_the_rest() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The embedded defaults, no config file and no network: the local models answer (chat streamed
+/// and not, embeddings), and a paraphrase of a question asked before is a semantic hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_config_the_local_models_answer_and_a_paraphrase_is_a_semantic_hit() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_owned();
+    let (addr, mut child) =
+        tokio::task::spawn_blocking(move || serve_on(&[("TOLLGATE_DATA_DIR", dir.as_str())]))
+            .await
+            .unwrap();
+    tollgate_providers::init_tls();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let chat = |text: &str, stream: bool| {
+        let body = serde_json::json!({"model": "local/smollm2-135m-instruct", "temperature": 0,
+            "max_tokens": 20, "stream": stream, "messages": [{"role": "user", "content": text}]});
+        let (http, url) = (http.clone(), format!("http://{addr}/v1/chat/completions"));
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let cache = r.headers()["x-tollgate-cache"].to_str().unwrap().to_owned();
+            (cache, r.text().await.unwrap())
+        }
+    };
+    let (cache, body) = chat("What is the capital of France?", false).await;
+    assert_eq!(cache, "miss");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text}");
+    assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    // The same question reworded: an exact-cache miss, a semantic hit at the default threshold
+    // (0.995), streamed from the cached answer.
+    let (cache, body) = chat("what is the capital of france?", true).await;
+    assert_eq!(cache, "semantic", "{body}");
+    assert!(
+        body.contains("Paris") && body.trim_end().ends_with("data: [DONE]"),
+        "{body}"
+    );
+    let (cache, _) = chat("How do I increase traffic of my blog?", false).await;
+    assert_eq!(cache, "miss");
+    let (cache, body) = chat("How can I Increase the traffic of my blog?", false).await;
+    assert_eq!(
+        cache, "semantic",
+        "a paraphrase from QQP (similarity 0.996): {body}"
+    );
+    let (cache, body) = chat("Name a colour of the rainbow.", true).await;
+    assert_eq!(cache, "miss");
+    assert!(
+        body.matches("data: ").count() > 3,
+        "streamed token by token: {body}"
+    );
+    let r = http
+        .post(format!("http://{addr}/v1/embeddings"))
+        .json(&serde_json::json!({"model": "local/all-minilm-l6-v2", "input": ["hello", "world"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let embeddings: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        embeddings["data"][1]["embedding"].as_array().unwrap().len(),
+        384
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

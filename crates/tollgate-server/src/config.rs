@@ -555,9 +555,11 @@ impl Config {
                     "providers.{name}: a provider name must be non-empty and without '/'"
                 ));
             }
-            let remote = matches!(provider.kind, ProviderKind::Openai | ProviderKind::Anthropic);
-            if remote && provider.base_url.as_deref().unwrap_or("").is_empty()
-            {
+            let remote = matches!(
+                provider.kind,
+                ProviderKind::Openai | ProviderKind::Anthropic
+            );
+            if remote && provider.base_url.as_deref().unwrap_or("").is_empty() {
                 p.push(format!(
                     "providers.{name}.base_url: required for {:?} providers",
                     provider.kind

@@ -303,7 +303,8 @@ impl Gateway {
     }
 }
 
-fn build_router(config: &Config) -> Result<Router, BuildError> {
+/// The providers and aliases of `config`, without Redis (for tools that only call models).
+pub fn build_router(config: &Config) -> Result<Router, BuildError> {
     let mut router = Router::new(RetryPolicy {
         max_retries: config.retry.max_retries,
         base_backoff: Duration::from_millis(config.retry.base_backoff_ms),
