@@ -313,32 +313,79 @@ impl Router {
     /// each and fallback to the next.
     pub async fn chat_stream_via(
         &self,
-        mut deployments: Vec<Deployment>,
+        deployments: Vec<Deployment>,
         request: &ChatRequest,
     ) -> Result<Routed, ProviderError> {
+        let unknown = ProviderError::UnknownModel(request.model.clone());
+        let (stream, deployment, attempts) = self
+            .first_success(deployments, unknown, |d| {
+                let mut upstream_request = request.clone();
+                upstream_request.model = d.upstream_model.clone();
+                d.provider.chat_stream(upstream_request)
+            })
+            .await?;
+        Ok(Routed {
+            stream,
+            deployment,
+            attempts,
+        })
+    }
+
+    /// Embeds `texts` with `model` (an alias or `provider/model`), with the same retries and
+    /// fallback as generations. Returns the deployment that answered.
+    pub async fn embed(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+    ) -> Result<(String, Embeddings), ProviderError> {
+        let deployments = self.resolve(model)?;
+        let unknown = ProviderError::UnknownModel(model.to_owned());
+        let expected = texts.len();
+        let (embeddings, deployment, _) = self
+            .first_success(deployments, unknown, |d| {
+                let call = d.provider.embed(d.upstream_model.clone(), texts.clone());
+                async move {
+                    let e = call.await?;
+                    if e.vectors.len() != expected {
+                        return Err(ProviderError::Protocol(format!(
+                            "{} embeddings for {expected} inputs",
+                            e.vectors.len()
+                        )));
+                    }
+                    Ok(e)
+                }
+            })
+            .await?;
+        Ok((deployment, embeddings))
+    }
+
+    /// Calls `deployments` in order (failing and slow ones last), each up to `max_retries` more
+    /// times after a retryable error (waiting out the upstream's `retry-after`, else a jittered
+    /// backoff), recording health and latency. Returns the answer, the deployment that gave it
+    /// and the attempts made; the last retryable error (`none_left` if none) when all failed.
+    async fn first_success<T, F, Fut>(
+        &self,
+        mut deployments: Vec<Deployment>,
+        none_left: ProviderError,
+        mut call: F,
+    ) -> Result<(T, String, u32), ProviderError>
+    where
+        F: FnMut(&Deployment) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
         self.health.order(&mut deployments);
         let mut attempts = 0;
-        let mut last_error = ProviderError::UnknownModel(request.model.clone());
+        let mut last_error = none_left;
         for deployment in deployments {
-            let mut upstream_request = request.clone();
-            upstream_request.model = deployment.upstream_model.clone();
             for retry in 0..=self.retry.max_retries {
                 attempts += 1;
                 let started = std::time::Instant::now();
-                match deployment
-                    .provider
-                    .chat_stream(upstream_request.clone())
-                    .await
-                {
-                    Ok(stream) => {
+                match call(&deployment).await {
+                    Ok(answer) => {
                         self.health.record(&deployment.name, true);
                         self.health
                             .record_latency(&deployment.name, started.elapsed());
-                        return Ok(Routed {
-                            stream,
-                            deployment: deployment.name.clone(),
-                            attempts,
-                        });
+                        return Ok((answer, deployment.name.clone(), attempts));
                     }
                     Err(e) if e.is_retryable() => {
                         self.health.record(&deployment.name, false);
@@ -352,51 +399,6 @@ impl Router {
                         last_error = e;
                         if retry < self.retry.max_retries {
                             tokio::time::sleep(wait.min(self.retry.max_backoff)).await;
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Err(last_error)
-    }
-
-    /// Embeds `texts` with `model` (an alias or `provider/model`), with the same retries and
-    /// fallback as generations. Returns the deployment that answered.
-    pub async fn embed(
-        &self,
-        model: &str,
-        texts: Vec<String>,
-    ) -> Result<(String, Embeddings), ProviderError> {
-        let mut deployments = self.resolve(model)?;
-        self.health.order(&mut deployments);
-        let mut last_error = ProviderError::UnknownModel(model.to_owned());
-        for deployment in deployments {
-            for retry in 0..=self.retry.max_retries {
-                let started = std::time::Instant::now();
-                let attempt = deployment
-                    .provider
-                    .embed(deployment.upstream_model.clone(), texts.clone())
-                    .await;
-                match attempt {
-                    Ok(e) if e.vectors.len() == texts.len() => {
-                        self.health.record(&deployment.name, true);
-                        self.health
-                            .record_latency(&deployment.name, started.elapsed());
-                        return Ok((deployment.name.clone(), e));
-                    }
-                    Ok(e) => {
-                        return Err(ProviderError::Protocol(format!(
-                            "{} embeddings for {} inputs",
-                            e.vectors.len(),
-                            texts.len()
-                        )));
-                    }
-                    Err(e) if e.is_retryable() => {
-                        self.health.record(&deployment.name, false);
-                        last_error = e;
-                        if retry < self.retry.max_retries {
-                            tokio::time::sleep(self.backoff(retry)).await;
                         }
                     }
                     Err(e) => return Err(e),
