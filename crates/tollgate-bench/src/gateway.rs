@@ -319,11 +319,7 @@ async fn measure(
     }
     let elapsed = started.elapsed();
     all.sort_unstable();
-    let pick = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+    let pick = |q: f64| crate::percentile(&all, q);
     Cell {
         rps: all.len() as f64 / elapsed.as_secs_f64(),
         p50: pick(0.5),

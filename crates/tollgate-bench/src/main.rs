@@ -56,6 +56,14 @@ enum Command {
     Proxy(gateway::ProxyArgs),
 }
 
+/// The `q` quantile (0 to 1) of `sorted`, which is sorted ascending; the default when empty.
+pub(crate) fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
 /// The Redis a benchmark measures: the one given, or a private redis-server (kept alive by the
 /// returned handle).
 pub(crate) async fn redis_to_measure(

@@ -31,7 +31,7 @@ pub(crate) struct Args {
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+    crate::percentile(&xs, 0.5)
 }
 
 /// Time to the first content and decode tokens/s (tokens after the first over the time after it).
@@ -228,7 +228,7 @@ async fn semantic_lookup(local: &LocalProvider, lookups: usize) -> anyhow::Resul
     }
     let pct = |xs: &mut Vec<f64>, q: f64| {
         xs.sort_by(f64::total_cmp);
-        xs[((xs.len() as f64 * q) as usize).min(xs.len() - 1)]
+        crate::percentile(xs, q)
     };
     println!(
         "\nsemantic lookup, 1,000 cached questions, {lookups} unseen paraphrases ({hits} hits at 0.8):\n"

@@ -164,11 +164,7 @@ pub(crate) async fn measure(
     }
     let elapsed = start.elapsed();
     all.sort_unstable();
-    let pick = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+    let pick = |q: f64| crate::percentile(&all, q);
     Ok(Measured {
         ops_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
         p50: pick(0.5),

@@ -220,8 +220,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("| scenario | path | p50 | p99 | speed-up vs baseline p50 | recall vs exact |");
     println!("|---|---|---:|---:|---:|---:|");
-    let pct =
-        |took: &[Duration], p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+    let pct = crate::percentile::<Duration>;
     let base = pct(&rows[0].took, 0.5);
     for row in &rows {
         let p50 = pct(&row.took, 0.5);

@@ -75,15 +75,17 @@ async fn vector_of(
         (Some(v), None) => Ok(v),
         (None, Some(t)) if !t.is_empty() => {
             let model = &gw.config.vectors.embedding_model;
-            if !gw.router().knows(model) {
-                return Err(ApiError::bad(
-                    format!(
-                        "text needs the embedding model {model:?} (vectors.embedding_model), which is not available; send a vector instead"
+            let mut embedded = embed_texts(gw, Some(principal), model, &[t.to_owned()])
+                .await
+                .map_err(|e| match e {
+                    ApiError::UnknownModel(_) => ApiError::bad(
+                        format!(
+                            "text needs the embedding model {model:?} (vectors.embedding_model), which is not available; send a vector instead"
+                        ),
+                        Some("text"),
                     ),
-                    Some("text"),
-                ));
-            }
-            let mut embedded = embed_texts(gw, Some(principal), model, &[t.to_owned()]).await?;
+                    e => e,
+                })?;
             embedded
                 .vectors
                 .pop()
