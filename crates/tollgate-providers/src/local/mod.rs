@@ -124,6 +124,14 @@ fn unavailable(e: &LoadError) -> ProviderError {
     }
 }
 
+/// A model's thread is gone (it panicked).
+fn stopped(model: &str) -> ProviderError {
+    ProviderError::Upstream {
+        status: 503,
+        message: format!("the local {model} model stopped"),
+    }
+}
+
 fn busy() -> ProviderError {
     ProviderError::RateLimited {
         retry_after: Some(Duration::from_secs(1)),
@@ -329,10 +337,7 @@ impl Provider for LocalProvider {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => return Err(busy()),
                 Err(TrySendError::Disconnected(_)) => {
-                    return Err(ProviderError::Upstream {
-                        status: 503,
-                        message: "the local chat model stopped".into(),
-                    });
+                    return Err(stopped("chat"));
                 }
             }
             let stream: ChunkStream = Box::pin(tokio_stream(receiver));
@@ -355,16 +360,10 @@ impl Provider for LocalProvider {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => return Err(busy()),
                 Err(TrySendError::Disconnected(_)) => {
-                    return Err(ProviderError::Upstream {
-                        status: 503,
-                        message: "the local embedding model stopped".into(),
-                    });
+                    return Err(stopped("embedding"));
                 }
             }
-            answer.await.map_err(|_| ProviderError::Upstream {
-                status: 503,
-                message: "the local embedding model stopped".into(),
-            })?
+            answer.await.map_err(|_| stopped("embedding"))?
         })
     }
 }
