@@ -109,6 +109,12 @@ enum KeysCommand {
         tpm: Option<u64>,
         #[arg(long)]
         max_concurrency: Option<u64>,
+        /// Dollars the key may spend per UTC day.
+        #[arg(long)]
+        daily_budget_usd: Option<f64>,
+        /// Dollars the key may spend per UTC month.
+        #[arg(long)]
+        monthly_budget_usd: Option<f64>,
     },
     /// List keys (never the keys themselves).
     List,
@@ -251,11 +257,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     rpm,
                     tpm,
                     max_concurrency,
+                    daily_budget_usd,
+                    monthly_budget_usd,
                 } => {
                     let limits = Limits {
                         rpm,
                         tpm,
                         max_concurrency,
+                        daily_budget_usd,
+                        monthly_budget_usd,
                         ..Limits::default()
                     };
                     let (record, key) = handlers::create_key(&gw, name, tier, tenant, Some(limits))
@@ -270,18 +280,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 KeysCommand::List => {
                     let keys = gw.api_keys.list().await.context("keys")?;
                     println!(
-                        "{:<26} {:<20} {:<12} {:<12} {:<8} status",
-                        "id", "name", "tier", "prefix", "created"
+                        "{:<26} {:<20} {:<12} {:<12} {:<8} {:<8} {:>12} {:>12}  top model this month",
+                        "id", "name", "tier", "prefix", "created", "status", "today $", "month $"
                     );
                     for k in keys {
+                        let spend = handlers::key_spend(&gw, &k.id)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        let usd = |period: &str| spend[period]["total_usd"].as_f64().unwrap_or(0.0);
+                        let top = spend["this_month"]["models"]
+                            .as_object()
+                            .and_then(|m| {
+                                m.iter().max_by(|a, b| {
+                                    let (a, b) =
+                                        (a.1.as_f64().unwrap_or(0.0), b.1.as_f64().unwrap_or(0.0));
+                                    a.total_cmp(&b)
+                                })
+                            })
+                            .map(|(m, v)| format!("{m} (${:.4})", v.as_f64().unwrap_or(0.0)))
+                            .unwrap_or_default();
                         println!(
-                            "{:<26} {:<20} {:<12} {:<12} {:<8} {}",
+                            "{:<26} {:<20} {:<12} {:<12} {:<8} {:<8} {:>12.4} {:>12.4}  {top}",
                             k.id,
                             k.name,
                             k.tier,
                             k.prefix,
                             k.created,
-                            if k.revoked { "revoked" } else { "active" }
+                            if k.revoked { "revoked" } else { "active" },
+                            usd("today"),
+                            usd("this_month"),
                         );
                     }
                 }
@@ -454,7 +481,18 @@ async fn serve_gateway(config: Config, data_dir: &Path) -> anyhow::Result<()> {
         (config.redis.url.clone(), None)
     };
     let drain = Duration::from_secs(config.server.shutdown_drain_seconds);
-    let gateway = Arc::new(Gateway::build(config, &url).await?);
+    let database_url = if config.database.url.is_empty() {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("data dir {}", data_dir.display()))?;
+        format!("sqlite:{}", data_dir.join("tollgate.db").display())
+    } else {
+        config.database.url.clone()
+    };
+    let database = tollgate_db::Database::connect(&database_url)
+        .await
+        .context("database (TOLLGATE_DATABASE_URL)")?;
+    tracing::info!(backend = ?database.backend(), "durable records go to the database through the outbox");
+    let gateway = Arc::new(Gateway::build(config, &url).await?.with_database(database));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;

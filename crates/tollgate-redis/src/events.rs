@@ -256,6 +256,15 @@ impl EventBus {
         parse_entries(reply, 0)
     }
 
+    /// Entries in `stream` (for a stream whose entries are deleted once done, the backlog).
+    pub async fn backlog(&self, stream: &str) -> Result<u64> {
+        let key = self.keys.event_stream(&Id::new(stream)?);
+        Ok(redis::cmd("XLEN")
+            .arg(&key)
+            .query_async(&mut self.redis.conn())
+            .await?)
+    }
+
     /// Entries of `group` delivered but not acknowledged.
     pub async fn pending(&self, stream: &str, group: &str) -> Result<u64> {
         let key = self.keys.event_stream(&Id::new(stream)?);
@@ -399,6 +408,28 @@ impl Consumer {
             .arg(&self.group)
             .arg(id)
             .query_async(&mut self.bus.redis.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Acknowledges processed entries and deletes them from the stream, in one transaction: for
+    /// streams of work items (an outbox), which then hold only what is still to be done.
+    pub async fn ack_and_delete(&self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        redis::pipe()
+            .atomic()
+            .cmd("XACK")
+            .arg(&self.key)
+            .arg(&self.group)
+            .arg(ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.key)
+            .arg(ids)
+            .ignore()
+            .query_async::<()>(&mut self.bus.redis.conn())
             .await?;
         Ok(())
     }

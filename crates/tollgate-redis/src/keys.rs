@@ -19,6 +19,9 @@
 //! | `tg:{ev:STREAM}`, `tg:{ev:STREAM}:dead` | stream, stream | an event stream and its dead letters |
 //! | `tg:{ak}:h:SHA256` | string | an API key's record, by the hash of the key (no TTL) |
 //! | `tg:{ak}:index` | hash | API key id -> hash (no TTL) |
+//! | `tg:{r:ID}` | string | a stored response of the Responses API (or its tombstone) |
+//! | `tg:{k:SUBJECT}:spend:d:YYYYMMDD`, `:spend:m:YYYYMM` | hash | spend of an API key per model and in all (`*`), in billionths of a dollar |
+//! | `tg:{ev:outbox}` | stream | durable records on their way to the database |
 //! | `tg:cache-models` | set | models with cache stats |
 //! | `tg:{v:COLL}:meta`, `:items`, `:log`, `:exp` | hash, hash, stream, zset | a vector collection (no TTL unless all its items expire) |
 //!
@@ -187,6 +190,14 @@ impl Keys {
 
     pub(crate) fn vector_expiries(&self, collection: &Id) -> String {
         format!("{}{{v:{collection}}}:exp", self.prefix)
+    }
+
+    pub(crate) fn response(&self, id: &Id) -> String {
+        format!("{}{{r:{id}}}", self.prefix)
+    }
+
+    pub(crate) fn spend(&self, subject: &Id, period: &str) -> String {
+        format!("{}{{k:{subject}}}:spend:{period}", self.prefix)
     }
 
     pub(crate) fn channel(&self, name: &Id) -> String {

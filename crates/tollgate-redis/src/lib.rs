@@ -15,6 +15,8 @@
 //! - [`features`]: the online feature store.
 //! - [`registry`]: the model registry, changed at runtime, with sticky A/B experiments.
 //! - [`vectors`]: vector collections in Redis, searched in an in-process index kept in step.
+//! - [`responses`]: stored responses of the Responses API, with tombstones.
+//! - [`spend`]: spend per API key and model per day and month, and budgets checked against it.
 //! - [`semantic_cache`]: exact-cache answers found again by the meaning of the question.
 //!
 //! Every script is a file in `lua/` with its contract in a header, run by EVALSHA. Every script
@@ -32,9 +34,11 @@ pub mod pubsub;
 pub mod rate_limit;
 pub mod registry;
 pub mod response_cache;
+pub mod responses;
 mod scripts;
 pub mod semantic_cache;
 pub mod session;
+pub mod spend;
 pub mod stream;
 pub mod vectors;
 
@@ -51,8 +55,10 @@ pub use registry::{Arm, DeploymentEntry, DeploymentStatus, Experiment, ModelEntr
 pub use response_cache::{
     CacheConfig, CacheKey, CacheStats, ComputeError, Lead, Outcome, ResponseCache, Stored,
 };
+pub use responses::{ResponseStore, StoredResponse};
 pub use semantic_cache::{SemanticCache, SemanticHit};
-pub use session::{SessionConfig, SessionInfo, SessionStore, Window};
+pub use session::{Appended, SessionConfig, SessionInfo, SessionStore, Window};
+pub use spend::{Budget, Exhausted, Spend, SpendLedger, SpendPeriod};
 pub use stream::{
     EventKind, Follower, Producer, StreamConfig, StreamEvent, StreamReader, TokenStreams,
 };

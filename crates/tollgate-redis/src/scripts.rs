@@ -27,3 +27,5 @@ script!(FEATURES_PUT, "features_put.lua");
 script!(REGISTRY_WRITE, "registry_write.lua");
 script!(VECTOR_WRITE, "vector_write.lua");
 script!(VECTOR_DROP, "vector_drop.lua");
+script!(RESPONSE_REPLACE, "response_replace.lua");
+script!(SESSION_RESTORE, "session_restore.lua");

@@ -63,6 +63,19 @@ pub struct SessionInfo {
     pub stored: u64,
 }
 
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Messages stored after the write.
+    pub stored: u64,
+    /// Messages appended over the session's life: the last one written is number `appended`.
+    pub appended: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// The session's system prompt after the write.
+    pub system: Option<String>,
+}
+
 /// Sessions on one Redis.
 #[derive(Clone)]
 pub struct SessionStore {
@@ -105,16 +118,29 @@ impl SessionStore {
     /// Creates a session owned by `owner`. Creating it again with the same owner is a no-op;
     /// an id taken by another owner is a [`Error::Conflict`].
     pub async fn create(&self, id: &str, owner: &str, system: Option<&str>) -> Result<()> {
+        self.create_logged(id, owner, system).await.map(|_| ())
+    }
+
+    /// [`SessionStore::create`], saying what the session holds after it.
+    pub async fn create_logged(
+        &self,
+        id: &str,
+        owner: &str,
+        system: Option<&str>,
+    ) -> Result<Appended> {
         match self.write(id, owner, true, system, false, &[]).await {
             Err(Error::NotFound) => Err(Error::Conflict("session id is taken".into())),
-            other => other.map(|_| ()),
+            other => other,
         }
     }
 
     /// Appends messages; the session must exist and belong to `owner`. Returns the number of
     /// messages stored after the append.
     pub async fn append(&self, id: &str, owner: &str, messages: &[ChatMessage]) -> Result<u64> {
-        self.write(id, owner, false, None, false, messages).await
+        Ok(self
+            .write(id, owner, false, None, false, messages)
+            .await?
+            .stored)
     }
 
     /// Appends messages, creating the session (with `system`) if it does not exist.
@@ -125,6 +151,20 @@ impl SessionStore {
         system: Option<&str>,
         messages: &[ChatMessage],
     ) -> Result<u64> {
+        Ok(self
+            .append_or_create_logged(id, owner, system, messages)
+            .await?
+            .stored)
+    }
+
+    /// [`SessionStore::append_or_create`], saying how the messages were numbered.
+    pub async fn append_or_create_logged(
+        &self,
+        id: &str,
+        owner: &str,
+        system: Option<&str>,
+        messages: &[ChatMessage],
+    ) -> Result<Appended> {
         self.write(id, owner, true, system, false, messages).await
     }
 
@@ -135,6 +175,40 @@ impl SessionStore {
             .map(|_| ())
     }
 
+    /// Puts a session read from elsewhere (the database) back, unless Redis has one by that id;
+    /// `messages` are the stored message JSON and token counts, oldest first. True if restored.
+    pub async fn restore(
+        &self,
+        id: &str,
+        owner: &str,
+        system: Option<&str>,
+        created_ms: u64,
+        appended: u64,
+        messages: &[(String, u32)],
+    ) -> Result<bool> {
+        let id = Id::new(id)?;
+        let mut invocation = scripts::SESSION_RESTORE.prepare_invoke();
+        invocation
+            .key(self.keys.session_meta(&id))
+            .key(self.keys.session_messages(&id))
+            .arg(owner)
+            .arg(millis(self.config.idle_ttl))
+            .arg(system.unwrap_or(""))
+            .arg(created_ms)
+            .arg(appended)
+            .arg(self.config.max_messages.max(1));
+        for (json, tokens) in messages {
+            invocation.arg(json).arg(*tokens);
+        }
+        let restored: i64 = invocation.invoke_async(&mut self.redis.conn()).await?;
+        Ok(restored == 1)
+    }
+
+    /// Messages kept per session.
+    pub fn max_messages(&self) -> u64 {
+        self.config.max_messages
+    }
+
     async fn write(
         &self,
         id: &str,
@@ -143,7 +217,7 @@ impl SessionStore {
         system: Option<&str>,
         replace_system: bool,
         messages: &[ChatMessage],
-    ) -> Result<u64> {
+    ) -> Result<Appended> {
         let id = Id::new(id)?;
         if owner.is_empty() {
             return Err(Error::InvalidArgument(
@@ -167,10 +241,22 @@ impl SessionStore {
                 .arg(json)
                 .arg(self.counter.count_message(message));
         }
-        let (status, stored): (String, u64) =
-            invocation.invoke_async(&mut self.redis.conn()).await?;
+        let (status, stored, appended, created_ms, system, updated_ms): (
+            String,
+            u64,
+            u64,
+            u64,
+            String,
+            u64,
+        ) = invocation.invoke_async(&mut self.redis.conn()).await?;
         match status.as_str() {
-            "ok" => Ok(stored),
+            "ok" => Ok(Appended {
+                stored,
+                appended,
+                created_ms,
+                updated_ms,
+                system: Some(system).filter(|s| !s.is_empty()),
+            }),
             "not_found" => Err(Error::NotFound),
             other => Err(Error::reply(
                 "session_write",

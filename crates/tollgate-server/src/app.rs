@@ -14,6 +14,7 @@ use crate::embeddings::embeddings_handler;
 use crate::error::ApiError;
 use crate::handlers as h;
 use crate::metrics::Route;
+use crate::responses as r;
 pub use crate::state::AppState;
 use crate::vectors as v;
 
@@ -36,6 +37,11 @@ pub fn app(state: AppState) -> Router {
             axum::routing::put(v::put_vector_handler)
                 .get(v::get_vector_handler)
                 .delete(v::delete_vector_handler),
+        )
+        .route("/v1/responses", post(r::create_response_handler))
+        .route(
+            "/v1/responses/{id}",
+            get(r::get_response_handler).delete(r::delete_response_handler),
         )
         .route("/v1/streams/{id}", get(h::stream_handler))
         .route("/v1/events/{stream}", post(h::publish_event_handler))
@@ -65,6 +71,7 @@ pub fn app(state: AppState) -> Router {
             "/admin/keys/{id}",
             axum::routing::delete(h::revoke_key_handler),
         )
+        .route("/admin/spend", get(h::spend_handler))
         .route("/admin/models", get(h::list_registry_handler))
         .route(
             "/admin/models/{name}",

@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::state::Gateway;
 
 /// The caller of a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
     /// Rate-limit subject and owner of sessions and streams: the key id, `master`, or `open`.
     pub subject: String,

@@ -26,6 +26,7 @@ use tollgate_core::chat::completion_to_chunks;
 use tollgate_core::{Aggregator, ChatCompletion, ChatMessage, ChatRequest, request_hash};
 use tollgate_redis::{CacheKey, EventKind, Lead, Window};
 
+use crate::accounting::Payer;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::limits::{ASSUMED_OUTPUT_TOKENS, Admission, Charge, admit};
@@ -85,6 +86,28 @@ pub struct ChatReply {
     pub body: ReplyBody,
 }
 
+/// A reply's description without its body.
+#[derive(Debug)]
+pub struct ReplyMeta {
+    pub cache: CacheResult,
+    pub stream_id: Option<String>,
+    pub route: Option<String>,
+    pub headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
+}
+
+impl ChatReply {
+    /// The description and the body, apart.
+    pub fn into_parts(self) -> (ReplyMeta, ReplyBody) {
+        let meta = ReplyMeta {
+            cache: self.cache,
+            stream_id: self.stream_id,
+            route: self.route,
+            headers: self.headers,
+        };
+        (meta, self.body)
+    }
+}
+
 /// What to write to the session when the answer is complete.
 #[derive(Debug, Clone)]
 struct SessionWrite {
@@ -102,12 +125,18 @@ impl SessionWrite {
             messages.push(choice.message.clone());
         }
         tokio::spawn(async move {
-            if let Err(e) = gw
+            match gw
                 .sessions
-                .append_or_create(&self.id, &self.owner, self.system.as_deref(), &messages)
+                .append_or_create_logged(&self.id, &self.owner, self.system.as_deref(), &messages)
                 .await
             {
-                tracing::warn!(error = %e, "could not record the exchange in its session");
+                Ok(written) => {
+                    crate::sessions::record_write(&gw, &self.id, &self.owner, &written, &messages)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record the exchange in its session");
+                }
             }
         });
     }
@@ -147,6 +176,7 @@ pub async fn chat_completions(
     if !gw.router().knows(&req.model) {
         return Err(ApiError::UnknownModel(req.model));
     }
+    crate::accounting::check_budget(gw, principal).await?;
     let include_usage = req
         .stream_options
         .as_ref()
@@ -204,6 +234,7 @@ pub async fn chat_completions(
     let plan = Plan {
         gw: gw.clone(),
         owner: principal.subject.clone(),
+        payer: Payer::from(principal),
         req,
         include_usage,
         session,
@@ -321,16 +352,30 @@ async fn with_history(
     id: &str,
     req: &mut ChatRequest,
 ) -> Result<SessionWrite, ApiError> {
-    let budget = Window::TokenBudget(gw.config.sessions.history_token_budget);
-    let history = match gw.sessions.history(id, &principal.subject, budget).await {
+    let tokens = gw.config.sessions.history_token_budget;
+    let budget = Window::TokenBudget(tokens);
+    let owner = &principal.subject;
+    let history = match gw.sessions.history(id, owner, budget).await {
         Ok(h) => h,
-        Err(tollgate_redis::Error::NotFound) => Vec::new(),
+        // Not in Redis: the database may still have it (expired, evicted, flushed).
+        Err(tollgate_redis::Error::NotFound) => {
+            if crate::sessions::restore(gw, id, owner).await? {
+                gw.sessions
+                    .history(id, owner, budget)
+                    .await
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            }
+        }
         Err(tollgate_redis::Error::InvalidArgument(m)) => {
             return Err(ApiError::bad(m, Some("x-tollgate-session-id")));
         }
         Err(e) => {
-            tracing::warn!(error = %e, "session history unavailable; answering without it");
-            Vec::new()
+            tracing::warn!(error = %e, "session history unavailable in Redis; reading the database");
+            crate::sessions::history_from_db(gw, id, owner, tokens)
+                .await
+                .unwrap_or_default()
         }
     };
     let is_system = |m: &ChatMessage| m.role == "system" || m.role == "developer";
@@ -364,6 +409,7 @@ async fn with_history(
 struct Plan {
     gw: Arc<Gateway>,
     owner: String,
+    payer: Payer,
     req: ChatRequest,
     include_usage: bool,
     session: Option<SessionWrite>,
@@ -387,6 +433,7 @@ impl Plan {
         if let Some(s) = self.session {
             s.record(&gw, &completion);
         }
+        record_cached(&gw, &self.payer, &self.req.model, &completion);
         let headers = admission.headers.clone();
         drop(admission);
         let body = if self.req.stream {
@@ -428,6 +475,7 @@ impl Plan {
         let generation = Generation {
             gw: self.gw.clone(),
             owner: self.owner,
+            payer: self.payer,
             request: self.req,
             stream_id: stream_id.clone(),
             caching,
@@ -437,6 +485,7 @@ impl Plan {
             events: events_tx,
             started: Some(started_tx),
             route: self.route,
+            deployment: None,
         };
         tokio::spawn(generation.run());
         let route = started
@@ -548,6 +597,7 @@ impl Plan {
             if let Some(session) = self.session {
                 session.record(&self.gw, &completion);
             }
+            record_cached(&self.gw, &self.payer, &self.req.model, &completion);
             drop(admission);
             let body = ReplyBody::Json(Box::new(completion));
             return Ok(ChatReply {
@@ -567,6 +617,8 @@ impl Plan {
             aggregator: Aggregator,
             session: Option<SessionWrite>,
             gw: Arc<Gateway>,
+            payer: Payer,
+            model: String,
             _admission: Admission,
         }
         let state = State {
@@ -575,6 +627,8 @@ impl Plan {
             aggregator: Aggregator::default(),
             session,
             gw,
+            payer: self.payer,
+            model: self.req.model,
             _admission: admission,
         };
         let items = futures::stream::unfold(Some(state), move |state| async move {
@@ -617,10 +671,11 @@ impl Plan {
                         ));
                     }
                     EventKind::Done => {
+                        let completion = std::mem::take(&mut s.aggregator).finish();
                         if let Some(session) = s.session.take() {
-                            let completion = std::mem::take(&mut s.aggregator).finish();
                             session.record(&s.gw, &completion);
                         }
+                        record_cached(&s.gw, &s.payer, &s.model, &completion);
                         return Some((StreamItem::Done, None));
                     }
                     EventKind::Error => {
@@ -643,6 +698,16 @@ impl Plan {
 struct Attached {
     first: tollgate_redis::StreamEvent,
     follower: tollgate_redis::Follower,
+}
+
+/// Records the usage of an answer that cost the upstream nothing (a cache hit, a coalesced
+/// follower), off the request path.
+fn record_cached(gw: &Arc<Gateway>, payer: &Payer, model: &str, completion: &ChatCompletion) {
+    let (gw, payer, model) = (gw.clone(), payer.clone(), model.to_owned());
+    let usage = completion.usage.unwrap_or_default();
+    tokio::spawn(async move {
+        crate::accounting::record_usage(&gw, &payer, &model, None, &usage, true).await;
+    });
 }
 
 /// An error stored in a token stream: `{"status": 502, "body": {"error": ...}}`.
@@ -672,6 +737,7 @@ enum GenEvent {
 struct Generation {
     gw: Arc<Gateway>,
     owner: String,
+    payer: Payer,
     request: ChatRequest,
     stream_id: String,
     caching: Caching,
@@ -681,6 +747,8 @@ struct Generation {
     events: mpsc::UnboundedSender<GenEvent>,
     started: Option<oneshot::Sender<Result<String, ApiError>>>,
     route: Option<Vec<tollgate_providers::Deployment>>,
+    /// The deployment that answered (`provider/model`), once known.
+    deployment: Option<String>,
 }
 
 impl Generation {
@@ -809,6 +877,16 @@ impl Generation {
                 if let Some(session) = self.session.take() {
                     session.record(&gw, &completion);
                 }
+                // Spend is charged before the answer ends: the key's next request sees it.
+                crate::accounting::record_usage(
+                    &gw,
+                    &self.payer,
+                    &self.request.model,
+                    self.deployment.as_deref(),
+                    &usage,
+                    false,
+                )
+                .await;
                 // The end reaches the client only once the whole stream is in Redis (or Redis
                 // failed to take it in time): what a client saw complete is readable everywhere.
                 if let Some(w) = writer {
@@ -841,6 +919,7 @@ impl Generation {
             upstream_error(&e);
             ApiError::Provider(e)
         })?;
+        self.deployment = Some(routed.deployment.clone());
         if let Some(started) = self.started.take() {
             let _ = started.send(Ok(routed.deployment.clone()));
         }

@@ -38,6 +38,44 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderSection>,
     pub aliases: BTreeMap<String, AliasSection>,
     pub prices: BTreeMap<String, Price>,
+    pub database: DatabaseSection,
+    pub outbox: OutboxSection,
+    pub responses: ResponsesSection,
+    pub summaries: SummariesSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSection {
+    /// `postgres://...` or `sqlite:PATH`; empty: SQLite in the data dir (`tollgate.db`).
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxSection {
+    /// Outbox entries committed per database transaction.
+    pub batch: usize,
+    /// An entry a writer left unacknowledged this long is written by another.
+    pub claim_idle_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResponsesSection {
+    /// How long a stored response stays in Redis (the database keeps it after).
+    pub ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SummariesSection {
+    pub enabled: bool,
+    /// The model that writes summaries.
+    pub model: String,
+    /// A conversation (a response chain, a session) above this many tokens has its older
+    /// turns summarized.
+    pub token_budget: u32,
+    /// The most recent turns kept word for word, up to this many tokens.
+    pub keep_recent_tokens: u32,
+    /// Longest summary, in tokens.
+    pub max_tokens: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,7 +141,7 @@ pub struct LimitsSection {
 }
 
 /// Limits of a tier, or a key's own (which override its tier's, field by field).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +152,12 @@ pub struct Limits {
     pub max_concurrency: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ModelLimits>,
+    /// Dollars a key may spend per UTC day (the request that finds it spent is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_budget_usd: Option<f64>,
+    /// Dollars a key may spend per UTC month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_budget_usd: Option<f64>,
 }
 
 /// Per-model limits.
@@ -145,6 +189,8 @@ impl Limits {
             tpm: self.tpm.or(base.tpm),
             max_concurrency: self.max_concurrency.or(base.max_concurrency),
             models,
+            daily_budget_usd: self.daily_budget_usd.or(base.daily_budget_usd),
+            monthly_budget_usd: self.monthly_budget_usd.or(base.monthly_budget_usd),
         }
     }
 }
@@ -324,6 +370,7 @@ impl Config {
             ("TOLLGATE_LISTEN", "server", "listen"),
             ("TOLLGATE_REDIS_URL", "redis", "url"),
             ("TOLLGATE_MASTER_KEY", "server", "master_key"),
+            ("TOLLGATE_DATABASE_URL", "database", "url"),
         ] {
             if let Some(v) = env.get(var) {
                 let t = overrides
@@ -356,6 +403,10 @@ impl Config {
             "providers",
             "aliases",
             "prices",
+            "database",
+            "outbox",
+            "responses",
+            "summaries",
         ];
         for key in table.keys() {
             if !known.contains(&key.as_str()) {
@@ -390,6 +441,10 @@ impl Config {
         let aliases =
             section::<BTreeMap<String, AliasSection>>("aliases", take("aliases"), &mut errors);
         let prices = section::<BTreeMap<String, Price>>("prices", take("prices"), &mut errors);
+        let database = section::<DatabaseSection>("database", take("database"), &mut errors);
+        let outbox = section::<OutboxSection>("outbox", take("outbox"), &mut errors);
+        let responses = section::<ResponsesSection>("responses", take("responses"), &mut errors);
+        let summaries = section::<SummariesSection>("summaries", take("summaries"), &mut errors);
         let (
             Some(server),
             Some(redis),
@@ -406,6 +461,10 @@ impl Config {
             Some(providers),
             Some(aliases),
             Some(prices),
+            Some(database),
+            Some(outbox),
+            Some(responses),
+            Some(summaries),
         ) = (
             server,
             redis,
@@ -422,6 +481,10 @@ impl Config {
             providers,
             aliases,
             prices,
+            database,
+            outbox,
+            responses,
+            summaries,
         )
         else {
             return Err(ConfigErrors(errors));
@@ -442,6 +505,10 @@ impl Config {
             providers,
             aliases,
             prices,
+            database,
+            outbox,
+            responses,
+            summaries,
         };
         errors.extend(config.problems());
         if errors.is_empty() {
@@ -533,10 +600,39 @@ impl Config {
                 self.limits.default_tier
             ));
         }
+        if !self.database.url.is_empty()
+            && !["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|s| self.database.url.starts_with(s))
+        {
+            p.push(
+                "database.url (TOLLGATE_DATABASE_URL): must start with postgres:// or sqlite:"
+                    .into(),
+            );
+        }
+        if self.outbox.batch == 0 || self.outbox.claim_idle_seconds == 0 {
+            p.push("outbox: batch and claim_idle_seconds must be at least 1".into());
+        }
+        if self.responses.ttl_seconds == 0 {
+            p.push("responses.ttl_seconds: must be at least 1".into());
+        }
+        if self.summaries.keep_recent_tokens >= self.summaries.token_budget {
+            p.push("summaries: keep_recent_tokens must be below token_budget".into());
+        }
         if self.limits.concurrency_lease_seconds == 0 {
             p.push("limits.concurrency_lease_seconds: must be at least 1".into());
         }
         for (tier, limits) in &self.tiers {
+            for (what, v) in [
+                ("daily_budget_usd", limits.daily_budget_usd),
+                ("monthly_budget_usd", limits.monthly_budget_usd),
+            ] {
+                if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+                    p.push(format!(
+                        "tiers.{tier}.{what}: must be a number of dollars, 0 or more"
+                    ));
+                }
+            }
             for (what, v) in [
                 ("rpm", limits.rpm),
                 ("tpm", limits.tpm),
@@ -754,15 +850,22 @@ mod tests {
             tpm: Some(1000),
             max_concurrency: Some(4),
             models: BTreeMap::new(),
+            daily_budget_usd: Some(5.0),
+            monthly_budget_usd: Some(50.0),
         };
         let own = Limits {
             rpm: Some(10),
+            daily_budget_usd: Some(1.0),
             ..Limits::default()
         };
         let merged = own.over(&tier);
         assert_eq!(
             (merged.rpm, merged.tpm, merged.max_concurrency),
             (Some(10), Some(1000), Some(4))
+        );
+        assert_eq!(
+            (merged.daily_budget_usd, merged.monthly_budget_usd),
+            (Some(1.0), Some(50.0))
         );
     }
 }

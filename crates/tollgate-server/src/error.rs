@@ -41,6 +41,12 @@ pub enum ApiError {
         retry_after: Duration,
         headers: Vec<(HeaderName, HeaderValue)>,
     },
+    /// A key's spending budget for the period is used up (429 until the period ends).
+    #[error("{message}")]
+    BudgetExceeded {
+        message: String,
+        retry_after: Duration,
+    },
     /// An upstream failed or refused.
     #[error(transparent)]
     Provider(#[from] ProviderError),
@@ -75,7 +81,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::BudgetExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Provider(p) => match p {
                 ProviderError::Rejected { status, .. } => {
                     StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
@@ -103,6 +111,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "permission_error",
             ApiError::NotFound(_) | ApiError::UnknownModel(_) => "not_found_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
+            ApiError::BudgetExceeded { .. } => "insufficient_quota",
             ApiError::Provider(ProviderError::RateLimited { .. }) => "rate_limit_error",
             ApiError::Provider(ProviderError::Rejected { .. }) => "invalid_request_error",
             ApiError::Provider(ProviderError::UnknownModel(_)) => "not_found_error",
@@ -120,6 +129,7 @@ impl ApiError {
             }
             ApiError::TooLarge { .. } => Some("request_too_large"),
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
+            ApiError::BudgetExceeded { .. } => Some("budget_exceeded"),
             ApiError::Unauthorized(_) => Some("invalid_api_key"),
             _ => None,
         }
@@ -154,7 +164,8 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ApiError::RateLimited { retry_after, .. }
+            | ApiError::BudgetExceeded { retry_after, .. } => Some(*retry_after),
             ApiError::Provider(ProviderError::RateLimited { retry_after }) => *retry_after,
             _ => None,
         }

@@ -71,7 +71,7 @@ fn short_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiEr
     Ok(Some(value.to_owned()))
 }
 
-fn chat_options(headers: &HeaderMap) -> Result<ChatOptions, ApiError> {
+pub(crate) fn chat_options(headers: &HeaderMap) -> Result<ChatOptions, ApiError> {
     let mut opts = ChatOptions::default();
     for value in headers.get_all("cache-control") {
         for directive in value.to_str().unwrap_or_default().split(',') {
@@ -115,10 +115,17 @@ pub async fn chat_completions_handler(
 }
 
 fn reply_response(reply: ChatReply) -> Response {
-    let mut response = match reply.body {
+    let (meta, body) = reply.into_parts();
+    let mut response = match body {
         ReplyBody::Json(completion) => Json(completion).into_response(),
         ReplyBody::Stream(items) => sse::response(items),
     };
+    add_reply_headers(&mut response, meta);
+    response
+}
+
+/// The headers that describe how a request was answered (cache, stream, route, limits).
+pub(crate) fn add_reply_headers(response: &mut Response, reply: crate::chat::ReplyMeta) {
     let h = response.headers_mut();
     let cache = match reply.cache {
         CacheResult::Hit => "hit",
@@ -136,7 +143,6 @@ fn reply_response(reply: ChatReply) -> Response {
     for (name, value) in reply.headers {
         h.insert(name, value);
     }
-    response
 }
 
 /// `GET /v1/models`.
@@ -297,10 +303,12 @@ pub async fn create_session_handler(
     let id = new
         .id
         .unwrap_or_else(|| format!("sess_{}", uuid::Uuid::new_v4().simple()));
-    gw.sessions
-        .create(&id, &principal.subject, new.system.as_deref())
+    let written = gw
+        .sessions
+        .create_logged(&id, &principal.subject, new.system.as_deref())
         .await
         .map_err(|e| session_error(&id, e))?;
+    crate::sessions::record_write(&gw, &id, &principal.subject, &written, &[]).await;
     let info = gw
         .sessions
         .info(&id, &principal.subject)
@@ -316,11 +324,16 @@ pub async fn get_session_handler(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let principal = auth::principal(&gw, &headers).await?;
-    let info = gw
-        .sessions
-        .info(&id, &principal.subject)
-        .await
-        .map_err(|e| session_error(&id, e))?;
+    let owner = &principal.subject;
+    let info = match gw.sessions.info(&id, owner).await {
+        Err(tollgate_redis::Error::NotFound)
+            if crate::sessions::restore(&gw, &id, owner).await? =>
+        {
+            gw.sessions.info(&id, owner).await
+        }
+        other => other,
+    }
+    .map_err(|e| session_error(&id, e))?;
     Ok(Json(session_json(&id, &info)))
 }
 
@@ -338,11 +351,16 @@ pub async fn session_messages_handler(
 ) -> Result<Json<Value>, ApiError> {
     let principal = auth::principal(&gw, &headers).await?;
     let window = q.limit.map_or(Window::All, Window::LastN);
-    let messages = gw
-        .sessions
-        .history(&id, &principal.subject, window)
-        .await
-        .map_err(|e| session_error(&id, e))?;
+    let owner = &principal.subject;
+    let messages = match gw.sessions.history(&id, owner, window).await {
+        Err(tollgate_redis::Error::NotFound)
+            if crate::sessions::restore(&gw, &id, owner).await? =>
+        {
+            gw.sessions.history(&id, owner, window).await
+        }
+        other => other,
+    }
+    .map_err(|e| session_error(&id, e))?;
     Ok(Json(json!({"object": "list", "data": messages})))
 }
 
@@ -353,10 +371,21 @@ pub async fn delete_session_handler(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let principal = auth::principal(&gw, &headers).await?;
-    gw.sessions
-        .delete(&id, &principal.subject)
-        .await
-        .map_err(|e| session_error(&id, e))?;
+    let owner = &principal.subject;
+    match gw.sessions.delete(&id, owner).await {
+        Ok(()) => {}
+        // Gone from Redis, maybe not from the database.
+        Err(tollgate_redis::Error::NotFound)
+            if crate::sessions::restore(&gw, &id, owner).await? =>
+        {
+            gw.sessions
+                .delete(&id, owner)
+                .await
+                .map_err(|e| session_error(&id, e))?;
+        }
+        Err(e) => return Err(session_error(&id, e)),
+    }
+    crate::sessions::record_delete(&gw, &id, owner).await;
     Ok(Json(
         json!({"id": id, "object": "session.deleted", "deleted": true}),
     ))
@@ -642,6 +671,17 @@ pub async fn create_key(
             ));
         }
     }
+    for (what, v) in [
+        ("daily_budget_usd", limits.daily_budget_usd),
+        ("monthly_budget_usd", limits.monthly_budget_usd),
+    ] {
+        if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+            return Err(ApiError::bad(
+                format!("limits.{what} must be a number of dollars, 0 or more"),
+                Some("limits"),
+            ));
+        }
+    }
     let limits = serde_json::to_value(&limits).unwrap_or_default();
     gw.api_keys
         .create(
@@ -669,6 +709,84 @@ pub async fn list_keys_handler(
         .await
         .map_err(|e| ApiError::Unavailable(format!("keys: {e}")))?;
     Ok(Json(json!({"object": "list", "data": keys})))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SpendQuery {
+    /// One key's spend (default: every key's).
+    key: Option<String>,
+}
+
+/// Spend of one key today and this month (UTC), in dollars, per model and in all.
+pub async fn key_spend(gw: &AppState, key_id: &str) -> Result<Value, ApiError> {
+    let now = tollgate_db::now_ms() as u64;
+    let mut out = serde_json::Map::new();
+    for (name, period) in [
+        ("today", tollgate_redis::SpendPeriod::Day),
+        ("this_month", tollgate_redis::SpendPeriod::Month),
+    ] {
+        let spend = gw
+            .spend
+            .spend(key_id, period, now)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("spend: {e}")))?;
+        let models: serde_json::Map<String, Value> = spend
+            .models
+            .iter()
+            .map(|(m, n)| (m.clone(), json!(*n as f64 / 1e9)))
+            .collect();
+        out.insert(
+            name.into(),
+            json!({"total_usd": spend.total_nanos as f64 / 1e9, "models": models}),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+/// `GET /admin/spend[?key=ID]`: spend per key and model, today and this month (from Redis, where
+/// budgets are checked), and since the first record (from the database, when there is one).
+pub async fn spend_handler(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<SpendQuery>,
+) -> Result<Json<Value>, ApiError> {
+    auth::admin(&gw, &headers)?;
+    let ids: Vec<String> = match &q.key {
+        Some(k) => vec![k.clone()],
+        None => gw
+            .api_keys
+            .list()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("keys: {e}")))?
+            .into_iter()
+            .map(|k| k.id)
+            .chain(["open".to_owned(), "master".to_owned()])
+            .collect(),
+    };
+    let mut data = Vec::new();
+    for id in &ids {
+        let mut entry = key_spend(&gw, id).await?;
+        entry["key"] = Value::String(id.clone());
+        if let Some(durable) = &gw.durable {
+            let rows = durable
+                .db
+                .spend(Some(id), 0)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("database: {e}")))?;
+            entry["recorded"] = Value::Array(
+                rows.iter()
+                    .map(|r| {
+                        json!({"model": r.model, "requests": r.requests,
+                               "prompt_tokens": r.prompt_tokens,
+                               "completion_tokens": r.completion_tokens,
+                               "cost_usd": r.cost_nanos as f64 / 1e9})
+                    })
+                    .collect(),
+            );
+        }
+        data.push(entry);
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 /// `DELETE /admin/keys/{id}`.

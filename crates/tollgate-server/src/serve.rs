@@ -49,6 +49,28 @@ pub async fn keep_registry_in_sync(gw: AppState) {
     }
 }
 
+/// Drains the outbox into the database, as one writer of the group (every instance runs one).
+pub async fn write_outbox(gw: AppState) {
+    let Some(durable) = gw.durable.clone() else {
+        return;
+    };
+    let name = format!(
+        "{}-{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "tollgate".into()),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    loop {
+        match durable.outbox.writer(durable.db.clone(), &name).await {
+            Ok(writer) => writer.run().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox writer could not start; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains in-flight requests for at most `drain`.
 pub async fn serve(
     listener: TcpListener,
@@ -57,6 +79,7 @@ pub async fn serve(
     drain: Duration,
 ) -> std::io::Result<()> {
     let registry = tokio::spawn(keep_registry_in_sync(state.clone()));
+    let _writer = AbortOnDrop(tokio::spawn(write_outbox(state.clone())));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Without TCP_NODELAY, a response written in two segments waits ~40 ms for a delayed ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

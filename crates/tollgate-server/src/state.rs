@@ -11,8 +11,9 @@ use tollgate_providers::openai_compat::{OpenAiCompat, Timeouts};
 use tollgate_providers::{Deployment, Provider, RetryPolicy, Router};
 use tollgate_redis::{
     ApiKeyRecord, ApiKeys, CacheConfig, DeploymentStatus, EventBus, EventConfig, FeatureStore,
-    Keys, ModelEntry, RateLimiter, Redis, RedisConfig, Registry, ResponseCache, SemanticCache,
-    SessionConfig, SessionStore, StreamConfig, TokenStreams, VectorCollections, VectorConfig,
+    Keys, ModelEntry, RateLimiter, Redis, RedisConfig, Registry, ResponseCache, ResponseStore,
+    SemanticCache, SessionConfig, SessionStore, SpendLedger, StreamConfig, TokenStreams,
+    VectorCollections, VectorConfig,
 };
 
 use crate::config::{Config, ProviderKind, ProviderSection};
@@ -46,6 +47,14 @@ pub struct Gateway {
     pub features: FeatureStore,
     pub vectors: VectorCollections,
     pub semantic: SemanticCache,
+    /// Stored responses of the Responses API.
+    pub responses: ResponseStore,
+    /// Spend per key, for budgets and reports.
+    pub spend: SpendLedger,
+    /// The database and the outbox to it; `None` when the gateway keeps no durable records.
+    pub durable: Option<Durable>,
+    /// Summaries being written (so one conversation is summarized once at a time).
+    pub summarizing: Mutex<std::collections::HashSet<String>>,
     /// The cache's Redis, which also holds the embedding cache.
     pub embedding_redis: Redis,
     pub keys: Keys,
@@ -54,6 +63,13 @@ pub struct Gateway {
     /// Counts prompt tokens for limit estimates and session windows.
     pub counter: Arc<dyn TokenCounter>,
     key_cache: Mutex<HashMap<String, (Instant, Option<ApiKeyRecord>)>>,
+}
+
+/// Where durable records go.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    pub db: tollgate_db::Database,
+    pub outbox: tollgate_db::Outbox,
 }
 
 /// Why the gateway could not be built.
@@ -118,6 +134,8 @@ impl Gateway {
             .await
             .ok();
         let counter: Arc<dyn TokenCounter> = Arc::new(OpenAiTokenCounter);
+        let sessions_redis_for_responses = sessions_redis.clone();
+        let limits_redis_for_spend = limits_redis.clone();
         let sessions = SessionStore::with_counter(
             sessions_redis,
             keys.clone(),
@@ -162,6 +180,14 @@ impl Gateway {
                     source,
                 })?,
             embedding_redis: cache_redis,
+            responses: ResponseStore::new(
+                sessions_redis_for_responses,
+                keys.clone(),
+                Duration::from_secs(config.responses.ttl_seconds),
+            ),
+            spend: SpendLedger::new(limits_redis_for_spend, keys.clone()),
+            durable: None,
+            summarizing: Mutex::new(std::collections::HashSet::new()),
             keys,
             redis,
             cache,
@@ -173,6 +199,28 @@ impl Gateway {
             key_cache: Mutex::new(HashMap::new()),
             config,
         })
+    }
+
+    /// Keeps durable records in `db`, through an outbox on the main Redis (written by
+    /// [`crate::serve::serve`]'s writer, or any other process's).
+    pub fn with_database(mut self, db: tollgate_db::Database) -> Self {
+        let outbox = tollgate_db::Outbox::new(
+            self.redis.clone(),
+            self.keys.clone(),
+            &self.outbox_config(),
+            Some(db.clone()),
+        );
+        self.durable = Some(Durable { db, outbox });
+        self
+    }
+
+    /// The outbox's settings from the configuration.
+    pub fn outbox_config(&self) -> tollgate_db::OutboxConfig {
+        tollgate_db::OutboxConfig {
+            batch: self.config.outbox.batch,
+            claim_idle: Duration::from_secs(self.config.outbox.claim_idle_seconds),
+            ..tollgate_db::OutboxConfig::default()
+        }
     }
 
     /// The router in force (cheap: an `Arc` clone).

@@ -1,6 +1,7 @@
 //! A fake OpenAI-compatible upstream (the real ones are paid and out of reach): an HTTP server on
 //! a free loopback port that answers `POST /v1/chat/completions` with a fixed number of chunks at
-//! a fixed pace (or one JSON answer when `stream` is not true), counts the calls it gets, and can fail the first N calls with 500.
+//! a fixed pace (or one JSON answer when `stream` is not true), counts and keeps the requests it
+//! gets, and can fail the first N calls with 500.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ impl Default for FakeUpstreamConfig {
 struct Shared {
     config: FakeUpstreamConfig,
     calls: AtomicU64,
+    requests: std::sync::Mutex<Vec<Value>>,
 }
 
 /// A running fake upstream; stops when dropped.
@@ -55,6 +57,7 @@ impl FakeUpstream {
         let shared = Arc::new(Shared {
             config,
             calls: AtomicU64::new(0),
+            requests: std::sync::Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(chat))
@@ -82,6 +85,15 @@ impl FakeUpstream {
         self.shared.calls.load(Ordering::SeqCst)
     }
 
+    /// The bodies of the requests received so far, in order.
+    pub fn requests(&self) -> Vec<Value> {
+        self.shared
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
     /// The text every successful answer spells.
     pub fn answer(&self) -> String {
         answer_text(self.shared.config.chunks)
@@ -102,6 +114,9 @@ fn answer_text(chunks: usize) -> String {
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> Response {
+    if let Ok(mut requests) = shared.requests.lock() {
+        requests.push(request.clone());
+    }
     let n = shared.calls.fetch_add(1, Ordering::SeqCst);
     if n < shared.config.fail_first {
         return (

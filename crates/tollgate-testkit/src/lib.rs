@@ -1,6 +1,7 @@
 //! Test support for tollgate: real `redis-server` processes and real Redis Clusters on free
 //! loopback ports, a fresh key prefix for every test so tests share servers safely, and a fake
-//! OpenAI-compatible upstream (the one fake: real LLM APIs are paid and out of reach).
+//! OpenAI-compatible upstream (the one fake: real LLM APIs are paid and out of reach), and fresh
+//! databases on the machine's real PostgreSQL server.
 //!
 //! Nothing here imitates Redis: every helper starts the Debian `redis-server` binary (or the one
 //! named by `TOLLGATE_REDIS_SERVER`) in a temp dir and kills it on drop. Servers shared by a whole
@@ -8,8 +9,10 @@
 //! killed early, and they exit with the test binary because they watch its pid (see `watchdog`).
 
 mod fake_upstream;
+mod postgres;
 
 pub use fake_upstream::{FakeUpstream, FakeUpstreamConfig};
+pub use postgres::{PostgresDb, postgres_admin_url};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct Replica {
     child: Child,
     pub(crate) base: String,
+    /// Its data dir (the SQLite database unless the test names another), unless the test set one.
+    _data: tempfile::TempDir,
 }
 
 impl Replica {
@@ -22,8 +24,10 @@ impl Replica {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap().to_string();
             drop(listener);
+            let data = tempfile::tempdir().unwrap();
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
             cmd.args(["serve", "--listen", &addr])
+                .env("TOLLGATE_DATA_DIR", data.path())
                 .arg("--config")
                 .arg(config)
                 .env("TOLLGATE_REDIS_URL", redis_url)
@@ -41,6 +45,7 @@ impl Replica {
                     return Replica {
                         child,
                         base: format!("http://{addr}"),
+                        _data: data,
                     };
                 }
                 if child.try_wait().unwrap().is_some() {

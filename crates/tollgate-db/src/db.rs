@@ -1,0 +1,428 @@
+//! The database: SQLite (a file in the data dir, the default) or PostgreSQL, one schema, one set
+//! of statements. Migrations run at start, under an advisory lock on PostgreSQL so replicas
+//! starting together do not race.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::records::{Record, ResponseRow, SessionMessageRow, SessionRow, SpendRow, UsageRow};
+use crate::{Error, Result};
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The schema, in order. A migration is never edited once released; a change is a new one.
+const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, owner TEXT NOT NULL, \
+         version BIGINT NOT NULL, created_ms BIGINT NOT NULL, body TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, owner TEXT NOT NULL, \
+         system TEXT, summary TEXT, summary_seq BIGINT NOT NULL, created_ms BIGINT NOT NULL, \
+         version BIGINT NOT NULL, deleted BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS session_messages (session_id TEXT NOT NULL, \
+         seq BIGINT NOT NULL, owner TEXT NOT NULL, created_ms BIGINT NOT NULL, \
+         tokens BIGINT NOT NULL, message TEXT NOT NULL, PRIMARY KEY (session_id, seq))",
+        "CREATE TABLE IF NOT EXISTS usage_records (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, \
+         tenant TEXT NOT NULL, model TEXT NOT NULL, prompt_tokens BIGINT NOT NULL, \
+         completion_tokens BIGINT NOT NULL, cost_nanos BIGINT NOT NULL, cached BIGINT NOT NULL, \
+         created_ms BIGINT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS usage_records_by_key ON usage_records (key_id, created_ms)",
+    ],
+)];
+
+/// Rows per INSERT statement (well under both databases' limits on bound parameters).
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// A connection pool to the database.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Database {
+    /// Connects to `url` (`sqlite:PATH`, `sqlite://PATH`, `postgres://...`) and runs the
+    /// migrations. A SQLite file is created if missing, in WAL mode.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err(Error::Config("a sqlite URL needs a file path".into()));
+            }
+            let path = path.split('?').next().unwrap_or(path);
+            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(Error::Config(format!(
+                "database URL must start with sqlite: or postgres:// (got {:?})",
+                url.split(':').next().unwrap_or("")
+            )));
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(5));
+        let options = if backend == Backend::Sqlite {
+            options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = NORMAL",
+                        "PRAGMA busy_timeout = 5000",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options.connect(&url).await?;
+        let db = Database { pool, backend };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for queries of the caller's own.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7243001)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS tollgate_migrations (version BIGINT PRIMARY KEY, \
+             applied_ms BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM tollgate_migrations")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<std::result::Result<_, _>>()?;
+        for (version, statements) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            for statement in *statements {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO tollgate_migrations (version, applied_ms) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(crate::now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes `records` in one transaction, idempotently (see [`crate::records`]).
+    pub async fn write(&self, records: Vec<Record>) -> Result<()> {
+        let records = Record::latest(records);
+        let (mut responses, mut sessions, mut messages, mut usage) =
+            (vec![], vec![], vec![], vec![]);
+        for record in records {
+            match record {
+                Record::Response(r) => responses.push(r),
+                Record::Session(s) => sessions.push(s),
+                Record::SessionMessage(m) => messages.push(m),
+                Record::Usage(u) => usage.push(u),
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in responses.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql(
+                "responses (id, owner, version, created_ms, body)",
+                5,
+                chunk.len(),
+                "ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, version = excluded.version, \
+                 created_ms = excluded.created_ms, body = excluded.body \
+                 WHERE responses.version < excluded.version",
+            );
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(&r.id)
+                    .bind(&r.owner)
+                    .bind(r.version)
+                    .bind(r.created_ms)
+                    .bind(&r.body);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in sessions.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql(
+                "sessions (id, owner, system, summary, summary_seq, created_ms, version, deleted)",
+                8,
+                chunk.len(),
+                "ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, system = excluded.system, \
+                 summary = excluded.summary, summary_seq = excluded.summary_seq, \
+                 created_ms = excluded.created_ms, version = excluded.version, \
+                 deleted = excluded.deleted WHERE sessions.version < excluded.version",
+            );
+            let mut q = sqlx::query(&sql);
+            for s in chunk {
+                q = q
+                    .bind(&s.id)
+                    .bind(&s.owner)
+                    .bind(s.system.clone())
+                    .bind(s.summary.clone())
+                    .bind(s.summary_seq)
+                    .bind(s.created_ms)
+                    .bind(s.version)
+                    .bind(i64::from(s.deleted));
+            }
+            q.execute(&mut *tx).await?;
+            // A deleted session takes its messages with it.
+            for s in chunk.iter().filter(|s| s.deleted) {
+                sqlx::query(
+                    "DELETE FROM session_messages WHERE session_id = $1 AND created_ms <= $2",
+                )
+                .bind(&s.id)
+                .bind(s.version)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for chunk in messages.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql(
+                "session_messages (session_id, seq, owner, created_ms, tokens, message)",
+                6,
+                chunk.len(),
+                "ON CONFLICT (session_id, seq) DO NOTHING",
+            );
+            let mut q = sqlx::query(&sql);
+            for m in chunk {
+                q = q
+                    .bind(&m.session_id)
+                    .bind(m.seq)
+                    .bind(&m.owner)
+                    .bind(m.created_ms)
+                    .bind(m.tokens)
+                    .bind(&m.message);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in usage.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql(
+                "usage_records (id, key_id, tenant, model, prompt_tokens, completion_tokens, \
+                 cost_nanos, cached, created_ms)",
+                9,
+                chunk.len(),
+                "ON CONFLICT (id) DO NOTHING",
+            );
+            let mut q = sqlx::query(&sql);
+            for u in chunk {
+                q = q
+                    .bind(&u.id)
+                    .bind(&u.key_id)
+                    .bind(&u.tenant)
+                    .bind(&u.model)
+                    .bind(u.prompt_tokens)
+                    .bind(u.completion_tokens)
+                    .bind(u.cost_nanos)
+                    .bind(i64::from(u.cached))
+                    .bind(u.created_ms);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A stored response (a deleted one comes back as its tombstone).
+    pub async fn response(&self, id: &str) -> Result<Option<ResponseRow>> {
+        let row =
+            sqlx::query("SELECT id, owner, version, created_ms, body FROM responses WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(ResponseRow {
+                id: r.try_get(0)?,
+                owner: r.try_get(1)?,
+                version: r.try_get(2)?,
+                created_ms: r.try_get(3)?,
+                body: r.try_get(4)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// A session's metadata (a deleted one comes back with `deleted`).
+    pub async fn session(&self, id: &str) -> Result<Option<SessionRow>> {
+        let row = sqlx::query(
+            "SELECT id, owner, system, summary, summary_seq, created_ms, version, deleted \
+             FROM sessions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(SessionRow {
+                id: r.try_get(0)?,
+                owner: r.try_get(1)?,
+                system: r.try_get(2)?,
+                summary: r.try_get(3)?,
+                summary_seq: r.try_get(4)?,
+                created_ms: r.try_get(5)?,
+                version: r.try_get(6)?,
+                deleted: r.try_get::<i64, _>(7)? != 0,
+            })
+        })
+        .transpose()
+    }
+
+    /// The last `limit` messages of a session, oldest first.
+    pub async fn session_messages(
+        &self,
+        session_id: &str,
+        limit: i64,
+    ) -> Result<Vec<SessionMessageRow>> {
+        let rows = sqlx::query(
+            "SELECT session_id, seq, owner, created_ms, tokens, message FROM session_messages \
+             WHERE session_id = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(session_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(SessionMessageRow {
+                    session_id: r.try_get(0)?,
+                    seq: r.try_get(1)?,
+                    owner: r.try_get(2)?,
+                    created_ms: r.try_get(3)?,
+                    tokens: r.try_get(4)?,
+                    message: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Spend per key and model since `since_ms` (of one key, or of all).
+    pub async fn spend(&self, key_id: Option<&str>, since_ms: i64) -> Result<Vec<SpendRow>> {
+        let sql = format!(
+            "SELECT key_id, model, CAST(COUNT(*) AS BIGINT), \
+             CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT), \
+             CAST(SUM(cost_nanos) AS BIGINT) FROM usage_records WHERE created_ms >= $1 {} \
+             GROUP BY key_id, model ORDER BY key_id, model",
+            if key_id.is_some() {
+                "AND key_id = $2"
+            } else {
+                ""
+            }
+        );
+        let mut q = sqlx::query(&sql).bind(since_ms);
+        if let Some(k) = key_id {
+            q = q.bind(k);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(spend_row)
+            .collect()
+    }
+
+    /// Rows of usage records (for checks and reports).
+    pub async fn usage(&self, key_id: &str) -> Result<Vec<UsageRow>> {
+        let rows = sqlx::query(
+            "SELECT id, key_id, tenant, model, prompt_tokens, completion_tokens, cost_nanos, \
+             cached, created_ms FROM usage_records WHERE key_id = $1 ORDER BY created_ms, id",
+        )
+        .bind(key_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageRow {
+                    id: r.try_get(0)?,
+                    key_id: r.try_get(1)?,
+                    tenant: r.try_get(2)?,
+                    model: r.try_get(3)?,
+                    prompt_tokens: r.try_get(4)?,
+                    completion_tokens: r.try_get(5)?,
+                    cost_nanos: r.try_get(6)?,
+                    cached: r.try_get::<i64, _>(7)? != 0,
+                    created_ms: r.try_get(8)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// SUM over BIGINT is NUMERIC on PostgreSQL: the statement casts the sums back to BIGINT.
+fn spend_row(r: &AnyRow) -> Result<SpendRow> {
+    Ok(SpendRow {
+        key_id: r.try_get(0)?,
+        model: r.try_get(1)?,
+        requests: r.try_get(2)?,
+        prompt_tokens: r.try_get(3)?,
+        completion_tokens: r.try_get(4)?,
+        cost_nanos: r.try_get(5)?,
+    })
+}
+
+/// `INSERT INTO {table} VALUES ($1, ...), (...) {conflict}` for `rows` rows of `columns`.
+fn insert_sql(table: &str, columns: usize, rows: usize, conflict: &str) -> String {
+    let mut sql = format!("INSERT INTO {table} VALUES ");
+    let mut n = 0;
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            n += 1;
+            sql.push_str(&format!("${n}"));
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(conflict);
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::insert_sql;
+
+    #[test]
+    fn insert_sql_numbers_every_parameter_in_order() {
+        assert_eq!(
+            insert_sql("t (a, b)", 2, 2, "ON CONFLICT (a) DO NOTHING"),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) ON CONFLICT (a) DO NOTHING"
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! The outbox: durable records go into a Redis Stream in the request path (one XADD, no database
+//! round trip), and writers drain it into the database.
+//!
+//! A writer is one consumer of the group `database` (every gateway process runs one). It reads a
+//! batch, commits it in one transaction, then acknowledges and deletes the entries. A writer that
+//! dies between its read and its acknowledgement leaves the entries pending; another writer (or
+//! itself, restarted) takes them over with XAUTOCLAIM once they have been idle `claim_idle`, and
+//! writes them again. Writing twice changes nothing ([`crate::records`]), so every record lands
+//! exactly once.
+//!
+//! A batch the database refuses is retried with backoff; after [`SPLIT_AFTER`] failures its
+//! entries are written one by one, and an entry that fails alone goes to the dead-letter stream
+//! (`tg:{ev:outbox}:dead`), so one bad record cannot hold up the rest.
+//!
+//! With Redis unreachable, [`Outbox::push`] writes straight to the database instead (slower, but
+//! nothing is lost).
+
+use std::time::Duration;
+
+use tollgate_redis::{Consumer, Event, EventBus, EventConfig, Keys, Redis, StartAt};
+
+use crate::db::Database;
+use crate::records::Record;
+use crate::{Error, Result};
+
+/// The stream (under the event bus's keys: `tg:{ev:outbox}`).
+pub const STREAM: &str = "outbox";
+/// The consumer group of the writers.
+pub const GROUP: &str = "database";
+/// Failed commits of a whole batch before its entries are written one by one.
+pub const SPLIT_AFTER: u32 = 3;
+
+/// Timings and sizes of the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Entries per batch (an entry holds the records of one request).
+    pub batch: usize,
+    /// A pending entry idle this long is taken over by another writer.
+    pub claim_idle: Duration,
+    /// How long an idle writer waits for new entries per read.
+    pub block: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            batch: 500,
+            claim_idle: Duration::from_secs(30),
+            block: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The producing side, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    bus: EventBus,
+    direct: Option<Database>,
+}
+
+impl Outbox {
+    /// An outbox on `redis`; `direct` takes the records when Redis cannot.
+    pub fn new(redis: Redis, keys: Keys, config: &OutboxConfig, direct: Option<Database>) -> Self {
+        let bus = EventBus::new(
+            redis,
+            keys,
+            EventConfig {
+                // Entries are deleted once written; this bounds a backlog, it is not retention.
+                max_len: 50_000_000,
+                retention: Duration::from_secs(30 * 24 * 3600),
+                max_deliveries: 50,
+                claim_idle: config.claim_idle,
+                block: config.block,
+                batch: config.batch.max(1),
+            },
+        );
+        Outbox { bus, direct }
+    }
+
+    /// Queues `records` (one entry; written together).
+    pub async fn push(&self, records: Vec<Record>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let json = serde_json::to_vec(&records).map_err(|e| Error::Config(e.to_string()))?;
+        match self.bus.publish(STREAM, &[("r", &json)]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_unavailable() => match &self.direct {
+                Some(db) => {
+                    tracing::warn!(error = %e, "outbox unavailable; writing records straight to the database");
+                    db.write(records).await
+                }
+                None => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Entries written to the outbox and not yet committed by a writer (pending or unread).
+    pub async fn backlog(&self) -> Result<u64> {
+        Ok(self.bus.backlog(STREAM).await?)
+    }
+
+    /// A writer named `name` into `db` (the group is created if missing).
+    pub async fn writer(&self, db: Database, name: &str) -> Result<Writer> {
+        self.bus
+            .create_group(STREAM, GROUP, StartAt::Beginning)
+            .await?;
+        let consumer = self.bus.consumer(STREAM, GROUP, name).await?;
+        Ok(Writer { consumer, db })
+    }
+}
+
+/// Entries read and not yet acknowledged.
+#[derive(Debug, Default)]
+pub struct Batch {
+    entries: Vec<(Event, Vec<Record>)>,
+}
+
+impl Batch {
+    /// Records in the batch.
+    pub fn records(&self) -> usize {
+        self.entries.iter().map(|(_, r)| r.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// One writer: read, commit, acknowledge.
+#[derive(Debug)]
+pub struct Writer {
+    consumer: Consumer,
+    db: Database,
+}
+
+impl Writer {
+    /// Reads the next batch: entries other writers left idle first, else new ones (waiting up to
+    /// the configured block). Entries that are not records go to the dead-letter stream.
+    pub async fn take(&mut self) -> Result<Batch> {
+        let mut batch = Batch::default();
+        for event in self.consumer.next().await? {
+            match event
+                .field("r")
+                .and_then(|b| serde_json::from_slice::<Vec<Record>>(b).ok())
+            {
+                Some(records) => batch.entries.push((event, records)),
+                None => {
+                    self.consumer
+                        .dead_letter(&event, "not a list of records")
+                        .await?
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Commits the batch in one transaction, retrying with backoff; after [`SPLIT_AFTER`]
+    /// failures, entry by entry (an entry that fails alone is dead-lettered and dropped from
+    /// the batch).
+    pub async fn commit(&self, batch: &mut Batch) -> Result<()> {
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1.. {
+            let records: Vec<Record> = batch
+                .entries
+                .iter()
+                .flat_map(|(_, r)| r.iter().cloned())
+                .collect();
+            match self.db.write(records).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= SPLIT_AFTER => {
+                    tracing::warn!(error = %e, "outbox batch refused again; writing its entries one by one");
+                    return self.commit_one_by_one(batch).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "outbox batch not committed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_one_by_one(&self, batch: &mut Batch) -> Result<()> {
+        let mut kept = Vec::with_capacity(batch.entries.len());
+        for (event, records) in std::mem::take(&mut batch.entries) {
+            match self.db.write(records.clone()).await {
+                Ok(()) => kept.push((event, records)),
+                Err(e) if e.is_refused() => {
+                    self.consumer.dead_letter(&event, &e.to_string()).await?;
+                }
+                // The database itself is failing: leave the rest pending for a later attempt.
+                Err(e) => {
+                    batch.entries = kept;
+                    return Err(e);
+                }
+            }
+        }
+        batch.entries = kept;
+        Ok(())
+    }
+
+    /// Acknowledges and deletes the batch's entries (after [`Writer::commit`]).
+    pub async fn ack(&self, batch: Batch) -> Result<()> {
+        let ids: Vec<String> = batch.entries.into_iter().map(|(e, _)| e.id).collect();
+        self.consumer.ack_and_delete(&ids).await?;
+        Ok(())
+    }
+
+    /// One read, commit and acknowledgement; returns the records written.
+    pub async fn step(&mut self) -> Result<usize> {
+        let mut batch = self.take().await?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        self.commit(&mut batch).await?;
+        let n = batch.records();
+        self.ack(batch).await?;
+        Ok(n)
+    }
+
+    /// Runs until the task is dropped; errors are logged and retried after a pause.
+    pub async fn run(mut self) {
+        loop {
+            if let Err(e) = self.step().await {
+                tracing::warn!(error = %e, "outbox writer: will retry");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The outbox and the database, on a real redis-server and real SQLite and PostgreSQL databases.
+
+#![allow(clippy::unwrap_used, reason = "tests panic on failure")]
+
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+use tollgate_db::{
+    DELETED, Database, Outbox, OutboxConfig, Record, ResponseRow, SessionMessageRow, SessionRow,
+    UsageRow,
+};
+use tollgate_redis::{Keys, Redis, RedisConfig};
+use tollgate_testkit::{PostgresDb, shared_redis, unique_prefix};
+
+/// A database of each kind: SQLite in a temp dir, PostgreSQL in a fresh database.
+enum Fresh {
+    Sqlite(tempfile::TempDir),
+    Postgres(PostgresDb),
+}
+
+impl Fresh {
+    fn url(&self) -> String {
+        match self {
+            Fresh::Sqlite(dir) => format!("sqlite:{}", dir.path().join("t.db").display()),
+            Fresh::Postgres(db) => db.url(),
+        }
+    }
+}
+
+fn both() -> Vec<Fresh> {
+    vec![
+        Fresh::Sqlite(tempfile::tempdir().unwrap()),
+        Fresh::Postgres(PostgresDb::create()),
+    ]
+}
+
+async fn redis() -> (Redis, Keys) {
+    let redis = Redis::connect(&RedisConfig::new(shared_redis().url()))
+        .await
+        .unwrap();
+    (redis, Keys::new(unique_prefix()).unwrap())
+}
+
+fn usage(id: usize) -> Record {
+    Record::Usage(UsageRow {
+        id: format!("u{id}"),
+        key_id: "key_a".into(),
+        tenant: "t".into(),
+        model: if id.is_multiple_of(2) { "m/even" } else { "m/odd" }.into(),
+        prompt_tokens: 10,
+        completion_tokens: id as i64,
+        cost_nanos: 1_000,
+        cached: false,
+        created_ms: 1_000 + id as i64,
+    })
+}
+
+fn response(id: &str, version: i64, body: &str) -> Record {
+    Record::Response(ResponseRow {
+        id: id.into(),
+        owner: "key_a".into(),
+        version,
+        created_ms: 5,
+        body: body.into(),
+    })
+}
+
+async fn count(db: &Database, table: &str) -> i64 {
+    sqlx::query(&format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {table}"))
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn writing_twice_changes_nothing_and_versions_only_go_up() {
+    for fresh in both() {
+        let db = Database::connect(&fresh.url()).await.unwrap();
+        // Migrations are idempotent: a second gateway starting on the same database is fine.
+        let again = Database::connect(&fresh.url()).await.unwrap();
+        let batch = vec![
+            usage(1),
+            usage(2),
+            response("r1", 1, "first"),
+            Record::SessionMessage(SessionMessageRow {
+                session_id: "s".into(),
+                seq: 1,
+                owner: "key_a".into(),
+                created_ms: 1,
+                tokens: 3,
+                message: r#"{"role":"user","content":"hi"}"#.into(),
+            }),
+        ];
+        db.write(batch.clone()).await.unwrap();
+        again.write(batch).await.unwrap();
+        assert_eq!(count(&db, "usage_records").await, 2);
+        assert_eq!(count(&db, "session_messages").await, 1);
+
+        // A summarized version replaces the first; a late copy of the first does not.
+        db.write(vec![response("r1", 2, "summarized")])
+            .await
+            .unwrap();
+        db.write(vec![response("r1", 1, "first")]).await.unwrap();
+        assert_eq!(db.response("r1").await.unwrap().unwrap().body, "summarized");
+        // Deleted stays deleted, whatever arrives after.
+        db.write(vec![response("r1", DELETED, "")]).await.unwrap();
+        db.write(vec![response("r1", 2, "summarized")])
+            .await
+            .unwrap();
+        assert!(db.response("r1").await.unwrap().unwrap().is_deleted());
+
+        // Spend adds up per key and model.
+        let spend = db.spend(Some("key_a"), 0).await.unwrap();
+        assert_eq!(spend.len(), 2, "{spend:?}");
+        assert_eq!(spend[0].model, "m/even");
+        assert_eq!(spend[0].completion_tokens, 2);
+        assert_eq!(spend[1].cost_nanos, 1_000);
+        assert!(db.spend(Some("key_b"), 0).await.unwrap().is_empty());
+
+        // Sessions: the latest metadata wins; a deletion removes the messages written before it.
+        let session = |version: i64, deleted: bool| {
+            Record::Session(SessionRow {
+                id: "s".into(),
+                owner: "key_a".into(),
+                system: Some("be brief".into()),
+                summary: None,
+                summary_seq: 0,
+                created_ms: 1,
+                version,
+                deleted,
+            })
+        };
+        db.write(vec![session(10, false)]).await.unwrap();
+        assert_eq!(
+            db.session_messages("s", 10).await.unwrap()[0].message,
+            r#"{"role":"user","content":"hi"}"#
+        );
+        db.write(vec![session(20, true), session(15, false)])
+            .await
+            .unwrap();
+        assert!(db.session("s").await.unwrap().unwrap().deleted);
+        assert!(db.session_messages("s", 10).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn writers_killed_before_and_after_their_commit_leave_every_record_exactly_once() {
+    for fresh in both() {
+        let db = Database::connect(&fresh.url()).await.unwrap();
+        let (redis, keys) = redis().await;
+        let config = OutboxConfig {
+            batch: 50,
+            claim_idle: Duration::from_millis(300),
+            block: Duration::from_millis(100),
+        };
+        let outbox = Outbox::new(redis, keys, &config, None);
+        // 600 requests' records, 3 records each (some rows repeat across entries, as retried
+        // requests do).
+        let mut expected = std::collections::BTreeSet::new();
+        for i in 0..600 {
+            let records = vec![usage(3 * i), usage(3 * i + 1), usage(3 * i + 2)];
+            for r in &records {
+                expected.insert(r.key());
+            }
+            outbox.push(records).await.unwrap();
+        }
+        assert_eq!(outbox.backlog().await.unwrap(), 600);
+
+        // Writer A commits a batch and dies before acknowledging it.
+        let mut a = outbox.writer(db.clone(), "a").await.unwrap();
+        let mut taken = a.take().await.unwrap();
+        assert_eq!(taken.records(), 150);
+        a.commit(&mut taken).await.unwrap();
+        drop((a, taken));
+        // Writer B reads a batch and dies before committing it.
+        let mut b = outbox.writer(db.clone(), "b").await.unwrap();
+        let taken = b.take().await.unwrap();
+        assert_eq!(taken.records(), 150);
+        drop((b, taken));
+
+        // Writer C, started afterwards, drains everything, taking over A's and B's entries.
+        let mut c = outbox.writer(db.clone(), "c").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while outbox.backlog().await.unwrap() > 0 {
+            assert!(Instant::now() < deadline, "the outbox did not drain");
+            c.step().await.unwrap();
+        }
+        assert_eq!(count(&db, "usage_records").await, 1800);
+        let ids: std::collections::BTreeSet<String> = db
+            .usage("key_a")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| format!("u:{}", u.id))
+            .collect();
+        assert_eq!(ids, expected);
+    }
+}
+
+#[tokio::test]
+async fn with_redis_gone_records_go_straight_to_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::connect(&format!("sqlite:{}", dir.path().join("t.db").display()))
+        .await
+        .unwrap();
+    let mut server = tollgate_testkit::RedisServer::start();
+    let redis = Redis::connect(&RedisConfig {
+        url: server.url(),
+        command_timeout: Duration::from_millis(300),
+    })
+    .await
+    .unwrap();
+    let outbox = Outbox::new(
+        redis,
+        Keys::new(unique_prefix()).unwrap(),
+        &OutboxConfig::default(),
+        Some(db.clone()),
+    );
+    server.kill();
+    outbox.push(vec![usage(7)]).await.unwrap();
+    assert_eq!(count(&db, "usage_records").await, 1);
+}
+
+#[tokio::test]
+async fn bad_database_urls_are_refused_with_the_reason() {
+    let err = Database::connect("mysql://x").await.unwrap_err();
+    assert!(err.to_string().contains("sqlite: or postgres://"), "{err}");
+    assert!(Database::connect("sqlite:").await.is_err());
+}

@@ -1,0 +1,173 @@
+//! Long conversations, summarized in the background.
+//!
+//! When a stored response's conversation passes `[summaries] token_budget` tokens, a task asks
+//! `[summaries] model` (the local SmolLM2 by default) to summarize the older turns, together
+//! with the summary they may already carry. The most recent turns, up to `keep_recent_tokens`,
+//! stay word for word. The record is then replaced (version + 1, in Redis and the database), and
+//! the next request of the chain sends: its instructions, the summary, the recent turns, its
+//! input. A request that arrives before the summary is written sends the whole conversation, as
+//! it would have without summaries. Summaries are the gateway's own calls: charged to no key.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tollgate_core::{Aggregator, ChatMessage, ChatRequest};
+
+use crate::responses::{Context, StoredRecord};
+use crate::state::Gateway;
+
+/// How a summary is shown to the model.
+pub fn summary_message(summary: &str) -> ChatMessage {
+    ChatMessage::text(
+        "system",
+        format!("Summary of the earlier conversation:\n{summary}"),
+    )
+}
+
+/// Tokens of a context (its summary and its turns).
+pub fn tokens_of(gw: &Gateway, context: &Context) -> u64 {
+    let summary = context.summary.as_deref().map_or(0, |s| {
+        u64::from(gw.counter.count_message(&summary_message(s)))
+    });
+    summary
+        + context
+            .messages
+            .iter()
+            .map(|m| u64::from(gw.counter.count_message(m)))
+            .sum::<u64>()
+}
+
+/// Where the recent turns begin: the newest turns within `keep` tokens, and at least the last
+/// two (the last question and its answer).
+fn recent_start(gw: &Gateway, messages: &[ChatMessage], keep: u64) -> usize {
+    let mut tokens = 0;
+    let mut start = messages.len();
+    while start > 0 {
+        let t = u64::from(gw.counter.count_message(&messages[start - 1]));
+        if messages.len() - start >= 2 && tokens + t > keep {
+            break;
+        }
+        tokens += t;
+        start -= 1;
+    }
+    start
+}
+
+/// Starts summarizing the record's conversation when it is over budget (once per response).
+pub fn summarize_response_if_long(gw: &Arc<Gateway>, id: &str, record: StoredRecord) {
+    let config = &gw.config.summaries;
+    if !config.enabled || record.context.tokens <= u64::from(config.token_budget) {
+        return;
+    }
+    let start = recent_start(
+        gw,
+        &record.context.messages,
+        u64::from(config.keep_recent_tokens),
+    );
+    if start == 0 {
+        return;
+    }
+    let first = gw
+        .summarizing
+        .lock()
+        .is_ok_and(|mut busy| busy.insert(id.to_owned()));
+    if !first {
+        return;
+    }
+    let (gw, id) = (gw.clone(), id.to_owned());
+    tokio::spawn(async move {
+        let mut record = record;
+        let old = &record.context.messages[..start];
+        match summarize(&gw, record.context.summary.as_deref(), old).await {
+            Ok(summary) => {
+                let recent = record.context.messages.split_off(start);
+                record.context = Context {
+                    summary: Some(summary),
+                    messages: recent,
+                    tokens: 0,
+                };
+                record.context.tokens = tokens_of(&gw, &record.context);
+                record.version += 1;
+                match serde_json::to_vec(&record) {
+                    Ok(json) => match gw.responses.replace(&id, &json).await {
+                        // Deleted meanwhile: leave it deleted.
+                        Ok(false) => {}
+                        Ok(true) | Err(_) => persist_summary(&gw, &id, &record).await,
+                    },
+                    Err(e) => tracing::error!(error = %e, "a summarized response does not encode"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not summarize a long conversation; it is sent whole");
+            }
+        }
+        if let Ok(mut busy) = gw.summarizing.lock() {
+            busy.remove(&id);
+        }
+    });
+}
+
+/// The database's copy of a summarized record (the Redis copy was replaced in place, keeping
+/// its TTL).
+async fn persist_summary(gw: &Gateway, id: &str, record: &StoredRecord) {
+    crate::accounting::submit(gw, vec![tollgate_db::Record::Response(record.row(id))]).await;
+    tracing::debug!(
+        id,
+        tokens = record.context.tokens,
+        "conversation summarized"
+    );
+}
+
+/// Asks the summary model for a summary of `turns` (after `previous`, an earlier summary).
+pub async fn summarize(
+    gw: &Gateway,
+    previous: Option<&str>,
+    turns: &[ChatMessage],
+) -> Result<String, String> {
+    let config = &gw.config.summaries;
+    let mut transcript = String::new();
+    if let Some(p) = previous {
+        transcript.push_str("Earlier summary: ");
+        transcript.push_str(p);
+        transcript.push_str("\n\n");
+    }
+    for m in turns {
+        let who = match m.role.as_str() {
+            "assistant" => "Assistant",
+            "user" => "User",
+            _ => "Note",
+        };
+        transcript.push_str(&format!("{who}: {}\n", m.text_content()));
+    }
+    let request = serde_json::json!({
+        "model": config.model,
+        "messages": [
+            {"role": "system", "content": "You summarize conversations in a few sentences. Keep names, numbers, facts, decisions and open questions. Write only the summary."},
+            {"role": "user", "content": format!("{transcript}\nSummarize the conversation above.")},
+        ],
+        "temperature": 0,
+        "max_tokens": config.max_tokens,
+    });
+    let request: ChatRequest = serde_json::from_value(request).map_err(|e| e.to_string())?;
+    let routed = gw
+        .router()
+        .chat_stream(&request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut aggregator = Aggregator::default();
+    let mut stream = routed.stream;
+    while let Some(chunk) = stream.next().await {
+        aggregator.push(&chunk.map_err(|e| e.to_string())?);
+    }
+    let text = aggregator
+        .finish()
+        .choices
+        .first()
+        .map(|c| c.message.text_content())
+        .unwrap_or_default();
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("the summary model answered nothing".into());
+    }
+    Ok(text.to_owned())
+}
