@@ -221,12 +221,12 @@ impl Writer {
         Ok(n)
     }
 
-    /// Runs until the task is dropped; errors are logged and retried after a pause.
-    pub async fn run(mut self) {
+    /// Writes until an error, which it returns (Redis away, or the group gone with a flushed or
+    /// restarted Redis): the caller makes a new writer, recreating the group.
+    pub async fn run(mut self) -> Error {
         loop {
             if let Err(e) = self.step().await {
-                tracing::warn!(error = %e, "outbox writer: will retry");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                return e;
             }
         }
     }

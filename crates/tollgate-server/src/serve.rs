@@ -61,13 +61,13 @@ pub async fn write_outbox(gw: AppState) {
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     loop {
-        match durable.outbox.writer(durable.db.clone(), &name).await {
+        // A writer stops at its first error; a new one recreates the group if Redis lost it.
+        let error = match durable.outbox.writer(durable.db.clone(), &name).await {
             Ok(writer) => writer.run().await,
-            Err(e) => {
-                tracing::warn!(error = %e, "outbox writer could not start; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+            Err(e) => e,
+        };
+        tracing::warn!(error = %error, "outbox writer stopped; starting again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

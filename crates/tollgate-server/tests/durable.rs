@@ -1,0 +1,636 @@
+//! The Responses API, durable records (SQLite and PostgreSQL through the outbox), spend and
+//! budgets, and summaries of long conversations: gateways called as tower services on real
+//! redis-servers and real databases, with a fake upstream where a test must see what was sent.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers panic on failure, as the tests do"
+)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tollgate_server::{AppState, Config, Gateway, app};
+use tollgate_testkit::{FakeUpstream, FakeUpstreamConfig, PostgresDb, RedisServer, unique_prefix};
+use tower::ServiceExt;
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+}
+
+/// A database of each kind.
+enum Fresh {
+    Sqlite(tempfile::TempDir),
+    Postgres(PostgresDb),
+}
+
+impl Fresh {
+    fn url(&self) -> String {
+        match self {
+            Fresh::Sqlite(dir) => format!("sqlite:{}", dir.path().join("t.db").display()),
+            Fresh::Postgres(db) => db.url(),
+        }
+    }
+}
+
+fn both() -> Vec<Fresh> {
+    vec![
+        Fresh::Sqlite(tempfile::tempdir().unwrap()),
+        Fresh::Postgres(PostgresDb::create()),
+    ]
+}
+
+/// A gateway on `redis_url` with the database at `db_url` and its outbox writer running; `prefix`
+/// lets several gateways share one Redis as replicas do.
+async fn gateway(redis_url: &str, db_url: &str, prefix: &str, extra: &str) -> AppState {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.toml");
+    let text = format!(
+        "[redis]\nkey_prefix = \"{prefix}\"\ncommand_timeout_ms = 500\n\
+         [semantic_cache]\nenabled = false\n[outbox]\nclaim_idle_seconds = 1\n{extra}"
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(Some(&path), &HashMap::new()).unwrap();
+    let db = tollgate_db::Database::connect(db_url).await.unwrap();
+    let gw = Arc::new(
+        Gateway::build(config, redis_url)
+            .await
+            .unwrap()
+            .with_database(db),
+    );
+    tokio::spawn(tollgate_server::serve::write_outbox(gw.clone()));
+    gw
+}
+
+fn fake_provider(upstream: &FakeUpstream) -> String {
+    format!(
+        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"x\"\n",
+        upstream.base_url()
+    )
+}
+
+async fn call(
+    gw: &AppState,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(key) = auth {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+    let response = app(gw.clone())
+        .oneshot(req.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+async fn create_key(gw: &AppState, limits: Value) -> String {
+    let created = call(
+        gw,
+        "POST",
+        "/admin/keys",
+        Some("mk"),
+        Some(json!({"name": "k", "limits": limits})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    created.json()["key"].as_str().unwrap().to_owned()
+}
+
+/// Waits until every durable record reached the database.
+async fn drained(gw: &AppState) {
+    let outbox = &gw.durable.as_ref().unwrap().outbox;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while outbox.backlog().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "the outbox did not drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn flushall(redis: &RedisServer) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// The user and assistant turns the upstream received in its last request.
+fn last_turns(upstream: &FakeUpstream) -> Vec<(String, String)> {
+    let requests = upstream.requests();
+    requests.last().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn turns(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(r, c)| (r.to_string(), c.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_survives_flushall_from_the_database_and_stays_with_its_key() {
+    for fresh in both() {
+        let redis = RedisServer::start();
+        let upstream = FakeUpstream::start(FakeUpstreamConfig {
+            chunks: 2,
+            ..Default::default()
+        })
+        .await;
+        let extra = format!("[server]\nmaster_key = \"mk\"\n{}", fake_provider(&upstream));
+        let prefix = unique_prefix();
+        let gw = gateway(&redis.url(), &fresh.url(), &prefix, &extra).await;
+        // A second replica on the same Redis and database.
+        let other = gateway(&redis.url(), &fresh.url(), &prefix, &extra).await;
+        let key = create_key(&gw, json!({})).await;
+        let stranger = create_key(&gw, json!({})).await;
+        let answer = upstream.answer();
+
+        let first = call(
+            &gw,
+            "POST",
+            "/v1/responses",
+            Some(&key),
+            Some(json!({"model": "fake/m", "input": "q1", "instructions": "be brief"})),
+        )
+        .await;
+        assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+        let first = first.json();
+        assert_eq!(first["object"], "response");
+        assert_eq!(first["status"], "completed");
+        assert_eq!(first["output"][0]["content"][0]["text"], answer.as_str());
+        assert_eq!(
+            last_turns(&upstream),
+            turns(&[("system", "be brief"), ("user", "q1")])
+        );
+        // The next step runs on the other replica: the record was in Redis before the answer.
+        let second = call(
+            &other,
+            "POST",
+            "/v1/responses",
+            Some(&key),
+            Some(json!({"model": "fake/m", "previous_response_id": first["id"],
+                        "input": [{"role": "user", "content": [{"type": "input_text", "text": "q2"}]}]})),
+        )
+        .await
+        .json();
+        assert_eq!(second["previous_response_id"], first["id"]);
+        // Instructions are the request's own: not carried along the chain.
+        assert_eq!(
+            last_turns(&upstream),
+            turns(&[("user", "q1"), ("assistant", &answer), ("user", "q2")])
+        );
+
+        // Another key sees nothing of it.
+        let theirs = call(
+            &gw,
+            "GET",
+            &format!("/v1/responses/{}", second["id"].as_str().unwrap()),
+            Some(&stranger),
+            None,
+        )
+        .await;
+        assert_eq!(theirs.status, StatusCode::NOT_FOUND, "{}", theirs.text);
+        let hijack = call(
+            &gw,
+            "POST",
+            "/v1/responses",
+            Some(&stranger),
+            Some(json!({"model": "fake/m", "previous_response_id": second["id"], "input": "x"})),
+        )
+        .await;
+        assert_eq!(hijack.status, StatusCode::BAD_REQUEST, "{}", hijack.text);
+        assert_eq!(hijack.json()["error"]["param"], "previous_response_id");
+
+        // Redis loses everything; the database has the chain.
+        drained(&gw).await;
+        flushall(&redis).await;
+        let third = call(
+            &gw,
+            "POST",
+            "/v1/responses",
+            Some(&key),
+            Some(json!({"model": "fake/m", "previous_response_id": second["id"], "input": "q3"})),
+        )
+        .await;
+        assert_eq!(third.status, StatusCode::OK, "{}", third.text);
+        assert_eq!(
+            last_turns(&upstream),
+            turns(&[
+                ("user", "q1"),
+                ("assistant", &answer),
+                ("user", "q2"),
+                ("assistant", &answer),
+                ("user", "q3"),
+            ])
+        );
+        let got = call(
+            &other,
+            "GET",
+            &format!("/v1/responses/{}", first["id"].as_str().unwrap()),
+            Some(&key),
+            None,
+        )
+        .await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+        assert_eq!(got.json(), first);
+        // What the database had is back in Redis.
+        assert!(matches!(
+            gw.responses.get(first["id"].as_str().unwrap()).await.unwrap(),
+            tollgate_redis::StoredResponse::Found(_)
+        ));
+
+        // Deleted is deleted: in Redis, and in the database once Redis is gone again.
+        let id = third.json()["id"].as_str().unwrap().to_owned();
+        let deleted = call(&gw, "DELETE", &format!("/v1/responses/{id}"), Some(&key), None).await;
+        assert_eq!(deleted.json()["deleted"], true);
+        let path = format!("/v1/responses/{id}");
+        assert_eq!(
+            call(&other, "GET", &path, Some(&key), None).await.status,
+            StatusCode::NOT_FOUND
+        );
+        drained(&gw).await;
+        flushall(&redis).await;
+        assert_eq!(
+            call(&other, "GET", &path, Some(&key), None).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_is_stored_before_it_completes() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("t.db").display());
+    let prefix = unique_prefix();
+    let gw = gateway(&redis.url(), &db, &prefix, "").await;
+    let other = gateway(&redis.url(), &db, &prefix, "").await;
+    let reply = call(
+        &gw,
+        "POST",
+        "/v1/responses",
+        None,
+        Some(json!({"model": "mock/echo", "input": "tell me about streams", "stream": true})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let events: Vec<(String, Value)> = reply
+        .text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let kind = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            (kind.to_owned(), serde_json::from_str(data).unwrap())
+        })
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds[..4], [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added"
+    ]);
+    assert_eq!(kinds[kinds.len() - 4..], [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed"
+    ]);
+    let deltas: String = events
+        .iter()
+        .filter(|(k, _)| k == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    for (i, (kind, data)) in events.iter().enumerate() {
+        assert_eq!(data["type"], kind.as_str());
+        assert_eq!(data["sequence_number"], i);
+    }
+    let completed = &events.last().unwrap().1["response"];
+    assert_eq!(completed["output"][0]["content"][0]["text"], deltas.as_str());
+    assert!(completed["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    // Readable on another replica the moment the stream ended.
+    let got = call(
+        &other,
+        "GET",
+        &format!("/v1/responses/{}", completed["id"].as_str().unwrap()),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(got.json(), *completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_responses_requests_get_clear_errors() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("t.db").display());
+    let gw = gateway(&redis.url(), &db, &unique_prefix(), "").await;
+    for (body, param) in [
+        (json!({"model": "mock/echo"}), None),
+        (json!({"model": "mock/echo", "input": ""}), Some("input")),
+        (json!({"model": "mock/echo", "input": 7}), Some("input")),
+        (
+            json!({"model": "mock/echo", "input": [{"role": "robot", "content": "x"}]}),
+            Some("input[0].role"),
+        ),
+        (
+            json!({"model": "mock/echo", "input": [{"type": "function_call_output", "output": "x"}]}),
+            Some("input[0].type"),
+        ),
+        (
+            json!({"model": "mock/echo", "input": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+            Some("input[0].content[0].type"),
+        ),
+        (
+            json!({"model": "mock/echo", "input": "x", "tools": [{"type": "web_search"}]}),
+            Some("tools"),
+        ),
+        (
+            json!({"model": "mock/echo", "input": "x", "previous_response_id": "resp_nope"}),
+            Some("previous_response_id"),
+        ),
+        (json!({"model": "mock/echo", "input": "x", "bogus": 1}), None),
+    ] {
+        let reply = call(&gw, "POST", "/v1/responses", None, Some(body.clone())).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}: {}", reply.text);
+        let error = &reply.json()["error"];
+        assert_eq!(error["type"], "invalid_request_error", "{body}");
+        assert!(!error["message"].as_str().unwrap().is_empty());
+        if let Some(param) = param {
+            assert_eq!(error["param"], param, "{body}: {}", reply.text);
+        }
+    }
+    let unknown = call(&gw, "POST", "/v1/responses", None, Some(json!({"model": "nope/x", "input": "x"}))).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
+    let missing = call(&gw, "GET", "/v1/responses/resp_missing", None, None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json()["error"]["type"], "not_found_error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_budget_stops_a_key_at_the_right_request_across_replicas() {
+    let redis = RedisServer::start();
+    let db = PostgresDb::create();
+    // No cache: every request goes upstream and costs.
+    let extra = "[server]\nmaster_key = \"mk\"\n[cache]\nenabled = false\n\
+                 [prices.\"mock/echo\"]\ninput_per_million = 1000.0\noutput_per_million = 2000.0\n";
+    let prefix = unique_prefix();
+    let replicas = [
+        gateway(&redis.url(), &db.url(), &prefix, extra).await,
+        gateway(&redis.url(), &db.url(), &prefix, extra).await,
+    ];
+    let body = json!({"model": "mock/echo", "temperature": 0, "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "the same question"}]});
+    // One request's cost, measured on a key without a budget.
+    let probe = create_key(&replicas[0], json!({})).await;
+    let usage = call(&replicas[0], "POST", "/v1/chat/completions", Some(&probe), Some(body.clone()))
+        .await
+        .json()["usage"]
+        .clone();
+    let cost = (usage["prompt_tokens"].as_f64().unwrap() * 1000.0
+        + usage["completion_tokens"].as_f64().unwrap() * 2000.0)
+        / 1e6;
+    assert!(cost > 0.0);
+    // Three requests fit under 2.5 requests' worth: the third passes the budget, the fourth
+    // finds it spent.
+    let key = create_key(&replicas[0], json!({"daily_budget_usd": cost * 2.5})).await;
+    for i in 0..3 {
+        let reply = call(&replicas[i % 2], "POST", "/v1/chat/completions", Some(&key), Some(body.clone())).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {}: {}", i + 1, reply.text);
+    }
+    for replica in &replicas {
+        let refused = call(replica, "POST", "/v1/chat/completions", Some(&key), Some(body.clone())).await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.text);
+        let error = &refused.json()["error"];
+        assert_eq!(error["code"], "budget_exceeded");
+        assert_eq!(error["type"], "insufficient_quota");
+        assert!(error["message"].as_str().unwrap().contains("daily budget"));
+        let retry: u64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=86_400).contains(&retry));
+        // The Responses API is held to the same budget.
+        let refused = call(replica, "POST", "/v1/responses", Some(&key), Some(json!({"model": "mock/echo", "input": "x"}))).await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    // Spend per key and model, from Redis and from the database.
+    drained(&replicas[0]).await;
+    let key_id = call(&replicas[0], "GET", "/admin/keys", Some("mk"), None).await.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] != Value::Null && k["limits"]["daily_budget_usd"].is_number())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let spend = call(&replicas[1], "GET", &format!("/admin/spend?key={key_id}"), Some("mk"), None)
+        .await
+        .json();
+    let entry = &spend["data"][0];
+    let today = entry["today"]["total_usd"].as_f64().unwrap();
+    assert!((today - 3.0 * cost).abs() < 1e-9, "{spend}");
+    assert!((entry["today"]["models"]["mock/echo"].as_f64().unwrap() - today).abs() < 1e-12);
+    let recorded = &entry["recorded"][0];
+    assert_eq!(recorded["model"], "mock/echo");
+    assert_eq!(recorded["requests"], 3);
+    assert!((recorded["cost_usd"].as_f64().unwrap() - 3.0 * cost).abs() < 1e-9);
+    assert_eq!(
+        db.query(&format!("SELECT COUNT(*) FROM usage_records WHERE key_id = '{key_id}'")),
+        "3"
+    );
+    // Without the master key, no spend.
+    let denied = call(&replicas[0], "GET", "/admin/spend", Some(&key), None).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_read_back_from_the_database_and_goes_on() {
+    for fresh in both() {
+        let redis = RedisServer::start();
+        let upstream = FakeUpstream::start(FakeUpstreamConfig {
+            chunks: 1,
+            ..Default::default()
+        })
+        .await;
+        let gw = gateway(&redis.url(), &fresh.url(), &unique_prefix(), &fake_provider(&upstream)).await;
+        let created = call(&gw, "POST", "/v1/sessions", None, Some(json!({"id": "s1", "system": "be kind"}))).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        for q in ["a", "b"] {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v1/chat/completions")
+                .header("x-tollgate-session-id", "s1")
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"model": "fake/m", "messages": [{"role": "user", "content": q}]}).to_string(),
+                ))
+                .unwrap();
+            let response = app(gw.clone()).oneshot(req).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let _ = response.into_body().collect().await.unwrap();
+        }
+        // The session is written after the answer: wait for it to reach the database.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            drained(&gw).await;
+            let n = gw.durable.as_ref().unwrap().db.session_messages("s1", 100).await.unwrap().len();
+            if n == 4 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{n} session messages in the database");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        flushall(&redis).await;
+
+        let messages = call(&gw, "GET", "/v1/sessions/s1/messages", None, None).await;
+        assert_eq!(messages.status, StatusCode::OK, "{}", messages.text);
+        let contents: Vec<String> = messages.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_owned())
+            .collect();
+        let w = upstream.answer();
+        assert_eq!(contents, ["be kind", "a", w.as_str(), "b", w.as_str()]);
+        let info = call(&gw, "GET", "/v1/sessions/s1", None, None).await.json();
+        assert_eq!(info["appended"], 4);
+
+        // It goes on where it stopped: the history is sent, the numbering continues.
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header("x-tollgate-session-id", "s1")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                json!({"model": "fake/m", "messages": [{"role": "user", "content": "c"}]}).to_string(),
+            ))
+            .unwrap();
+        let response = app(gw.clone()).oneshot(req).await.unwrap();
+        let _ = response.into_body().collect().await.unwrap();
+        assert_eq!(
+            last_turns(&upstream),
+            turns(&[("system", "be kind"), ("user", "a"), ("assistant", &w), ("user", "b"), ("assistant", &w), ("user", "c")])
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            drained(&gw).await;
+            let seqs: Vec<i64> = gw.durable.as_ref().unwrap().db.session_messages("s1", 100).await.unwrap()
+                .iter().map(|m| m.seq).collect();
+            if seqs == [1, 2, 3, 4, 5, 6] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{seqs:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Another owner cannot read it back.
+        let deleted = call(&gw, "DELETE", "/v1/sessions/s1", None, None).await;
+        assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
+        drained(&gw).await;
+        flushall(&redis).await;
+        assert_eq!(
+            call(&gw, "GET", "/v1/sessions/s1/messages", None, None).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_chain_is_summarized_and_sent_as_summary_plus_recent_turns() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        chunks: 3,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("t.db").display());
+    // The mock writes the summaries; the fake upstream answers the chain and shows what it got.
+    let extra = format!(
+        "{}[summaries]\nmodel = \"mock/summarizer\"\ntoken_budget = 60\nkeep_recent_tokens = 25\n",
+        fake_provider(&upstream)
+    );
+    let gw = gateway(&redis.url(), &db, &unique_prefix(), &extra).await;
+    let long = "please remember that the launch code is seven four nine and the meeting is on tuesday";
+    let mut previous: Option<String> = None;
+    let mut summarized = None;
+    for step in 0..6 {
+        let mut body = json!({"model": "fake/m", "input": format!("step {step}: {long}")});
+        if let Some(p) = &previous {
+            body["previous_response_id"] = json!(p);
+        }
+        let reply = call(&gw, "POST", "/v1/responses", None, Some(body)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let id = reply.json()["id"].as_str().unwrap().to_owned();
+        // Wait for the background summary of this step, if one is due.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tollgate_redis::StoredResponse::Found(bytes) = gw.responses.get(&id).await.unwrap() else {
+                panic!("response {id} not stored");
+            };
+            let record: Value = serde_json::from_slice(&bytes).unwrap();
+            if record["version"] == 2 {
+                summarized = Some(record);
+                break;
+            }
+            if record["context"]["tokens"].as_u64().unwrap() <= 60 || Instant::now() > deadline {
+                assert!(Instant::now() <= deadline, "no summary for {id}: {record}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        previous = Some(id);
+    }
+    let record = summarized.expect("a summary was written");
+    let summary = record["context"]["summary"].as_str().unwrap();
+    assert!(!summary.is_empty());
+    let kept = record["context"]["messages"].as_array().unwrap().len();
+    assert!(kept >= 2, "{record}");
+    // The last request sent: the summary, then only recent turns, then its input.
+    let sent = last_turns(&upstream);
+    assert_eq!(sent[0].0, "system");
+    assert!(sent[0].1.starts_with("Summary of the earlier conversation:"), "{sent:?}");
+    assert!(sent.len() < 2 * 6, "{sent:?}");
+    assert_eq!(sent.last().unwrap(), &("user".to_owned(), format!("step 5: {long}")));
+    assert!(!sent.iter().any(|(_, c)| c.starts_with("step 0:")), "{sent:?}");
+}
