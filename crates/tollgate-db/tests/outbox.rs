@@ -46,7 +46,12 @@ fn usage(id: usize) -> Record {
         id: format!("u{id}"),
         key_id: "key_a".into(),
         tenant: "t".into(),
-        model: if id.is_multiple_of(2) { "m/even" } else { "m/odd" }.into(),
+        model: if id.is_multiple_of(2) {
+            "m/even"
+        } else {
+            "m/odd"
+        }
+        .into(),
         prompt_tokens: 10,
         completion_tokens: id as i64,
         cost_nanos: 1_000,

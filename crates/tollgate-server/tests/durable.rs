@@ -175,7 +175,10 @@ async fn a_chain_survives_flushall_from_the_database_and_stays_with_its_key() {
             ..Default::default()
         })
         .await;
-        let extra = format!("[server]\nmaster_key = \"mk\"\n{}", fake_provider(&upstream));
+        let extra = format!(
+            "[server]\nmaster_key = \"mk\"\n{}",
+            fake_provider(&upstream)
+        );
         let prefix = unique_prefix();
         let gw = gateway(&redis.url(), &fresh.url(), &prefix, &extra).await;
         // A second replica on the same Redis and database.
@@ -274,13 +277,23 @@ async fn a_chain_survives_flushall_from_the_database_and_stays_with_its_key() {
         assert_eq!(got.json(), first);
         // What the database had is back in Redis.
         assert!(matches!(
-            gw.responses.get(first["id"].as_str().unwrap()).await.unwrap(),
+            gw.responses
+                .get(first["id"].as_str().unwrap())
+                .await
+                .unwrap(),
             tollgate_redis::StoredResponse::Found(_)
         ));
 
         // Deleted is deleted: in Redis, and in the database once Redis is gone again.
         let id = third.json()["id"].as_str().unwrap().to_owned();
-        let deleted = call(&gw, "DELETE", &format!("/v1/responses/{id}"), Some(&key), None).await;
+        let deleted = call(
+            &gw,
+            "DELETE",
+            &format!("/v1/responses/{id}"),
+            Some(&key),
+            None,
+        )
+        .await;
         assert_eq!(deleted.json()["deleted"], true);
         let path = format!("/v1/responses/{id}");
         assert_eq!(
@@ -324,18 +337,24 @@ async fn a_streamed_response_is_stored_before_it_completes() {
         })
         .collect();
     let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds[..4], [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added"
-    ]);
-    assert_eq!(kinds[kinds.len() - 4..], [
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed"
-    ]);
+    assert_eq!(
+        kinds[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+    );
+    assert_eq!(
+        kinds[kinds.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
     let deltas: String = events
         .iter()
         .filter(|(k, _)| k == "response.output_text.delta")
@@ -346,7 +365,10 @@ async fn a_streamed_response_is_stored_before_it_completes() {
         assert_eq!(data["sequence_number"], i);
     }
     let completed = &events.last().unwrap().1["response"];
-    assert_eq!(completed["output"][0]["content"][0]["text"], deltas.as_str());
+    assert_eq!(
+        completed["output"][0]["content"][0]["text"],
+        deltas.as_str()
+    );
     assert!(completed["usage"]["output_tokens"].as_u64().unwrap() > 0);
     // Readable on another replica the moment the stream ended.
     let got = call(
@@ -390,10 +412,18 @@ async fn bad_responses_requests_get_clear_errors() {
             json!({"model": "mock/echo", "input": "x", "previous_response_id": "resp_nope"}),
             Some("previous_response_id"),
         ),
-        (json!({"model": "mock/echo", "input": "x", "bogus": 1}), None),
+        (
+            json!({"model": "mock/echo", "input": "x", "bogus": 1}),
+            None,
+        ),
     ] {
         let reply = call(&gw, "POST", "/v1/responses", None, Some(body.clone())).await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}: {}", reply.text);
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            reply.text
+        );
         let error = &reply.json()["error"];
         assert_eq!(error["type"], "invalid_request_error", "{body}");
         assert!(!error["message"].as_str().unwrap().is_empty());
@@ -401,7 +431,14 @@ async fn bad_responses_requests_get_clear_errors() {
             assert_eq!(error["param"], param, "{body}: {}", reply.text);
         }
     }
-    let unknown = call(&gw, "POST", "/v1/responses", None, Some(json!({"model": "nope/x", "input": "x"}))).await;
+    let unknown = call(
+        &gw,
+        "POST",
+        "/v1/responses",
+        None,
+        Some(json!({"model": "nope/x", "input": "x"})),
+    )
+    .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
     let missing = call(&gw, "GET", "/v1/responses/resp_missing", None, None).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
@@ -424,9 +461,15 @@ async fn a_daily_budget_stops_a_key_at_the_right_request_across_replicas() {
                       "messages": [{"role": "user", "content": "the same question"}]});
     // One request's cost, measured on a key without a budget.
     let probe = create_key(&replicas[0], json!({})).await;
-    let usage = call(&replicas[0], "POST", "/v1/chat/completions", Some(&probe), Some(body.clone()))
-        .await
-        .json()["usage"]
+    let usage = call(
+        &replicas[0],
+        "POST",
+        "/v1/chat/completions",
+        Some(&probe),
+        Some(body.clone()),
+    )
+    .await
+    .json()["usage"]
         .clone();
     let cost = (usage["prompt_tokens"].as_f64().unwrap() * 1000.0
         + usage["completion_tokens"].as_f64().unwrap() * 2000.0)
@@ -436,26 +479,64 @@ async fn a_daily_budget_stops_a_key_at_the_right_request_across_replicas() {
     // finds it spent.
     let key = create_key(&replicas[0], json!({"daily_budget_usd": cost * 2.5})).await;
     for i in 0..3 {
-        let reply = call(&replicas[i % 2], "POST", "/v1/chat/completions", Some(&key), Some(body.clone())).await;
-        assert_eq!(reply.status, StatusCode::OK, "request {}: {}", i + 1, reply.text);
+        let reply = call(
+            &replicas[i % 2],
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "request {}: {}",
+            i + 1,
+            reply.text
+        );
     }
     for replica in &replicas {
-        let refused = call(replica, "POST", "/v1/chat/completions", Some(&key), Some(body.clone())).await;
-        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.text);
+        let refused = call(
+            replica,
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            refused.text
+        );
         let error = &refused.json()["error"];
         assert_eq!(error["code"], "budget_exceeded");
         assert_eq!(error["type"], "insufficient_quota");
         assert!(error["message"].as_str().unwrap().contains("daily budget"));
-        let retry: u64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry: u64 = refused.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((1..=86_400).contains(&retry));
         // The Responses API is held to the same budget.
-        let refused = call(replica, "POST", "/v1/responses", Some(&key), Some(json!({"model": "mock/echo", "input": "x"}))).await;
+        let refused = call(
+            replica,
+            "POST",
+            "/v1/responses",
+            Some(&key),
+            Some(json!({"model": "mock/echo", "input": "x"})),
+        )
+        .await;
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     }
 
     // Spend per key and model, from Redis and from the database.
     drained(&replicas[0]).await;
-    let key_id = call(&replicas[0], "GET", "/admin/keys", Some("mk"), None).await.json()["data"]
+    let key_id = call(&replicas[0], "GET", "/admin/keys", Some("mk"), None)
+        .await
+        .json()["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -464,9 +545,15 @@ async fn a_daily_budget_stops_a_key_at_the_right_request_across_replicas() {
         .as_str()
         .unwrap()
         .to_owned();
-    let spend = call(&replicas[1], "GET", &format!("/admin/spend?key={key_id}"), Some("mk"), None)
-        .await
-        .json();
+    let spend = call(
+        &replicas[1],
+        "GET",
+        &format!("/admin/spend?key={key_id}"),
+        Some("mk"),
+        None,
+    )
+    .await
+    .json();
     let entry = &spend["data"][0];
     let today = entry["today"]["total_usd"].as_f64().unwrap();
     assert!((today - 3.0 * cost).abs() < 1e-9, "{spend}");
@@ -476,7 +563,9 @@ async fn a_daily_budget_stops_a_key_at_the_right_request_across_replicas() {
     assert_eq!(recorded["requests"], 3);
     assert!((recorded["cost_usd"].as_f64().unwrap() - 3.0 * cost).abs() < 1e-9);
     assert_eq!(
-        db.query(&format!("SELECT COUNT(*) FROM usage_records WHERE key_id = '{key_id}'")),
+        db.query(&format!(
+            "SELECT COUNT(*) FROM usage_records WHERE key_id = '{key_id}'"
+        )),
         "3"
     );
     // Without the master key, no spend.
@@ -493,8 +582,21 @@ async fn an_expired_session_is_read_back_from_the_database_and_goes_on() {
             ..Default::default()
         })
         .await;
-        let gw = gateway(&redis.url(), &fresh.url(), &unique_prefix(), &fake_provider(&upstream)).await;
-        let created = call(&gw, "POST", "/v1/sessions", None, Some(json!({"id": "s1", "system": "be kind"}))).await;
+        let gw = gateway(
+            &redis.url(),
+            &fresh.url(),
+            &unique_prefix(),
+            &fake_provider(&upstream),
+        )
+        .await;
+        let created = call(
+            &gw,
+            "POST",
+            "/v1/sessions",
+            None,
+            Some(json!({"id": "s1", "system": "be kind"})),
+        )
+        .await;
         assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
         for q in ["a", "b"] {
             let req = Request::builder()
@@ -503,7 +605,8 @@ async fn an_expired_session_is_read_back_from_the_database_and_goes_on() {
                 .header("x-tollgate-session-id", "s1")
                 .header("content-type", "application/json")
                 .body(Body::from(
-                    json!({"model": "fake/m", "messages": [{"role": "user", "content": q}]}).to_string(),
+                    json!({"model": "fake/m", "messages": [{"role": "user", "content": q}]})
+                        .to_string(),
                 ))
                 .unwrap();
             let response = app(gw.clone()).oneshot(req).await.unwrap();
@@ -514,11 +617,22 @@ async fn an_expired_session_is_read_back_from_the_database_and_goes_on() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             drained(&gw).await;
-            let n = gw.durable.as_ref().unwrap().db.session_messages("s1", 100).await.unwrap().len();
+            let n = gw
+                .durable
+                .as_ref()
+                .unwrap()
+                .db
+                .session_messages("s1", 100)
+                .await
+                .unwrap()
+                .len();
             if n == 4 {
                 break;
             }
-            assert!(Instant::now() < deadline, "{n} session messages in the database");
+            assert!(
+                Instant::now() < deadline,
+                "{n} session messages in the database"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         flushall(&redis).await;
@@ -543,20 +657,37 @@ async fn an_expired_session_is_read_back_from_the_database_and_goes_on() {
             .header("x-tollgate-session-id", "s1")
             .header("content-type", "application/json")
             .body(Body::from(
-                json!({"model": "fake/m", "messages": [{"role": "user", "content": "c"}]}).to_string(),
+                json!({"model": "fake/m", "messages": [{"role": "user", "content": "c"}]})
+                    .to_string(),
             ))
             .unwrap();
         let response = app(gw.clone()).oneshot(req).await.unwrap();
         let _ = response.into_body().collect().await.unwrap();
         assert_eq!(
             last_turns(&upstream),
-            turns(&[("system", "be kind"), ("user", "a"), ("assistant", &w), ("user", "b"), ("assistant", &w), ("user", "c")])
+            turns(&[
+                ("system", "be kind"),
+                ("user", "a"),
+                ("assistant", &w),
+                ("user", "b"),
+                ("assistant", &w),
+                ("user", "c")
+            ])
         );
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             drained(&gw).await;
-            let seqs: Vec<i64> = gw.durable.as_ref().unwrap().db.session_messages("s1", 100).await.unwrap()
-                .iter().map(|m| m.seq).collect();
+            let seqs: Vec<i64> = gw
+                .durable
+                .as_ref()
+                .unwrap()
+                .db
+                .session_messages("s1", 100)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.seq)
+                .collect();
             if seqs == [1, 2, 3, 4, 5, 6] {
                 break;
             }
@@ -569,7 +700,9 @@ async fn an_expired_session_is_read_back_from_the_database_and_goes_on() {
         drained(&gw).await;
         flushall(&redis).await;
         assert_eq!(
-            call(&gw, "GET", "/v1/sessions/s1/messages", None, None).await.status,
+            call(&gw, "GET", "/v1/sessions/s1/messages", None, None)
+                .await
+                .status,
             StatusCode::NOT_FOUND
         );
     }
@@ -591,7 +724,8 @@ async fn a_long_chain_is_summarized_and_sent_as_summary_plus_recent_turns() {
         fake_provider(&upstream)
     );
     let gw = gateway(&redis.url(), &db, &unique_prefix(), &extra).await;
-    let long = "please remember that the launch code is seven four nine and the meeting is on tuesday";
+    let long =
+        "please remember that the launch code is seven four nine and the meeting is on tuesday";
     let mut previous: Option<String> = None;
     let mut summarized = None;
     for step in 0..6 {
@@ -605,7 +739,8 @@ async fn a_long_chain_is_summarized_and_sent_as_summary_plus_recent_turns() {
         // Wait for the background summary of this step, if one is due.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let tollgate_redis::StoredResponse::Found(bytes) = gw.responses.get(&id).await.unwrap() else {
+            let tollgate_redis::StoredResponse::Found(bytes) = gw.responses.get(&id).await.unwrap()
+            else {
                 panic!("response {id} not stored");
             };
             let record: Value = serde_json::from_slice(&bytes).unwrap();
@@ -629,8 +764,19 @@ async fn a_long_chain_is_summarized_and_sent_as_summary_plus_recent_turns() {
     // The last request sent: the summary, then only recent turns, then its input.
     let sent = last_turns(&upstream);
     assert_eq!(sent[0].0, "system");
-    assert!(sent[0].1.starts_with("Summary of the earlier conversation:"), "{sent:?}");
+    assert!(
+        sent[0]
+            .1
+            .starts_with("Summary of the earlier conversation:"),
+        "{sent:?}"
+    );
     assert!(sent.len() < 2 * 6, "{sent:?}");
-    assert_eq!(sent.last().unwrap(), &("user".to_owned(), format!("step 5: {long}")));
-    assert!(!sent.iter().any(|(_, c)| c.starts_with("step 0:")), "{sent:?}");
+    assert_eq!(
+        sent.last().unwrap(),
+        &("user".to_owned(), format!("step 5: {long}"))
+    );
+    assert!(
+        !sent.iter().any(|(_, c)| c.starts_with("step 0:")),
+        "{sent:?}"
+    );
 }
