@@ -24,6 +24,7 @@ bench: deps
 	target/release/tollgate-bench vectors
 	target/release/tollgate-bench models
 	target/release/tollgate-bench gateway
+	target/release/tollgate-bench responses
 
 lint:
 	cargo fmt --all --check

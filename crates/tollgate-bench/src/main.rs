@@ -24,6 +24,7 @@ mod features;
 mod gateway;
 mod models;
 mod patterns;
+mod responses;
 mod vectors;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,9 @@ enum Command {
     /// The local models: embedding latency and throughput, chat time to first token and decode
     /// speed against the Q4_1 weights as shipped.
     Models(models::Args),
+    /// Stored responses read through the gateway against a bare Redis GET, and the outbox into
+    /// PostgreSQL against one row per transaction.
+    Responses(responses::Args),
     /// The in-process vector index against an exact scan, with recall.
     Vectors(vectors::Args),
     /// A minimal forwarding proxy (the floor any gateway hop costs); run by `gateway`.
@@ -88,5 +92,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Features(args) => features::run(args).await,
         Command::Vectors(args) => vectors::run(args),
         Command::Models(args) => models::run(args).await,
+        Command::Responses(args) => responses::run(args).await,
     }
 }
