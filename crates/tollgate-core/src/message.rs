@@ -27,6 +27,14 @@ impl ChatMessage {
         }
     }
 
+    /// How a summary of earlier turns is shown to a model: a system message.
+    pub fn summary(summary: &str) -> Self {
+        ChatMessage::text(
+            "system",
+            format!("Summary of the earlier conversation:\n{summary}"),
+        )
+    }
+
     /// The text of the message: the string content, or the `text` parts joined by newlines.
     pub fn text_content(&self) -> String {
         match &self.content {

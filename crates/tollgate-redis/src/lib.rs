@@ -57,7 +57,7 @@ pub use response_cache::{
 };
 pub use responses::{ResponseStore, StoredResponse};
 pub use semantic_cache::{SemanticCache, SemanticHit};
-pub use session::{Appended, SessionConfig, SessionInfo, SessionStore, Window};
+pub use session::{Appended, SessionConfig, SessionInfo, SessionStore, Unsummarized, Window};
 pub use spend::{Budget, Exhausted, Spend, SpendLedger, SpendPeriod};
 pub use stream::{
     EventKind, Follower, Producer, StreamConfig, StreamEvent, StreamReader, TokenStreams,

@@ -29,3 +29,4 @@ script!(VECTOR_WRITE, "vector_write.lua");
 script!(VECTOR_DROP, "vector_drop.lua");
 script!(RESPONSE_REPLACE, "response_replace.lua");
 script!(SESSION_RESTORE, "session_restore.lua");
+script!(SESSION_SUMMARY, "session_summary.lua");

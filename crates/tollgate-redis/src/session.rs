@@ -6,6 +6,12 @@
 //! expires only when idle (reads do not keep it alive). At most `max_messages` are kept; older
 //! ones are trimmed on append. History comes back in the OpenAI message format, system prompt
 //! first, in one round trip.
+//!
+//! A session may carry a summary of its messages up to some entry ([`SessionStore::set_summary`]):
+//! the [`Window::TokenBudget`] history (what prompts are built from) is then the system prompt,
+//! the summary, and the messages after it; the other windows return the messages as written.
+//! Each write reports the tokens of the messages after the summary, so a caller knows when to
+//! summarize without reading the session.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +80,17 @@ pub struct Appended {
     pub updated_ms: u64,
     /// The session's system prompt after the write.
     pub system: Option<String>,
+    /// Tokens of the messages after the session's summary (all of them without one).
+    pub pending_tokens: u64,
+}
+
+/// The messages a summary does not cover yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unsummarized {
+    /// The summary so far.
+    pub summary: Option<String>,
+    /// Stream entry id, message and tokens, oldest first.
+    pub messages: Vec<(String, ChatMessage, u32)>,
 }
 
 /// Sessions on one Redis.
@@ -241,12 +258,13 @@ impl SessionStore {
                 .arg(json)
                 .arg(self.counter.count_message(message));
         }
-        let (status, stored, appended, created_ms, system, updated_ms): (
+        let (status, stored, appended, created_ms, system, updated_ms, pending_tokens): (
             String,
             u64,
             u64,
             u64,
             String,
+            u64,
             u64,
         ) = invocation.invoke_async(&mut self.redis.conn()).await?;
         match status.as_str() {
@@ -256,6 +274,7 @@ impl SessionStore {
                 created_ms,
                 updated_ms,
                 system: Some(system).filter(|s| !s.is_empty()),
+                pending_tokens,
             }),
             "not_found" => Err(Error::NotFound),
             other => Err(Error::reply(
@@ -317,8 +336,19 @@ impl SessionStore {
         if matches!(window, Window::LastN(0)) {
             return Ok(out);
         }
+        // Prompts get the summary in place of the messages it covers.
+        let mut upto = None;
+        if let (Some(b), Some(summary)) = (budget.as_mut(), &meta.summary) {
+            let message = ChatMessage::summary(summary);
+            *b = b.saturating_sub(self.counter.count_message(&message));
+            out.push(message);
+            upto = meta.summary_upto.as_deref().and_then(entry_id);
+        }
         let mut kept = Vec::new();
-        for (message, tokens) in newest_first {
+        for (id, message, tokens) in newest_first {
+            if upto.is_some_and(|u| entry_id(&id).is_some_and(|e| e <= u)) {
+                break;
+            }
             if let Some(b) = budget.as_mut() {
                 if tokens > *b {
                     break;
@@ -330,6 +360,57 @@ impl SessionStore {
         kept.reverse();
         out.extend(kept);
         Ok(out)
+    }
+
+    /// The summary and the messages after it (the messages still in the stream).
+    pub async fn unsummarized(&self, id: &str, owner: &str) -> Result<Unsummarized> {
+        let id = Id::new(id)?;
+        let (meta, entries): (Vec<(String, String)>, Value) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(self.keys.session_meta(&id))
+            .cmd("XRANGE")
+            .arg(self.keys.session_messages(&id))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.redis.conn())
+            .await?;
+        let meta = Meta::from_fields(meta, owner)?;
+        let upto = meta.summary_upto.as_deref().and_then(entry_id);
+        let messages = parse_entries(entries)?
+            .into_iter()
+            .filter(|(id, _, _)| upto.is_none_or(|u| entry_id(id).is_some_and(|e| e > u)))
+            .collect();
+        Ok(Unsummarized {
+            summary: meta.summary,
+            messages,
+        })
+    }
+
+    /// Records `summary` as covering the messages up to entry `upto` (`tokens` of them), unless
+    /// the session has a newer one. True if recorded.
+    pub async fn set_summary(
+        &self,
+        id: &str,
+        owner: &str,
+        summary: &str,
+        upto: &str,
+        tokens: u64,
+    ) -> Result<bool> {
+        let id = Id::new(id)?;
+        if entry_id(upto).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "{upto:?} is not a stream entry id"
+            )));
+        }
+        let recorded: i64 = scripts::SESSION_SUMMARY
+            .key(self.keys.session_meta(&id))
+            .arg(owner)
+            .arg(summary)
+            .arg(upto)
+            .arg(tokens)
+            .invoke_async(&mut self.redis.conn())
+            .await?;
+        Ok(recorded == 1)
     }
 
     /// Deletes the session (both keys).
@@ -354,6 +435,14 @@ struct Meta {
     created_ms: u64,
     updated_ms: u64,
     appended: u64,
+    summary: Option<String>,
+    summary_upto: Option<String>,
+}
+
+/// A stream entry id as (ms, seq), for ordering.
+fn entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 impl Meta {
@@ -363,6 +452,8 @@ impl Meta {
             created_ms: 0,
             updated_ms: 0,
             appended: 0,
+            summary: None,
+            summary_upto: None,
         };
         let mut found_owner = None;
         for (k, v) in fields {
@@ -372,6 +463,8 @@ impl Meta {
                 "created_ms" => meta.created_ms = v.parse().unwrap_or(0),
                 "updated_ms" => meta.updated_ms = v.parse().unwrap_or(0),
                 "appended" => meta.appended = v.parse().unwrap_or(0),
+                "summary" => meta.summary = Some(v).filter(|s| !s.is_empty()),
+                "summary_upto" => meta.summary_upto = Some(v),
                 _ => {}
             }
         }
@@ -392,14 +485,15 @@ impl Meta {
     }
 }
 
-/// Parses XRANGE/XREVRANGE entries (`m` message JSON, `t` tokens), in the order given.
-fn parse_entries(reply: Value) -> Result<Vec<(ChatMessage, u32)>> {
+/// Parses XRANGE/XREVRANGE entries (`m` message JSON, `t` tokens) with their ids, in the order
+/// given.
+fn parse_entries(reply: Value) -> Result<Vec<(String, ChatMessage, u32)>> {
     type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
     let entries: Entries = redis::from_redis_value(reply)
         .map_err(|e| Error::reply("session history", e.to_string()))?;
     entries
         .into_iter()
-        .map(|(_, fields)| {
+        .map(|(id, fields)| {
             let mut message = None;
             let mut tokens = 0;
             for (k, v) in fields {
@@ -421,7 +515,7 @@ fn parse_entries(reply: Value) -> Result<Vec<(ChatMessage, u32)>> {
             }
             let message =
                 message.ok_or_else(|| Error::Decode("session entry without a message".into()))?;
-            Ok((message, tokens))
+            Ok((id, message, tokens))
         })
         .collect()
 }

@@ -131,6 +131,12 @@ impl SessionWrite {
                 .await
             {
                 Ok(written) => {
+                    crate::summaries::summarize_session_if_long(
+                        &gw,
+                        &self.id,
+                        &self.owner,
+                        written.pending_tokens,
+                    );
                     crate::sessions::record_write(&gw, &self.id, &self.owner, &written, &messages)
                         .await;
                 }

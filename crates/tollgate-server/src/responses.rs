@@ -161,7 +161,7 @@ pub async fn create_response(
         messages.push(ChatMessage::text("system", instructions));
     }
     if let Some(summary) = &context.summary {
-        messages.push(crate::summaries::summary_message(summary));
+        messages.push(ChatMessage::summary(summary));
     }
     messages.extend(context.messages.iter().cloned());
     messages.extend(input.iter().cloned());

@@ -1,4 +1,5 @@
-//! Long conversations, summarized in the background.
+//! Long conversations, summarized in the background: response chains (below) and sessions
+//! ([`summarize_session_if_long`]).
 //!
 //! When a stored response's conversation passes `[summaries] token_budget` tokens, a task asks
 //! `[summaries] model` (the local SmolLM2 by default) to summarize the older turns, together
@@ -16,18 +17,10 @@ use tollgate_core::{Aggregator, ChatMessage, ChatRequest};
 use crate::responses::{Context, StoredRecord};
 use crate::state::Gateway;
 
-/// How a summary is shown to the model.
-pub fn summary_message(summary: &str) -> ChatMessage {
-    ChatMessage::text(
-        "system",
-        format!("Summary of the earlier conversation:\n{summary}"),
-    )
-}
-
 /// Tokens of a context (its summary and its turns).
 pub fn tokens_of(gw: &Gateway, context: &Context) -> u64 {
     let summary = context.summary.as_deref().map_or(0, |s| {
-        u64::from(gw.counter.count_message(&summary_message(s)))
+        u64::from(gw.counter.count_message(&ChatMessage::summary(s)))
     });
     summary
         + context
@@ -116,6 +109,63 @@ async fn persist_summary(gw: &Gateway, id: &str, record: &StoredRecord) {
         tokens = record.context.tokens,
         "conversation summarized"
     );
+}
+
+/// Starts summarizing a session whose messages after its summary passed the budget (once per
+/// session at a time). The summary goes into the session's metadata; prompts then carry the
+/// summary in place of the messages it covers, and `GET /v1/sessions/{id}/messages` still shows
+/// every message.
+pub fn summarize_session_if_long(gw: &Arc<Gateway>, id: &str, owner: &str, pending_tokens: u64) {
+    let config = &gw.config.summaries;
+    if !config.enabled || pending_tokens <= u64::from(config.token_budget) {
+        return;
+    }
+    let busy_key = format!("s:{id}");
+    let first = gw
+        .summarizing
+        .lock()
+        .is_ok_and(|mut busy| busy.insert(busy_key.clone()));
+    if !first {
+        return;
+    }
+    let (gw, id, owner) = (gw.clone(), id.to_owned(), owner.to_owned());
+    tokio::spawn(async move {
+        if let Err(e) = summarize_session(&gw, &id, &owner).await {
+            tracing::warn!(error = %e, "could not summarize a long session; it is cut to its token budget");
+        }
+        if let Ok(mut busy) = gw.summarizing.lock() {
+            busy.remove(&busy_key);
+        }
+    });
+}
+
+async fn summarize_session(gw: &Gateway, id: &str, owner: &str) -> Result<(), String> {
+    let pending = gw
+        .sessions
+        .unsummarized(id, owner)
+        .await
+        .map_err(|e| e.to_string())?;
+    let messages: Vec<ChatMessage> = pending.messages.iter().map(|(_, m, _)| m.clone()).collect();
+    let start = recent_start(
+        gw,
+        &messages,
+        u64::from(gw.config.summaries.keep_recent_tokens),
+    );
+    if start == 0 {
+        return Ok(());
+    }
+    let summary = summarize(gw, pending.summary.as_deref(), &messages[..start]).await?;
+    let upto = &pending.messages[start - 1].0;
+    let tokens: u64 = pending.messages[..start]
+        .iter()
+        .map(|(_, _, t)| u64::from(*t))
+        .sum();
+    gw.sessions
+        .set_summary(id, owner, &summary, upto, tokens)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(id, "session summarized");
+    Ok(())
 }
 
 /// Asks the summary model for a summary of `turns` (after `previous`, an earlier summary).

@@ -780,3 +780,73 @@ async fn a_long_chain_is_summarized_and_sent_as_summary_plus_recent_turns() {
         "{sent:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_session_is_summarized_and_prompts_carry_the_summary() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        chunks: 3,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("t.db").display());
+    let extra = format!(
+        "{}[summaries]\nmodel = \"mock/summarizer\"\ntoken_budget = 60\nkeep_recent_tokens = 25\n",
+        fake_provider(&upstream)
+    );
+    let gw = gateway(&redis.url(), &db, &unique_prefix(), &extra).await;
+    let long = "note that the invoice number is 4471 and the customer prefers email over phone";
+    let send = |text: String| {
+        let gw = gw.clone();
+        async move {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v1/chat/completions")
+                .header("x-tollgate-session-id", "long")
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"model": "fake/m", "messages": [{"role": "user", "content": text}]})
+                        .to_string(),
+                ))
+                .unwrap();
+            let response = app(gw).oneshot(req).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let _ = response.into_body().collect().await.unwrap();
+        }
+    };
+    for turn in 0..4 {
+        send(format!("turn {turn}: {long}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw
+        .sessions
+        .unsummarized("long", "open")
+        .await
+        .unwrap()
+        .summary
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the session was not summarized");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    send(format!("turn 4: {long}")).await;
+    let sent = last_turns(&upstream);
+    assert!(
+        sent[0].0 == "system"
+            && sent[0]
+                .1
+                .starts_with("Summary of the earlier conversation:"),
+        "{sent:?}"
+    );
+    assert!(
+        !sent.iter().any(|(_, c)| c.starts_with("turn 0:")),
+        "{sent:?}"
+    );
+    assert_eq!(sent.last().unwrap().1, format!("turn 4: {long}"));
+    // The session itself still shows every message.
+    let all = call(&gw, "GET", "/v1/sessions/long/messages", None, None)
+        .await
+        .json();
+    assert_eq!(all["data"].as_array().unwrap().len(), 10);
+}

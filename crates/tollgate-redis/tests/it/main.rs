@@ -15,6 +15,7 @@ mod features;
 mod rate_limit;
 mod registry;
 mod response_cache;
+mod responses;
 mod session;
 mod stream;
 mod vectors;

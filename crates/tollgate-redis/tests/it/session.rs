@@ -23,7 +23,126 @@ pattern_suite!(
     sessions_expire_when_idle_and_writes_keep_them_alive,
     another_owner_sees_nothing,
     writes_from_several_connections_all_land,
+    a_summary_takes_the_place_of_the_messages_it_covers_in_prompts,
+    a_session_restored_from_elsewhere_goes_on_with_its_numbering,
 );
+
+async fn a_summary_takes_the_place_of_the_messages_it_covers_in_prompts(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let (s, other) = (
+        store(&ctx, 0, SessionConfig::default()),
+        store(&ctx, 1, SessionConfig::default()),
+    );
+    let mut pending = 0;
+    for i in 0..3 {
+        let written = s
+            .append_or_create_logged("s", "key-a", Some("be terse"), &turn(i))
+            .await
+            .unwrap();
+        assert!(written.pending_tokens > pending, "pending tokens grow");
+        pending = written.pending_tokens;
+        assert_eq!(written.appended, 2 * i as u64 + 2);
+    }
+    let open = other.unsummarized("s", "key-a").await.unwrap();
+    assert_eq!(open.summary, None);
+    assert_eq!(open.messages.len(), 6);
+    assert_eq!(
+        open.messages
+            .iter()
+            .map(|(_, _, t)| u64::from(*t))
+            .sum::<u64>(),
+        pending
+    );
+    // The first four messages are summarized (on another connection, as another process would).
+    let (upto, covered) = (
+        open.messages[3].0.clone(),
+        open.messages[..4]
+            .iter()
+            .map(|(_, _, t)| u64::from(*t))
+            .sum::<u64>(),
+    );
+    assert!(
+        other
+            .set_summary("s", "key-a", "they talked", &upto, covered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !other
+            .set_summary("s", "key-b", "hijack", &upto, covered)
+            .await
+            .unwrap()
+    );
+    // An older summary does not replace a newer one.
+    assert!(
+        !other
+            .set_summary("s", "key-a", "older", &open.messages[1].0, 1)
+            .await
+            .unwrap()
+    );
+
+    let prompt = s
+        .history("s", "key-a", Window::TokenBudget(10_000))
+        .await
+        .unwrap();
+    assert_eq!(prompt[0], ChatMessage::text("system", "be terse"));
+    assert_eq!(prompt[1], ChatMessage::summary("they talked"));
+    assert_eq!(&prompt[2..], &turn(2));
+    // Reading the session shows every message as written.
+    assert_eq!(s.history("s", "key-a", Window::All).await.unwrap().len(), 7);
+    let after = s.unsummarized("s", "key-a").await.unwrap();
+    assert_eq!(after.summary.as_deref(), Some("they talked"));
+    assert_eq!(after.messages.len(), 2);
+    let written = s.append("s", "key-a", &turn(3)).await;
+    assert!(written.is_ok());
+    let next = s
+        .append_or_create_logged("s", "key-a", None, &turn(4))
+        .await
+        .unwrap();
+    let remaining: u64 = s
+        .unsummarized("s", "key-a")
+        .await
+        .unwrap()
+        .messages
+        .iter()
+        .map(|(_, _, t)| u64::from(*t))
+        .sum();
+    assert_eq!(next.pending_tokens, remaining);
+    assert!(matches!(
+        s.set_summary("s", "key-a", "x", "not-an-id", 0).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+async fn a_session_restored_from_elsewhere_goes_on_with_its_numbering(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let s = store(&ctx, 0, SessionConfig::default());
+    let stored: Vec<(String, u32)> = turn(7)
+        .iter()
+        .map(|m| (serde_json::to_string(m).unwrap(), 5))
+        .collect();
+    assert!(
+        s.restore("r", "key-a", Some("sys"), 1_000, 12, &stored)
+            .await
+            .unwrap()
+    );
+    // Redis has it now: a second restore (another instance) changes nothing.
+    assert!(!s.restore("r", "key-a", None, 1, 1, &[]).await.unwrap());
+    let h = s.history("r", "key-a", Window::All).await.unwrap();
+    assert_eq!(h[0], ChatMessage::text("system", "sys"));
+    assert_eq!(&h[1..], &turn(7));
+    let written = s
+        .append_or_create_logged("r", "key-a", None, &turn(8))
+        .await
+        .unwrap();
+    assert_eq!(written.appended, 14);
+    assert_eq!(written.created_ms, 1_000);
+    assert!(written.pending_tokens >= 10);
+    assert!(matches!(
+        s.history("r", "key-b", Window::All).await,
+        Err(Error::NotFound)
+    ));
+}
 
 async fn history_comes_back_in_openai_format_with_the_system_prompt(b: Backend) {
     let ctx = Ctx::new(b, 1).await;
