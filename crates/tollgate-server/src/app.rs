@@ -80,6 +80,7 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/cache/stats", get(h::cache_stats_handler))
         .route("/admin/cache/invalidate", post(h::invalidate_handler))
         .route("/metrics", get(h::metrics_handler))
+        .route("/openapi.json", get(openapi_handler))
         .route("/healthz", get(healthz_handler))
         .route("/readyz", get(readyz_handler))
         .fallback(not_found_handler)
@@ -142,6 +143,19 @@ async fn measure(State(gw): State<AppState>, request: Request, next: Next) -> Re
 }
 
 /// Liveness: the process answers.
+/// The OpenAPI document of this HTTP surface (`crates/tollgate-server/openapi.json`).
+async fn openapi_handler() -> Response {
+    let mut response = Response::new(axum::body::Body::from(OPENAPI));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The OpenAPI document, kept beside the routes it describes.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
 async fn healthz_handler() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }

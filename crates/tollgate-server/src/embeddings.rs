@@ -35,8 +35,9 @@ pub struct Embedded {
     pub prompt_tokens: u64,
 }
 
-/// Embeds `texts` with `model`, charging `principal`'s limits for what goes upstream (`None`:
-/// the gateway's own use, such as semantic-cache lookups, which no key is charged for).
+/// Embeds `texts` with `model`, charging `principal`'s limits, budget and spend for what goes
+/// upstream (`None`: the gateway's own use, such as semantic-cache lookups, which no key is
+/// charged for).
 pub async fn embed_texts(
     gw: &AppState,
     principal: Option<&Principal>,
@@ -72,6 +73,9 @@ pub async fn embed_texts(
             .iter()
             .map(|t| u64::from(gw.counter.count_text(t)))
             .sum();
+        if let Some(p) = principal {
+            crate::accounting::check_budget(gw, p).await?;
+        }
         let admission = match principal {
             Some(p) => Some(
                 admit(
@@ -94,6 +98,14 @@ pub async fn embed_texts(
         };
         if let Some(a) = &admission {
             a.set_used(prompt_tokens);
+        }
+        if let Some(p) = principal {
+            let usage = tollgate_core::Usage {
+                prompt_tokens,
+                completion_tokens: 0,
+                total_tokens: prompt_tokens,
+            };
+            crate::accounting::record_usage(gw, &p.into(), model, None, &usage, false).await;
         }
         let fresh: Vec<(&str, &[f32])> = misses
             .iter()

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use crate::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -729,7 +731,10 @@ pub async fn key_spend(gw: &AppState, key_id: &str) -> Result<Value, ApiError> {
             .spend
             .spend(key_id, period, now)
             .await
-            .map_err(|e| ApiError::Unavailable(format!("spend: {e}")))?;
+            .map_err(|e| match e {
+                e if e.is_unavailable() => ApiError::Unavailable(format!("spend: {e}")),
+                e => ApiError::bad(e.to_string(), Some("key")),
+            })?;
         let models: serde_json::Map<String, Value> = spend
             .models
             .iter()

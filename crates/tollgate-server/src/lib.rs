@@ -23,6 +23,7 @@ pub mod config;
 pub mod embedded;
 pub mod embeddings;
 pub mod error;
+pub mod extract;
 pub mod handlers;
 pub mod limits;
 pub mod metrics;

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use crate::extract::Path;
 use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};

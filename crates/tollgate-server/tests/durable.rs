@@ -850,3 +850,49 @@ async fn a_long_session_is_summarized_and_prompts_carry_the_summary() {
         .json();
     assert_eq!(all["data"].as_array().unwrap().len(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_of_the_openapi_document_is_served() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("t.db").display());
+    let gw = gateway(&redis.url(), &db, &unique_prefix(), "").await;
+    let served = call(&gw, "GET", "/openapi.json", None, None).await;
+    assert_eq!(served.headers["content-type"], "application/json");
+    let doc = served.json();
+    assert_eq!(
+        doc,
+        serde_json::from_str::<Value>(tollgate_server::app::OPENAPI).unwrap()
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 26);
+    for (path, item) in paths {
+        let concrete = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in ["get", "post", "put", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let reply = call(
+                &gw,
+                &method.to_uppercase(),
+                &concrete,
+                None,
+                Some(json!({})),
+            )
+            .await;
+            assert_ne!(
+                reply.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            assert!(
+                !reply.text.contains("unknown path"),
+                "{method} {path} is documented but not served"
+            );
+        }
+    }
+}
