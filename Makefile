@@ -1,5 +1,5 @@
 # The two commands of the README are `make run` and `make test`; each installs what it needs.
-.PHONY: run test bench deps models lint ci
+.PHONY: run test bench deps models lint ci fuzz
 
 deps:
 	@scripts/install-deps.sh
@@ -26,8 +26,13 @@ bench: deps
 	target/release/tollgate-bench gateway
 	target/release/tollgate-bench responses
 
+## Every fuzz target for SECONDS each (default 20), as CI runs them.
+fuzz:
+	@scripts/fuzz.sh $(SECONDS)
+
 lint:
 	cargo fmt --all --check
+	cargo fmt --manifest-path fuzz/Cargo.toml --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 ci: lint test

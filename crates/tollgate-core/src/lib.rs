@@ -5,10 +5,12 @@
 //! - [`message`]: chat messages in the OpenAI wire format.
 //! - [`cache_key`]: the canonical form and hash of a request, used as the exact-cache key.
 //! - [`tokens`]: token counting behind a trait (an estimate by default).
+//! - [`responses`]: the Responses API's input items as chat messages.
 
 pub mod cache_key;
 pub mod chat;
 pub mod message;
+pub mod responses;
 pub mod tokens;
 
 pub use cache_key::{CacheKeyError, Normalization, request_hash};

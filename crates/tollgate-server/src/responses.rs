@@ -148,7 +148,11 @@ pub async fn create_response(
     req: ResponsesRequest,
 ) -> Result<Response, ApiError> {
     check_supported(&req)?;
-    let input = input_messages(&req.input)?;
+    let input =
+        tollgate_core::responses::input_messages(&req.input).map_err(|e| ApiError::BadRequest {
+            message: e.message,
+            param: e.param,
+        })?;
     let previous = match &req.previous_response_id {
         Some(id) => Some(
             load(gw, id, &principal.subject)
@@ -365,106 +369,6 @@ fn response_format(text: Option<&Value>) -> Result<Option<Value>, ApiError> {
             Some("text.format.type"),
         )),
     }
-}
-
-/// The request's `input` as chat messages.
-pub fn input_messages(input: &Value) -> Result<Vec<ChatMessage>, ApiError> {
-    match input {
-        Value::String(s) if !s.is_empty() => Ok(vec![ChatMessage::text("user", s.clone())]),
-        Value::Array(items) if !items.is_empty() => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| input_item(i, item))
-            .collect(),
-        Value::String(_) | Value::Array(_) => {
-            Err(ApiError::bad("`input` must not be empty", Some("input")))
-        }
-        _ => Err(ApiError::bad(
-            "`input` must be a string or an array of input items",
-            Some("input"),
-        )),
-    }
-}
-
-fn input_item(i: usize, item: &Value) -> Result<ChatMessage, ApiError> {
-    let at = |field: &str| format!("input[{i}]{field}");
-    let obj = item
-        .as_object()
-        .ok_or_else(|| ApiError::bad("an input item must be an object", Some(&at(""))))?;
-    match obj.get("type").and_then(Value::as_str) {
-        None | Some("message") => {}
-        Some(other) => {
-            return Err(ApiError::bad(
-                format!("input items of type {other:?} are not supported; send messages"),
-                Some(&at(".type")),
-            ));
-        }
-    }
-    let role = obj.get("role").and_then(Value::as_str).unwrap_or("");
-    if !["user", "assistant", "system", "developer"].contains(&role) {
-        return Err(ApiError::bad(
-            format!("role {role:?} is not one of user, assistant, system, developer"),
-            Some(&at(".role")),
-        ));
-    }
-    let content = match obj.get("content") {
-        Some(Value::String(s)) => Value::String(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut texts = Vec::new();
-            let mut chat_parts = Vec::new();
-            let mut only_text = true;
-            for (j, part) in parts.iter().enumerate() {
-                let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
-                match kind {
-                    "input_text" | "output_text" | "text" => {
-                        let text = part.get("text").and_then(Value::as_str).ok_or_else(|| {
-                            ApiError::bad(
-                                "a text part needs `text`",
-                                Some(&at(&format!(".content[{j}].text"))),
-                            )
-                        })?;
-                        texts.push(text.to_owned());
-                        chat_parts.push(json!({"type": "text", "text": text}));
-                    }
-                    "input_image" => {
-                        only_text = false;
-                        let url =
-                            part.get("image_url")
-                                .and_then(Value::as_str)
-                                .ok_or_else(|| {
-                                    ApiError::bad(
-                                        "an image part needs `image_url`",
-                                        Some(&at(&format!(".content[{j}].image_url"))),
-                                    )
-                                })?;
-                        chat_parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
-                    }
-                    other => {
-                        return Err(ApiError::bad(
-                            format!("content parts of type {other:?} are not supported"),
-                            Some(&at(&format!(".content[{j}].type"))),
-                        ));
-                    }
-                }
-            }
-            if only_text {
-                Value::String(texts.join("\n"))
-            } else {
-                Value::Array(chat_parts)
-            }
-        }
-        _ => {
-            return Err(ApiError::bad(
-                "`content` must be a string or an array of content parts",
-                Some(&at(".content")),
-            ));
-        }
-    };
-    Ok(ChatMessage {
-        role: role.to_owned(),
-        content,
-        extra: Map::new(),
-    })
 }
 
 /// A response being produced: what is needed to build and store it once the answer is complete.
