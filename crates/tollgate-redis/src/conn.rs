@@ -39,7 +39,8 @@ impl RedisConfig {
 #[derive(Clone)]
 enum Target {
     Single(redis::Client),
-    Cluster(Box<ClusterClient>),
+    /// The seed nodes: a dedicated connection gets a client of its own, with its own timeout.
+    Cluster(Vec<String>),
 }
 
 /// A handle to Redis: cheap to clone, every clone shares the one multiplexed connection.
@@ -92,7 +93,7 @@ impl Redis {
                     inner: Inner::Cluster(conn),
                     timeout,
                 },
-                target: Target::Cluster(Box::new(client)),
+                target: Target::Cluster(nodes.clone()),
                 command_timeout: timeout,
                 pubsub_url: nodes[0].clone(),
             })
@@ -129,18 +130,29 @@ impl Redis {
     }
 
     /// A connection of its own, for blocking commands; `timeout` must exceed the block time.
+    /// The client library's own response timeout is set to `timeout` too (its default, 500 ms,
+    /// would cut every longer block short).
     pub async fn dedicated(&self, timeout: Duration) -> Result<Conn> {
         let inner = match &self.target {
             Target::Single(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.command_timeout))
+                    .set_response_timeout(Some(timeout));
                 let c = tokio::time::timeout(
                     self.command_timeout,
-                    client.get_multiplexed_async_connection(),
+                    client.get_multiplexed_async_connection_with_config(&config),
                 )
                 .await
                 .map_err(|_| timeout_error())??;
                 Inner::Dedicated(c)
             }
-            Target::Cluster(client) => {
+            Target::Cluster(nodes) => {
+                let client = ClusterClient::builder(nodes.clone())
+                    .connection_timeout(self.command_timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(|e| Error::InvalidArgument(format!("cluster url: {e}")))?;
                 let c =
                     tokio::time::timeout(self.command_timeout * 5, client.get_async_connection())
                         .await

@@ -28,6 +28,9 @@ pub enum Error {
     /// A reader asked for entries that the stream's length bound has already trimmed.
     #[error("entries after {requested} were trimmed; the oldest kept is {oldest}")]
     Trimmed { requested: u64, oldest: u64 },
+    /// A token stream's producer stopped (its process died) before ending the stream.
+    #[error("the stream's producer stopped before its end")]
+    Abandoned,
     /// Waited longer than allowed (e.g. for another process's computation).
     #[error("timed out after {0:?}")]
     Timeout(Duration),

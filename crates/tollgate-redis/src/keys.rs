@@ -11,6 +11,7 @@
 //! | `tg:{c:MODEL}:l:TENANT:HASH` | string | the single-flight lease of that entry |
 //! | `tg:{s:SESSION}:meta`, `tg:{s:SESSION}:msgs` | hash, stream | a session |
 //! | `tg:{st:STREAM}` | stream | a generation's token stream |
+//! | `tg:{st:STREAM}:alive` | string | present while the stream's producer lives (`producer_timeout`) |
 //! | `tg:{k:SUBJECT}:rl:NAME` | various | a rate limit of a subject (an API key, a user...) |
 //! | `tg:{e:MODEL:VERSION}:SHA256` | string | a cached embedding |
 //! | `tg:{f:TYPE:ID}:GROUP` | hash | a feature group of an entity (`@ts`: update time) |
@@ -134,6 +135,10 @@ impl Keys {
 
     pub(crate) fn token_stream(&self, stream: &Id) -> String {
         format!("{}{{st:{stream}}}", self.prefix)
+    }
+
+    pub(crate) fn token_stream_alive(&self, stream: &Id) -> String {
+        format!("{}{{st:{stream}}}:alive", self.prefix)
     }
 
     pub(crate) fn rate_limit(&self, subject: &Id, name: &Id) -> String {

@@ -8,6 +8,11 @@
 //! `ttl_after_end` after its terminal entry. A reader asking for entries already trimmed gets
 //! [`Error::Trimmed`], never a silent gap. Readers block on a connection of their own, never on
 //! the shared one.
+//!
+//! A producer shows it lives: every write, and [`Producer::heartbeat`] between writes, keeps
+//! `tg:{st:ID}:alive` for `producer_timeout`. A reader that waits in vain on an open stream whose
+//! producer shows no life gets [`Error::Abandoned`] (its process died mid-generation) instead of
+//! waiting for the stream to expire.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -28,6 +33,8 @@ pub struct StreamConfig {
     pub ttl_active: Duration,
     /// A finished stream stays readable this long.
     pub ttl_after_end: Duration,
+    /// A producer that neither writes nor beats for this long is taken for dead.
+    pub producer_timeout: Duration,
 }
 
 impl Default for StreamConfig {
@@ -36,6 +43,7 @@ impl Default for StreamConfig {
             max_len: 10_000,
             ttl_active: Duration::from_secs(300),
             ttl_after_end: Duration::from_secs(600),
+            producer_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -111,9 +119,11 @@ impl TokenStreams {
     /// Opens stream `id` for writing, with `meta` as the data of its `start` entry. An id that
     /// already has a stream is a [`Error::Conflict`].
     pub async fn create(&self, id: &str, meta: &[u8]) -> Result<Producer> {
-        let key = self.keys.token_stream(&Id::new(id)?);
+        let id = Id::new(id)?;
+        let key = self.keys.token_stream(&id);
         let mut producer = Producer {
             redis: self.redis.clone(),
+            alive: self.keys.token_stream_alive(&id),
             key,
             config: self.config.clone(),
             next_seq: 1,
@@ -145,10 +155,11 @@ impl TokenStreams {
 
     /// A reader of stream `id`, with a blocking connection of its own.
     pub async fn reader(&self, id: &str) -> Result<StreamReader> {
-        let key = self.keys.token_stream(&Id::new(id)?);
+        let id = Id::new(id)?;
         Ok(StreamReader {
             redis: self.redis.clone(),
-            key,
+            key: self.keys.token_stream(&id),
+            alive: self.keys.token_stream_alive(&id),
             conn: None,
         })
     }
@@ -159,11 +170,24 @@ impl TokenStreams {
 pub struct Producer {
     redis: Redis,
     key: String,
+    alive: String,
     config: StreamConfig,
     next_seq: u64,
 }
 
 impl Producer {
+    /// Shows readers the producer lives (between writes; every write does too).
+    pub async fn heartbeat(&self) -> Result<()> {
+        redis::cmd("SET")
+            .arg(&self.alive)
+            .arg(1)
+            .arg("PX")
+            .arg(millis(self.config.producer_timeout))
+            .query_async::<()>(&mut self.redis.conn())
+            .await?;
+        Ok(())
+    }
+
     /// Appends one chunk; returns its sequence number.
     pub async fn push(&mut self, chunk: &[u8]) -> Result<u64> {
         self.append(EventKind::Chunk, &[chunk]).await
@@ -215,6 +239,16 @@ impl Producer {
                 .ignore();
         }
         pipe.cmd("PEXPIRE").arg(&self.key).arg(millis(ttl)).ignore();
+        if kind.is_terminal() {
+            pipe.cmd("DEL").arg(&self.alive).ignore();
+        } else {
+            pipe.cmd("SET")
+                .arg(&self.alive)
+                .arg(1)
+                .arg("PX")
+                .arg(millis(self.config.producer_timeout))
+                .ignore();
+        }
         match pipe.query_async::<()>(&mut self.redis.conn()).await {
             Ok(()) => {}
             Err(e) if e.to_string().contains("equal or smaller") => {
@@ -232,13 +266,15 @@ impl Producer {
 pub struct StreamReader {
     redis: Redis,
     key: String,
+    alive: String,
     conn: Option<Conn>,
 }
 
 impl StreamReader {
     /// Entries after sequence number `after` (0 = from the start), waiting up to `block` for the
     /// first one. An empty result means nothing arrived in time. A stream that does not exist
-    /// (never created, or expired) is [`Error::NotFound`].
+    /// (never created, or expired) is [`Error::NotFound`]; an open one whose producer shows no
+    /// life, [`Error::Abandoned`].
     pub async fn read(&mut self, after: u64, block: Duration) -> Result<Vec<StreamEvent>> {
         let conn = match &mut self.conn {
             Some(c) => c,
@@ -262,14 +298,23 @@ impl StreamReader {
         let events = parse_xread(reply)?;
         match events.first() {
             None => {
-                let exists: bool = redis::cmd("EXISTS")
+                // Both keys share the stream's hash tag: one round trip, one slot.
+                let (last, alive): (Value, bool) = redis::pipe()
+                    .cmd("XREVRANGE")
                     .arg(&self.key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .cmd("EXISTS")
+                    .arg(&self.alive)
                     .query_async(&mut self.redis.conn())
                     .await?;
-                if exists {
-                    Ok(events)
-                } else {
-                    Err(Error::NotFound)
+                let last = parse_entries(last)?;
+                match last.first() {
+                    None => Err(Error::NotFound),
+                    Some(e) if e.kind.is_terminal() || alive => Ok(events),
+                    Some(_) => Err(Error::Abandoned),
                 }
             }
             Some(first) if first.seq != after + 1 => Err(Error::Trimmed {
@@ -332,29 +377,41 @@ fn parse_xread(reply: Value) -> Result<Vec<StreamEvent>> {
     if matches!(reply, Value::Nil) {
         return Ok(Vec::new());
     }
-    type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
-    let streams: Vec<(String, Entries)> =
+    let streams: Vec<(String, Value)> =
         redis::from_redis_value(reply).map_err(|e| Error::reply("XREAD", e.to_string()))?;
     let mut out = Vec::new();
     for (_, entries) in streams {
-        for (id, fields) in entries {
-            let seq = id
-                .strip_prefix("0-")
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| Error::Decode(format!("token stream entry id {id:?}")))?;
-            let mut kind = None;
-            let mut data = Vec::new();
-            for (k, v) in fields {
-                match k.as_slice() {
-                    b"k" => kind = EventKind::from_code(&v),
-                    b"d" => data = v,
-                    _ => {}
-                }
+        out.extend(parse_entries(entries)?);
+    }
+    Ok(out)
+}
+
+/// Parses XRANGE-shaped entries (`[[id, [k, kind, d, data]], ...]`).
+fn parse_entries(reply: Value) -> Result<Vec<StreamEvent>> {
+    if matches!(reply, Value::Nil) {
+        return Ok(Vec::new());
+    }
+    type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+    let entries: Entries = redis::from_redis_value(reply)
+        .map_err(|e| Error::reply("stream entries", e.to_string()))?;
+    let mut out = Vec::with_capacity(entries.len());
+    for (id, fields) in entries {
+        let seq = id
+            .strip_prefix("0-")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::Decode(format!("token stream entry id {id:?}")))?;
+        let mut kind = None;
+        let mut data = Vec::new();
+        for (k, v) in fields {
+            match k.as_slice() {
+                b"k" => kind = EventKind::from_code(&v),
+                b"d" => data = v,
+                _ => {}
             }
-            let kind =
-                kind.ok_or_else(|| Error::Decode(format!("token stream entry {id} has no kind")))?;
-            out.push(StreamEvent { seq, kind, data });
         }
+        let kind =
+            kind.ok_or_else(|| Error::Decode(format!("token stream entry {id} has no kind")))?;
+        out.push(StreamEvent { seq, kind, data });
     }
     Ok(out)
 }

@@ -767,6 +767,7 @@ impl Generation {
             gw.streams.clone(),
             self.stream_id.clone(),
             meta.into_bytes(),
+            Duration::from_secs(gw.config.streams.producer_timeout_seconds.max(1)) / 3,
         ));
         let renewal = match &self.caching {
             Caching::Lead { key, .. } => {
@@ -971,7 +972,12 @@ enum WriterMsg {
 }
 
 impl StreamWriter {
-    fn spawn(streams: tollgate_redis::TokenStreams, id: String, meta: Vec<u8>) -> Self {
+    fn spawn(
+        streams: tollgate_redis::TokenStreams,
+        id: String,
+        meta: Vec<u8>,
+        beat: Duration,
+    ) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<WriterMsg>();
         tokio::spawn(async move {
             let mut producer = match streams.create(&id, &meta).await {
@@ -983,7 +989,22 @@ impl StreamWriter {
             };
             let mut broken = producer.is_none();
             let mut batch: Vec<Arc<str>> = Vec::new();
-            while let Some(first) = rx.recv().await {
+            // Between chunks (a slow first token), beats show readers the generation lives.
+            let mut beats = tokio::time::interval(beat);
+            beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let first = tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some(m) => m,
+                        None => break,
+                    },
+                    _ = beats.tick() => {
+                        if let Some(p) = producer.as_ref().filter(|_| !broken) {
+                            let _ = p.heartbeat().await;
+                        }
+                        continue;
+                    }
+                };
                 let mut end = None;
                 let mut next = Some(first);
                 while let Some(msg) = next.take() {

@@ -207,6 +207,9 @@ pub struct StreamsSection {
     pub max_len: u64,
     pub ttl_active_seconds: u64,
     pub ttl_after_end_seconds: u64,
+    /// A generation whose process shows no life for this long is reported to its readers as
+    /// interrupted.
+    pub producer_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -248,6 +248,15 @@ pub async fn stream_handler(
                     }
                 },
                 Ok(None) => None,
+                Err(tollgate_redis::Error::Abandoned) => {
+                    let err = ApiError::Relayed {
+                        status: 502,
+                        body: json!({"error": {
+                            "message": "the generation was interrupted: the gateway running it stopped; send the request again",
+                            "type": "upstream_error", "param": null, "code": "stream_interrupted"}}),
+                    };
+                    Some((StreamItem::Error(err.body()), None))
+                }
                 Err(e) => {
                     let err = match e {
                         tollgate_redis::Error::Trimmed { .. } | tollgate_redis::Error::NotFound => {
@@ -255,7 +264,10 @@ pub async fn stream_handler(
                                 "the stream no longer holds those events: {e}"
                             ))
                         }
-                        other => ApiError::Unavailable(format!("streams: {other}")),
+                        other => {
+                            tracing::warn!(error = %other, "token stream read failed");
+                            ApiError::Unavailable(format!("streams: {other}"))
+                        }
                     };
                     Some((StreamItem::Error(err.body()), None))
                 }

@@ -152,6 +152,7 @@ impl Gateway {
                 max_len: config.streams.max_len,
                 ttl_active: Duration::from_secs(config.streams.ttl_active_seconds),
                 ttl_after_end: Duration::from_secs(config.streams.ttl_after_end_seconds),
+                producer_timeout: Duration::from_secs(config.streams.producer_timeout_seconds),
             },
         );
         let router = build_router(&config)?;

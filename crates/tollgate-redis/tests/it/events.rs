@@ -215,3 +215,24 @@ async fn an_event_needs_a_field() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+mod blocking {
+    use std::time::Duration;
+
+    use tollgate_redis::{EventBus, EventConfig};
+
+    use crate::{Backend, Ctx, pattern_suite};
+
+    pattern_suite!(a_blocking_read_longer_than_the_client_default_waits_it_out);
+
+    /// redis-rs cuts responses after 500 ms by default; blocking reads must not be cut short.
+    async fn a_blocking_read_longer_than_the_client_default_waits_it_out(b: Backend) {
+        let ctx = Ctx::new(b, 1).await;
+        let bus = EventBus::new(ctx.redis(), ctx.keys.clone(), EventConfig::default());
+        bus.publish("quiet", &[("k", b"v")]).await.unwrap();
+        let block = Duration::from_millis(1500);
+        let mut conn = bus.reader(block).await.unwrap();
+        let got = bus.read(&mut conn, "quiet", "$", 10, block).await.unwrap();
+        assert!(got.is_empty());
+    }
+}

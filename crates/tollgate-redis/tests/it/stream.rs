@@ -19,7 +19,60 @@ pattern_suite!(
     trimmed_entries_are_reported_not_skipped,
     finished_streams_expire,
     pubsub_reaches_current_subscribers,
+    a_stream_whose_producer_died_is_reported_abandoned_not_waited_on,
 );
+
+async fn a_stream_whose_producer_died_is_reported_abandoned_not_waited_on(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let config = StreamConfig {
+        producer_timeout: Duration::from_millis(400),
+        ..StreamConfig::default()
+    };
+    let (writer, reader) = (streams(&ctx, 0, config.clone()), streams(&ctx, 1, config));
+    let mut p = writer.create("dies", b"").await.unwrap();
+    p.push(b"a").await.unwrap();
+    let mut r = reader.reader("dies").await.unwrap();
+    // Alive: beats keep a reader waiting, however slow the next chunk.
+    for _ in 0..4 {
+        p.heartbeat().await.unwrap();
+        assert!(
+            r.read(2, Duration::from_millis(150))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    p.push(b"b").await.unwrap();
+    // The producer dies (no end, no beat): readers get what was written, then Abandoned.
+    drop(p);
+    let got = r.read(1, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(got.len(), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(matches!(
+        r.read(3, Duration::from_millis(100)).await,
+        Err(Error::Abandoned)
+    ));
+    // A finished stream is never abandoned, whatever its producer does after.
+    let mut done = writer.create("done", b"").await.unwrap();
+    done.push(b"x").await.unwrap();
+    done.finish(b"").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut r = reader.reader("done").await.unwrap();
+    assert!(
+        r.read(3, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let events: Vec<EventKind> = r
+        .read(0, BLOCK)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(events.last(), Some(&EventKind::Done));
+}
 
 async fn a_read_from_a_middle_id_returns_exactly_the_rest_in_order(b: Backend) {
     let ctx = Ctx::new(b, 1).await;
