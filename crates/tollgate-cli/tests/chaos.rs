@@ -90,8 +90,8 @@ async fn a_gateway_killed_mid_stream_is_resumed_on_another_and_ends_in_an_error_
     assert!(ids.len() < 200, "the generation cannot have finished");
     let final_event: Value = serde_json::from_str(
         rest.lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("data: "))
             .unwrap(),
     )
     .unwrap();
