@@ -12,8 +12,8 @@
 //! entries are written one by one, and an entry that fails alone goes to the dead-letter stream
 //! (`tg:{ev:outbox}:dead`), so one bad record cannot hold up the rest.
 //!
-//! With Redis unreachable, [`Outbox::push`] writes straight to the database instead (slower, but
-//! nothing is lost).
+//! When Redis does not take an entry (down, failing over), [`Outbox::push`] writes straight to
+//! the database instead (slower, but nothing is lost).
 
 use std::time::Duration;
 
@@ -85,14 +85,14 @@ impl Outbox {
         let json = serde_json::to_vec(&records).map_err(|e| Error::Config(e.to_string()))?;
         match self.bus.publish(STREAM, &[("r", &json)]).await {
             Ok(_) => Ok(()),
-            Err(e) if e.is_unavailable() => match &self.direct {
+            // Whatever Redis's trouble (down, failing over, refusing), the records are kept.
+            Err(e) => match &self.direct {
                 Some(db) => {
                     tracing::warn!(error = %e, "outbox unavailable; writing records straight to the database");
                     db.write(records).await
                 }
                 None => Err(e.into()),
             },
-            Err(e) => Err(e.into()),
         }
     }
 

@@ -60,12 +60,32 @@ impl From<redis::RedisError> for Error {
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_unrecoverable_error()
+            || is_transient(&e)
         {
             Error::Unavailable(e)
         } else {
             Error::Command(e)
         }
     }
+}
+
+/// A cluster in transition (a failover, a slot migration) or a server still loading: the same
+/// command succeeds once it settles, as after a dropped connection. Also when the error comes
+/// wrapped in an aborted transaction.
+fn is_transient(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    [
+        "ClusterDown",
+        "CLUSTERDOWN",
+        "TryAgain",
+        "TRYAGAIN",
+        "MasterDown",
+        "MASTERDOWN",
+        "LOADING",
+        "BusyLoading",
+    ]
+    .iter()
+    .any(|code| text.contains(code))
 }
 
 /// Result alias of this crate.

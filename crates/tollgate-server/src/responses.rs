@@ -313,10 +313,20 @@ pub async fn persist(gw: &Gateway, id: &str, record: &StoredRecord) {
             return;
         }
     };
-    if let Err(e) = gw.responses.put(id, &json).await {
-        tracing::warn!(error = %e, "could not store a response in Redis; the database will have it");
+    let row = Record::Response(record.row(id));
+    match gw.responses.put(id, &json).await {
+        Ok(()) => crate::accounting::submit(gw, vec![row]).await,
+        Err(e) => {
+            // The next request of the chain will look in the database: it must be there first.
+            tracing::warn!(error = %e, "could not store a response in Redis; writing it to the database");
+            if let Some(durable) = &gw.durable
+                && let Err(e) = durable.db.write(vec![row.clone()]).await
+            {
+                tracing::warn!(error = %e, "database write failed; queueing the response");
+                crate::accounting::submit(gw, vec![row]).await;
+            }
+        }
     }
-    crate::accounting::submit(gw, vec![Record::Response(record.row(id))]).await;
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -259,6 +259,24 @@ impl RedisCluster {
                 })
             },
         );
+        // A replica that has not finished its first sync cannot take over its master: wait for
+        // every replication link, so a test's failover really fails over.
+        if replicas_per_master > 0 {
+            wait_until(
+                Duration::from_secs(30),
+                "every replica in sync with its master",
+                || {
+                    self.nodes[self.masters..].iter().all(|n| {
+                        let mut c = sync_conn(n.port);
+                        let info: String = redis::cmd("INFO")
+                            .arg("replication")
+                            .query(&mut c)
+                            .unwrap_or_default();
+                        info.contains("master_link_status:up")
+                    })
+                },
+            );
+        }
     }
 }
 

@@ -34,7 +34,7 @@ impl Replica {
                 .env_remove("TOLLGATE_MASTER_KEY")
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null());
+                .stderr(std::fs::File::create(data.path().join("tollgate.log")).unwrap());
             for (k, v) in env {
                 cmd.env(k, v);
             }
@@ -59,6 +59,11 @@ impl Replica {
             }
         }
         panic!("tollgate did not start after 5 tries");
+    }
+
+    /// What the process logged (warnings and errors) so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self._data.path().join("tollgate.log")).unwrap_or_default()
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
