@@ -16,15 +16,19 @@ run: deps
 test: deps
 	cargo test --workspace --locked
 
-## Benchmarks (not tests): ratios against baselines measured in the same run.
+BENCH = $(or $(CARGO_TARGET_DIR),target)/release/tollgate-bench
+
+## Benchmarks (not tests): ratios against baselines measured in the same run. `bench/run.sh`
+## runs the scenario suite alone.
 bench: deps
 	cargo build --release --locked -p tollgate-cli -p tollgate-bench
-	target/release/tollgate-bench patterns
-	target/release/tollgate-bench features
-	target/release/tollgate-bench vectors
-	target/release/tollgate-bench models
-	target/release/tollgate-bench gateway
-	target/release/tollgate-bench responses
+	$(BENCH) suite
+	$(BENCH) patterns
+	$(BENCH) features
+	$(BENCH) vectors
+	$(BENCH) models
+	$(BENCH) gateway
+	$(BENCH) responses
 
 ## Every fuzz target for SECONDS each (default 20), as CI runs them.
 fuzz:

@@ -25,6 +25,7 @@ mod gateway;
 mod models;
 mod patterns;
 mod responses;
+mod suite;
 mod vectors;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,10 @@ enum Command {
     /// Stored responses read through the gateway against a bare Redis GET, and the outbox into
     /// PostgreSQL against one row per transaction.
     Responses(responses::Args),
+    /// Named scenarios through tollgate, each next to its same-run baseline, as a markdown table.
+    Suite(suite::Args),
+    /// Minutes of mixed load, sampling tollgate's RSS and Redis's memory.
+    Soak(suite::SoakArgs),
     /// The in-process vector index against an exact scan, with recall.
     Vectors(vectors::Args),
     /// A minimal forwarding proxy (the floor any gateway hop costs); run by `gateway`.
@@ -93,5 +98,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Vectors(args) => vectors::run(args),
         Command::Models(args) => models::run(args).await,
         Command::Responses(args) => responses::run(args).await,
+        Command::Suite(args) => suite::run(args).await,
+        Command::Soak(args) => suite::soak(args).await,
     }
 }
