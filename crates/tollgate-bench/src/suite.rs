@@ -48,6 +48,11 @@ pub(crate) struct Args {
     /// The tollgate binary (default: next to this one).
     #[arg(long)]
     tollgate: Option<PathBuf>,
+    /// The `litellm` executable (`bench/litellm/setup.sh` installs one): adds the LiteLLM proxy's
+    /// cells where it has the feature (pass-through, Redis-cached hits, streaming), on the same
+    /// upstream and Redis.
+    #[arg(long)]
+    litellm: Option<PathBuf>,
 }
 
 /// Options of `tollgate-bench soak`.
@@ -179,6 +184,85 @@ impl Rig {
     }
 }
 
+/// A LiteLLM proxy process on the rig's upstream (and Redis, for its cache).
+struct LiteLlm {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for LiteLlm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn litellm(bin: &std::path::Path, rig: &Rig, cache: bool) -> anyhow::Result<LiteLlm> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.yaml");
+    let redis_port = rig.redis.port();
+    let cache_settings = if cache {
+        format!(
+            "  cache: true\n  cache_params:\n    type: redis\n    host: 127.0.0.1\n    port: {redis_port}\n    ttl: 600\n"
+        )
+    } else {
+        String::new()
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "model_list:\n  - model_name: up/m\n    litellm_params:\n      model: openai/m\n      api_base: {}\n      api_key: sk-not-used\n\
+             litellm_settings:\n  telemetry: false\n  drop_params: true\n  set_verbose: false\n{cache_settings}general_settings: {{}}\n",
+            rig.upstream.base_url()
+        ),
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new(bin)
+        .args(["--config"])
+        .arg(&config)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--telemetry",
+            "False",
+        ])
+        .env_remove("DATABASE_URL")
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("LITELLM_TELEMETRY", "False")
+        .env("LITELLM_LOG", "ERROR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    loop {
+        let up = rig
+            .http
+            .get(format!("{base}/health/liveliness"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if up {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(90),
+            "LiteLLM did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(LiteLlm {
+        child,
+        base,
+        _dir: dir,
+    })
+}
+
 /// One request of a scenario.
 #[derive(Clone)]
 struct Req {
@@ -201,6 +285,8 @@ struct Cell {
     ttft: Vec<Duration>,
     gaps: Vec<Duration>,
     errors: u64,
+    /// The first unexpected answer, to explain the errors.
+    first_error: Option<String>,
 }
 
 async fn run_cell(
@@ -235,7 +321,14 @@ async fn run_cell(
                         };
                         if r.status().as_u16() != req.expect {
                             cell.errors += 1;
-                            let _ = r.bytes().await;
+                            let status = r.status();
+                            let body = r.bytes().await.unwrap_or_default();
+                            cell.first_error.get_or_insert_with(|| {
+                                format!(
+                                    "{status}: {}",
+                                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                                )
+                            });
                             continue;
                         }
                         if req.stream {
@@ -282,6 +375,9 @@ async fn run_cell(
             all.ttft.extend(c.ttft);
             all.gaps.extend(c.gaps);
             all.errors += c.errors;
+            if all.first_error.is_none() {
+                all.first_error = c.first_error;
+            }
         }
     }
     all.rps = all.latency.len() as f64 / started.elapsed().as_secs_f64();
@@ -524,12 +620,141 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    println!(
-        "\nUpstream calls during the run: {}. Redis: {}.",
-        rig.upstream.calls(),
-        rig.redis.url()
-    );
+    if let Some(bin) = &args.litellm {
+        litellm_cells(bin, &rig, &args, &concurrencies, duration, question).await?;
+    }
+    println!("\nUpstream calls during the run: {}.", rig.upstream.calls());
     Ok(())
+}
+
+/// The LiteLLM proxy on the same upstream and Redis, at the same concurrencies: pass-through,
+/// hits from its Redis cache, and streaming (what it has of the suite's scenarios).
+async fn litellm_cells(
+    bin: &std::path::Path,
+    rig: &Rig,
+    args: &Args,
+    concurrencies: &[usize],
+    duration: Duration,
+    question: &str,
+) -> anyhow::Result<()> {
+    let plain = LiteLlm::start_both(bin, rig).await?;
+    let (nocache, cached) = (&plain.0, &plain.1);
+    let upstream_url = format!("{}/chat/completions", rig.upstream.base_url());
+    let body = |temperature: f64, stream: bool| {
+        json!({"model": "up/m", "temperature": temperature, "stream": stream,
+               "messages": [{"role": "user", "content": question}]})
+        .to_string()
+    };
+    let req = |url: String, body: String, stream: bool| Req {
+        url,
+        body,
+        headers: Vec::new(),
+        stream,
+        expect: 200,
+    };
+    let direct: Make = {
+        let (u, b) = (upstream_url.clone(), body(0.7, false));
+        Arc::new(move |_, _, _| req(u.clone(), b.clone(), false))
+    };
+    let pass: Make = {
+        let (u, b) = (
+            format!("{}/v1/chat/completions", nocache.base),
+            body(0.7, false),
+        );
+        Arc::new(move |_, _, _| req(u.clone(), b.clone(), false))
+    };
+    let hit: Make = {
+        let (u, b) = (
+            format!("{}/v1/chat/completions", cached.base),
+            body(0.0, false),
+        );
+        Arc::new(move |_, _, _| req(u.clone(), b.clone(), false))
+    };
+    let stream: Make = {
+        let (u, b) = (
+            format!("{}/v1/chat/completions", nocache.base),
+            body(0.7, true),
+        );
+        Arc::new(move |_, _, _| req(u.clone(), b.clone(), true))
+    };
+    let direct_stream: Make = {
+        let (u, b) = (upstream_url, body(0.7, true));
+        Arc::new(move |_, _, _| req(u.clone(), b.clone(), true))
+    };
+    // Prime LiteLLM's cache.
+    rig.http
+        .post(format!("{}/v1/chat/completions", cached.base))
+        .header("content-type", "application/json")
+        .body(body(0.0, false))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let version = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!(
+        "\n### The LiteLLM proxy side by side ({version}, one worker, same upstream, Redis and load generator)\n"
+    );
+    println!(
+        "| scenario | c | req/s | p50 | p99 | baseline | baseline req/s | baseline p50 | ratio (req/s) | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+    for &c in concurrencies {
+        let base = run_cell(&rig.http, direct.clone(), c, duration).await;
+        for (name, make) in [
+            ("LiteLLM pass-through", &pass),
+            ("LiteLLM exact hit (Redis cache)", &hit),
+        ] {
+            let cell = run_cell(&rig.http, make.clone(), c, duration).await;
+            println!(
+                "| {name} | {c} | {:.0} | {} | {} | upstream direct | {:.0} | {} | {:.2}× | {} |",
+                cell.rps,
+                ms(percentile(&cell.latency, 0.5)),
+                ms(percentile(&cell.latency, 0.99)),
+                base.rps,
+                ms(percentile(&base.latency, 0.5)),
+                cell.rps / base.rps.max(1e-9),
+                cell.errors
+            );
+            if let Some(e) = &cell.first_error {
+                eprintln!("{name}: {e}");
+            }
+        }
+        if args.only.as_deref().is_none_or(|o| o.contains("stream")) {
+            let d = run_cell(&rig.http, direct_stream.clone(), c, duration).await;
+            let s = run_cell(&rig.http, stream.clone(), c, duration).await;
+            for (name, mine, theirs) in [
+                ("LiteLLM stream TTFT", &s.ttft, &d.ttft),
+                ("LiteLLM stream inter-token gap", &s.gaps, &d.gaps),
+            ] {
+                println!(
+                    "| {name} | {c} | {:.0} | {} | {} | upstream stream direct | {:.0} | {} | p50 {:+.2} ms | {} |",
+                    s.rps,
+                    ms(percentile(mine, 0.5)),
+                    ms(percentile(mine, 0.99)),
+                    d.rps,
+                    ms(percentile(theirs, 0.5)),
+                    (percentile(mine, 0.5).as_secs_f64() - percentile(theirs, 0.5).as_secs_f64())
+                        * 1e3,
+                    s.errors
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+impl LiteLlm {
+    /// One proxy without a cache and one with its Redis cache.
+    async fn start_both(bin: &std::path::Path, rig: &Rig) -> anyhow::Result<(LiteLlm, LiteLlm)> {
+        Ok((
+            litellm(bin, rig, false).await?,
+            litellm(bin, rig, true).await?,
+        ))
+    }
 }
 
 fn uuid_like() -> String {

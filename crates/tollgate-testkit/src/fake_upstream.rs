@@ -1,7 +1,7 @@
 //! A fake OpenAI-compatible upstream (the real ones are paid and out of reach): an HTTP server on
 //! a free loopback port that answers `POST /v1/chat/completions` with a fixed number of chunks at
-//! a fixed pace (or one JSON answer when `stream` is not true), counts and keeps the requests it
-//! gets, and can fail the first N calls with 500.
+//! a fixed pace (or, after the same pauses, one JSON answer when `stream` is not true), counts and
+//! keeps the requests it gets, and can fail the first N calls with 500.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -131,6 +131,21 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> 
         .unwrap_or("fake")
         .to_owned();
     let config = shared.config.clone();
+    if request.get("stream") != Some(&Value::Bool(true)) {
+        // The same pauses as a stream (one per event), then the whole answer.
+        if !config.chunk_delay.is_zero() {
+            for _ in 0..config.chunks + 3 {
+                tokio::time::sleep(config.chunk_delay).await;
+            }
+        }
+        return Json(json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer_text(config.chunks)},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": config.chunks, "total_tokens": 10 + config.chunks},
+        }))
+        .into_response();
+    }
     let chunk = move |delta: Value, finish: Value| {
         json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
