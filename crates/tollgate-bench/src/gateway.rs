@@ -89,42 +89,21 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .split(',')
         .map(|c| c.trim().parse())
         .collect::<Result<_, _>>()?;
-    let binary = match args.tollgate {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("tollgate"),
-    };
-    anyhow::ensure!(
-        binary.exists(),
-        "no tollgate binary at {} (cargo build --release -p tollgate-cli)",
-        binary.display()
-    );
     let redis = tokio::task::spawn_blocking(RedisServer::start).await?;
     let upstream = FakeUpstream::start(FakeUpstreamConfig::default()).await;
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("tollgate.toml");
-    std::fs::write(
-        &config,
-        // Limits stay on (their check is part of every request's cost), set too high to refuse.
-        // The semantic cache is off: pass-through measures the hop, not an embedding per miss.
-        format!(
+    let tollgate = crate::start_tollgate(
+        args.tollgate.clone(),
+        &format!(
             "[semantic_cache]\nenabled = false\n[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up/m\"]\n\
              [tiers.default]\nrpm = 1000000000\ntpm = 1000000000000\nmax_concurrency = 100000\n",
             upstream.base_url()
         ),
-    )?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut child = Command::new(&binary)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--config")
-        .arg(&config)
-        .env("TOLLGATE_REDIS_URL", redis.url())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let gateway = format!("http://127.0.0.1:{port}");
+        &redis.url(),
+        dir.path(),
+    )
+    .await?;
+    let gateway = tollgate.base.clone();
     let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -144,23 +123,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .build()?;
-    let ready = Instant::now();
-    while http
-        .get(format!("{gateway}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .ok()
-        != Some(200)
-    {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(20),
-            "tollgate did not get ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_rss = rss_kib(child.id(), "VmRSS");
+    let idle_rss = rss_kib(tollgate.child.id(), "VmRSS");
 
     let message = json!([{"role": "user", "content": "Say hello in one short sentence."}]);
     let direct =
@@ -204,10 +168,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let h = measure(&http, &tollgate_url, hit.clone(), c, duration).await;
         rows.push((c, d, f, p, h));
     }
-    let peak_rss = rss_kib(child.id(), "VmHWM");
+    let peak_rss = rss_kib(tollgate.child.id(), "VmHWM");
     let upstream_calls = upstream.calls();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(tollgate);
     let _ = proxy.kill();
     let _ = proxy.wait();
 

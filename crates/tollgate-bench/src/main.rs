@@ -73,6 +73,77 @@ pub(crate) fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
         .unwrap_or_default()
 }
 
+/// A `tollgate serve` process for a benchmark; killed on drop.
+pub(crate) struct Tollgate {
+    pub(crate) child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) base: String,
+}
+
+impl Drop for Tollgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `tollgate serve` (the binary next to this one unless `binary` names one) on a free
+/// loopback port, with the configuration `config` (TOML) and `redis_url`, its data in `dir`,
+/// and waits until it is ready.
+pub(crate) async fn start_tollgate(
+    binary: Option<std::path::PathBuf>,
+    config: &str,
+    redis_url: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Tollgate> {
+    let binary = match binary {
+        Some(b) => b,
+        None => std::env::current_exe()?.with_file_name("tollgate"),
+    };
+    anyhow::ensure!(
+        binary.exists(),
+        "no tollgate binary at {} (cargo build --release -p tollgate-cli)",
+        binary.display()
+    );
+    let path = dir.join("tollgate.toml");
+    std::fs::write(&path, config)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = std::process::Command::new(&binary)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(&path)
+        .env("TOLLGATE_REDIS_URL", redis_url)
+        .env("TOLLGATE_DATA_DIR", dir)
+        .env_remove("TOLLGATE_MASTER_KEY")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let tollgate = Tollgate {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    while http
+        .get(format!("{}/readyz", tollgate.base))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "tollgate did not get ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(tollgate)
+}
+
 /// The Redis a benchmark measures: the one given, or a private redis-server (kept alive by the
 /// returned handle).
 pub(crate) async fn redis_to_measure(

@@ -3,7 +3,6 @@
 //! inserted one transaction each, all measured in the same run.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -54,49 +53,16 @@ where
 }
 
 async fn reads(args: &Args, redis: &RedisServer) -> anyhow::Result<()> {
-    let binary = match &args.tollgate {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("tollgate"),
-    };
-    anyhow::ensure!(
-        binary.exists(),
-        "no tollgate binary at {} (cargo build --release -p tollgate-cli)",
-        binary.display()
-    );
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("tollgate.toml");
-    std::fs::write(&config, "[semantic_cache]\nenabled = false\n")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut child = Command::new(&binary)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--config")
-        .arg(&config)
-        .env("TOLLGATE_REDIS_URL", redis.url())
-        .env("TOLLGATE_DATA_DIR", dir.path())
-        .env_remove("TOLLGATE_MASTER_KEY")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let base = format!("http://127.0.0.1:{port}");
+    let tollgate = crate::start_tollgate(
+        args.tollgate.clone(),
+        "[semantic_cache]\nenabled = false\n",
+        &redis.url(),
+        dir.path(),
+    )
+    .await?;
+    let base = tollgate.base.clone();
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    let ready = Instant::now();
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .ok()
-        != Some(200)
-    {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(20),
-            "tollgate did not get ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let created: Value = http
         .post(format!("{base}/v1/responses"))
         .header("content-type", "application/json")
@@ -156,8 +122,7 @@ async fn reads(args: &Args, redis: &RedisServer) -> anyhow::Result<()> {
         );
     }
     let _ = redis::cmd("PING").query_async::<String>(&mut conn).await;
-    child.kill().ok();
-    child.wait().ok();
+    drop(tollgate);
     for v in [&mut bare, &mut hop, &mut get] {
         v.sort_by(f64::total_cmp);
     }

@@ -76,30 +76,14 @@ pub(crate) struct SoakArgs {
 struct Rig {
     redis: RedisServer,
     upstream: FakeUpstream,
-    child: Child,
+    tollgate: crate::Tollgate,
     base: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn rig(binary: Option<PathBuf>, chunk_delay: Duration, extra: &str) -> anyhow::Result<Rig> {
     tollgate_providers::init_tls();
-    let binary = match binary {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("tollgate"),
-    };
-    anyhow::ensure!(
-        binary.exists(),
-        "no tollgate binary at {} (cargo build --release -p tollgate-cli)",
-        binary.display()
-    );
     let redis = tokio::task::spawn_blocking(RedisServer::start).await?;
     let upstream = FakeUpstream::start(FakeUpstreamConfig {
         chunks: 16,
@@ -108,10 +92,9 @@ async fn rig(binary: Option<PathBuf>, chunk_delay: Duration, extra: &str) -> any
     })
     .await;
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("tollgate.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let tollgate = crate::start_tollgate(
+        binary,
+        &format!(
             "[server]\nmaster_key = \"mk\"\n\
              [providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up/m\"]\n\
              [tiers.default]\nrpm = 1000000000\ntpm = 1000000000000\nmax_concurrency = 100000\n\
@@ -119,45 +102,20 @@ async fn rig(binary: Option<PathBuf>, chunk_delay: Duration, extra: &str) -> any
              [summaries]\nenabled = false\n{extra}",
             upstream.base_url()
         ),
-    )?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new(&binary)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--config")
-        .arg(&config)
-        .env("TOLLGATE_REDIS_URL", redis.url())
-        .env("TOLLGATE_DATA_DIR", dir.path())
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let base = format!("http://127.0.0.1:{port}");
+        &redis.url(),
+        dir.path(),
+    )
+    .await?;
+    let base = tollgate.base.clone();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(60))
         .build()?;
-    let ready = Instant::now();
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .ok()
-        != Some(200)
-    {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(20),
-            "tollgate did not get ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     Ok(Rig {
         redis,
         upstream,
-        child,
+        tollgate,
         base,
         http,
         _dir: dir,
@@ -387,6 +345,25 @@ async fn run_cell(
     all
 }
 
+/// The time-to-first-token and inter-token-gap rows of streamed cell `s` against `direct`.
+fn stream_rows(prefix: &str, c: usize, s: &Cell, direct: &Cell) {
+    for (name, mine, theirs) in [
+        ("stream TTFT", &s.ttft, &direct.ttft),
+        ("stream inter-token gap", &s.gaps, &direct.gaps),
+    ] {
+        println!(
+            "| {prefix}{name} | {c} | {:.0} | {} | {} | upstream stream direct | {:.0} | {} | p50 {:+.2} ms | {} |",
+            s.rps,
+            ms(percentile(mine, 0.5)),
+            ms(percentile(mine, 0.99)),
+            direct.rps,
+            ms(percentile(theirs, 0.5)),
+            (percentile(mine, 0.5).as_secs_f64() - percentile(theirs, 0.5).as_secs_f64()) * 1e3,
+            s.errors
+        );
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
@@ -602,22 +579,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         if wanted("stream") {
             let d = run_cell(&rig.http, direct_stream.clone(), c, duration).await;
             let s = run_cell(&rig.http, stream.clone(), c, duration).await;
-            for (name, mine, theirs) in [
-                ("stream TTFT", &s.ttft, &d.ttft),
-                ("stream inter-token gap", &s.gaps, &d.gaps),
-            ] {
-                println!(
-                    "| {name} | {c} | {:.0} | {} | {} | upstream stream direct | {:.0} | {} | p50 {:+.2} ms | {} |",
-                    s.rps,
-                    ms(percentile(mine, 0.5)),
-                    ms(percentile(mine, 0.99)),
-                    d.rps,
-                    ms(percentile(theirs, 0.5)),
-                    (percentile(mine, 0.5).as_secs_f64() - percentile(theirs, 0.5).as_secs_f64())
-                        * 1e3,
-                    s.errors
-                );
-            }
+            stream_rows("", c, &s, &d);
         }
     }
     if let Some(bin) = &args.litellm {
@@ -726,22 +688,7 @@ async fn litellm_cells(
         if args.only.as_deref().is_none_or(|o| o.contains("stream")) {
             let d = run_cell(&rig.http, direct_stream.clone(), c, duration).await;
             let s = run_cell(&rig.http, stream.clone(), c, duration).await;
-            for (name, mine, theirs) in [
-                ("LiteLLM stream TTFT", &s.ttft, &d.ttft),
-                ("LiteLLM stream inter-token gap", &s.gaps, &d.gaps),
-            ] {
-                println!(
-                    "| {name} | {c} | {:.0} | {} | {} | upstream stream direct | {:.0} | {} | p50 {:+.2} ms | {} |",
-                    s.rps,
-                    ms(percentile(mine, 0.5)),
-                    ms(percentile(mine, 0.99)),
-                    d.rps,
-                    ms(percentile(theirs, 0.5)),
-                    (percentile(mine, 0.5).as_secs_f64() - percentile(theirs, 0.5).as_secs_f64())
-                        * 1e3,
-                    s.errors
-                );
-            }
+            stream_rows("LiteLLM ", c, &s, &d);
         }
     }
     Ok(())
@@ -871,7 +818,7 @@ pub(crate) async fn soak(args: SoakArgs) -> anyhow::Result<()> {
             start.elapsed().as_secs_f64() / 60.0,
             failed.load(Ordering::Relaxed),
             (n - last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(1e-9),
-            rss_mib(rig.child.id()),
+            rss_mib(rig.tollgate.child.id()),
             used,
         );
         last = (n, now);

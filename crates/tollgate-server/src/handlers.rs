@@ -6,8 +6,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-
-use crate::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -22,6 +20,7 @@ use crate::auth;
 use crate::chat::{self, ChatOptions, ChatReply, ReplyBody, StreamItem};
 use crate::config::Limits;
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::metrics::CacheResult;
 use crate::sse;
 use crate::state::AppState;

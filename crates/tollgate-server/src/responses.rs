@@ -21,9 +21,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-
-use crate::extract::Path;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -36,6 +34,7 @@ use tollgate_redis::StoredResponse;
 use crate::auth::{self, Principal};
 use crate::chat::{self, ReplyBody, StreamItem};
 use crate::error::ApiError;
+use crate::extract::Path;
 use crate::handlers::{add_reply_headers, chat_options, read_json};
 use crate::state::{AppState, Gateway};
 
@@ -639,15 +638,7 @@ fn stream_events(
             }
         }
     });
-    let mut response = Response::new(Body::from_stream(events));
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    crate::sse::event_stream(Body::from_stream(events))
 }
 
 /// A whole chat answer from what a stream carried.

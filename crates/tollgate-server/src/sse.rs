@@ -27,7 +27,13 @@ pub fn encode(item: &StreamItem) -> Bytes {
 
 /// A `text/event-stream` response of `items`.
 pub fn response(items: BoxStream<'static, StreamItem>) -> Response {
-    let body = Body::from_stream(items.map(|item| Ok::<_, Infallible>(encode(&item))));
+    event_stream(Body::from_stream(
+        items.map(|item| Ok::<_, Infallible>(encode(&item))),
+    ))
+}
+
+/// A `text/event-stream` response of an already encoded body, unbuffered by proxies.
+pub fn event_stream(body: Body) -> Response {
     let mut response = Response::new(body);
     let h = response.headers_mut();
     h.insert(

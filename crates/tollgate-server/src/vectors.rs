@@ -14,8 +14,6 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-
-use crate::extract::Path;
 use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -25,6 +23,7 @@ use tollgate_redis::vectors::{Condition, Filter, Metadata, SearchMode};
 use crate::auth::{self, Principal};
 use crate::embeddings::embed_texts;
 use crate::error::ApiError;
+use crate::extract::Path;
 use crate::handlers::{read_json, tenant_scoped};
 use crate::state::AppState;
 
