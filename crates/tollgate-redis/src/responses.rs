@@ -39,28 +39,25 @@ impl ResponseStore {
 
     /// Stores a response.
     pub async fn put(&self, id: &str, value: &[u8]) -> Result<()> {
-        let key = self.keys.response(&Id::new(id)?);
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(value)
-            .arg("PX")
-            .arg(millis(self.ttl))
-            .query_async::<()>(&mut self.redis.conn())
-            .await?;
-        Ok(())
+        self.set(id, value, false).await
     }
 
     /// Stores a response found elsewhere (the database) unless Redis has one or its tombstone.
     pub async fn restore(&self, id: &str, value: &[u8]) -> Result<()> {
-        let key = self.keys.response(&Id::new(id)?);
-        redis::cmd("SET")
-            .arg(&key)
+        self.set(id, value, true).await
+    }
+
+    /// SET with the responses' TTL; only if absent with `if_absent`.
+    async fn set(&self, id: &str, value: &[u8], if_absent: bool) -> Result<()> {
+        let mut set = redis::cmd("SET");
+        set.arg(self.keys.response(&Id::new(id)?))
             .arg(value)
             .arg("PX")
-            .arg(millis(self.ttl))
-            .arg("NX")
-            .query_async::<()>(&mut self.redis.conn())
-            .await?;
+            .arg(millis(self.ttl));
+        if if_absent {
+            set.arg("NX");
+        }
+        set.query_async::<()>(&mut self.redis.conn()).await?;
         Ok(())
     }
 
@@ -92,14 +89,6 @@ impl ResponseStore {
 
     /// Marks `id` deleted (for as long as a response lives).
     pub async fn delete(&self, id: &str) -> Result<()> {
-        let key = self.keys.response(&Id::new(id)?);
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(TOMBSTONE)
-            .arg("PX")
-            .arg(millis(self.ttl))
-            .query_async::<()>(&mut self.redis.conn())
-            .await?;
-        Ok(())
+        self.set(id, TOMBSTONE.as_bytes(), false).await
     }
 }

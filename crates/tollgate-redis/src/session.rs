@@ -321,44 +321,39 @@ impl SessionStore {
             pipe.query_async(&mut self.redis.conn()).await?;
         let meta = Meta::from_fields(meta, owner)?;
         let newest_first = parse_entries(entries)?;
-        let mut out = Vec::new();
-        let mut budget = match window {
-            Window::TokenBudget(b) => Some(b),
-            _ => None,
-        };
-        if let Some(system) = meta.system.filter(|s| !s.is_empty()) {
-            let message = ChatMessage::text("system", system);
-            if let Some(b) = budget.as_mut() {
-                *b = b.saturating_sub(self.counter.count_message(&message));
-            }
-            out.push(message);
+        let system = meta.system.as_deref().filter(|s| !s.is_empty());
+        if let Window::TokenBudget(budget) = window {
+            // Prompts get the summary in place of the messages it covers.
+            let upto = meta
+                .summary
+                .as_ref()
+                .and(meta.summary_upto.as_deref())
+                .and_then(entry_id);
+            let after_summary = newest_first
+                .into_iter()
+                .take_while(|(id, _, _)| upto.is_none_or(|u| entry_id(id).is_none_or(|e| e > u)))
+                .map(|(_, message, tokens)| (message, tokens));
+            return Ok(within_budget(
+                &*self.counter,
+                system,
+                meta.summary.as_deref(),
+                after_summary,
+                budget,
+            ));
         }
+        let mut out: Vec<ChatMessage> = system
+            .map(|s| ChatMessage::text("system", s))
+            .into_iter()
+            .collect();
         if matches!(window, Window::LastN(0)) {
             return Ok(out);
         }
-        // Prompts get the summary in place of the messages it covers.
-        let mut upto = None;
-        if let (Some(b), Some(summary)) = (budget.as_mut(), &meta.summary) {
-            let message = ChatMessage::summary(summary);
-            *b = b.saturating_sub(self.counter.count_message(&message));
-            out.push(message);
-            upto = meta.summary_upto.as_deref().and_then(entry_id);
-        }
-        let mut kept = Vec::new();
-        for (id, message, tokens) in newest_first {
-            if upto.is_some_and(|u| entry_id(&id).is_some_and(|e| e <= u)) {
-                break;
-            }
-            if let Some(b) = budget.as_mut() {
-                if tokens > *b {
-                    break;
-                }
-                *b -= tokens;
-            }
-            kept.push(message);
-        }
-        kept.reverse();
-        out.extend(kept);
+        out.extend(
+            newest_first
+                .into_iter()
+                .rev()
+                .map(|(_, message, _)| message),
+        );
         Ok(out)
     }
 
@@ -437,6 +432,38 @@ struct Meta {
     appended: u64,
     summary: Option<String>,
     summary_upto: Option<String>,
+}
+
+/// A prompt's history: the system prompt, the summary of earlier messages (if any), then the
+/// newest messages that fit `budget` tokens with them, oldest first. `newest_first` gives each
+/// message with its token count; the first that does not fit ends the history.
+pub fn within_budget(
+    counter: &dyn TokenCounter,
+    system: Option<&str>,
+    summary: Option<&str>,
+    newest_first: impl IntoIterator<Item = (ChatMessage, u32)>,
+    budget: u32,
+) -> Vec<ChatMessage> {
+    let mut left = budget;
+    let mut out = Vec::new();
+    let head = system
+        .map(|s| ChatMessage::text("system", s))
+        .into_iter()
+        .chain(summary.map(ChatMessage::summary));
+    for message in head {
+        left = left.saturating_sub(counter.count_message(&message));
+        out.push(message);
+    }
+    let mut kept = Vec::new();
+    for (message, tokens) in newest_first {
+        if tokens > left {
+            break;
+        }
+        left -= tokens;
+        kept.push(message);
+    }
+    out.extend(kept.into_iter().rev());
+    out
 }
 
 /// A stream entry id as (ms, seq), for ordering.

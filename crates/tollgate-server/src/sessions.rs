@@ -124,24 +124,15 @@ pub async fn history_from_db(
     }
     let limit = i64::try_from(gw.sessions.max_messages()).unwrap_or(i64::MAX);
     let rows = durable.db.session_messages(id, limit).await.ok()?;
-    let mut out = Vec::new();
-    let mut left = i64::from(budget);
-    if let Some(system) = session.system.filter(|s| !s.is_empty()) {
-        let message = ChatMessage::text("system", system);
-        left -= i64::from(gw.counter.count_message(&message));
-        out.push(message);
-    }
-    let mut kept = Vec::new();
-    for row in rows.iter().rev() {
-        if row.tokens > left {
-            break;
-        }
-        left -= row.tokens;
-        if let Ok(m) = serde_json::from_str::<ChatMessage>(&row.message) {
-            kept.push(m);
-        }
-    }
-    kept.reverse();
-    out.extend(kept);
-    Some(out)
+    let newest_first = rows.iter().rev().filter_map(|row| {
+        let message = serde_json::from_str::<ChatMessage>(&row.message).ok()?;
+        Some((message, u32::try_from(row.tokens).unwrap_or(u32::MAX)))
+    });
+    Some(tollgate_redis::session::within_budget(
+        &*gw.counter,
+        session.system.as_deref().filter(|s| !s.is_empty()),
+        None,
+        newest_first,
+        budget,
+    ))
 }
