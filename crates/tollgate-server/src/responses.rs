@@ -111,9 +111,9 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
-    /// The database row of this record.
-    pub fn row(&self, id: &str) -> ResponseRow {
-        ResponseRow {
+    /// The database row of this record; its `body` is also what Redis stores.
+    pub fn row(&self, id: &str) -> Result<ResponseRow, serde_json::Error> {
+        Ok(ResponseRow {
             id: id.to_owned(),
             owner: self.owner.clone(),
             version: self.version,
@@ -123,8 +123,8 @@ impl StoredRecord {
                 .and_then(Value::as_i64)
                 .unwrap_or(0)
                 * 1000,
-            body: serde_json::to_string(self).unwrap_or_default(),
-        }
+            body: serde_json::to_string(self)?,
+        })
     }
 }
 
@@ -305,15 +305,16 @@ fn decode(bytes: &[u8]) -> Result<StoredRecord, ApiError> {
 
 /// Stores `record` (Redis, awaited; the database through the outbox).
 pub async fn persist(gw: &Gateway, id: &str, record: &StoredRecord) {
-    let json = match serde_json::to_vec(record) {
-        Ok(j) => j,
+    let row = match record.row(id) {
+        Ok(row) => row,
         Err(e) => {
             tracing::error!(error = %e, "a response record does not encode");
             return;
         }
     };
-    let row = Record::Response(record.row(id));
-    match gw.responses.put(id, &json).await {
+    let stored = gw.responses.put(id, row.body.as_bytes()).await;
+    let row = Record::Response(row);
+    match stored {
         Ok(()) => crate::accounting::submit(gw, vec![row]).await,
         Err(e) => {
             // The next request of the chain will look in the database: it must be there first.

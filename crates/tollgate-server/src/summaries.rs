@@ -81,11 +81,13 @@ pub fn summarize_response_if_long(gw: &Arc<Gateway>, id: &str, record: StoredRec
                 };
                 record.context.tokens = tokens_of(&gw, &record.context);
                 record.version += 1;
-                match serde_json::to_vec(&record) {
-                    Ok(json) => match gw.responses.replace(&id, &json).await {
+                match record.row(&id) {
+                    Ok(row) => match gw.responses.replace(&id, row.body.as_bytes()).await {
                         // Deleted meanwhile: leave it deleted.
                         Ok(false) => {}
-                        Ok(true) | Err(_) => persist_summary(&gw, &id, &record).await,
+                        Ok(true) | Err(_) => {
+                            persist_summary(&gw, row, record.context.tokens).await;
+                        }
                     },
                     Err(e) => tracing::error!(error = %e, "a summarized response does not encode"),
                 }
@@ -102,13 +104,10 @@ pub fn summarize_response_if_long(gw: &Arc<Gateway>, id: &str, record: StoredRec
 
 /// The database's copy of a summarized record (the Redis copy was replaced in place, keeping
 /// its TTL).
-async fn persist_summary(gw: &Gateway, id: &str, record: &StoredRecord) {
-    crate::accounting::submit(gw, vec![tollgate_db::Record::Response(record.row(id))]).await;
-    tracing::debug!(
-        id,
-        tokens = record.context.tokens,
-        "conversation summarized"
-    );
+async fn persist_summary(gw: &Gateway, row: tollgate_db::ResponseRow, tokens: u64) {
+    let id = row.id.clone();
+    crate::accounting::submit(gw, vec![tollgate_db::Record::Response(row)]).await;
+    tracing::debug!(id, tokens, "conversation summarized");
 }
 
 /// Starts summarizing a session whose messages after its summary passed the budget (once per
