@@ -123,8 +123,8 @@ fn serve_runs_its_own_redis_and_stops_it_on_sigterm() {
 #[test]
 fn serve_uses_an_external_redis_when_given_one() {
     let redis = tollgate_testkit::RedisServer::start();
-    let db = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite:{}", db.path().join("t.db").display());
+    let db = tollgate_testkit::TestDatabase::sqlite();
+    let db_url = db.url();
     // With an external Redis and a database URL, the data dir is not touched.
     let (_addr, mut child) = serve_on(&[
         ("TOLLGATE_REDIS_URL", &redis.url()),

@@ -10,29 +10,7 @@ use tollgate_db::{
     UsageRow,
 };
 use tollgate_redis::{Keys, Redis, RedisConfig};
-use tollgate_testkit::{PostgresDb, shared_redis, unique_prefix};
-
-/// A database of each kind: SQLite in a temp dir, PostgreSQL in a fresh database.
-enum Fresh {
-    Sqlite(tempfile::TempDir),
-    Postgres(PostgresDb),
-}
-
-impl Fresh {
-    fn url(&self) -> String {
-        match self {
-            Fresh::Sqlite(dir) => format!("sqlite:{}", dir.path().join("t.db").display()),
-            Fresh::Postgres(db) => db.url(),
-        }
-    }
-}
-
-fn both() -> Vec<Fresh> {
-    vec![
-        Fresh::Sqlite(tempfile::tempdir().unwrap()),
-        Fresh::Postgres(PostgresDb::create()),
-    ]
-}
+use tollgate_testkit::{TestDatabase, shared_redis, unique_prefix};
 
 async fn redis() -> (Redis, Keys) {
     let redis = Redis::connect(&RedisConfig::new(shared_redis().url()))
@@ -81,7 +59,7 @@ async fn count(db: &Database, table: &str) -> i64 {
 
 #[tokio::test]
 async fn writing_twice_changes_nothing_and_versions_only_go_up() {
-    for fresh in both() {
+    for fresh in TestDatabase::both() {
         let db = Database::connect(&fresh.url()).await.unwrap();
         // Migrations are idempotent: a second gateway starting on the same database is fine.
         let again = Database::connect(&fresh.url()).await.unwrap();
@@ -152,7 +130,7 @@ async fn writing_twice_changes_nothing_and_versions_only_go_up() {
 
 #[tokio::test]
 async fn writers_killed_before_and_after_their_commit_leave_every_record_exactly_once() {
-    for fresh in both() {
+    for fresh in TestDatabase::both() {
         let db = Database::connect(&fresh.url()).await.unwrap();
         let (redis, keys) = redis().await;
         let config = OutboxConfig {
@@ -206,10 +184,8 @@ async fn writers_killed_before_and_after_their_commit_leave_every_record_exactly
 
 #[tokio::test]
 async fn with_redis_gone_records_go_straight_to_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::connect(&format!("sqlite:{}", dir.path().join("t.db").display()))
-        .await
-        .unwrap();
+    let sqlite = TestDatabase::sqlite();
+    let db = Database::connect(&sqlite.url()).await.unwrap();
     let mut server = tollgate_testkit::RedisServer::start();
     let redis = Redis::connect(&RedisConfig {
         url: server.url(),

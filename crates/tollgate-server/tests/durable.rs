@@ -16,7 +16,9 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tollgate_server::{AppState, Config, Gateway, app};
-use tollgate_testkit::{FakeUpstream, FakeUpstreamConfig, PostgresDb, RedisServer, unique_prefix};
+use tollgate_testkit::{
+    FakeUpstream, FakeUpstreamConfig, PostgresDb, RedisServer, TestDatabase, unique_prefix,
+};
 use tower::ServiceExt;
 
 struct Reply {
@@ -29,28 +31,6 @@ impl Reply {
     fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
-}
-
-/// A database of each kind.
-enum Fresh {
-    Sqlite(tempfile::TempDir),
-    Postgres(PostgresDb),
-}
-
-impl Fresh {
-    fn url(&self) -> String {
-        match self {
-            Fresh::Sqlite(dir) => format!("sqlite:{}", dir.path().join("t.db").display()),
-            Fresh::Postgres(db) => db.url(),
-        }
-    }
-}
-
-fn both() -> Vec<Fresh> {
-    vec![
-        Fresh::Sqlite(tempfile::tempdir().unwrap()),
-        Fresh::Postgres(PostgresDb::create()),
-    ]
 }
 
 /// A gateway on `redis_url` with the database at `db_url` and its outbox writer running; `prefix`
@@ -111,6 +91,22 @@ async fn call(
     }
 }
 
+/// One chat turn of `session` through `fake/m`; the answer must be a 200.
+async fn session_turn(gw: &AppState, session: &str, text: &str) {
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("x-tollgate-session-id", session)
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"model": "fake/m", "messages": [{"role": "user", "content": text}]}).to_string(),
+        ))
+        .unwrap();
+    let response = app(gw.clone()).oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let _ = response.into_body().collect().await.unwrap();
+}
+
 async fn create_key(gw: &AppState, limits: Value) -> String {
     let created = call(
         gw,
@@ -168,7 +164,7 @@ fn turns(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_survives_flushall_from_the_database_and_stays_with_its_key() {
-    for fresh in both() {
+    for fresh in TestDatabase::both() {
         let redis = RedisServer::start();
         let upstream = FakeUpstream::start(FakeUpstreamConfig {
             chunks: 2,
@@ -312,8 +308,8 @@ async fn a_chain_survives_flushall_from_the_database_and_stays_with_its_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_response_is_stored_before_it_completes() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite:{}", dir.path().join("t.db").display());
+    let sqlite = TestDatabase::sqlite();
+    let db = sqlite.url();
     let prefix = unique_prefix();
     let gw = gateway(&redis.url(), &db, &prefix, "").await;
     let other = gateway(&redis.url(), &db, &prefix, "").await;
@@ -385,8 +381,8 @@ async fn a_streamed_response_is_stored_before_it_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_responses_requests_get_clear_errors() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite:{}", dir.path().join("t.db").display());
+    let sqlite = TestDatabase::sqlite();
+    let db = sqlite.url();
     let gw = gateway(&redis.url(), &db, &unique_prefix(), "").await;
     for (body, param) in [
         (json!({"model": "mock/echo"}), None),
@@ -575,7 +571,7 @@ async fn a_daily_budget_stops_a_key_at_the_right_request_across_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_session_is_read_back_from_the_database_and_goes_on() {
-    for fresh in both() {
+    for fresh in TestDatabase::both() {
         let redis = RedisServer::start();
         let upstream = FakeUpstream::start(FakeUpstreamConfig {
             chunks: 1,
@@ -599,19 +595,7 @@ async fn an_expired_session_is_read_back_from_the_database_and_goes_on() {
         .await;
         assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
         for q in ["a", "b"] {
-            let req = Request::builder()
-                .method("POST")
-                .uri("/v1/chat/completions")
-                .header("x-tollgate-session-id", "s1")
-                .header("content-type", "application/json")
-                .body(Body::from(
-                    json!({"model": "fake/m", "messages": [{"role": "user", "content": q}]})
-                        .to_string(),
-                ))
-                .unwrap();
-            let response = app(gw.clone()).oneshot(req).await.unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
-            let _ = response.into_body().collect().await.unwrap();
+            session_turn(&gw, "s1", q).await;
         }
         // The session is written after the answer: wait for it to reach the database.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -651,18 +635,7 @@ async fn an_expired_session_is_read_back_from_the_database_and_goes_on() {
         assert_eq!(info["appended"], 4);
 
         // It goes on where it stopped: the history is sent, the numbering continues.
-        let req = Request::builder()
-            .method("POST")
-            .uri("/v1/chat/completions")
-            .header("x-tollgate-session-id", "s1")
-            .header("content-type", "application/json")
-            .body(Body::from(
-                json!({"model": "fake/m", "messages": [{"role": "user", "content": "c"}]})
-                    .to_string(),
-            ))
-            .unwrap();
-        let response = app(gw.clone()).oneshot(req).await.unwrap();
-        let _ = response.into_body().collect().await.unwrap();
+        session_turn(&gw, "s1", "c").await;
         assert_eq!(
             last_turns(&upstream),
             turns(&[
@@ -716,8 +689,8 @@ async fn a_long_chain_is_summarized_and_sent_as_summary_plus_recent_turns() {
         ..Default::default()
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite:{}", dir.path().join("t.db").display());
+    let sqlite = TestDatabase::sqlite();
+    let db = sqlite.url();
     // The mock writes the summaries; the fake upstream answers the chain and shows what it got.
     let extra = format!(
         "{}[summaries]\nmodel = \"mock/summarizer\"\ntoken_budget = 60\nkeep_recent_tokens = 25\n",
@@ -789,34 +762,16 @@ async fn a_long_session_is_summarized_and_prompts_carry_the_summary() {
         ..Default::default()
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite:{}", dir.path().join("t.db").display());
+    let sqlite = TestDatabase::sqlite();
+    let db = sqlite.url();
     let extra = format!(
         "{}[summaries]\nmodel = \"mock/summarizer\"\ntoken_budget = 60\nkeep_recent_tokens = 25\n",
         fake_provider(&upstream)
     );
     let gw = gateway(&redis.url(), &db, &unique_prefix(), &extra).await;
     let long = "note that the invoice number is 4471 and the customer prefers email over phone";
-    let send = |text: String| {
-        let gw = gw.clone();
-        async move {
-            let req = Request::builder()
-                .method("POST")
-                .uri("/v1/chat/completions")
-                .header("x-tollgate-session-id", "long")
-                .header("content-type", "application/json")
-                .body(Body::from(
-                    json!({"model": "fake/m", "messages": [{"role": "user", "content": text}]})
-                        .to_string(),
-                ))
-                .unwrap();
-            let response = app(gw).oneshot(req).await.unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
-            let _ = response.into_body().collect().await.unwrap();
-        }
-    };
     for turn in 0..4 {
-        send(format!("turn {turn}: {long}")).await;
+        session_turn(&gw, "long", &format!("turn {turn}: {long}")).await;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while gw
@@ -830,7 +785,7 @@ async fn a_long_session_is_summarized_and_prompts_carry_the_summary() {
         assert!(Instant::now() < deadline, "the session was not summarized");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    send(format!("turn 4: {long}")).await;
+    session_turn(&gw, "long", &format!("turn 4: {long}")).await;
     let sent = last_turns(&upstream);
     assert!(
         sent[0].0 == "system"
@@ -854,8 +809,8 @@ async fn a_long_session_is_summarized_and_prompts_carry_the_summary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_path_of_the_openapi_document_is_served() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite:{}", dir.path().join("t.db").display());
+    let sqlite = TestDatabase::sqlite();
+    let db = sqlite.url();
     let gw = gateway(&redis.url(), &db, &unique_prefix(), "").await;
     let served = call(&gw, "GET", "/openapi.json", None, None).await;
     assert_eq!(served.headers["content-type"], "application/json");

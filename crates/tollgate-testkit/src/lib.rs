@@ -12,7 +12,7 @@ mod fake_upstream;
 mod postgres;
 
 pub use fake_upstream::{FakeUpstream, FakeUpstreamConfig};
-pub use postgres::{PostgresDb, postgres_admin_url};
+pub use postgres::{PostgresDb, TestDatabase, postgres_admin_url};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

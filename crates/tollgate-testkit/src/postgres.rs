@@ -77,3 +77,34 @@ fn psql(url: &str, sql: &str) -> String {
     );
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
+
+/// A fresh database of a kind tollgate writes to: a SQLite file in a temp dir, or a
+/// [`PostgresDb`]; gone on drop.
+#[derive(Debug)]
+pub enum TestDatabase {
+    Sqlite(tempfile::TempDir),
+    Postgres(PostgresDb),
+}
+
+impl TestDatabase {
+    /// A SQLite file in a temp dir of its own.
+    pub fn sqlite() -> Self {
+        TestDatabase::Sqlite(tempfile::tempdir().expect("temp dir for SQLite"))
+    }
+
+    /// One of each kind, for tests that must hold on both.
+    pub fn both() -> Vec<Self> {
+        vec![
+            TestDatabase::sqlite(),
+            TestDatabase::Postgres(PostgresDb::create()),
+        ]
+    }
+
+    /// The URL `TOLLGATE_DATABASE_URL` takes.
+    pub fn url(&self) -> String {
+        match self {
+            TestDatabase::Sqlite(dir) => format!("sqlite:{}", dir.path().join("t.db").display()),
+            TestDatabase::Postgres(db) => db.url(),
+        }
+    }
+}
