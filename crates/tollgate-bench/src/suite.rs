@@ -236,6 +236,11 @@ struct Req {
 /// Builds worker `w`'s `i`th request; `prev` is what its previous answer said (a response id).
 type Make = Arc<dyn Fn(usize, u64, Option<&str>) -> Req + Send + Sync>;
 
+/// The same request every time.
+fn fixed(req: Req) -> Make {
+    Arc::new(move |_, _, _| req.clone())
+}
+
 #[derive(Default)]
 struct Cell {
     rps: f64,
@@ -444,36 +449,21 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     };
     let pass_body = json!({"model": "up/m", "temperature": 0.7, "messages": [{"role": "user", "content": question}]});
     let direct_body = json!({"model": "m", "temperature": 0.7, "messages": [{"role": "user", "content": question}]});
-    let direct: Make = {
-        let (u, b) = (upstream_url.clone(), direct_body.clone());
-        Arc::new(move |_, _, _| plain(&u, b.clone(), &[]))
+    let streamed = |mut body: Value| {
+        body["stream"] = json!(true);
+        body
     };
-    let direct_stream: Make = {
-        let u = upstream_url.clone();
-        let mut b = direct_body.clone();
-        b["stream"] = json!(true);
-        Arc::new(move |_, _, _| Req {
-            stream: true,
-            ..plain(&u, b.clone(), &[])
-        })
-    };
-    let pass: Make = {
-        let (u, b, a) = (chat_url.clone(), pass_body.clone(), auth.clone());
-        Arc::new(move |_, _, _| plain(&u, b.clone(), &a))
-    };
-    let stream: Make = {
-        let (u, a) = (chat_url.clone(), auth.clone());
-        let mut b = pass_body.clone();
-        b["stream"] = json!(true);
-        Arc::new(move |_, _, _| Req {
-            stream: true,
-            ..plain(&u, b.clone(), &a)
-        })
-    };
-    let hit: Make = {
-        let (u, b, a) = (chat_url.clone(), hit_body.clone(), auth.clone());
-        Arc::new(move |_, _, _| plain(&u, b.clone(), &a))
-    };
+    let direct = fixed(plain(&upstream_url, direct_body.clone(), &[]));
+    let direct_stream = fixed(Req {
+        stream: true,
+        ..plain(&upstream_url, streamed(direct_body.clone()), &[])
+    });
+    let pass = fixed(plain(&chat_url, pass_body.clone(), &auth));
+    let stream = fixed(Req {
+        stream: true,
+        ..plain(&chat_url, streamed(pass_body.clone()), &auth)
+    });
+    let hit = fixed(plain(&chat_url, hit_body.clone(), &auth));
     let counter = Arc::new(AtomicU64::new(1 << 20));
     let semantic: Make = {
         let (u, a, counter) = (chat_url.clone(), auth.clone(), counter.clone());
@@ -483,14 +473,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             plain(&u, body, &a)
         })
     };
-    let limited_make: Make = {
-        let (u, b) = (chat_url.clone(), pass_body.clone());
-        let a = vec![("authorization".to_owned(), format!("Bearer {limited}"))];
-        Arc::new(move |_, _, _| Req {
-            expect: 429,
-            ..plain(&u, b.clone(), &a)
-        })
-    };
+    let limited_make = fixed(Req {
+        expect: 429,
+        ..plain(
+            &chat_url,
+            pass_body.clone(),
+            &[("authorization".to_owned(), format!("Bearer {limited}"))],
+        )
+    });
     let session: Make = {
         let (u, a) = (chat_url.clone(), auth.clone());
         let run_id = uuid_like();
@@ -614,38 +604,15 @@ async fn litellm_cells(
         stream,
         expect: 200,
     };
-    let direct: Make = {
-        let (u, b) = (upstream_url.clone(), body(0.7, false));
-        Arc::new(move |_, _, _| req(u.clone(), b.clone(), false))
-    };
-    let pass: Make = {
-        let (u, b) = (
-            format!("{}/v1/chat/completions", nocache.base),
-            body(0.7, false),
-        );
-        Arc::new(move |_, _, _| req(u.clone(), b.clone(), false))
-    };
-    let hit: Make = {
-        let (u, b) = (
-            format!("{}/v1/chat/completions", cached.base),
-            body(0.0, false),
-        );
-        Arc::new(move |_, _, _| req(u.clone(), b.clone(), false))
-    };
-    let stream: Make = {
-        let (u, b) = (
-            format!("{}/v1/chat/completions", nocache.base),
-            body(0.7, true),
-        );
-        Arc::new(move |_, _, _| req(u.clone(), b.clone(), true))
-    };
-    let direct_stream: Make = {
-        let (u, b) = (upstream_url, body(0.7, true));
-        Arc::new(move |_, _, _| req(u.clone(), b.clone(), true))
-    };
+    let to = |base: &str| format!("{base}/v1/chat/completions");
+    let direct = fixed(req(upstream_url.clone(), body(0.7, false), false));
+    let pass = fixed(req(to(&nocache.base), body(0.7, false), false));
+    let hit = fixed(req(to(&cached.base), body(0.0, false), false));
+    let stream = fixed(req(to(&nocache.base), body(0.7, true), true));
+    let direct_stream = fixed(req(upstream_url, body(0.7, true), true));
     // Prime LiteLLM's cache.
     rig.http
-        .post(format!("{}/v1/chat/completions", cached.base))
+        .post(to(&cached.base))
         .header("content-type", "application/json")
         .body(body(0.0, false))
         .send()
