@@ -291,7 +291,8 @@ async fn measure(
     }
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`); 0 when unreadable.
+pub(crate) fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

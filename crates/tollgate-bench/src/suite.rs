@@ -680,19 +680,6 @@ fn uuid_like() -> String {
     )
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// `tollgate-bench soak`: mixed load (pass-through, hits, sessions, responses chains, streams)
 /// for minutes; RSS and Redis memory sampled as it runs.
 pub(crate) async fn soak(args: SoakArgs) -> anyhow::Result<()> {
@@ -785,7 +772,7 @@ pub(crate) async fn soak(args: SoakArgs) -> anyhow::Result<()> {
             start.elapsed().as_secs_f64() / 60.0,
             failed.load(Ordering::Relaxed),
             (n - last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(1e-9),
-            rss_mib(rig.tollgate.child.id()),
+            crate::gateway::rss_kib(rig.tollgate.child.id(), "VmRSS") as f64 / 1024.0,
             used,
         );
         last = (n, now);

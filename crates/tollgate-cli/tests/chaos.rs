@@ -14,11 +14,7 @@ use serde_json::{Value, json};
 use tollgate_testkit::{FakeUpstream, FakeUpstreamConfig, RedisServer};
 
 fn client() -> reqwest::Client {
-    tollgate_providers::init_tls();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+    common::client(Duration::from_secs(60))
 }
 
 fn rss_kib(pid: u32) -> u64 {

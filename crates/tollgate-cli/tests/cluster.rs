@@ -40,11 +40,7 @@ async fn a_master_failed_over_under_load_loses_no_request_and_never_crosses_slot
             )
         })
         .collect();
-    tollgate_providers::init_tls();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = common::client(Duration::from_secs(30));
     let urls: Vec<String> = gateways.iter().map(|g| g.base.clone()).collect();
 
     // Mixed load from 6 clients, each on its own gateway in turn: cached questions, fresh ones,

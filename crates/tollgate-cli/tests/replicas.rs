@@ -13,11 +13,7 @@ use serde_json::{Value, json};
 use tollgate_testkit::{FakeUpstream, FakeUpstreamConfig, RedisServer};
 
 fn client() -> reqwest::Client {
-    tollgate_providers::init_tls();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    common::client(Duration::from_secs(30))
 }
 
 fn upstream_config(upstream: &FakeUpstream, extra: &str) -> String {

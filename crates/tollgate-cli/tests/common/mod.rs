@@ -157,3 +157,9 @@ pub(crate) fn sse_events(text: &str) -> Vec<(Option<u64>, String)> {
     }
     out
 }
+
+/// An HTTP client for the tests, each request bounded by `timeout`.
+pub(crate) fn client(timeout: Duration) -> reqwest::Client {
+    tollgate_providers::init_tls();
+    reqwest::Client::builder().timeout(timeout).build().unwrap()
+}
