@@ -14,6 +14,7 @@ run: deps
 
 ## The whole test suite against real redis-server processes and a real Redis Cluster.
 test: deps
+	@scripts/ensure-postgres.sh
 	cargo test --workspace --locked
 
 BENCH = $(or $(CARGO_TARGET_DIR),target)/release/tollgate-bench

