@@ -14,7 +14,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde_json::Value;
 use tollgate_server::Gateway;
-use tollgate_server::handlers::tenant_scoped;
+use tollgate_server::auth::tenant_scoped;
 
 struct Row {
     line: usize,

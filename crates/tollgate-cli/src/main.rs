@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tollgate_server::config::Limits;
 use tollgate_server::embedded::{EmbeddedConfig, EmbeddedRedis};
-use tollgate_server::{Config, Gateway, handlers, serve};
+use tollgate_server::{Config, Gateway, admin, auth, serve};
 
 mod eval;
 mod load;
@@ -268,7 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         monthly_budget_usd,
                         ..Limits::default()
                     };
-                    let (record, key) = handlers::create_key(&gw, name, tier, tenant, Some(limits))
+                    let (record, key) = admin::create_key(&gw, name, tier, tenant, Some(limits))
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     println!(
@@ -284,7 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "id", "name", "tier", "prefix", "created", "status", "today $", "month $"
                     );
                     for k in keys {
-                        let spend = handlers::key_spend(&gw, &k.id)
+                        let spend = admin::key_spend(&gw, &k.id)
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
                         let usd = |period: &str| spend[period]["total_usd"].as_f64().unwrap_or(0.0);
@@ -362,7 +362,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let gw = connect_gateway(cli.config.as_deref(), &data_dir).await?;
-            let name = handlers::tenant_scoped(&tenant, &stream);
+            let name = auth::tenant_scoped(&tenant, &stream);
             let block = Duration::from_secs(1);
             let mut conn = gw.events.reader(block).await.context("events")?;
             let mut after = if from_start {
@@ -402,7 +402,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let gw = connect_gateway(cli.config.as_deref(), &data_dir).await?;
             match command {
                 CacheCommand::Stats => {
-                    let stats = handlers::cache_stats(&gw)
+                    let stats = admin::cache_stats(&gw)
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     println!("{}", serde_json::to_string_pretty(&stats)?);

@@ -58,7 +58,7 @@ pub(crate) async fn warm(
                     Ok(mut req) => {
                         req.stream = false;
                         match chat_completions(&gw, &principal, req, ChatOptions::default()).await {
-                            Ok(reply) => match reply.cache {
+                            Ok(reply) => match reply.meta.cache {
                                 CacheResult::Hit | CacheResult::Semantic => Outcome::AlreadyCached,
                                 CacheResult::Miss | CacheResult::Coalesced => Outcome::Warmed,
                                 CacheResult::Bypass | CacheResult::Error => Outcome::NotCacheable,

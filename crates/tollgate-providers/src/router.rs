@@ -252,11 +252,6 @@ impl Router {
         self.aliases.keys().map(String::as_str)
     }
 
-    /// Provider names.
-    pub fn provider_names(&self) -> impl Iterator<Item = &str> {
-        self.providers.keys().map(String::as_str)
-    }
-
     /// The deployments to try for `model`, in order: one picked by weight, then the rest.
     pub fn resolve(&self, model: &str) -> Result<Vec<Deployment>, ProviderError> {
         if let Some(deployments) = self.aliases.get(model) {

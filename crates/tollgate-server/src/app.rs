@@ -1,127 +1,165 @@
-//! The HTTP surface: paths only, and the layers every request goes through.
+//! The HTTP surface: the routes, grouped by who may call them, and the layers every request
+//! goes through.
+//!
+//! Layers, outermost first: a request id (taken from `x-request-id` or made, echoed in the
+//! response and in every log line of the request), metrics and the access log (labelled with
+//! the route template that matched), panics turned into a 500 JSON error, the body limit. Then
+//! the group's authentication: an API key for `/v1`, the master key for `/admin`.
 
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::http::Uri;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use futures::FutureExt;
+use tracing::Instrument;
 
-use crate::embeddings::embeddings_handler;
+use crate::auth;
 use crate::error::ApiError;
-use crate::handlers as h;
-use crate::metrics::Route;
-use crate::responses as r;
+use crate::extract::limit_body;
+pub use crate::handlers::ops::OPENAPI;
+use crate::handlers::{
+    cache, chat, embeddings, events, features, keys, models, ops, responses, sessions, streams,
+    vectors,
+};
 pub use crate::state::AppState;
-use crate::vectors as v;
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(h::chat_completions_handler))
-        .route("/v1/models", get(h::models_handler))
-        .route("/v1/embeddings", post(embeddings_handler))
-        .route(
-            "/v1/vectors/{collection}",
-            get(v::collection_info_handler).delete(v::drop_collection_handler),
-        )
-        .route(
-            "/v1/vectors/{collection}/search",
-            post(v::search_vectors_handler),
-        )
-        .route(
-            "/v1/vectors/{collection}/{id}",
-            axum::routing::put(v::put_vector_handler)
-                .get(v::get_vector_handler)
-                .delete(v::delete_vector_handler),
-        )
-        .route("/v1/responses", post(r::create_response_handler))
-        .route(
-            "/v1/responses/{id}",
-            get(r::get_response_handler).delete(r::delete_response_handler),
-        )
-        .route("/v1/streams/{id}", get(h::stream_handler))
-        .route("/v1/events/{stream}", post(h::publish_event_handler))
-        .route("/v1/features/batch", post(h::features_batch_handler))
-        .route(
-            "/v1/features/{entity_type}/{entity_id}",
-            get(h::get_features_handler),
-        )
-        .route(
-            "/v1/features/{entity_type}/{entity_id}/{group}",
-            axum::routing::put(h::put_features_handler),
-        )
-        .route("/v1/sessions", post(h::create_session_handler))
-        .route(
-            "/v1/sessions/{id}",
-            get(h::get_session_handler).delete(h::delete_session_handler),
-        )
-        .route(
-            "/v1/sessions/{id}/messages",
-            get(h::session_messages_handler),
-        )
-        .route(
-            "/admin/keys",
-            post(h::create_key_handler).get(h::list_keys_handler),
-        )
-        .route(
-            "/admin/keys/{id}",
-            axum::routing::delete(h::revoke_key_handler),
-        )
-        .route("/admin/spend", get(h::spend_handler))
-        .route("/admin/models", get(h::list_registry_handler))
-        .route(
-            "/admin/models/{name}",
-            axum::routing::put(h::put_registry_handler).delete(h::delete_registry_handler),
-        )
-        .route("/admin/cache/stats", get(h::cache_stats_handler))
-        .route("/admin/cache/invalidate", post(h::invalidate_handler))
-        .route("/metrics", get(h::metrics_handler))
-        .route("/openapi.json", get(openapi_handler))
-        .route("/healthz", get(healthz_handler))
-        .route("/readyz", get(readyz_handler))
-        .fallback(not_found_handler)
+        .merge(open_routes())
+        .merge(tenant_routes().route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        )))
+        .merge(admin_routes().route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_master,
+        )))
+        .fallback(ops::not_found_handler)
+        .layer(middleware::from_fn_with_state(state.clone(), limit_body))
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(state.clone(), measure))
+        .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
 
-fn route_of(path: &str) -> Route {
-    if path == "/v1/chat/completions" {
-        Route::ChatCompletions
-    } else if path.starts_with("/v1/streams/") {
-        Route::Streams
-    } else if path.starts_with("/v1/sessions") {
-        Route::Sessions
-    } else if path == "/v1/models" {
-        Route::Models
-    } else if path.starts_with("/v1/events/") {
-        Route::Events
-    } else if path.starts_with("/v1/features/") {
-        Route::Features
-    } else if path == "/v1/embeddings" {
-        Route::Embeddings
-    } else if path.starts_with("/v1/vectors/") {
-        Route::Vectors
-    } else if path.starts_with("/admin/") {
-        Route::Admin
-    } else {
-        Route::Other
-    }
+/// The routes open by design, and only these: what load balancers, orchestrators and
+/// Prometheus poll, and the API's description.
+fn open_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(ops::healthz_handler))
+        .route("/readyz", get(ops::readyz_handler))
+        .route("/metrics", get(ops::metrics_handler))
+        .route("/openapi.json", get(ops::openapi_handler))
+}
+
+/// The API, for an API key (any key; what it reaches is its own tenant's).
+fn tenant_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions_handler))
+        .route("/v1/models", get(models::models_handler))
+        .route("/v1/embeddings", post(embeddings::embeddings_handler))
+        .route("/v1/responses", post(responses::create_response_handler))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get_response_handler).delete(responses::delete_response_handler),
+        )
+        .route("/v1/streams/{id}", get(streams::stream_handler))
+        .route("/v1/sessions", post(sessions::create_session_handler))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get_session_handler).delete(sessions::delete_session_handler),
+        )
+        .route(
+            "/v1/sessions/{id}/messages",
+            get(sessions::session_messages_handler),
+        )
+        .route("/v1/events/{stream}", post(events::publish_event_handler))
+        .route("/v1/features/batch", post(features::features_batch_handler))
+        .route(
+            "/v1/features/{entity_type}/{entity_id}",
+            get(features::get_features_handler),
+        )
+        .route(
+            "/v1/features/{entity_type}/{entity_id}/{group}",
+            put(features::put_features_handler),
+        )
+        .route(
+            "/v1/vectors/{collection}",
+            get(vectors::collection_info_handler).delete(vectors::drop_collection_handler),
+        )
+        .route(
+            "/v1/vectors/{collection}/search",
+            post(vectors::search_vectors_handler),
+        )
+        .route(
+            "/v1/vectors/{collection}/{id}",
+            put(vectors::put_vector_handler)
+                .get(vectors::get_vector_handler)
+                .delete(vectors::delete_vector_handler),
+        )
+}
+
+/// The operator's routes, for the master key.
+fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/admin/keys",
+            post(keys::create_key_handler).get(keys::list_keys_handler),
+        )
+        .route("/admin/keys/{id}", delete(keys::revoke_key_handler))
+        .route("/admin/spend", get(keys::spend_handler))
+        .route("/admin/models", get(models::list_registry_handler))
+        .route(
+            "/admin/models/{name}",
+            put(models::put_registry_handler).delete(models::delete_registry_handler),
+        )
+        .route("/admin/cache/stats", get(cache::cache_stats_handler))
+        .route("/admin/cache/invalidate", post(cache::invalidate_handler))
+}
+
+/// A request's id: the client's `x-request-id` when it is a short visible string, else a new one.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// Gives the request its id, echoes it in `x-request-id`, and runs the request in a span that
+/// carries it (every log line of the request, spawned work included, names it).
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        });
+    let span = tracing::info_span!("request", id = id.to_str().unwrap_or("-"));
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).instrument(span).await;
+    response.headers_mut().insert("x-request-id", id);
+    response
 }
 
 /// Counts, times and logs every request (to its response head: streams when they start).
 async fn measure(State(gw): State<AppState>, request: Request, next: Next) -> Response {
-    let route = route_of(request.uri().path());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
     let took = started.elapsed();
     let status = response.status().as_u16();
-    gw.metrics.request(route, status, took);
+    gw.metrics.request(&route, status, took);
     let header = |name: &str| {
         response
             .headers()
@@ -142,33 +180,19 @@ async fn measure(State(gw): State<AppState>, request: Request, next: Next) -> Re
     response
 }
 
-/// Liveness: the process answers.
-/// The OpenAPI document of this HTTP surface (`crates/tollgate-server/openapi.json`).
-async fn openapi_handler() -> Response {
-    let mut response = Response::new(axum::body::Body::from(OPENAPI));
-    response.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// The OpenAPI document, kept beside the routes it describes.
-pub const OPENAPI: &str = include_str!("../openapi.json");
-
-async fn healthz_handler() -> Json<Value> {
-    Json(json!({"status": "ok"}))
-}
-
-/// Readiness: Redis answers a PING within its timeout.
-async fn readyz_handler(State(gw): State<AppState>) -> Result<Json<Value>, ApiError> {
-    gw.redis
-        .ping()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("redis: {e}")))?;
-    Ok(Json(json!({"status": "ready", "redis": "ok"})))
-}
-
-async fn not_found_handler(uri: Uri) -> ApiError {
-    ApiError::NotFound(format!("unknown path {}", uri.path()))
+/// A handler that panics answers a 500 JSON error (the panic is logged), and the process goes
+/// on serving.
+async fn catch_panic(request: Request, next: Next) -> Response {
+    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            tracing::error!(panic = %what, "a handler panicked");
+            ApiError::Internal(format!("handler panicked: {what}")).into_response()
+        }
+    }
 }

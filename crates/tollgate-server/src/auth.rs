@@ -1,11 +1,20 @@
 //! Who is calling: an API key (its tenant and limits), the master key, or nobody (open mode,
 //! loopback only, when no master key is set).
+//!
+//! Identity comes from extractors: [`Principal`] for the tenant routes, [`Admin`] for `/admin`.
+//! The router also puts each group of routes behind [`require_key`] or [`require_master`]
+//! (see `app.rs`), so a route added to a group is authenticated whether or not its handler
+//! asks who is calling; the routes open by design are listed together there.
 
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use crate::config::Limits;
 use crate::error::ApiError;
-use crate::state::Gateway;
+use crate::state::{AppState, Gateway};
 
 /// The caller of a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +28,23 @@ pub struct Principal {
     /// True for the master key (and in open mode): may use `/admin`.
     pub admin: bool,
 }
+
+impl Principal {
+    /// `name` in this principal's tenant (see [`tenant_scoped`]).
+    pub fn scoped(&self, name: &str) -> String {
+        tenant_scoped(&self.tenant, name)
+    }
+}
+
+/// A name scoped to a tenant (`TENANT/NAME`): event streams, feature entity types and vector
+/// collections are per tenant, so one tenant's keys never reach another's.
+pub fn tenant_scoped(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
+}
+
+/// The master key was presented (or no master key is set: open mode).
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get("authorization")?.to_str().ok()?;
@@ -83,17 +109,57 @@ pub async fn principal(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, A
 }
 
 /// Authenticates an `/admin` request: the master key (anything goes in open mode).
-pub fn admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn admin(gw: &Gateway, headers: &HeaderMap) -> Result<Admin, ApiError> {
     let Some(master) = gw.master_key() else {
-        return Ok(());
+        return Ok(Admin);
     };
     match bearer(headers) {
-        Some(t) if same(t, master) => Ok(()),
+        Some(t) if same(t, master) => Ok(Admin),
         Some(_) => Err(ApiError::Forbidden(
             "admin routes need the master key".into(),
         )),
         None => Err(ApiError::Unauthorized(
             "missing master key: send `Authorization: Bearer MASTER_KEY`".into(),
         )),
+    }
+}
+
+/// The layer in front of the tenant routes: authenticates once and leaves the [`Principal`]
+/// in the request for its handler.
+pub async fn require_key(State(gw): State<AppState>, mut request: Request, next: Next) -> Response {
+    match principal(&gw, request.headers()).await {
+        Ok(p) => {
+            request.extensions_mut().insert(p);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The layer in front of `/admin`: the master key, or a 401/403.
+pub async fn require_master(State(gw): State<AppState>, request: Request, next: Next) -> Response {
+    match admin(&gw, request.headers()) {
+        Ok(Admin) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &AppState) -> Result<Self, ApiError> {
+        // Put there by `require_key`; a handler mounted elsewhere authenticates by itself.
+        if let Some(p) = parts.extensions.remove::<Principal>() {
+            return Ok(p);
+        }
+        principal(gw, &parts.headers).await
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &AppState) -> Result<Self, ApiError> {
+        admin(gw, &parts.headers)
     }
 }

@@ -20,28 +20,54 @@ const DEFAULTS: &str = include_str!("../../../config/default.toml");
 #[error("{}", .0.join("; "))]
 pub struct ConfigErrors(pub Vec<String>);
 
-/// The whole configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub server: ServerConfig,
-    pub redis: RedisSection,
-    pub embedded_redis: EmbeddedSection,
-    pub cache: CacheSection,
-    pub limits: LimitsSection,
-    pub tiers: BTreeMap<String, Limits>,
-    pub sessions: SessionsSection,
-    pub streams: StreamsSection,
-    pub embeddings: EmbeddingsSection,
-    pub semantic_cache: SemanticCacheSection,
-    pub vectors: VectorsSection,
-    pub retry: RetrySection,
-    pub providers: BTreeMap<String, ProviderSection>,
-    pub aliases: BTreeMap<String, AliasSection>,
-    pub prices: BTreeMap<String, Price>,
-    pub database: DatabaseSection,
-    pub outbox: OutboxSection,
-    pub responses: ResponsesSection,
-    pub summaries: SummariesSection,
+/// Declares the configuration's sections once: the `Config` struct, and how a merged table
+/// becomes one, every section parsed and every problem of every section collected.
+macro_rules! sections {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty,)*) => {
+        /// The whole configuration.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $($(#[$doc])* pub $name: $ty,)*
+        }
+
+        /// The section names, as a file writes them.
+        const SECTIONS: &[&str] = &[$(stringify!($name)),*];
+
+        impl Config {
+            /// Parses each section of `table` (a missing one is empty: the defaults fill it).
+            fn sections(table: &mut toml::Table, errors: &mut Vec<String>) -> Option<Config> {
+                let mut take = |name: &str| {
+                    table
+                        .remove(name)
+                        .unwrap_or_else(|| toml::Value::Table(toml::Table::new()))
+                };
+                $(let $name = section::<$ty>(stringify!($name), take(stringify!($name)), errors);)*
+                Some(Config { $($name: $name?,)* })
+            }
+        }
+    };
+}
+
+sections! {
+    server: ServerConfig,
+    redis: RedisSection,
+    embedded_redis: EmbeddedSection,
+    cache: CacheSection,
+    limits: LimitsSection,
+    tiers: BTreeMap<String, Limits>,
+    sessions: SessionsSection,
+    streams: StreamsSection,
+    embeddings: EmbeddingsSection,
+    semantic_cache: SemanticCacheSection,
+    vectors: VectorsSection,
+    retry: RetrySection,
+    providers: BTreeMap<String, ProviderSection>,
+    aliases: BTreeMap<String, AliasSection>,
+    prices: BTreeMap<String, Price>,
+    database: DatabaseSection,
+    outbox: OutboxSection,
+    responses: ResponsesSection,
+    summaries: SummariesSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -390,128 +416,13 @@ impl Config {
 
     fn from_table(mut table: toml::Table) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
-        let known = [
-            "server",
-            "redis",
-            "embedded_redis",
-            "cache",
-            "limits",
-            "tiers",
-            "sessions",
-            "streams",
-            "embeddings",
-            "semantic_cache",
-            "vectors",
-            "retry",
-            "providers",
-            "aliases",
-            "prices",
-            "database",
-            "outbox",
-            "responses",
-            "summaries",
-        ];
         for key in table.keys() {
-            if !known.contains(&key.as_str()) {
+            if !SECTIONS.contains(&key.as_str()) {
                 errors.push(format!("unknown section `{key}`"));
             }
         }
-        let mut take = |name: &str| {
-            table
-                .remove(name)
-                .unwrap_or_else(|| toml::Value::Table(toml::Table::new()))
-        };
-        let server = section::<ServerConfig>("server", take("server"), &mut errors);
-        let redis = section::<RedisSection>("redis", take("redis"), &mut errors);
-        let embedded_redis =
-            section::<EmbeddedSection>("embedded_redis", take("embedded_redis"), &mut errors);
-        let cache = section::<CacheSection>("cache", take("cache"), &mut errors);
-        let limits = section::<LimitsSection>("limits", take("limits"), &mut errors);
-        let tiers = section::<BTreeMap<String, Limits>>("tiers", take("tiers"), &mut errors);
-        let sessions = section::<SessionsSection>("sessions", take("sessions"), &mut errors);
-        let streams = section::<StreamsSection>("streams", take("streams"), &mut errors);
-        let embeddings =
-            section::<EmbeddingsSection>("embeddings", take("embeddings"), &mut errors);
-        let semantic_cache =
-            section::<SemanticCacheSection>("semantic_cache", take("semantic_cache"), &mut errors);
-        let vectors = section::<VectorsSection>("vectors", take("vectors"), &mut errors);
-        let retry = section::<RetrySection>("retry", take("retry"), &mut errors);
-        let providers = section::<BTreeMap<String, ProviderSection>>(
-            "providers",
-            take("providers"),
-            &mut errors,
-        );
-        let aliases =
-            section::<BTreeMap<String, AliasSection>>("aliases", take("aliases"), &mut errors);
-        let prices = section::<BTreeMap<String, Price>>("prices", take("prices"), &mut errors);
-        let database = section::<DatabaseSection>("database", take("database"), &mut errors);
-        let outbox = section::<OutboxSection>("outbox", take("outbox"), &mut errors);
-        let responses = section::<ResponsesSection>("responses", take("responses"), &mut errors);
-        let summaries = section::<SummariesSection>("summaries", take("summaries"), &mut errors);
-        let (
-            Some(server),
-            Some(redis),
-            Some(embedded_redis),
-            Some(cache),
-            Some(limits),
-            Some(tiers),
-            Some(sessions),
-            Some(streams),
-            Some(embeddings),
-            Some(semantic_cache),
-            Some(vectors),
-            Some(retry),
-            Some(providers),
-            Some(aliases),
-            Some(prices),
-            Some(database),
-            Some(outbox),
-            Some(responses),
-            Some(summaries),
-        ) = (
-            server,
-            redis,
-            embedded_redis,
-            cache,
-            limits,
-            tiers,
-            sessions,
-            streams,
-            embeddings,
-            semantic_cache,
-            vectors,
-            retry,
-            providers,
-            aliases,
-            prices,
-            database,
-            outbox,
-            responses,
-            summaries,
-        )
-        else {
+        let Some(config) = Config::sections(&mut table, &mut errors) else {
             return Err(ConfigErrors(errors));
-        };
-        let config = Config {
-            server,
-            redis,
-            embedded_redis,
-            cache,
-            limits,
-            tiers,
-            sessions,
-            streams,
-            embeddings,
-            semantic_cache,
-            vectors,
-            retry,
-            providers,
-            aliases,
-            prices,
-            database,
-            outbox,
-            responses,
-            summaries,
         };
         errors.extend(config.problems());
         if errors.is_empty() {
@@ -715,11 +626,6 @@ impl Config {
             }
         }
         p
-    }
-
-    /// The Redis of a subsystem: its own URL, or the shared one.
-    pub fn redis_url_for<'a>(&'a self, own: &'a str) -> &'a str {
-        if own.is_empty() { &self.redis.url } else { own }
     }
 
     /// The per-command timeout.

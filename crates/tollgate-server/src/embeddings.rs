@@ -1,4 +1,4 @@
-//! `POST /v1/embeddings` and the embedding path that vector collections share: the embedding
+//! Embeddings (`POST /v1/embeddings`) and the embedding path that vector collections share: the embedding
 //! cache (Redis) answers what it holds in one round trip, only the misses go to the model, in one
 //! batch, and are stored for next time. Order is kept. Redis away: everything is computed.
 //!
@@ -7,19 +7,13 @@
 
 use std::time::Duration;
 
-use axum::Json;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tollgate_redis::EmbeddingCache;
 
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::handlers::read_json;
 use crate::limits::{Charge, admit};
 use crate::state::AppState;
 
@@ -172,15 +166,12 @@ impl EmbeddingsRequest {
     }
 }
 
-/// `POST /v1/embeddings`, in OpenAI's format; `x-tollgate-embeddings-cached` counts the inputs
-/// answered from the cache.
-pub async fn embeddings_handler(
-    State(gw): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let principal = auth::principal(&gw, &headers).await?;
-    let req: EmbeddingsRequest = read_json(&gw, body).await?;
+/// Answers an embeddings request in OpenAI's format; also how many inputs the cache answered.
+pub async fn embeddings(
+    gw: &AppState,
+    principal: &Principal,
+    req: EmbeddingsRequest,
+) -> Result<(Value, usize), ApiError> {
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -192,7 +183,7 @@ pub async fn embeddings_handler(
         }
     };
     let texts = req.texts(gw.config.embeddings.max_inputs)?;
-    let embedded = embed_texts(&gw, Some(&principal), &req.model, &texts).await?;
+    let embedded = embed_texts(gw, Some(principal), &req.model, &texts).await?;
     if let Some(d) = req.dimensions
         && embedded
             .vectors
@@ -220,16 +211,11 @@ pub async fn embeddings_handler(
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
-    let mut response = Json(json!({
+    let body = json!({
         "object": "list",
         "data": data,
         "model": req.model,
         "usage": {"prompt_tokens": embedded.prompt_tokens, "total_tokens": embedded.prompt_tokens},
-    }))
-    .into_response();
-    response.headers_mut().insert(
-        "x-tollgate-embeddings-cached",
-        HeaderValue::from(embedded.cached),
-    );
-    Ok(response)
+    });
+    Ok((body, embedded.cached))
 }

@@ -172,6 +172,41 @@ impl ApiError {
     }
 }
 
+/// The Redis patterns' errors, each once: what the caller can do decides the status. Handlers
+/// that know better (a session's "not found" names the session) match those cases first.
+impl From<tollgate_redis::Error> for ApiError {
+    fn from(e: tollgate_redis::Error) -> Self {
+        use tollgate_redis::Error as E;
+        match e {
+            E::InvalidArgument(m) | E::Conflict(m) => ApiError::bad(m, None),
+            E::NotFound => ApiError::NotFound("not found".into()),
+            E::Trimmed { .. } => ApiError::NotFound(e.to_string()),
+            E::Abandoned => ApiError::Relayed {
+                status: 502,
+                body: json!({"error": {
+                    "message": "the generation was interrupted: the gateway running it stopped; send the request again",
+                    "type": "upstream_error", "param": null, "code": "stream_interrupted"}}),
+            },
+            E::Unavailable(_) | E::Command(_) | E::Timeout(_) => {
+                ApiError::Unavailable(format!("redis: {e}"))
+            }
+            E::Reply { .. } | E::Decode(_) => ApiError::Internal(format!("redis: {e}")),
+        }
+    }
+}
+
+/// The database's errors: it is a dependency that may be away, or refuse what it was sent.
+impl From<tollgate_db::Error> for ApiError {
+    fn from(e: tollgate_db::Error) -> Self {
+        match e {
+            tollgate_db::Error::Redis(e) => e.into(),
+            tollgate_db::Error::Db(_) | tollgate_db::Error::Config(_) => {
+                ApiError::Unavailable(format!("database: {e}"))
+            }
+        }
+    }
+}
+
 /// `retry-after` in whole seconds, at least 1.
 pub fn retry_after_value(d: Duration) -> HeaderValue {
     HeaderValue::from(d.as_secs_f64().ceil().max(1.0) as u64)

@@ -1,11 +1,95 @@
-//! `Path` and `Query` extractors whose rejections are OpenAI-shaped 400s, like every other error
-//! (axum's own answer in plain text).
+//! Extractors whose rejections are OpenAI-shaped errors, like every other error (axum's own
+//! answer in plain text): JSON bodies within the size limit, path and query parameters, and the
+//! chat switches of a request's headers.
 
-use axum::extract::FromRequestParts;
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
+use crate::chat::ChatOptions;
 use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The largest body a request may send (`server.max_body_bytes`), as the layer in front of
+/// every route left it for [`Json`].
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
+/// The body-limit layer: a request whose `Content-Length` is over the limit gets a 413 at once;
+/// [`Json`] holds every other body to it while reading.
+pub async fn limit_body(State(gw): State<AppState>, mut request: Request, next: Next) -> Response {
+    let limit = gw.config.server.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::TooLarge { limit }.into_response();
+    }
+    request.extensions_mut().insert(BodyLimit(limit));
+    next.run(request).await
+}
+
+/// A JSON body: read within the size limit, then decoded; empty, oversized or malformed bodies
+/// are 400s and 413s that say so.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+/// The limit when no layer set one (a handler served outside `app`).
+const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, ApiError> {
+        let limit = request
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(DEFAULT_BODY_LIMIT, |l| l.0);
+        read_json(request.into_body(), limit).await.map(Json)
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes.
+async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(ApiError::TooLarge { limit });
+        }
+        Err(e) => {
+            return Err(ApiError::bad(
+                format!("could not read the request body: {e}"),
+                None,
+            ));
+        }
+    };
+    if bytes.is_empty() {
+        return Err(ApiError::bad(
+            "the request body is empty; send a JSON object",
+            None,
+        ));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}"), None))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ChatOptions {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        ChatOptions::from_headers(&parts.headers)
+    }
+}
 
 /// Path parameters; a bad one is a 400 naming the problem.
 #[derive(Debug)]

@@ -9,10 +9,9 @@
 //! Redis unreachable: with `on_redis_error = "open"` an in-process limiter enforces this
 //! instance's share (1 / `expected_instances`) of each limit; with `"closed"`, 503.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
 use tollgate_redis::{Check, Decision, Id, Lease, Limit, LimitKey};
@@ -20,6 +19,7 @@ use tollgate_redis::{Check, Decision, Id, Lease, Limit, LimitKey};
 use crate::auth::Principal;
 use crate::config::FailPolicy;
 use crate::error::ApiError;
+use crate::local_limiter::LocalGuard;
 use crate::metrics::LimiterDecision;
 use crate::state::Gateway;
 
@@ -33,7 +33,7 @@ pub const ASSUMED_OUTPUT_TOKENS: u64 = 512;
 pub struct Admission {
     gw: Option<Arc<Gateway>>,
     lease: Option<Lease>,
-    renewal: Option<tokio::task::JoinHandle<()>>,
+    renewal: Option<crate::task::AbortOnDrop>,
     tokens: Vec<(LimitKey, u64)>,
     reserved: u64,
     used: Arc<AtomicU64>,
@@ -71,9 +71,7 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if let Some(r) = self.renewal.take() {
-            r.abort();
-        }
+        drop(self.renewal.take());
         let Some(gw) = self.gw.take() else { return };
         let lease = self.lease.take();
         let tokens = std::mem::take(&mut self.tokens);
@@ -215,13 +213,12 @@ pub async fn admit(
         });
     }
     gw.metrics.limiter(LimiterDecision::Allowed);
+    // The concurrency slot is renewed while the request runs.
     let renewal = decision.lease.clone().map(|lease| {
         let gw = gw.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(lease_len / 3);
-            every.tick().await;
-            loop {
-                every.tick().await;
+        crate::task::every(lease_len / 3, move || {
+            let (gw, lease) = (gw.clone(), lease.clone());
+            async move {
                 if !matches!(gw.limiter.renew(&lease).await, Ok(true)) {
                     tracing::debug!("concurrency lease could not be renewed");
                 }
@@ -312,93 +309,5 @@ fn fail_over(
                 headers: Vec::new(),
             })
         }
-    }
-}
-
-/// The in-process stand-in used while Redis is unreachable: token buckets per limit key, and a
-/// concurrency count, each sized to this instance's share of the limit.
-#[derive(Debug, Default)]
-pub struct LocalLimiter {
-    state: Mutex<HashMap<String, (f64, Instant)>>,
-    concurrency: Arc<Mutex<HashMap<String, u64>>>,
-}
-
-/// Holds a local concurrency slot.
-#[derive(Debug)]
-pub struct LocalGuard {
-    key: Option<String>,
-    concurrency: Arc<Mutex<HashMap<String, u64>>>,
-}
-
-impl Drop for LocalGuard {
-    fn drop(&mut self) {
-        if let Some(k) = &self.key
-            && let Ok(mut c) = self.concurrency.lock()
-            && let Some(n) = c.get_mut(k)
-        {
-            *n = n.saturating_sub(1);
-        }
-    }
-}
-
-impl LocalLimiter {
-    fn check(
-        &self,
-        subject: &str,
-        checks: &[Check],
-        estimate: u64,
-        share: u64,
-    ) -> Result<LocalGuard, Duration> {
-        let now = Instant::now();
-        let Ok(mut state) = self.state.lock() else {
-            return Err(Duration::from_secs(1));
-        };
-        let mut plan = Vec::new();
-        let mut concurrency = None;
-        for c in checks {
-            let (capacity, cost) = match c.limit {
-                Limit::Gcra { limit, .. } => (limit, 1),
-                Limit::TokenBucket { capacity, .. } => (capacity, estimate),
-                Limit::Concurrency { limit, .. } => {
-                    concurrency = Some((
-                        format!("{subject}:{}", c.key.as_str()),
-                        (limit / share).max(1),
-                    ));
-                    continue;
-                }
-                _ => continue,
-            };
-            let capacity = (capacity as f64 / share as f64).max(1.0);
-            let (level, at) = state
-                .get(c.key.as_str())
-                .copied()
-                .unwrap_or((capacity, now));
-            let level =
-                (level + now.duration_since(at).as_secs_f64() * capacity / 60.0).min(capacity);
-            let cost = (cost as f64).min(capacity);
-            if level < cost {
-                return Err(Duration::from_secs_f64((cost - level) * 60.0 / capacity));
-            }
-            plan.push((c.key.as_str().to_owned(), level - cost));
-        }
-        let mut guard = LocalGuard {
-            key: None,
-            concurrency: self.concurrency.clone(),
-        };
-        if let Some((key, limit)) = concurrency {
-            let Ok(mut held) = self.concurrency.lock() else {
-                return Err(Duration::from_secs(1));
-            };
-            let n = held.entry(key.clone()).or_insert(0);
-            if *n >= limit {
-                return Err(Duration::from_secs(1));
-            }
-            *n += 1;
-            guard.key = Some(key);
-        }
-        for (key, level) in plan {
-            state.insert(key, (level, now));
-        }
-        Ok(guard)
     }
 }

@@ -1,5 +1,6 @@
-//! Prometheus metrics, `tollgate_<subsystem>_<what>_<unit>`. Every label is an enum, so the
-//! number of series is fixed (models are not labels: their numbers are in `/admin/cache/stats`).
+//! Prometheus metrics, `tollgate_<subsystem>_<what>_<unit>`. Every label is an enum or a route
+//! template of the router (`/v1/sessions/{id}`, never a path as sent), so the number of series
+//! is fixed (models are not labels: their numbers are in `/admin/cache/stats`).
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -9,21 +10,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-/// Which endpoint.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Route {
-    ChatCompletions,
-    Streams,
-    Sessions,
-    Models,
-    Events,
-    Features,
-    Embeddings,
-    Vectors,
-    Admin,
-    Other,
-}
 
 /// Status class of an answer.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -36,13 +22,14 @@ pub enum StatusClass {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub route: Route,
+    /// The route template that matched, or `unmatched`.
+    pub route: String,
     pub status: StatusClass,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub route: Route,
+    pub route: String,
 }
 
 /// What the cache did for a request.
@@ -203,19 +190,22 @@ impl Metrics {
     }
 
     /// Counts one answered request.
-    pub fn request(&self, route: Route, status: u16, took: Duration) {
+    pub fn request(&self, route: &str, status: u16, took: Duration) {
         let status = match status {
             429 => StatusClass::RateLimited,
             400..=499 => StatusClass::ClientError,
             500..=599 => StatusClass::ServerError,
             _ => StatusClass::Ok,
         };
+        let route = route.to_owned();
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
+            .observe(took.as_secs_f64());
         self.requests
             .get_or_create(&RequestLabels { route, status })
             .inc();
-        self.latency
-            .get_or_create(&RouteLabels { route })
-            .observe(took.as_secs_f64());
     }
 
     /// Counts one cache outcome.

@@ -7,14 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::app::{AppState, app};
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+use crate::task::AbortOnDrop;
 
 /// Applies registry changes as they are announced, and polls its version twice a second in case
 /// an announcement was missed (a subscription lost while Redis was away): every instance applies
@@ -78,8 +71,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
-    let registry = tokio::spawn(keep_registry_in_sync(state.clone()));
-    let _writer = AbortOnDrop(tokio::spawn(write_outbox(state.clone())));
+    let _registry = AbortOnDrop::spawn(keep_registry_in_sync(state.clone()));
+    let _writer = AbortOnDrop::spawn(write_outbox(state.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Without TCP_NODELAY, a response written in two segments waits ~40 ms for a delayed ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -90,7 +83,6 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut stop = stop_rx;
-    let _registry = AbortOnDrop(registry);
     tokio::select! {
         result = server => result,
         () = async move {

@@ -1,13 +1,100 @@
-//! Sessions in the database: every write to a session also goes through the outbox, and a
-//! session Redis no longer has (expired, evicted, flushed) is read back from the database and
-//! put back into Redis, numbering and all, so it goes on where it stopped.
+//! Sessions: create, read, delete (`/v1/sessions`), Redis first and the database behind.
+//!
+//! Every write to a session also goes through the outbox, and a session Redis no longer has
+//! (expired, evicted, flushed) is read back from the database and put back into Redis,
+//! numbering and all, so it goes on where it stopped. A session belongs to the key that created
+//! it: to any other key it does not exist.
 
 use tollgate_core::ChatMessage;
 use tollgate_db::{Record, SessionMessageRow, SessionRow};
-use tollgate_redis::Appended;
+use tollgate_redis::{Appended, SessionInfo, Window};
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::Gateway;
+
+/// A session store error, for the client: "not found" and "taken" name the session.
+fn session_error(id: &str, e: tollgate_redis::Error) -> ApiError {
+    match e {
+        tollgate_redis::Error::NotFound => ApiError::NotFound(format!("no session {id:?}")),
+        tollgate_redis::Error::Conflict(_) => {
+            ApiError::bad(format!("session id {id:?} is taken"), Some("id"))
+        }
+        tollgate_redis::Error::InvalidArgument(m) => ApiError::bad(m, Some("id")),
+        e => e.into(),
+    }
+}
+
+/// Creates a session for `principal` (`id`: the caller's choice, else a new one); returns its
+/// id and what Redis holds of it.
+pub async fn create(
+    gw: &Gateway,
+    principal: &Principal,
+    id: Option<String>,
+    system: Option<&str>,
+) -> Result<(String, SessionInfo), ApiError> {
+    let id = id.unwrap_or_else(|| format!("sess_{}", uuid::Uuid::new_v4().simple()));
+    let owner = &principal.subject;
+    let written = gw
+        .sessions
+        .create_logged(&id, owner, system)
+        .await
+        .map_err(|e| session_error(&id, e))?;
+    record_write(gw, &id, owner, &written, &[]).await;
+    let info = gw
+        .sessions
+        .info(&id, owner)
+        .await
+        .map_err(|e| session_error(&id, e))?;
+    Ok((id, info))
+}
+
+/// What Redis holds of session `id` (restored from the database first if Redis lost it).
+pub async fn info(gw: &Gateway, principal: &Principal, id: &str) -> Result<SessionInfo, ApiError> {
+    let owner = &principal.subject;
+    match gw.sessions.info(id, owner).await {
+        Err(tollgate_redis::Error::NotFound) if restore(gw, id, owner).await? => {
+            gw.sessions.info(id, owner).await
+        }
+        other => other,
+    }
+    .map_err(|e| session_error(id, e))
+}
+
+/// Session `id`'s messages in `window` (restored from the database first if Redis lost it).
+pub async fn messages(
+    gw: &Gateway,
+    principal: &Principal,
+    id: &str,
+    window: Window,
+) -> Result<Vec<ChatMessage>, ApiError> {
+    let owner = &principal.subject;
+    match gw.sessions.history(id, owner, window).await {
+        Err(tollgate_redis::Error::NotFound) if restore(gw, id, owner).await? => {
+            gw.sessions.history(id, owner, window).await
+        }
+        other => other,
+    }
+    .map_err(|e| session_error(id, e))
+}
+
+/// Deletes session `id`, in Redis and the database.
+pub async fn delete(gw: &Gateway, principal: &Principal, id: &str) -> Result<(), ApiError> {
+    let owner = &principal.subject;
+    match gw.sessions.delete(id, owner).await {
+        Ok(()) => {}
+        // Gone from Redis, maybe not from the database.
+        Err(tollgate_redis::Error::NotFound) if restore(gw, id, owner).await? => {
+            gw.sessions
+                .delete(id, owner)
+                .await
+                .map_err(|e| session_error(id, e))?;
+        }
+        Err(e) => return Err(session_error(id, e)),
+    }
+    record_delete(gw, id, owner).await;
+    Ok(())
+}
 
 /// Sends a session write (its metadata, and the `messages` it appended) to the database.
 pub async fn record_write(
@@ -71,19 +158,14 @@ pub async fn restore(gw: &Gateway, id: &str, owner: &str) -> Result<bool, ApiErr
     let Some(durable) = &gw.durable else {
         return Ok(false);
     };
-    let db_error = |e: tollgate_db::Error| ApiError::Unavailable(format!("database: {e}"));
-    let Some(session) = durable.db.session(id).await.map_err(db_error)? else {
+    let Some(session) = durable.db.session(id).await? else {
         return Ok(false);
     };
     if session.deleted || session.owner != owner {
         return Ok(false);
     }
     let limit = i64::try_from(gw.sessions.max_messages()).unwrap_or(i64::MAX);
-    let rows = durable
-        .db
-        .session_messages(id, limit)
-        .await
-        .map_err(db_error)?;
+    let rows = durable.db.session_messages(id, limit).await?;
     let appended = rows.last().map_or(0, |m| m.seq.max(0) as u64);
     let messages: Vec<(String, u32)> = rows
         .into_iter()

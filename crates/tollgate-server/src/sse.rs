@@ -1,36 +1,9 @@
-//! Server-sent events to the client: `id:` (the token-stream position, for `Last-Event-ID`) and
-//! `data:` per chunk, `data: [DONE]` at the end; after an error, one error event and the end.
-
-use std::convert::Infallible;
+//! Server-sent events to the client: the response head every event stream shares (chat chunks,
+//! token streams read again, the Responses API's events).
 
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::BoxStream;
-
-use crate::chat::StreamItem;
-
-/// Encodes one item.
-pub fn encode(item: &StreamItem) -> Bytes {
-    match item {
-        StreamItem::Chunk {
-            seq: Some(seq),
-            json,
-        } => Bytes::from(format!("id: {seq}\ndata: {json}\n\n")),
-        StreamItem::Chunk { seq: None, json } => Bytes::from(format!("data: {json}\n\n")),
-        StreamItem::Error(body) => Bytes::from(format!("data: {body}\n\n")),
-        StreamItem::Done => Bytes::from_static(b"data: [DONE]\n\n"),
-    }
-}
-
-/// A `text/event-stream` response of `items`.
-pub fn response(items: BoxStream<'static, StreamItem>) -> Response {
-    event_stream(Body::from_stream(
-        items.map(|item| Ok::<_, Infallible>(encode(&item))),
-    ))
-}
 
 /// A `text/event-stream` response of an already encoded body, unbuffered by proxies.
 pub fn event_stream(body: Body) -> Response {

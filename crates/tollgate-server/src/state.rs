@@ -17,7 +17,7 @@ use tollgate_redis::{
 };
 
 use crate::config::{Config, ProviderKind, ProviderSection};
-use crate::limits::LocalLimiter;
+use crate::local_limiter::LocalLimiter;
 use crate::metrics::Metrics;
 use crate::tokens::OpenAiTokenCounter;
 use tollgate_core::TokenCounter;
@@ -84,6 +84,10 @@ pub enum BuildError {
     Provider { name: String, message: String },
 }
 
+/// How long a leader's single-flight lease lasts unless renewed (a generation renews it every
+/// third of this while it runs, so a leader that dies frees its identical requests this soon).
+const SINGLE_FLIGHT_LEASE: Duration = Duration::from_secs(30);
+
 /// How long an API key lookup is trusted without asking Redis again (revocation takes effect
 /// within this long on other instances).
 const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
@@ -125,7 +129,7 @@ impl Gateway {
                 default_ttl: Duration::from_secs(config.cache.default_ttl_seconds),
                 max_ttl: Duration::from_secs(config.cache.max_ttl_seconds),
                 max_value_bytes: config.cache.max_value_bytes,
-                lease: Duration::from_secs(30),
+                lease: SINGLE_FLIGHT_LEASE,
                 wait_timeout: Duration::from_secs(config.cache.coalesce_wait_seconds),
                 ..CacheConfig::default()
             },
@@ -203,7 +207,7 @@ impl Gateway {
     }
 
     /// Keeps durable records in `db`, through an outbox on the main Redis (written by
-    /// [`crate::serve::serve`]'s writer, or any other process's).
+    /// the writer every `tollgate serve` runs, in this process or another).
     pub fn with_database(mut self, db: tollgate_db::Database) -> Self {
         let outbox = tollgate_db::Outbox::new(
             self.redis.clone(),

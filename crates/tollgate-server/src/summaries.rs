@@ -14,7 +14,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tollgate_core::{Aggregator, ChatMessage, ChatRequest};
 
-use crate::responses::{Context, StoredRecord};
+use crate::response_store::{Context, StoredRecord};
 use crate::state::Gateway;
 
 /// Tokens of a context (its summary and its turns).

@@ -11,20 +11,16 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tollgate_redis::VectorItem;
 use tollgate_redis::vectors::{Condition, Filter, Metadata, SearchMode};
 
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::embeddings::embed_texts;
 use crate::error::ApiError;
-use crate::extract::Path;
-use crate::handlers::{read_json, tenant_scoped};
+use crate::extract::{Json, Path};
 use crate::state::AppState;
 
 /// Longest collection name.
@@ -38,7 +34,7 @@ fn collection_name(principal: &Principal, collection: &str) -> Result<String, Ap
             Some("collection"),
         ));
     }
-    Ok(tenant_scoped(&principal.tenant, collection))
+    Ok(principal.scoped(collection))
 }
 
 fn store_error(e: tollgate_redis::Error) -> ApiError {
@@ -47,7 +43,7 @@ fn store_error(e: tollgate_redis::Error) -> ApiError {
             ApiError::bad(m, None)
         }
         tollgate_redis::Error::NotFound => ApiError::NotFound("no such vector collection".into()),
-        e => ApiError::Unavailable(format!("vectors: {e}")),
+        e => e.into(),
     }
 }
 
@@ -103,13 +99,11 @@ async fn vector_of(
 /// `PUT /v1/vectors/{collection}/{id}`.
 pub async fn put_vector_handler(
     State(gw): State<AppState>,
+    principal: Principal,
     Path((collection, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Value>, ApiError> {
-    let principal = auth::principal(&gw, &headers).await?;
+    Json(put): Json<PutVector>,
+) -> Result<axum::Json<Value>, ApiError> {
     let name = collection_name(&principal, &collection)?;
-    let put: PutVector = read_json(&gw, body).await?;
     let vector = vector_of(&gw, &principal, put.vector, put.text.as_deref()).await?;
     let dimensions = vector.len();
     let item = VectorItem {
@@ -127,7 +121,7 @@ pub async fn put_vector_handler(
         .upsert(&name, std::slice::from_ref(&item))
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({
+    Ok(axum::Json(json!({
         "object": "vector", "collection": collection, "id": id,
         "dimensions": dimensions, "seq": seq,
     })))
@@ -136,10 +130,9 @@ pub async fn put_vector_handler(
 /// `GET /v1/vectors/{collection}/{id}`.
 pub async fn get_vector_handler(
     State(gw): State<AppState>,
+    principal: Principal,
     Path((collection, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let principal = auth::principal(&gw, &headers).await?;
+) -> Result<axum::Json<Value>, ApiError> {
     let name = collection_name(&principal, &collection)?;
     let item = gw
         .vectors
@@ -147,7 +140,7 @@ pub async fn get_vector_handler(
         .await
         .map_err(store_error)?
         .ok_or_else(|| ApiError::NotFound(format!("no vector {id:?} in {collection:?}")))?;
-    Ok(Json(json!({
+    Ok(axum::Json(json!({
         "object": "vector", "collection": collection, "id": item.id, "vector": item.vector,
         "tags": item.metadata.tags, "numbers": item.metadata.numbers, "text": item.text,
     })))
@@ -156,10 +149,9 @@ pub async fn get_vector_handler(
 /// `DELETE /v1/vectors/{collection}/{id}`.
 pub async fn delete_vector_handler(
     State(gw): State<AppState>,
+    principal: Principal,
     Path((collection, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let principal = auth::principal(&gw, &headers).await?;
+) -> Result<axum::Json<Value>, ApiError> {
     let name = collection_name(&principal, &collection)?;
     let deleted = gw
         .vectors
@@ -171,7 +163,7 @@ pub async fn delete_vector_handler(
             "no vector {id:?} in {collection:?}"
         )));
     }
-    Ok(Json(
+    Ok(axum::Json(
         json!({"object": "vector.deleted", "id": id, "deleted": true}),
     ))
 }
@@ -179,13 +171,12 @@ pub async fn delete_vector_handler(
 /// `GET /v1/vectors/{collection}`.
 pub async fn collection_info_handler(
     State(gw): State<AppState>,
+    principal: Principal,
     Path(collection): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let principal = auth::principal(&gw, &headers).await?;
+) -> Result<axum::Json<Value>, ApiError> {
     let name = collection_name(&principal, &collection)?;
     let info = gw.vectors.info(&name).await.map_err(store_error)?;
-    Ok(Json(json!({
+    Ok(axum::Json(json!({
         "object": "vector_collection", "collection": collection,
         "dimensions": info.dim, "count": info.len, "seq": info.seq,
     })))
@@ -194,10 +185,9 @@ pub async fn collection_info_handler(
 /// `DELETE /v1/vectors/{collection}`.
 pub async fn drop_collection_handler(
     State(gw): State<AppState>,
+    principal: Principal,
     Path(collection): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let principal = auth::principal(&gw, &headers).await?;
+) -> Result<axum::Json<Value>, ApiError> {
     let name = collection_name(&principal, &collection)?;
     if !gw
         .vectors
@@ -207,7 +197,7 @@ pub async fn drop_collection_handler(
     {
         return Err(ApiError::NotFound("no such vector collection".into()));
     }
-    Ok(Json(
+    Ok(axum::Json(
         json!({"object": "vector_collection.deleted", "collection": collection, "deleted": true}),
     ))
 }
@@ -292,13 +282,11 @@ fn default_k() -> usize {
 /// `POST /v1/vectors/{collection}/search`.
 pub async fn search_vectors_handler(
     State(gw): State<AppState>,
+    principal: Principal,
     Path(collection): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Value>, ApiError> {
-    let principal = auth::principal(&gw, &headers).await?;
+    Json(search): Json<SearchBody>,
+) -> Result<axum::Json<Value>, ApiError> {
     let name = collection_name(&principal, &collection)?;
-    let search: SearchBody = read_json(&gw, body).await?;
     let max_k = gw.config.vectors.max_k;
     if search.k == 0 || search.k > max_k {
         return Err(ApiError::bad(format!("k must be 1 to {max_k}"), Some("k")));
@@ -320,7 +308,7 @@ pub async fn search_vectors_handler(
         .into_iter()
         .map(|h| json!({"id": h.id, "score": h.score, "tags": h.metadata.tags, "numbers": h.metadata.numbers}))
         .collect();
-    Ok(Json(
+    Ok(axum::Json(
         json!({"object": "list", "data": data, "exact": found.exact}),
     ))
 }

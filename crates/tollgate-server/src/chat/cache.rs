@@ -1,0 +1,199 @@
+//! The route of a chat request: where its answer comes from, decided by the exact cache and,
+//! after an exact miss, the semantic cache.
+//!
+//! One exact-cache lookup (one script) either hits, makes this request the leader of its
+//! identical requests (single flight), or names the leader's token stream to follow. A leader
+//! then asks the semantic cache: the question embedded (through the embedding cache), the
+//! nearest stored question of the same partition (model, tenant, parameters, everything but the
+//! last message), served when similar enough and its exact entry still exists.
+//!
+//! Redis unreachable: the cache is left out and the request goes upstream. The semantic
+//! lookup itself is in [`super::semantic`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tollgate_core::{ChatRequest, request_hash};
+use tollgate_redis::{CacheKey, Lead};
+
+use super::generation::Caching;
+use super::plan::{ChatOptions, Plan};
+use super::replay::{Attached, attach};
+use super::semantic::SemanticContext;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::limits::Charge;
+use crate::metrics::CacheResult;
+use crate::state::Gateway;
+
+/// Where a request's answer comes from.
+pub(super) enum Route {
+    /// The exact cache's answer.
+    Hit(Vec<u8>),
+    /// A similar question's answer.
+    Semantic { bytes: Vec<u8>, similarity: f32 },
+    /// An identical request in flight, whose token stream this one reads.
+    Follow {
+        holder: String,
+        attached: Box<Attached>,
+    },
+    /// The upstream, and how the cache takes part.
+    Generate {
+        caching: Caching,
+        cache: CacheResult,
+    },
+}
+
+impl Route {
+    /// What the route costs the key: a request that goes upstream is charged in full, the
+    /// others one request.
+    pub(super) fn charge(&self, estimated_tokens: u64) -> Charge {
+        match self {
+            Route::Generate { .. } => Charge::Full { estimated_tokens },
+            Route::Hit(_) | Route::Semantic { .. } | Route::Follow { .. } => Charge::RequestOnly,
+        }
+    }
+
+    /// Gives up the route after the limits refused the request: a leader's lease goes, so an
+    /// identical request that is allowed may lead instead.
+    pub(super) async fn abandon(&self, gw: &Gateway, stream_id: &str) {
+        if let Route::Generate {
+            caching: Caching::Lead { key, .. },
+            ..
+        } = self
+        {
+            let _ = gw.cache.abandon(key, stream_id).await;
+        }
+    }
+}
+
+/// What the cache needs of a request: its exact key and its semantic context, when it is
+/// cacheable at all.
+pub(super) struct Lookup {
+    key: Option<CacheKey>,
+    semantic: Option<SemanticContext>,
+}
+
+impl Lookup {
+    /// The lookup of `req` for `principal`'s tenant; `arm` is an experiment's pinned arm, part
+    /// of the key.
+    pub(super) fn of(
+        gw: &Gateway,
+        principal: &Principal,
+        req: &ChatRequest,
+        arm: Option<&String>,
+    ) -> Result<Lookup, ApiError> {
+        let cacheable = gw.config.cache.enabled
+            && (req.is_deterministic() || gw.config.cache.cache_non_deterministic);
+        if !cacheable {
+            return Ok(Lookup {
+                key: None,
+                semantic: None,
+            });
+        }
+        let mut body = serde_json::to_value(req).map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let Some(arm) = arm {
+            body["tollgate_route"] = Value::String(arm.clone());
+        }
+        let hash = request_hash(&body, gw.config.cache.normalization)
+            .map_err(|e| ApiError::bad(e.to_string(), None))?;
+        let semantic = if gw.config.semantic_cache.enabled {
+            SemanticContext::of(gw, &req.model, &principal.tenant, body)
+        } else {
+            None
+        };
+        let key = CacheKey::new(&req.model, &principal.tenant, &hash)
+            .map_err(|e| ApiError::bad(e.to_string(), None))?;
+        Ok(Lookup {
+            key: Some(key),
+            semantic,
+        })
+    }
+}
+
+/// Decides the route (and counts the cache outcome).
+pub(super) async fn route(
+    gw: &Arc<Gateway>,
+    principal: &Principal,
+    plan: &Plan,
+    lookup: Lookup,
+    opts: &ChatOptions,
+) -> Result<Route, ApiError> {
+    let bypass = |result: CacheResult, caching: Caching| {
+        gw.metrics.cache(result);
+        Ok(Route::Generate {
+            caching,
+            cache: CacheResult::Bypass,
+        })
+    };
+    let Some(key) = lookup.key else {
+        return bypass(CacheResult::Bypass, Caching::Bypass);
+    };
+    if opts.no_cache {
+        let caching = if opts.no_store {
+            Caching::Bypass
+        } else {
+            Caching::StoreAfter(key)
+        };
+        return bypass(CacheResult::Bypass, caching);
+    }
+    let token = &plan.stream_id;
+    let mut semantic = lookup.semantic;
+    let deadline = Instant::now() + Duration::from_secs(gw.config.cache.coalesce_wait_seconds);
+    let mut first = true;
+    loop {
+        match gw.cache.lead(&key, token, first).await {
+            Ok(Lead::Hit(bytes)) => {
+                gw.metrics.cache(CacheResult::Hit);
+                return Ok(Route::Hit(bytes));
+            }
+            Ok(Lead::Leader { generation }) => {
+                let probe = match semantic.take() {
+                    Some(context) => context.probe(gw).await,
+                    None => None,
+                };
+                if let Some(probe) = &probe
+                    && let Some((bytes, similarity)) =
+                        probe.nearest(gw, principal, &plan.req.model).await
+                {
+                    gw.metrics.cache(CacheResult::Semantic);
+                    let _ = gw.cache.abandon(&key, token).await;
+                    return Ok(Route::Semantic { bytes, similarity });
+                }
+                gw.metrics.cache(CacheResult::Miss);
+                return Ok(Route::Generate {
+                    caching: Caching::Lead {
+                        key,
+                        generation,
+                        store: !opts.no_store,
+                        semantic: probe.map(Box::new),
+                    },
+                    cache: CacheResult::Miss,
+                });
+            }
+            Ok(Lead::Follower { holder }) => {
+                if let Some(attached) = attach(gw, &holder).await? {
+                    gw.metrics.cache(CacheResult::Coalesced);
+                    return Ok(Route::Follow {
+                        holder,
+                        attached: Box::new(attached),
+                    });
+                }
+                // The leader's stream is gone (it died before writing): try to lead in turn.
+                if Instant::now() > deadline {
+                    return Err(ApiError::Unavailable(
+                        "gave up waiting for an identical request in flight".into(),
+                    ));
+                }
+                first = false;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "response cache unavailable; answering without it");
+                return bypass(CacheResult::Error, Caching::Bypass);
+            }
+            Err(e) => return Err(ApiError::Internal(format!("cache: {e}"))),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Session history: a request naming a session (`x-tollgate-session-id`) is sent with the
+//! session's history before its own messages, and its exchange is recorded once answered.
+
+use std::sync::Arc;
+
+use tollgate_core::{ChatCompletion, ChatMessage, ChatRequest};
+use tollgate_redis::Window;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::state::Gateway;
+
+/// What to write to the session when the answer is complete.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionWrite {
+    id: String,
+    owner: String,
+    system: Option<String>,
+    messages: Vec<ChatMessage>,
+}
+
+impl SessionWrite {
+    /// Appends the request's messages and the answer to the session, off the request path
+    /// (Redis, then the database through the outbox; a summary when it grew too long).
+    pub(crate) fn record(self, gw: &Arc<Gateway>, completion: &ChatCompletion) {
+        let gw = gw.clone();
+        let mut messages = self.messages;
+        if let Some(choice) = completion.choices.first() {
+            messages.push(choice.message.clone());
+        }
+        tokio::spawn(async move {
+            match gw
+                .sessions
+                .append_or_create_logged(&self.id, &self.owner, self.system.as_deref(), &messages)
+                .await
+            {
+                Ok(written) => {
+                    crate::summaries::summarize_session_if_long(
+                        &gw,
+                        &self.id,
+                        &self.owner,
+                        written.pending_tokens,
+                    );
+                    crate::sessions::record_write(&gw, &self.id, &self.owner, &written, &messages)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record the exchange in its session");
+                }
+            }
+        });
+    }
+}
+
+/// Prepends the session's history to the request; returns what to record afterwards.
+pub(super) async fn with_history(
+    gw: &Gateway,
+    principal: &Principal,
+    id: &str,
+    req: &mut ChatRequest,
+) -> Result<SessionWrite, ApiError> {
+    let tokens = gw.config.sessions.history_token_budget;
+    let budget = Window::TokenBudget(tokens);
+    let owner = &principal.subject;
+    let history = match gw.sessions.history(id, owner, budget).await {
+        Ok(h) => h,
+        // Not in Redis: the database may still have it (expired, evicted, flushed).
+        Err(tollgate_redis::Error::NotFound) => {
+            if crate::sessions::restore(gw, id, owner).await? {
+                gw.sessions
+                    .history(id, owner, budget)
+                    .await
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            }
+        }
+        Err(tollgate_redis::Error::InvalidArgument(m)) => {
+            return Err(ApiError::bad(m, Some("x-tollgate-session-id")));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "session history unavailable in Redis; reading the database");
+            crate::sessions::history_from_db(gw, id, owner, tokens)
+                .await
+                .unwrap_or_default()
+        }
+    };
+    let is_system = |m: &ChatMessage| m.role == "system" || m.role == "developer";
+    let system = req
+        .messages
+        .iter()
+        .find(|m| is_system(m))
+        .map(ChatMessage::text_content);
+    let new: Vec<ChatMessage> = req
+        .messages
+        .iter()
+        .filter(|m| !is_system(m))
+        .cloned()
+        .collect();
+    if history.first().is_some_and(is_system) {
+        // The session's system prompt stands; the request's own is dropped.
+        req.messages.retain(|m| !is_system(m));
+    }
+    let mut messages = history;
+    messages.append(&mut req.messages);
+    req.messages = messages;
+    Ok(SessionWrite {
+        id: id.to_owned(),
+        owner: principal.subject.clone(),
+        system,
+        messages: new,
+    })
+}

@@ -1,0 +1,121 @@
+//! `POST /v1/chat/completions`: the request path, callable without HTTP.
+//!
+//! [`chat_completions`] reads as its stages, each in a file named for what it decides:
+//! 1. prepare (here): validate, budget, session history ([`history`]), the token estimate, the
+//!    cache key;
+//! 2. route ([`cache`]): one exact-cache lookup either hits, makes this request the leader (then
+//!    the semantic cache may still answer), or names the leader's token stream to follow;
+//! 3. one admission ([`crate::limits`]): what the route costs, charged in one script;
+//! 4. answer: a replay of what is already known ([`replay`]: hits, followers), or a
+//!    generation ([`generation`]) written to a token stream ([`stream_writer`]).
+//!
+//! Every generation runs in a task of its own and is written to a token stream in Redis, so:
+//! - identical concurrent requests on any instance share one upstream call: the leader's lease
+//!   token *is* its stream id, and followers read that stream (streamed callers get the stream,
+//!   the others the whole answer);
+//! - a stream can be read again, or resumed, from any instance (`GET /v1/streams/{id}`);
+//! - a client that goes away does not cut the generation short: it completes for the cache, the
+//!   followers and the accounting.
+//!
+//! The leader's own client gets chunks straight from the task, not through Redis: with Redis
+//! down, streaming still works (writes to Redis are best effort, batched off the hot path).
+
+mod cache;
+mod generation;
+mod history;
+mod plan;
+pub mod replay;
+mod reply;
+mod semantic;
+mod stream_writer;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tollgate_core::ChatRequest;
+
+use crate::accounting::Payer;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::limits::{ASSUMED_OUTPUT_TOKENS, admit};
+use crate::state::Gateway;
+use cache::Route;
+pub use plan::ChatOptions;
+use plan::Plan;
+pub use reply::{ChatReply, ReplyBody, ReplyMeta, StreamItem, sse_response};
+
+/// Answers a chat request.
+///
+/// The cache is asked before the limits, so that what a request is charged fits what it
+/// costs: a hit or a coalesced follower is charged one request (no tokens, no concurrency slot:
+/// it costs the upstream nothing); a request that goes upstream is charged in full before it
+/// does.
+pub async fn chat_completions(
+    gw: &Arc<Gateway>,
+    principal: &Principal,
+    mut req: ChatRequest,
+    opts: ChatOptions,
+) -> Result<ChatReply, ApiError> {
+    // Prepare.
+    req.validate().map_err(|e| ApiError::BadRequest {
+        message: e.message,
+        param: e.param,
+    })?;
+    if !gw.router().knows(&req.model) {
+        return Err(ApiError::UnknownModel(req.model));
+    }
+    crate::accounting::check_budget(gw, principal).await?;
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let session = match &opts.session_id {
+        Some(id) => Some(history::with_history(gw, principal, id, &mut req).await?),
+        None => None,
+    };
+    let prompt: u64 = req
+        .messages
+        .iter()
+        .map(|m| u64::from(gw.counter.count_message(m)))
+        .sum();
+    let estimate = prompt
+        + req
+            .max_output_tokens()
+            .map_or(ASSUMED_OUTPUT_TOKENS, u64::from);
+    // An experiment pins the user's arm; arms may answer differently, so the arm is in the key.
+    let pinned = gw.pinned_route(&req.model, opts.user.as_deref());
+    let lookup = cache::Lookup::of(gw, principal, &req, pinned.as_ref().map(|(arm, _)| arm))?;
+    let plan = Plan {
+        gw: gw.clone(),
+        owner: principal.subject.clone(),
+        payer: Payer::from(principal),
+        req,
+        include_usage,
+        session,
+        ttl: opts.ttl,
+        route: pinned.map(|(_, route)| route),
+        stream_id: format!("st_{}", uuid::Uuid::new_v4().simple()),
+    };
+
+    // Route.
+    let route = cache::route(gw, principal, &plan, lookup, &opts).await?;
+
+    // One admission.
+    let admission = match admit(gw, principal, &plan.req.model, route.charge(estimate)).await {
+        Ok(a) => a,
+        Err(e) => {
+            route.abandon(gw, &plan.stream_id).await;
+            return Err(e);
+        }
+    };
+
+    // Answer.
+    match route {
+        Route::Hit(bytes) => plan.hit(admission, &bytes, None),
+        Route::Semantic { bytes, similarity } => plan.hit(admission, &bytes, Some(similarity)),
+        Route::Follow { holder, attached } => plan.follow(admission, holder, *attached).await,
+        Route::Generate { caching, cache } => plan.generate(admission, caching, cache).await,
+    }
+}

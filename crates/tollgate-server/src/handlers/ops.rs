@@ -1,0 +1,52 @@
+//! What operators and orchestrators poll, open by design: liveness, readiness, metrics and the
+//! OpenAPI document; and the answer to an unknown path.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The OpenAPI document, kept beside the routes it describes.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// `GET /openapi.json`.
+pub async fn openapi_handler() -> Response {
+    let mut response = Response::new(axum::body::Body::from(OPENAPI));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `GET /healthz`: liveness, the process answers.
+pub async fn healthz_handler() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: readiness, Redis answers a PING within its timeout.
+pub async fn readyz_handler(State(gw): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    gw.redis
+        .ping()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("redis: {e}")))?;
+    Ok(axum::Json(json!({"status": "ready", "redis": "ok"})))
+}
+
+/// `GET /metrics`: the Prometheus exposition.
+pub async fn metrics_handler(State(gw): State<AppState>) -> Response {
+    let mut response = gw.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// Any other path.
+pub async fn not_found_handler(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("unknown path {}", uri.path()))
+}
