@@ -1519,3 +1519,116 @@ async fn an_expired_or_invalidated_answer_is_never_served_semantically() {
         r.text
     );
 }
+
+/// Every documented route but the open ones refuses a caller without a key, and every
+/// `/admin` route refuses an API key that is not the master key: the route groups decide it,
+/// not each handler.
+#[tokio::test]
+async fn every_route_but_the_open_ones_needs_a_key_and_admin_routes_the_master_key() {
+    let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
+    let bearer = tenant_keys(&gw, &["t1"]).await.remove(0);
+    let doc: Value = serde_json::from_str(tollgate_server::app::OPENAPI).unwrap();
+    let open = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in ["get", "post", "put", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let method = method.to_uppercase();
+            let anonymous = call(&gw, &method, &concrete, &[], Some(json!({}))).await;
+            if open.contains(&path.as_str()) {
+                assert_ne!(
+                    anonymous.status,
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path}"
+                );
+                continue;
+            }
+            assert_eq!(
+                anonymous.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} answered without a key: {}",
+                anonymous.text
+            );
+            assert_eq!(anonymous.json()["error"]["type"], "authentication_error");
+            if path.starts_with("/admin") {
+                let tenant = call(
+                    &gw,
+                    &method,
+                    &concrete,
+                    &[("authorization", &bearer)],
+                    Some(json!({})),
+                )
+                .await;
+                assert_eq!(tenant.status, StatusCode::FORBIDDEN, "{method} {path}");
+                assert_eq!(tenant.json()["error"]["type"], "permission_error");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "only {checked} routes checked");
+}
+
+/// Each request has an id (the client's when it sends a usable one), echoed in
+/// `x-request-id`; metrics name the route template that matched, never the path as sent.
+#[tokio::test]
+async fn requests_carry_an_id_and_metrics_name_their_route_template() {
+    let gw = gateway("").await;
+    let given = call(&gw, "GET", "/healthz", &[("x-request-id", "req-42")], None).await;
+    assert_eq!(given.header("x-request-id"), Some("req-42"));
+    let made = call(&gw, "GET", "/healthz", &[], None).await;
+    let id = made.header("x-request-id").unwrap().to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+    let again = call(&gw, "GET", "/healthz", &[], None).await;
+    assert_ne!(again.header("x-request-id"), Some(id.as_str()));
+    // Errors carry it too.
+    let missing = call(&gw, "GET", "/v1/responses/resp_nope", &[], None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.header("x-request-id").is_some());
+
+    let _ = call(&gw, "GET", "/v1/sessions/abc", &[], None).await;
+    let _ = call(&gw, "GET", "/no/such/path", &[], None).await;
+    let metrics = call(&gw, "GET", "/metrics", &[], None).await.text;
+    for route in [
+        "route=\"/v1/responses/{id}\"",
+        "route=\"/v1/sessions/{id}\"",
+        "route=\"/healthz\"",
+        "route=\"unmatched\"",
+    ] {
+        assert!(metrics.contains(route), "{route} missing from /metrics");
+    }
+    assert!(!metrics.contains("resp_nope") && !metrics.contains("/v1/sessions/abc"));
+}
+
+/// A body over the limit is refused before it is read when it says its length, and while it is
+/// read when it does not.
+#[tokio::test]
+async fn an_oversized_body_is_a_413_whether_or_not_it_declares_its_length() {
+    let gw = gateway("[server]\nmax_body_bytes = 4096\n").await;
+    let big = chat(&"x".repeat(5000)).to_string();
+    let declared = Request::post("/v1/chat/completions")
+        .header("content-length", big.len())
+        .body(Body::from(big.clone()))
+        .unwrap();
+    let response = app(gw.clone()).oneshot(declared).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let chunks: Vec<Result<String, std::io::Error>> = big
+        .as_bytes()
+        .chunks(1000)
+        .map(|c| Ok(String::from_utf8_lossy(c).into_owned()))
+        .collect();
+    let streamed = Request::post("/v1/chat/completions")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .unwrap();
+    let response = app(gw.clone()).oneshot(streamed).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let e: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(e["error"]["code"], "request_too_large");
+}
