@@ -1,5 +1,5 @@
-//! The HTTP surface: the routes, grouped by who may call them, and the layers every request
-//! goes through.
+//! The HTTP surface: the route groups of [`crate::routes`], each behind its authentication, and
+//! the layers every request goes through.
 //!
 //! Layers, outermost first: a request id (taken from `x-request-id` or made, echoed in the
 //! response and in every log line of the request), metrics and the access log (labelled with
@@ -14,18 +14,15 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::auth;
 use crate::error::ApiError;
 use crate::extract::limit_body;
+use crate::handlers::ops;
 pub use crate::handlers::ops::OPENAPI;
-use crate::handlers::{
-    cache, chat, embeddings, events, features, keys, models, ops, responses, sessions, streams,
-    vectors,
-};
+use crate::routes::{admin_routes, open_routes, tenant_routes};
 pub use crate::state::AppState;
 
 /// The whole HTTP surface.
@@ -46,81 +43,6 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), measure))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
-}
-
-/// The routes open by design, and only these: what load balancers, orchestrators and
-/// Prometheus poll, and the API's description.
-fn open_routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(ops::healthz_handler))
-        .route("/readyz", get(ops::readyz_handler))
-        .route("/metrics", get(ops::metrics_handler))
-        .route("/openapi.json", get(ops::openapi_handler))
-}
-
-/// The API, for an API key (any key; what it reaches is its own tenant's).
-fn tenant_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions_handler))
-        .route("/v1/models", get(models::models_handler))
-        .route("/v1/embeddings", post(embeddings::embeddings_handler))
-        .route("/v1/responses", post(responses::create_response_handler))
-        .route(
-            "/v1/responses/{id}",
-            get(responses::get_response_handler).delete(responses::delete_response_handler),
-        )
-        .route("/v1/streams/{id}", get(streams::stream_handler))
-        .route("/v1/sessions", post(sessions::create_session_handler))
-        .route(
-            "/v1/sessions/{id}",
-            get(sessions::get_session_handler).delete(sessions::delete_session_handler),
-        )
-        .route(
-            "/v1/sessions/{id}/messages",
-            get(sessions::session_messages_handler),
-        )
-        .route("/v1/events/{stream}", post(events::publish_event_handler))
-        .route("/v1/features/batch", post(features::features_batch_handler))
-        .route(
-            "/v1/features/{entity_type}/{entity_id}",
-            get(features::get_features_handler),
-        )
-        .route(
-            "/v1/features/{entity_type}/{entity_id}/{group}",
-            put(features::put_features_handler),
-        )
-        .route(
-            "/v1/vectors/{collection}",
-            get(vectors::collection_info_handler).delete(vectors::drop_collection_handler),
-        )
-        .route(
-            "/v1/vectors/{collection}/search",
-            post(vectors::search_vectors_handler),
-        )
-        .route(
-            "/v1/vectors/{collection}/{id}",
-            put(vectors::put_vector_handler)
-                .get(vectors::get_vector_handler)
-                .delete(vectors::delete_vector_handler),
-        )
-}
-
-/// The operator's routes, for the master key.
-fn admin_routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/admin/keys",
-            post(keys::create_key_handler).get(keys::list_keys_handler),
-        )
-        .route("/admin/keys/{id}", delete(keys::revoke_key_handler))
-        .route("/admin/spend", get(keys::spend_handler))
-        .route("/admin/models", get(models::list_registry_handler))
-        .route(
-            "/admin/models/{name}",
-            put(models::put_registry_handler).delete(models::delete_registry_handler),
-        )
-        .route("/admin/cache/stats", get(cache::cache_stats_handler))
-        .route("/admin/cache/invalidate", post(cache::invalidate_handler))
 }
 
 /// A request's id: the client's `x-request-id` when it is a short visible string, else a new one.
@@ -205,6 +127,8 @@ mod tests {
     use axum::http::StatusCode;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
+
+    use axum::routing::get;
 
     use super::*;
 

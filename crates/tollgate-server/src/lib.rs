@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //! Dependencies point one way, down this list:
-//! - [`app`]: `app(state) -> Router`: the routes grouped by who may call them, and the layer
-//!   stack; [`handlers`]: one thin file per API surface (extract, call, shape).
+//! - [`app`]: `app(state) -> Router`: the route groups (`routes.rs`: open, API key, master key)
+//!   behind their authentication, and the layer stack; [`handlers`]: one thin file per API
+//!   surface (extract, call, shape).
 //! - [`responses`]: the Responses API over the chat path; [`chat`]: the chat request path, a
 //!   folder of its stages (prepare, route, admission, answer), callable without HTTP.
 //! - [`summaries`]: long conversations summarized in the background; [`response_store`] and
@@ -38,6 +39,7 @@ pub mod local_limiter;
 pub mod metrics;
 pub mod response_store;
 pub mod responses;
+mod routes;
 pub mod serve;
 pub mod sessions;
 pub mod sse;

@@ -117,27 +117,39 @@ pub struct BatchEntity {
     entity_id: String,
 }
 
+impl BatchFeatures {
+    /// The groups asked for, or a 400 when the batch names too few or too many entities or
+    /// groups.
+    fn groups(&self) -> Result<Vec<String>, ApiError> {
+        if self.entities.is_empty() || self.entities.len() > 1000 {
+            return Err(ApiError::bad("name 1 to 1000 entities", Some("entities")));
+        }
+        groups_of(&GroupsQuery {
+            groups: Some(self.groups.join(",")),
+        })
+    }
+
+    /// The entities, in `principal`'s tenant.
+    fn entities(&self, principal: &Principal) -> Vec<tollgate_redis::EntityRef> {
+        self.entities
+            .iter()
+            .map(|e| tollgate_redis::EntityRef {
+                entity_type: principal.scoped(&e.entity_type),
+                entity_id: e.entity_id.clone(),
+            })
+            .collect()
+    }
+}
+
 /// `POST /v1/features/batch` `{"entities": [{"entity_type", "entity_id"}], "groups": [...]}`.
 pub async fn features_batch_handler(
     State(gw): State<AppState>,
     principal: Principal,
     Json(batch): Json<BatchFeatures>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    if batch.entities.is_empty() || batch.entities.len() > 1000 {
-        return Err(ApiError::bad("name 1 to 1000 entities", Some("entities")));
-    }
-    let groups = groups_of(&GroupsQuery {
-        groups: Some(batch.groups.join(",")),
-    })?;
+    let groups = batch.groups()?;
     let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
-    let entities: Vec<tollgate_redis::EntityRef> = batch
-        .entities
-        .iter()
-        .map(|e| tollgate_redis::EntityRef {
-            entity_type: principal.scoped(&e.entity_type),
-            entity_id: e.entity_id.clone(),
-        })
-        .collect();
+    let entities = batch.entities(&principal);
     let got = gw.features.get_many(&entities, &refs).await?;
     let data: Vec<Value> = batch
         .entities
