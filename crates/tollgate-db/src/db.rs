@@ -159,9 +159,9 @@ impl Database {
                 "responses (id, owner, version, created_ms, body)",
                 5,
                 chunk.len(),
-                "ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, version = excluded.version, \
+                "ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
                  created_ms = excluded.created_ms, body = excluded.body \
-                 WHERE responses.version < excluded.version",
+                 WHERE responses.version < excluded.version AND responses.owner = excluded.owner",
             );
             let mut q = sqlx::query(&sql);
             for r in chunk {
@@ -179,10 +179,11 @@ impl Database {
                 "sessions (id, owner, system, summary, summary_seq, created_ms, version, deleted)",
                 8,
                 chunk.len(),
-                "ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, system = excluded.system, \
+                "ON CONFLICT (id) DO UPDATE SET system = excluded.system, \
                  summary = excluded.summary, summary_seq = excluded.summary_seq, \
                  created_ms = excluded.created_ms, version = excluded.version, \
-                 deleted = excluded.deleted WHERE sessions.version < excluded.version",
+                 deleted = excluded.deleted \
+                 WHERE sessions.version < excluded.version AND sessions.owner = excluded.owner",
             );
             let mut q = sqlx::query(&sql);
             for s in chunk {
@@ -197,13 +198,15 @@ impl Database {
                     .bind(i64::from(s.deleted));
             }
             q.execute(&mut *tx).await?;
-            // A deleted session takes its messages with it.
+            // A deleted session takes its messages with it (its owner's deletion only).
             for s in chunk.iter().filter(|s| s.deleted) {
                 sqlx::query(
-                    "DELETE FROM session_messages WHERE session_id = $1 AND created_ms <= $2",
+                    "DELETE FROM session_messages WHERE session_id = $1 AND created_ms <= $2 \
+                     AND owner = $3",
                 )
                 .bind(&s.id)
                 .bind(s.version)
+                .bind(&s.owner)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -271,6 +274,27 @@ impl Database {
             })
         })
         .transpose()
+    }
+
+    /// Claims session id `id` for `owner` unless it is taken, and answers who owns it: `owner`
+    /// when it was free or already `owner`'s, else the owner it has had since it was first
+    /// claimed. A session id belongs to one owner for life (deleted, it stays taken); every
+    /// write of a session row keeps the owner it has.
+    pub async fn claim_session(&self, id: &str, owner: &str, now_ms: i64) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO sessions (id, owner, system, summary, summary_seq, created_ms, version, \
+             deleted) VALUES ($1, $2, NULL, NULL, 0, $3, 0, 0) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT owner FROM sessions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// A session's metadata (a deleted one comes back with `deleted`).

@@ -210,3 +210,59 @@ async fn bad_database_urls_are_refused_with_the_reason() {
     assert!(err.to_string().contains("sqlite: or postgres://"), "{err}");
     assert!(Database::connect("sqlite:").await.is_err());
 }
+
+/// A session id is claimed once, by one owner, for life: a second claim (from any connection)
+/// learns the first owner, and no later write of the session, its deletion included, changes
+/// the owner or touches the owner's row.
+#[tokio::test]
+async fn a_session_id_is_claimed_once_and_no_write_changes_its_owner() {
+    for fresh in TestDatabase::both() {
+        let first = Database::connect(&fresh.url()).await.unwrap();
+        let second = Database::connect(&fresh.url()).await.unwrap();
+        let (a, b) = tokio::join!(
+            first.claim_session("s", "key_a", 1),
+            second.claim_session("s", "key_b", 1)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a, b, "two owners for one id");
+        let holder = a;
+        let other = if holder == "key_a" { "key_b" } else { "key_a" };
+        assert_eq!(first.claim_session("s", other, 2).await.unwrap(), holder);
+        let session = |owner: &str, version: i64, deleted: bool| {
+            Record::Session(SessionRow {
+                id: "s".into(),
+                owner: owner.into(),
+                system: Some(format!("{owner}'s")),
+                summary: None,
+                summary_seq: 0,
+                created_ms: 1,
+                version,
+                deleted,
+            })
+        };
+        first
+            .write(vec![session(&holder, 10, false)])
+            .await
+            .unwrap();
+        first.write(vec![session(other, 20, false)]).await.unwrap();
+        first.write(vec![session(other, 30, true)]).await.unwrap();
+        let row = second.session("s").await.unwrap().unwrap();
+        assert_eq!(row.owner, holder);
+        assert_eq!(row.system.as_deref(), Some(format!("{holder}'s").as_str()));
+        assert!(!row.deleted);
+        assert_eq!(row.version, 10);
+        let response = |owner: &str, version: i64| {
+            Record::Response(ResponseRow {
+                id: "r".into(),
+                owner: owner.into(),
+                version,
+                created_ms: 5,
+                body: owner.into(),
+            })
+        };
+        first.write(vec![response("key_a", 1)]).await.unwrap();
+        first.write(vec![response("key_b", 2)]).await.unwrap();
+        let row = second.response("r").await.unwrap().unwrap();
+        assert_eq!((row.owner.as_str(), row.body.as_str()), ("key_a", "key_a"));
+    }
+}

@@ -25,8 +25,37 @@ fn session_error(id: &str, e: tollgate_redis::Error) -> ApiError {
     }
 }
 
+/// Why a request may not use session `id`: the id is another key's (it never changes hands).
+fn taken(id: &str, param: &str) -> ApiError {
+    ApiError::bad(
+        format!("session id {id:?} is taken by another key; use another id"),
+        Some(param),
+    )
+}
+
+/// Makes sure session id `id` is `owner`'s for life before Redis is given a session by that id:
+/// the database is the record of who owns each id (the first claim wins, on any replica, and a
+/// session Redis forgot stays its owner's). False when the id is another owner's. Without a
+/// database, or while it is unreachable, Redis's own owner check is all there is (logged).
+pub async fn claim(gw: &Gateway, id: &str, owner: &str) -> Result<bool, ApiError> {
+    let Some(durable) = &gw.durable else {
+        return Ok(true);
+    };
+    match durable
+        .db
+        .claim_session(id, owner, tollgate_db::now_ms())
+        .await
+    {
+        Ok(holder) => Ok(holder == owner),
+        Err(e) => {
+            tracing::warn!(error = %e, "database unreachable: a session id is claimed in Redis only");
+            Ok(true)
+        }
+    }
+}
+
 /// Creates a session for `principal` (`id`: the caller's choice, else a new one); returns its
-/// id and what Redis holds of it.
+/// id and what Redis holds of it. An id another key holds is a 400 ("taken").
 pub async fn create(
     gw: &Gateway,
     principal: &Principal,
@@ -35,6 +64,10 @@ pub async fn create(
 ) -> Result<(String, SessionInfo), ApiError> {
     let id = id.unwrap_or_else(|| format!("sess_{}", uuid::Uuid::new_v4().simple()));
     let owner = &principal.subject;
+    tollgate_redis::Id::new(&id).map_err(|e| session_error(&id, e))?;
+    if !claim(gw, &id, owner).await? {
+        return Err(taken(&id, "id"));
+    }
     let written = gw
         .sessions
         .create_logged(&id, owner, system)
@@ -187,6 +220,53 @@ pub async fn restore(gw: &Gateway, id: &str, owner: &str) -> Result<bool, ApiErr
         Err(e) => {
             tracing::warn!(error = %e, "could not put a session back into Redis");
             Ok(false)
+        }
+    }
+}
+
+/// The history of session `id` for a request of `owner` that names it; `system` is the
+/// request's system prompt, the session's own if it has none yet. A session Redis does not
+/// have is read back from the database, or created (its id claimed for `owner`); an id that is
+/// another key's is a 400 naming the header, never a 200 without the session.
+pub async fn history_for_request(
+    gw: &Gateway,
+    id: &str,
+    owner: &str,
+    system: Option<&str>,
+    tokens: u32,
+) -> Result<Vec<ChatMessage>, ApiError> {
+    let budget = Window::TokenBudget(tokens);
+    let header = "x-tollgate-session-id";
+    match gw.sessions.history(id, owner, budget).await {
+        Ok(h) => Ok(h),
+        // Not in Redis for this owner: forgotten (expired, evicted, flushed), new, or another
+        // key's.
+        Err(tollgate_redis::Error::NotFound) => {
+            if !claim(gw, id, owner).await? {
+                return Err(taken(id, header));
+            }
+            if restore(gw, id, owner).await? {
+                return Ok(gw
+                    .sessions
+                    .history(id, owner, budget)
+                    .await
+                    .unwrap_or_default());
+            }
+            match gw.sessions.create_logged(id, owner, system).await {
+                Ok(_) => Ok(Vec::new()),
+                Err(tollgate_redis::Error::Conflict(_)) => Err(taken(id, header)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not create a session in Redis; answering without it");
+                    Ok(Vec::new())
+                }
+            }
+        }
+        Err(tollgate_redis::Error::InvalidArgument(m)) => Err(ApiError::bad(m, Some(header))),
+        Err(e) => {
+            tracing::warn!(error = %e, "session history unavailable in Redis; reading the database");
+            Ok(history_from_db(gw, id, owner, tokens)
+                .await
+                .unwrap_or_default())
         }
     }
 }

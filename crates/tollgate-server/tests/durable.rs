@@ -851,3 +851,131 @@ async fn every_path_of_the_openapi_document_is_served() {
         }
     }
 }
+
+/// Deletes every key whose name holds `part`, as an eviction would.
+async fn forget(redis: &RedisServer, part: &str) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{part}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty(), "no key holds {part:?}");
+    redis::cmd("DEL")
+        .arg(&keys)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// One chat turn of `session` as `key`; the reply as it came.
+async fn session_turn_as(gw: &AppState, key: &str, session: &str, text: &str) -> Reply {
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("authorization", format!("Bearer {key}"))
+        .header("x-tollgate-session-id", session)
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"model": "fake/m", "messages": [{"role": "user", "content": text}]}).to_string(),
+        ))
+        .unwrap();
+    let response = app(gw.clone()).oneshot(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// A session id is its creator's for life: while Redis holds the session, after Redis forgot
+/// it, and on another replica, another key naming it gets a clear 400 (never a 200 that leaves
+/// the session out), never its messages, and never its ownership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_never_changes_hands_even_after_redis_forgets_it() {
+    for fresh in TestDatabase::both() {
+        let redis = RedisServer::start();
+        let upstream = FakeUpstream::start(FakeUpstreamConfig {
+            chunks: 1,
+            ..Default::default()
+        })
+        .await;
+        let extra = format!(
+            "[server]\nmaster_key = \"mk\"\n{}",
+            fake_provider(&upstream)
+        );
+        let prefix = unique_prefix();
+        let gw = gateway(&redis.url(), &fresh.url(), &prefix, &extra).await;
+        let other = gateway(&redis.url(), &fresh.url(), &prefix, &extra).await;
+        let keys: Vec<Value> = ["owner", "intruder"]
+            .iter()
+            .map(|name| json!({"name": name}))
+            .collect();
+        let mut made = Vec::new();
+        for body in keys {
+            let created = call(&gw, "POST", "/admin/keys", Some("mk"), Some(body)).await;
+            assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+            made.push(created.json());
+        }
+        let (owner, intruder) = (
+            made[0]["key"].as_str().unwrap().to_owned(),
+            made[1]["key"].as_str().unwrap().to_owned(),
+        );
+        let db = &gw.durable.as_ref().unwrap().db;
+
+        let turn = session_turn_as(&gw, &owner, "team-notes", "the code is 4417").await;
+        assert_eq!(turn.status, StatusCode::OK, "{}", turn.text);
+        // While Redis holds it.
+        let probe = session_turn_as(&other, &intruder, "team-notes", "what is the code?").await;
+        assert_eq!(probe.status, StatusCode::BAD_REQUEST, "{}", probe.text);
+        assert_eq!(probe.json()["error"]["param"], "x-tollgate-session-id");
+        // After Redis forgot it (evicted or expired: the keys stay), on either replica, chat or
+        // create.
+        drained(&gw).await;
+        forget(&redis, "team-notes").await;
+        for replica in [&gw, &other] {
+            let probe =
+                session_turn_as(replica, &intruder, "team-notes", "what is the code?").await;
+            assert_eq!(probe.status, StatusCode::BAD_REQUEST, "{}", probe.text);
+            assert_eq!(probe.json()["error"]["param"], "x-tollgate-session-id");
+            let create = call(
+                replica,
+                "POST",
+                "/v1/sessions",
+                Some(&intruder),
+                Some(json!({"id": "team-notes"})),
+            )
+            .await;
+            assert_eq!(create.status, StatusCode::BAD_REQUEST, "{}", create.text);
+            let read = call(
+                replica,
+                "GET",
+                "/v1/sessions/team-notes/messages",
+                Some(&intruder),
+                None,
+            )
+            .await;
+            assert_eq!(read.status, StatusCode::NOT_FOUND, "{}", read.text);
+        }
+        assert!(
+            upstream
+                .requests()
+                .iter()
+                .all(|r| !r.to_string().contains("what is the code")),
+            "a refused request reached the upstream"
+        );
+        drained(&gw).await;
+        let row = db.session("team-notes").await.unwrap().unwrap();
+        assert_eq!(row.owner, made[0]["id"].as_str().unwrap());
+        // The owner goes on where it stopped, from the database, on the other replica.
+        let turn = session_turn_as(&other, &owner, "team-notes", "and the room?").await;
+        assert_eq!(turn.status, StatusCode::OK, "{}", turn.text);
+        let sent = last_turns(&upstream);
+        assert_eq!(sent[0], ("user".to_owned(), "the code is 4417".to_owned()));
+        assert_eq!(sent.last().unwrap().1, "and the room?");
+    }
+}

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use tollgate_core::{ChatCompletion, ChatMessage, ChatRequest};
-use tollgate_redis::Window;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -59,38 +58,20 @@ pub(super) async fn with_history(
     id: &str,
     req: &mut ChatRequest,
 ) -> Result<SessionWrite, ApiError> {
-    let tokens = gw.config.sessions.history_token_budget;
-    let budget = Window::TokenBudget(tokens);
-    let owner = &principal.subject;
-    let history = match gw.sessions.history(id, owner, budget).await {
-        Ok(h) => h,
-        // Not in Redis: the database may still have it (expired, evicted, flushed).
-        Err(tollgate_redis::Error::NotFound) => {
-            if crate::sessions::restore(gw, id, owner).await? {
-                gw.sessions
-                    .history(id, owner, budget)
-                    .await
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            }
-        }
-        Err(tollgate_redis::Error::InvalidArgument(m)) => {
-            return Err(ApiError::bad(m, Some("x-tollgate-session-id")));
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "session history unavailable in Redis; reading the database");
-            crate::sessions::history_from_db(gw, id, owner, tokens)
-                .await
-                .unwrap_or_default()
-        }
-    };
     let is_system = |m: &ChatMessage| m.role == "system" || m.role == "developer";
     let system = req
         .messages
         .iter()
         .find(|m| is_system(m))
         .map(ChatMessage::text_content);
+    let history = crate::sessions::history_for_request(
+        gw,
+        id,
+        &principal.subject,
+        system.as_deref(),
+        gw.config.sessions.history_token_budget,
+    )
+    .await?;
     let new: Vec<ChatMessage> = req
         .messages
         .iter()
