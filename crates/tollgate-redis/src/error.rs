@@ -69,23 +69,42 @@ impl From<redis::RedisError> for Error {
     }
 }
 
-/// A cluster in transition (a failover, a slot migration) or a server still loading: the same
-/// command succeeds once it settles, as after a dropped connection. Also when the error comes
-/// wrapped in an aborted transaction.
+/// Server errors that say Redis cannot do its part now, not that the command is wrong: memory
+/// full under `noeviction` (OOM), a replica or a failed-over master (READONLY, MASTERDOWN), a
+/// failing snapshot (MISCONF), a busy script (BUSY), a server still loading (LOADING), a script
+/// cache emptied (NOSCRIPT), a cluster in transition (MOVED, ASK, TRYAGAIN, CLUSTERDOWN), too
+/// few replicas (NOREPLICAS). Callers degrade on them as on a lost connection; the same command
+/// succeeds once the server settles.
+const DEGRADED: &[&str] = &[
+    "OOM",
+    "READONLY",
+    "MISCONF",
+    "BUSY",
+    "LOADING",
+    "NOSCRIPT",
+    "MOVED",
+    "ASK",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "NOREPLICAS",
+];
+
+/// True when `e` is one of [`DEGRADED`]: by its code, or named in its text (an error raised
+/// inside a script, or inside an aborted transaction, arrives wrapped).
 fn is_transient(e: &redis::RedisError) -> bool {
+    if e.code().is_some_and(|code| DEGRADED.contains(&code)) {
+        return true;
+    }
     let text = e.to_string();
-    [
-        "ClusterDown",
-        "CLUSTERDOWN",
-        "TryAgain",
-        "TRYAGAIN",
-        "MasterDown",
-        "MASTERDOWN",
-        "LOADING",
-        "BusyLoading",
-    ]
-    .iter()
-    .any(|code| text.contains(code))
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| {
+            DEGRADED.contains(&word)
+                || word == "ClusterDown"
+                || word == "TryAgain"
+                || word == "MasterDown"
+                || word == "BusyLoading"
+        })
 }
 
 /// Result alias of this crate.

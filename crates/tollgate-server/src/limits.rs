@@ -182,8 +182,12 @@ pub async fn admit(
     }
     let decision = match gw.limiter.check_all(&checks).await {
         Ok(d) => d,
-        Err(e) if e.is_unavailable() => return fail_over(gw, principal, &checks, estimate),
-        Err(e) => return Err(ApiError::Internal(format!("rate limiter: {e}"))),
+        // Whatever failed (unreachable, full, read-only, a reply not understood), the limits
+        // follow their policy for Redis being away.
+        Err(e) => {
+            tracing::warn!(error = %e, "rate limiter failed; following the policy for Redis being away");
+            return fail_over(gw, principal, &checks, estimate);
+        }
     };
     let mut headers = Vec::new();
     for (family, at) in [("requests", &requests_at), ("tokens", &tokens_at)] {

@@ -1632,3 +1632,84 @@ async fn an_oversized_body_is_a_413_whether_or_not_it_declares_its_length() {
     let e: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(e["error"]["code"], "request_too_large");
 }
+
+/// Fills `redis` until it refuses writes (`maxmemory` reached under `noeviction`).
+async fn fill_until_full(redis: &RedisServer) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let block = "x".repeat(64 * 1024);
+    for i in 0..10_000 {
+        let set: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(format!("ballast:{i}"))
+            .arg(&block)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = set {
+            assert!(e.to_string().contains("OOM"), "{e}");
+            return;
+        }
+    }
+    panic!("redis never filled up");
+}
+
+/// A Redis at its memory limit refuses every write with OOM: the gateway degrades as it does
+/// when Redis is away (the cache bypassed, limits by their policy, streams to the client only),
+/// and answers every request; when memory frees up, the cache works again.
+#[tokio::test]
+async fn a_full_redis_degrades_like_an_outage_and_every_request_is_answered() {
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"]);
+    let gw = gateway_on(&redis.url(), "").await;
+    // Scripts are loaded and the cache seen working before the memory runs out.
+    let warm = call(&gw, "POST", "/v1/chat/completions", &[], Some(chat("warm"))).await;
+    assert_eq!(warm.status, StatusCode::OK, "{}", warm.text);
+    fill_until_full(&redis).await;
+    for i in 0..20 {
+        let content = format!("question {i}");
+        let mut body = chat(&content);
+        if i % 2 == 1 {
+            body["stream"] = json!(true);
+        }
+        let headers: &[(&str, &str)] = if i % 4 == 0 {
+            &[("x-tollgate-session-id", "full-redis")]
+        } else {
+            &[]
+        };
+        let r = call(&gw, "POST", "/v1/chat/completions", headers, Some(body)).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text);
+        assert_ne!(r.header("x-tollgate-cache"), Some("hit"));
+        if i % 2 == 1 {
+            assert!(sse_text(&r.text).contains("question"), "{}", r.text);
+        }
+    }
+    let metrics = call(&gw, "GET", "/metrics", &[], None).await.text;
+    assert!(
+        metrics.contains("tollgate_cache_lookups_total{result=\"Error\"}"),
+        "{metrics}"
+    );
+    // Memory back: the cache stores and hits again.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHDB")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let mut hit = false;
+    for _ in 0..50 {
+        let r = call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat("after")),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if r.header("x-tollgate-cache") == Some("hit") {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(hit, "the cache did not come back");
+}

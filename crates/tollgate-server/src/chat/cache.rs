@@ -189,11 +189,12 @@ pub(super) async fn route(
                 first = false;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) if e.is_unavailable() => {
-                tracing::warn!(error = %e, "response cache unavailable; answering without it");
+            // Unreachable, full, read-only, failing over, or answering what this version does
+            // not understand: the cache is optional, the answer is not.
+            Err(e) => {
+                tracing::warn!(error = %e, "response cache failed; answering without it");
                 return bypass(CacheResult::Error, Caching::Bypass);
             }
-            Err(e) => return Err(ApiError::Internal(format!("cache: {e}"))),
         }
     }
 }
