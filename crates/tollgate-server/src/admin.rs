@@ -98,6 +98,12 @@ pub async fn key_spend(gw: &Gateway, key_id: &str) -> Result<Value, ApiError> {
 /// database, when there is one).
 pub async fn spend_report(gw: &Gateway, key: Option<&str>) -> Result<Vec<Value>, ApiError> {
     let ids: Vec<String> = match key {
+        Some(k) if k.is_empty() || k.len() > 200 || k.chars().any(char::is_control) => {
+            return Err(ApiError::bad(
+                "key must be a key id: 1 to 200 characters, none of them control characters",
+                Some("key"),
+            ));
+        }
         Some(k) => vec![k.to_owned()],
         None => gw
             .api_keys

@@ -38,6 +38,7 @@ pub fn app(state: AppState) -> Router {
             auth::require_master,
         )))
         .fallback(ops::not_found_handler)
+        .method_not_allowed_fallback(ops::method_not_allowed_handler)
         .layer(middleware::from_fn_with_state(state.clone(), limit_body))
         .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(state.clone(), measure))

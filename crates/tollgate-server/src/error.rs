@@ -31,6 +31,9 @@ pub enum ApiError {
     /// No route, session, stream or key by that name (or not the caller's).
     #[error("{0}")]
     NotFound(String),
+    /// The path is served, but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// No provider serves the model.
     #[error("the model `{0}` does not exist")]
     UnknownModel(String),
@@ -81,6 +84,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RateLimited { .. } | ApiError::BudgetExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -106,7 +110,9 @@ impl ApiError {
     /// The body's `type` (OpenAI's names where OpenAI has one); also a metrics label.
     pub fn kind(&self) -> &'static str {
         match self {
-            ApiError::BadRequest { .. } | ApiError::TooLarge { .. } => "invalid_request_error",
+            ApiError::BadRequest { .. }
+            | ApiError::TooLarge { .. }
+            | ApiError::MethodNotAllowed(_) => "invalid_request_error",
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
             ApiError::NotFound(_) | ApiError::UnknownModel(_) => "not_found_error",

@@ -91,7 +91,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ChatOptions {
     }
 }
 
-/// Path parameters; a bad one is a 400 naming the problem.
+/// The longest id or name a path, a header or a body may give (the OpenAPI document's
+/// `maxLength`): session, response and stream ids, collection, entity and stream names.
+pub const MAX_ID_LEN: usize = 200;
+
+/// Path parameters, each 1 to [`MAX_ID_LEN`] bytes; a bad one is a 400 naming it.
 #[derive(Debug)]
 pub struct Path<T>(pub T);
 
@@ -99,6 +103,17 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let raw = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad(e.body_text(), None))?;
+        for (name, value) in &raw {
+            if value.is_empty() || value.len() > MAX_ID_LEN {
+                return Err(ApiError::bad(
+                    format!("{name} must be 1 to {MAX_ID_LEN} bytes"),
+                    Some(name),
+                ));
+            }
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| Path(p.0))

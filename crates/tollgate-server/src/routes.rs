@@ -10,13 +10,12 @@ use crate::handlers::{
 };
 use crate::state::AppState;
 
-/// The routes open by design, and only these: what load balancers, orchestrators and
-/// Prometheus poll, and the API's description.
+/// The routes open by design, and only these: what load balancers and orchestrators poll, and
+/// the API's description.
 pub(crate) fn open_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(ops::healthz_handler))
         .route("/readyz", get(ops::readyz_handler))
-        .route("/metrics", get(ops::metrics_handler))
         .route("/openapi.json", get(ops::openapi_handler))
 }
 
@@ -67,9 +66,11 @@ pub(crate) fn tenant_routes() -> Router<AppState> {
         )
 }
 
-/// The operator's routes, for the master key.
+/// The operator's routes, for the master key; `/metrics` among them (it shows traffic, spend and
+/// savings: Prometheus scrapes it with the master key as its bearer token).
 pub(crate) fn admin_routes() -> Router<AppState> {
     Router::new()
+        .route("/metrics", get(ops::metrics_handler))
         .route(
             "/admin/keys",
             post(keys::create_key_handler).get(keys::list_keys_handler),

@@ -25,6 +25,9 @@ fn session_error(id: &str, e: tollgate_redis::Error) -> ApiError {
     }
 }
 
+/// The longest session id (the OpenAPI document's `maxLength`).
+const MAX_SESSION_ID_LEN: usize = 200;
+
 /// Why a request may not use session `id`: the id is another key's (it never changes hands).
 fn taken(id: &str, param: &str) -> ApiError {
     ApiError::bad(
@@ -64,6 +67,12 @@ pub async fn create(
 ) -> Result<(String, SessionInfo), ApiError> {
     let id = id.unwrap_or_else(|| format!("sess_{}", uuid::Uuid::new_v4().simple()));
     let owner = &principal.subject;
+    if id.is_empty() || id.len() > MAX_SESSION_ID_LEN {
+        return Err(ApiError::bad(
+            format!("a session id must be 1 to {MAX_SESSION_ID_LEN} bytes"),
+            Some("id"),
+        ));
+    }
     tollgate_redis::Id::new(&id).map_err(|e| session_error(&id, e))?;
     if !claim(gw, &id, owner).await? {
         return Err(taken(&id, "id"));

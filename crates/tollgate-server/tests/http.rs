@@ -1528,7 +1528,7 @@ async fn every_route_but_the_open_ones_needs_a_key_and_admin_routes_the_master_k
     let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
     let bearer = tenant_keys(&gw, &["t1"]).await.remove(0);
     let doc: Value = serde_json::from_str(tollgate_server::app::OPENAPI).unwrap();
-    let open = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
+    let open = ["/healthz", "/readyz", "/openapi.json"];
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         let concrete = path
@@ -1712,4 +1712,70 @@ async fn a_full_redis_degrades_like_an_outage_and_every_request_is_answered() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(hit, "the cache did not come back");
+}
+
+/// The document's limits hold everywhere, and the small answers are OpenAI-shaped too: a
+/// method a path does not take, an id over 200 bytes (path, header or body), a key id that is
+/// no key id.
+#[tokio::test]
+async fn limits_of_the_document_hold_and_every_error_is_openai_shaped() {
+    let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
+    let master = [("authorization", "Bearer mk")];
+    let wrong_method = call(&gw, "PATCH", "/v1/chat/completions", &master, None).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        wrong_method.json()["error"]["type"],
+        "invalid_request_error"
+    );
+
+    let long = "s".repeat(201);
+    let path = call(&gw, "GET", &format!("/v1/sessions/{long}"), &master, None).await;
+    assert_eq!(path.status, StatusCode::BAD_REQUEST, "{}", path.text);
+    assert_eq!(path.json()["error"]["param"], "id");
+    let header = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", "Bearer mk"),
+            ("x-tollgate-session-id", &long),
+        ],
+        Some(chat("x")),
+    )
+    .await;
+    assert_eq!(header.status, StatusCode::BAD_REQUEST, "{}", header.text);
+    assert_eq!(header.json()["error"]["param"], "x-tollgate-session-id");
+    let huge = "s".repeat(1 << 20);
+    let body = call(
+        &gw,
+        "POST",
+        "/v1/sessions",
+        &master,
+        Some(json!({"id": huge})),
+    )
+    .await;
+    assert_eq!(body.status, StatusCode::BAD_REQUEST);
+    assert_eq!(body.json()["error"]["param"], "id");
+    let at_limit = call(
+        &gw,
+        "POST",
+        "/v1/sessions",
+        &master,
+        Some(json!({"id": "s".repeat(200)})),
+    )
+    .await;
+    assert_eq!(at_limit.status, StatusCode::CREATED, "{}", at_limit.text);
+
+    let nul = call(&gw, "GET", "/admin/spend?key=%00", &master, None).await;
+    assert_eq!(nul.status, StatusCode::BAD_REQUEST, "{}", nul.text);
+    assert_eq!(nul.json()["error"]["param"], "key");
+
+    // Metrics show traffic and money: the master key's.
+    assert_eq!(
+        call(&gw, "GET", "/metrics", &[], None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let scraped = call(&gw, "GET", "/metrics", &master, None).await;
+    assert_eq!(scraped.status, StatusCode::OK);
+    assert!(scraped.text.contains("tollgate_http_requests_total"));
 }

@@ -60,7 +60,10 @@ impl ChatOptions {
     }
 }
 
-/// A header holding an id: absent, or 1 to 256 visible characters (trimmed).
+/// The longest id a header may carry (as a path's, see `extract::MAX_ID_LEN`).
+const MAX_HEADER_ID_LEN: usize = 200;
+
+/// A header holding an id: absent, or 1 to 200 visible characters (trimmed).
 fn short_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get(name) else {
         return Ok(None);
@@ -69,10 +72,10 @@ fn short_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiEr
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|s| !s.is_empty() && s.len() <= 256);
+        .filter(|s| !s.is_empty() && s.len() <= MAX_HEADER_ID_LEN);
     let value = value.ok_or_else(|| {
         ApiError::bad(
-            format!("{name} must be 1 to 256 visible characters"),
+            format!("{name} must be 1 to {MAX_HEADER_ID_LEN} visible characters"),
             Some(name),
         )
     })?;

@@ -1,8 +1,8 @@
-//! What operators and orchestrators poll, open by design: liveness, readiness, metrics and the
-//! OpenAPI document; and the answer to an unknown path.
+//! What operators and orchestrators poll: liveness, readiness and the OpenAPI document (open
+//! by design), metrics (the master key's); and the answers to an unknown path or method.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, Uri, header};
+use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -44,6 +44,11 @@ pub async fn metrics_handler(State(gw): State<AppState>) -> Response {
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
+}
+
+/// A path served, with a method it does not take.
+pub async fn method_not_allowed_handler(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not take {method}", uri.path()))
 }
 
 /// Any other path.
