@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::conn::Redis;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
+use crate::pubsub::{Channels, Subscription};
 
 /// What is stored about a key (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +40,11 @@ pub struct ApiKeyRecord {
 pub struct ApiKeys {
     redis: Redis,
     keys: Keys,
+    channels: Channels,
 }
+
+/// Where revocations are announced.
+const CHANNEL: &str = "api_keys";
 
 /// The SHA-256 of a key, as stored.
 pub fn key_hash(secret: &str) -> String {
@@ -49,7 +54,26 @@ pub fn key_hash(secret: &str) -> String {
 impl ApiKeys {
     /// Keys under `keys`' prefix.
     pub fn new(redis: Redis, keys: Keys) -> Self {
-        ApiKeys { redis, keys }
+        ApiKeys {
+            channels: Channels::new(redis.clone(), keys.clone()),
+            redis,
+            keys,
+        }
+    }
+
+    /// The revocation version: it goes up with every revocation. A replica that caches key
+    /// lookups drops them when it moves (it is read twice a second, and announced).
+    pub async fn version(&self) -> Result<u64> {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(self.keys.api_key_version())
+            .query_async(&mut self.redis.conn())
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Revocation announcements (each message is the new version).
+    pub async fn watch(&self) -> Result<Subscription> {
+        self.channels.subscribe(CHANNEL).await
     }
 
     /// Creates a key; returns its record and the secret (shown once).
@@ -153,11 +177,24 @@ impl ApiKeys {
             .map_err(|e| Error::Decode(e.to_string()))?;
         record.revoked = true;
         let json = serde_json::to_string(&record).map_err(|e| Error::Decode(e.to_string()))?;
-        let _: () = redis::cmd("SET")
+        // The record and the version in one transaction (one hash tag), then the announcement.
+        let (version,): (u64,) = redis::pipe()
+            .atomic()
+            .cmd("SET")
             .arg(&key)
             .arg(json)
+            .ignore()
+            .cmd("INCR")
+            .arg(self.keys.api_key_version())
             .query_async(&mut self.redis.conn())
             .await?;
+        if let Err(e) = self
+            .channels
+            .publish(CHANNEL, version.to_string().as_bytes())
+            .await
+        {
+            tracing::debug!(error = %e, "revocation not announced; replicas see the version move");
+        }
         Ok(record)
     }
 }

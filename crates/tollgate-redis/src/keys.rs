@@ -20,6 +20,7 @@
 //! | `tg:{ev:STREAM}`, `tg:{ev:STREAM}:dead` | stream, stream | an event stream and its dead letters |
 //! | `tg:{ak}:h:SHA256` | string | an API key's record, by the hash of the key (no TTL) |
 //! | `tg:{ak}:index` | hash | API key id -> hash (no TTL) |
+//! | `tg:{ak}:version` | string | bumped by every revocation, so replicas drop cached lookups (no TTL) |
 //! | `tg:{r:ID}` | string | a stored response of the Responses API (or its tombstone) |
 //! | `tg:{k:SUBJECT}:spend:d:YYYYMMDD`, `:spend:m:YYYYMM` | hash | spend of an API key per model and in all (`*`), in billionths of a dollar |
 //! | `tg:{ev:outbox}` | stream | durable records on their way to the database |
@@ -151,6 +152,10 @@ impl Keys {
 
     pub(crate) fn api_key_by_hash(&self, sha256_hex: &str) -> String {
         format!("{}{{ak}}:h:{sha256_hex}", self.prefix)
+    }
+
+    pub(crate) fn api_key_version(&self) -> String {
+        format!("{}{{ak}}:version", self.prefix)
     }
 
     pub(crate) fn api_key_index(&self) -> String {

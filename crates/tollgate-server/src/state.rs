@@ -63,6 +63,8 @@ pub struct Gateway {
     /// Counts prompt tokens for limit estimates and session windows.
     pub counter: Arc<dyn TokenCounter>,
     key_cache: Mutex<HashMap<String, (Instant, Option<ApiKeyRecord>)>>,
+    /// The key store's revocation version the key cache was last checked against.
+    keys_version: std::sync::atomic::AtomicU64,
 }
 
 /// Where durable records go.
@@ -88,8 +90,9 @@ pub enum BuildError {
 /// third of this while it runs, so a leader that dies frees its identical requests this soon).
 const SINGLE_FLIGHT_LEASE: Duration = Duration::from_secs(30);
 
-/// How long an API key lookup is trusted without asking Redis again (revocation takes effect
-/// within this long on other instances).
+/// How long an API key lookup is trusted without asking Redis again. Revocations reach every
+/// instance sooner, announced and polled (`serve::keep_keys_fresh`); this bounds a revocation
+/// missed by both.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
 
 impl Gateway {
@@ -202,6 +205,7 @@ impl Gateway {
             counter,
             local_limits: LocalLimiter::default(),
             key_cache: Mutex::new(HashMap::new()),
+            keys_version: std::sync::atomic::AtomicU64::new(u64::MAX),
             config,
         })
     }
@@ -346,6 +350,19 @@ impl Gateway {
             },
             Err(e) => Err(e),
         }
+    }
+
+    /// Drops cached key lookups when a key was revoked anywhere since the last check (the
+    /// revocation version moved). Returns whether it dropped them.
+    pub async fn sync_keys(&self) -> Result<bool, tollgate_redis::Error> {
+        use std::sync::atomic::Ordering;
+        let version = self.api_keys.version().await?;
+        let seen = self.keys_version.swap(version, Ordering::Relaxed);
+        if seen == version || seen == u64::MAX {
+            return Ok(false);
+        }
+        self.forget_keys();
+        Ok(true)
     }
 
     /// Forgets cached key lookups (after a revocation on this instance).

@@ -979,3 +979,56 @@ async fn a_session_id_never_changes_hands_even_after_redis_forgets_it() {
         assert_eq!(sent.last().unwrap().1, "and the room?");
     }
 }
+
+/// A key revoked on one replica stops working on another within a second or so, well before
+/// the other's cached lookup would expire (10 s): revocations are announced, and polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_stops_working_on_every_replica_at_once() {
+    let redis = RedisServer::start();
+    let sqlite = TestDatabase::sqlite();
+    let prefix = unique_prefix();
+    let extra = "[server]\nmaster_key = \"mk\"\n";
+    let gw = gateway(&redis.url(), &sqlite.url(), &prefix, extra).await;
+    let other = gateway(&redis.url(), &sqlite.url(), &prefix, extra).await;
+    tokio::spawn(tollgate_server::serve::keep_keys_fresh(other.clone()));
+    let created = call(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some("mk"),
+        Some(json!({"name": "k"})),
+    )
+    .await;
+    let (key, id) = {
+        let c = created.json();
+        (
+            c["key"].as_str().unwrap().to_owned(),
+            c["id"].as_str().unwrap().to_owned(),
+        )
+    };
+    // The other replica has the key in its cache.
+    let models = call(&other, "GET", "/v1/models", Some(&key), None).await;
+    assert_eq!(models.status, StatusCode::OK);
+    let revoked = call(
+        &gw,
+        "DELETE",
+        &format!("/admin/keys/{id}"),
+        Some("mk"),
+        None,
+    )
+    .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text);
+    let since = Instant::now();
+    loop {
+        let r = call(&other, "GET", "/v1/models", Some(&key), None).await;
+        if r.status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "the revoked key still works on the other replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
