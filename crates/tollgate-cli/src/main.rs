@@ -455,6 +455,9 @@ async fn connect_gateway(
 
 async fn serve_gateway(config: Config, data_dir: &Path) -> anyhow::Result<()> {
     let listen: SocketAddr = config.server.listen.parse().context("server.listen")?;
+    if let Some(limit) = serve::raise_open_files_limit() {
+        tracing::debug!(limit, "open files limit");
+    }
     if config.server.master_key.is_empty() && !listen.ip().is_loopback() {
         bail!(
             "refusing to listen on {listen} without TOLLGATE_MASTER_KEY: set a master key, or listen on a loopback address"
@@ -515,13 +518,14 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP (a closed terminal: without a handler it would kill
+/// tollgate at once and orphan its embedded redis-server).
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let signal = |kind: tokio::signal::unix::SignalKind| async move {
+        match tokio::signal::unix::signal(kind) {
             Ok(mut s) => {
                 s.recv().await;
             }
@@ -530,7 +534,8 @@ async fn shutdown_signal() {
     };
     tokio::select! {
         () = ctrl_c => {}
-        () = term => {}
+        () = signal(tokio::signal::unix::SignalKind::terminate()) => {}
+        () = signal(tokio::signal::unix::SignalKind::hangup()) => {}
     }
     tracing::info!("shutting down: draining in-flight requests");
 }

@@ -77,6 +77,17 @@ fn one_line_error(output: &Output) -> String {
 
 #[test]
 fn serve_runs_its_own_redis_and_stops_it_on_sigterm() {
+    stops_cleanly_on("TERM");
+}
+
+/// A closed terminal (SIGHUP) is a shutdown too: without a handler it killed tollgate at once and
+/// left its embedded redis-server running.
+#[test]
+fn serve_stops_its_own_redis_on_sighup() {
+    stops_cleanly_on("HUP");
+}
+
+fn stops_cleanly_on(signal: &str) {
     let data = tempfile::tempdir().unwrap();
     let (addr, mut child) = serve_on(&[("TOLLGATE_DATA_DIR", data.path().to_str().unwrap())]);
     assert_eq!(
@@ -93,7 +104,7 @@ fn serve_runs_its_own_redis_and_stops_it_on_sigterm() {
         "AOF persistence is on"
     );
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -104,7 +115,7 @@ fn serve_runs_its_own_redis_and_stops_it_on_sigterm() {
         }
         assert!(
             Instant::now() < deadline,
-            "tollgate did not exit after SIGTERM"
+            "tollgate did not exit after SIG{signal}"
         );
         std::thread::sleep(Duration::from_millis(50));
     };

@@ -109,6 +109,10 @@ pub struct ServerConfig {
     pub listen: String,
     pub max_body_bytes: usize,
     pub shutdown_drain_seconds: u64,
+    /// The longest a connection waits for a request's headers, idle keep-alive included.
+    pub idle_timeout_seconds: u64,
+    /// Connections open at once.
+    pub max_connections: usize,
     pub master_key: String,
 }
 
@@ -440,6 +444,12 @@ impl Config {
                 "server.listen: {:?} is not an address like 127.0.0.1:8080",
                 self.server.listen
             ));
+        }
+        if self.server.idle_timeout_seconds == 0 {
+            p.push("server.idle_timeout_seconds: must be at least 1".into());
+        }
+        if self.server.max_connections == 0 {
+            p.push("server.max_connections: must be at least 1".into());
         }
         if self.server.max_body_bytes < 1024 {
             p.push("server.max_body_bytes: must be at least 1024".into());

@@ -1,10 +1,19 @@
-//! Binding and serving, with graceful shutdown: on the shutdown signal the listener stops
-//! accepting and in-flight requests finish, up to a deadline.
+//! Binding and serving, with every connection bounded (header time, idle time, how many) and
+//! graceful shutdown: on the shutdown signal the listener stops accepting and in-flight
+//! requests finish, up to a deadline. The background work of a serving instance (the registry,
+//! key revocations, the outbox writer) runs here.
 
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::app::{AppState, app};
 use crate::task::AbortOnDrop;
@@ -106,7 +115,30 @@ pub async fn write_outbox(gw: AppState) {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit (a busy gateway holds a descriptor per
+/// connection, and the usual soft limit is 1024). Returns the limit in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open files limit");
+            None
+        }
+    }
+}
+
+/// The answer to a connection past `server.max_connections`: a 503 with `retry-after`, then
+/// the connection is closed.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 131\r\n\r\n\
+{\"error\":{\"message\":\"too many connections: retry shortly\",\"type\":\"service_unavailable\",\"param\":null,\"code\":\"too_many_connections\"}}";
+
 /// Serves until `shutdown` resolves, then drains in-flight requests for at most `drain`.
+///
+/// Every connection is bounded: its request headers must arrive within
+/// `server.idle_timeout_seconds` (so an idle keep-alive connection is closed after that long
+/// too), and at most `server.max_connections` are open at once; past that a new connection gets
+/// a 503 and is closed. A failed accept (out of descriptors) waits a moment and goes on.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -116,24 +148,59 @@ pub async fn serve(
     let _registry = AbortOnDrop::spawn(keep_registry_in_sync(state.clone()));
     let _keys = AbortOnDrop::spawn(keep_keys_fresh(state.clone()));
     let _writer = AbortOnDrop::spawn(write_outbox(state.clone()));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Without TCP_NODELAY, a response written in two segments waits ~40 ms for a delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    let idle = Duration::from_secs(state.config.server.idle_timeout_seconds.max(1));
+    let open = Arc::new(Semaphore::new(state.config.server.max_connections.max(1)));
+    let service = TowerToHyperService::new(app(state));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; going on");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Without TCP_NODELAY, a response written in two segments waits ~40 ms for a delayed ACK.
         let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let mut stop = stop_rx;
-    tokio::select! {
-        result = server => result,
-        () = async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-            tokio::time::sleep(drain).await;
-        } => {
-            tracing::warn!(?drain, "in-flight requests did not finish within the drain deadline");
-            Ok(())
-        }
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(tcp));
+            continue;
+        };
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(idle)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(tcp), service.clone());
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
     }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "in-flight requests did not finish within the drain deadline"
+        );
+    }
+    Ok(())
+}
+
+/// Answers a connection past the cap with a 503 and closes it.
+async fn refuse(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    tracing::warn!("connection refused: server.max_connections reached");
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(TOO_MANY_CONNECTIONS)).await;
+    let _ = tcp.shutdown().await;
 }

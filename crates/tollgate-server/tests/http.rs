@@ -1779,3 +1779,97 @@ async fn limits_of_the_document_hold_and_every_error_is_openai_shaped() {
     assert_eq!(scraped.status, StatusCode::OK);
     assert!(scraped.text.contains("tollgate_http_requests_total"));
 }
+
+/// `serve` on a free port with `extra` configuration; the address.
+async fn serving(extra: &str) -> std::net::SocketAddr {
+    let gw = gateway(extra).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tollgate_server::serve::serve(
+        listener,
+        gw,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    addr
+}
+
+/// Reads until the server closes the connection (or `within` passes); what it sent.
+async fn until_closed(conn: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A connection that sends nothing, one that never finishes its headers, and one that sits
+/// idle after a request are each closed once the idle timeout passes.
+#[tokio::test]
+async fn connections_that_send_nothing_stall_or_idle_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let addr = serving("[server]\nidle_timeout_seconds = 1\n").await;
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for (name, conn) in [
+        ("silent", &mut silent),
+        ("stalled", &mut stalled),
+        ("idle", &mut idle),
+    ] {
+        let sent = until_closed(conn, Duration::from_secs(10)).await;
+        assert!(sent.is_some(), "the {name} connection is still open");
+        if name == "idle" {
+            assert!(sent.unwrap().starts_with("HTTP/1.1 200"));
+        }
+    }
+}
+
+/// Past `max_connections`, a new connection gets a 503 (OpenAI-shaped, with `retry-after`)
+/// and is closed; once a connection closes, new ones are served again.
+#[tokio::test]
+async fn past_the_connection_cap_a_new_connection_gets_a_503_and_the_rest_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let addr = serving("[server]\nmax_connections = 2\n").await;
+    let held_1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let held_2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let refused = until_closed(&mut extra, Duration::from_secs(10))
+        .await
+        .expect("the connection past the cap was not closed");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("retry-after: 1"), "{refused}");
+    let body = refused.split("\r\n\r\n").nth(1).unwrap();
+    let e: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(e["error"]["code"], "too_many_connections");
+    drop(held_1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut conn, Duration::from_secs(10))
+            .await
+            .unwrap();
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held_2);
+}
