@@ -1873,3 +1873,26 @@ async fn past_the_connection_cap_a_new_connection_gets_a_503_and_the_rest_are_se
     }
     drop(held_2);
 }
+
+/// A stream read again (or resumed) carries what the original client got: the usage chunk
+/// only when that client asked for it.
+#[tokio::test]
+async fn a_stream_read_again_carries_what_its_client_got() {
+    let gw = gateway("").await;
+    for include_usage in [false, true] {
+        let mut req = chat(&format!("usage {include_usage}"));
+        req["stream"] = json!(true);
+        if include_usage {
+            req["stream_options"] = json!({"include_usage": true});
+        }
+        let first = call(&gw, "POST", "/v1/chat/completions", &[], Some(req)).await;
+        let id = first.header("x-tollgate-stream-id").unwrap().to_owned();
+        let again = call(&gw, "GET", &format!("/v1/streams/{id}"), &[], None).await;
+        assert_eq!(sse_data(&again.text), sse_data(&first.text));
+        let usage_chunks = sse_data(&again.text)
+            .iter()
+            .filter(|d| d.contains("\"usage\":{"))
+            .count();
+        assert_eq!(usage_chunks, usize::from(include_usage), "{}", again.text);
+    }
+}

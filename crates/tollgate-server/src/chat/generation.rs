@@ -160,7 +160,17 @@ struct Generation {
 impl Generation {
     async fn run(mut self) {
         let gw = self.gw.clone();
-        let meta = json!({"owner": self.owner, "model": self.request.model}).to_string();
+        // Whether the client asked for the usage chunk: a resumed read sends what it would have.
+        let include_usage = self
+            .request
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.get("include_usage"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        let meta = json!({"owner": self.owner, "model": self.request.model,
+                          "include_usage": include_usage})
+        .to_string();
         // The writer creates the stream while the upstream call starts (chunks queue meanwhile);
         // a follower blocked on the stream's key wakes when it appears.
         let writer = Some(StreamWriter::spawn(

@@ -157,15 +157,31 @@ pub async fn read_stream(
             Err(e) => return Err(ApiError::Unavailable(format!("streams: {e}"))),
         }
     };
-    let owner = serde_json::from_slice::<Value>(&meta)
-        .ok()
-        .and_then(|m| m.get("owner").and_then(Value::as_str).map(str::to_owned));
-    if owner.as_deref() != Some(principal.subject.as_str()) && !principal.admin {
+    let meta = serde_json::from_slice::<Value>(&meta).unwrap_or(Value::Null);
+    let owner = meta.get("owner").and_then(Value::as_str);
+    if owner != Some(principal.subject.as_str()) && !principal.admin {
         return Err(not_found());
     }
+    // The usage chunk goes to a reader only if the generation's client asked for it.
+    let include_usage = meta
+        .get("include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let reader = gw.streams.reader(id).await?;
     let follower = reader.follow(after, Duration::from_secs(5));
-    Ok(relay(follower, None).map(Relayed::item).boxed())
+    Ok(relay(follower, None)
+        .filter(move |event| {
+            let keep =
+                include_usage || !matches!(event, Relayed::Chunk { json, .. } if usage_only(json));
+            std::future::ready(keep)
+        })
+        .map(Relayed::item)
+        .boxed())
+}
+
+/// True for the chunk that carries only usage (`stream_options.include_usage`).
+fn usage_only(json: &str) -> bool {
+    serde_json::from_str::<ChatChunk>(json).is_ok_and(|c| c.choices.is_empty() && c.usage.is_some())
 }
 
 /// Records the usage of an answer that cost the upstream nothing (a cache hit, a coalesced
