@@ -496,7 +496,17 @@ async fn serve_gateway(config: Config, data_dir: &Path) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("TOLLGATE_DATABASE_URL: {e}"))?;
     tracing::info!(backend = ?database.backend(), "durable records go to the database through the outbox");
-    let gateway = Arc::new(Gateway::build(config, &url).await?.with_database(database));
+    let gateway = Gateway::build(config, &url)
+        .await?
+        .with_database(database.clone());
+    if let Some(durable) = &gateway.durable {
+        durable
+            .outbox
+            .bind(&database)
+            .await
+            .map_err(|e| anyhow::anyhow!("TOLLGATE_DATABASE_URL: {e}"))?;
+    }
+    let gateway = Arc::new(gateway);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;

@@ -18,24 +18,30 @@ pub enum Backend {
 }
 
 /// The schema, in order. A migration is never edited once released; a change is a new one.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, owner TEXT NOT NULL, \
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, owner TEXT NOT NULL, \
          version BIGINT NOT NULL, created_ms BIGINT NOT NULL, body TEXT NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, owner TEXT NOT NULL, \
+            "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, owner TEXT NOT NULL, \
          system TEXT, summary TEXT, summary_seq BIGINT NOT NULL, created_ms BIGINT NOT NULL, \
          version BIGINT NOT NULL, deleted BIGINT NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS session_messages (session_id TEXT NOT NULL, \
+            "CREATE TABLE IF NOT EXISTS session_messages (session_id TEXT NOT NULL, \
          seq BIGINT NOT NULL, owner TEXT NOT NULL, created_ms BIGINT NOT NULL, \
          tokens BIGINT NOT NULL, message TEXT NOT NULL, PRIMARY KEY (session_id, seq))",
-        "CREATE TABLE IF NOT EXISTS usage_records (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, \
+            "CREATE TABLE IF NOT EXISTS usage_records (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, \
          tenant TEXT NOT NULL, model TEXT NOT NULL, prompt_tokens BIGINT NOT NULL, \
          completion_tokens BIGINT NOT NULL, cost_nanos BIGINT NOT NULL, cached BIGINT NOT NULL, \
          created_ms BIGINT NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS usage_records_by_key ON usage_records (key_id, created_ms)",
-    ],
-)];
+            "CREATE INDEX IF NOT EXISTS usage_records_by_key ON usage_records (key_id, created_ms)",
+        ],
+    ),
+    (
+        2,
+        &["CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"],
+    ),
+];
 
 /// Rows per INSERT statement (well under both databases' limits on bound parameters).
 const ROWS_PER_STATEMENT: usize = 100;
@@ -292,6 +298,22 @@ impl Database {
         .await?;
         let row = sqlx::query("SELECT owner FROM sessions WHERE id = $1")
             .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// This database's identity: made once, the first time it is asked for, and kept. Replicas
+    /// compare it to tell whether they share one database.
+    pub async fn identity(&self) -> Result<String> {
+        let made = format!("db_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ('identity', $1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(made)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM meta WHERE name = 'identity'")
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get(0)?)

@@ -77,6 +77,26 @@ impl Outbox {
         Outbox { bus, direct }
     }
 
+    /// Binds this Redis's outbox to `db`: the first database bound stands. Replicas pointed at
+    /// different databases would each write part of the others' records; the second one is
+    /// refused here, with what to do. Redis unreachable: nothing to compare, it goes on.
+    pub async fn bind(&self, db: &Database) -> Result<()> {
+        let identity = db.identity().await?;
+        match self.bus.bind_sink(STREAM, &identity).await {
+            Ok(bound) if bound == identity => Ok(()),
+            Ok(bound) => Err(Error::Config(format!(
+                "this Redis's outbox belongs to another database ({bound}; this one is \
+                 {identity}): point every replica at one database, or give this one its own \
+                 redis.key_prefix"
+            ))),
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "could not check which database the outbox belongs to");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Queues `records` (one entry; written together).
     pub async fn push(&self, records: Vec<Record>) -> Result<()> {
         if records.is_empty() {

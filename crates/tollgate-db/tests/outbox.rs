@@ -266,3 +266,25 @@ async fn a_session_id_is_claimed_once_and_no_write_changes_its_owner() {
         assert_eq!((row.owner.as_str(), row.body.as_str()), ("key_a", "key_a"));
     }
 }
+
+/// Replicas on one Redis must share one database: the outbox is bound to the first database
+/// that asks, and another database is refused (its writers would take the first one's records).
+#[tokio::test]
+async fn an_outbox_is_bound_to_one_database_and_refuses_another() {
+    let (redis, keys) = redis().await;
+    let (one, two) = (TestDatabase::sqlite(), TestDatabase::sqlite());
+    let first = Database::connect(&one.url()).await.unwrap();
+    let same = Database::connect(&one.url()).await.unwrap();
+    let other = Database::connect(&two.url()).await.unwrap();
+    assert_eq!(
+        first.identity().await.unwrap(),
+        same.identity().await.unwrap()
+    );
+    let config = OutboxConfig::default();
+    let outbox =
+        |db: &Database| Outbox::new(redis.clone(), keys.clone(), &config, Some(db.clone()));
+    outbox(&first).bind(&first).await.unwrap();
+    outbox(&same).bind(&same).await.unwrap();
+    let refused = outbox(&other).bind(&other).await.unwrap_err().to_string();
+    assert!(refused.contains("another database"), "{refused}");
+}

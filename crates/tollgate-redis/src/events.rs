@@ -99,6 +99,24 @@ impl EventBus {
         }
     }
 
+    /// Binds `stream` to one sink (say, the database its entries are written to): the first
+    /// binding stands, and the answer is the sink in force, `sink` or the one bound before.
+    /// Consumers that would write elsewhere can so refuse to take entries meant for another.
+    pub async fn bind_sink(&self, stream: &str, sink: &str) -> Result<String> {
+        let key = self.keys.event_stream_sink(&Id::new(stream)?);
+        let (bound,): (Option<String>,) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(sink)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.redis.conn())
+            .await?;
+        bound.ok_or_else(|| Error::reply("bind_sink", "the binding vanished"))
+    }
+
     /// Appends an event; returns its id.
     pub async fn publish(&self, stream: &str, fields: &[(&str, &[u8])]) -> Result<String> {
         if fields.is_empty() {

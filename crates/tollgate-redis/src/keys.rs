@@ -18,6 +18,7 @@
 //! | `tg:ch:NAME` | pub/sub channel | fire-and-forget fan-out |
 //! | `tg:{reg}:models`, `tg:{reg}:version` | hash, string | the model registry and its version (no TTL) |
 //! | `tg:{ev:STREAM}`, `tg:{ev:STREAM}:dead` | stream, stream | an event stream and its dead letters |
+//! | `tg:{ev:STREAM}:sink` | string | where a stream's entries all go, when only one place may take them (no TTL) |
 //! | `tg:{ak}:h:SHA256` | string | an API key's record, by the hash of the key (no TTL) |
 //! | `tg:{ak}:index` | hash | API key id -> hash (no TTL) |
 //! | `tg:{ak}:version` | string | bumped by every revocation, so replicas drop cached lookups (no TTL) |
@@ -180,6 +181,10 @@ impl Keys {
 
     pub(crate) fn event_stream(&self, stream: &Id) -> String {
         format!("{}{{ev:{stream}}}", self.prefix)
+    }
+
+    pub(crate) fn event_stream_sink(&self, stream: &Id) -> String {
+        format!("{}{{ev:{stream}}}:sink", self.prefix)
     }
 
     pub(crate) fn dead_letters(&self, stream: &Id) -> String {
