@@ -22,7 +22,24 @@ pattern_suite!(
     three_consumers_process_ten_thousand_events_once_each,
     a_killed_consumers_pending_entries_are_processed_by_another,
     a_poison_message_lands_in_the_dead_letter_stream_after_n_tries,
+    a_stream_is_bound_to_the_first_sink_from_any_connection,
 );
+
+/// Several connections bind one stream at once: one sink wins, every caller learns which.
+async fn a_stream_is_bound_to_the_first_sink_from_any_connection(b: Backend) {
+    let ctx = Ctx::new(b, 3).await;
+    let binds = (0..3).map(|i| {
+        let bus = bus(&ctx, i, quick());
+        async move { bus.bind_sink("outbox", &format!("db_{i}")).await.unwrap() }
+    });
+    let bound = futures::future::join_all(binds).await;
+    assert!(bound.iter().all(|s| s == &bound[0]), "{bound:?}");
+    let again = bus(&ctx, 1, quick())
+        .bind_sink("outbox", "db_9")
+        .await
+        .unwrap();
+    assert_eq!(again, bound[0]);
+}
 
 /// The happy path: no consumer dies, so nothing may be taken over. A claim idle time only a dead
 /// consumer reaches (200 ms is reached by a live one on a loaded machine, and its entries are
