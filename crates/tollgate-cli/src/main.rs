@@ -492,9 +492,17 @@ async fn serve_gateway(config: Config, data_dir: &Path) -> anyhow::Result<()> {
         config.database.url.clone()
     };
     // The error's own text already names its cause; as context it would print it twice.
-    let database = tollgate_db::Database::connect(&database_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("TOLLGATE_DATABASE_URL: {e}"))?;
+    let database = match tollgate_db::Database::connect(&database_url).await {
+        Ok(db) => db,
+        // A PostgreSQL server away: serve, and let records wait in the outbox until it answers.
+        // A malformed URL or a SQLite file that cannot be opened will not mend by waiting.
+        Err(e @ tollgate_db::Error::Db(_)) if !database_url.starts_with("sqlite") => {
+            tracing::warn!(error = %e, "database unreachable: serving; durable records wait in the outbox until it answers");
+            tollgate_db::Database::connect_lazy(&database_url)
+                .map_err(|e| anyhow::anyhow!("TOLLGATE_DATABASE_URL: {e}"))?
+        }
+        Err(e) => bail!("TOLLGATE_DATABASE_URL: {e}"),
+    };
     tracing::info!(backend = ?database.backend(), "durable records go to the database through the outbox");
     let gateway = Gateway::build(config, &url)
         .await?

@@ -469,3 +469,53 @@ async fn with_no_config_the_local_models_answer_and_a_paraphrase_is_a_semantic_h
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A plain HTTP/1.0 POST of JSON; returns (status, body).
+fn http_post(addr: &str, path: &str, json: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+        json.len()
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((status, body))
+}
+
+/// With its PostgreSQL away, tollgate starts and serves; `/readyz` says the database is
+/// missing, and the records of what it answered wait in the outbox.
+#[test]
+fn serve_starts_and_answers_while_its_database_is_away() {
+    let redis = tollgate_testkit::RedisServer::start();
+    // Nothing listens on port 1.
+    let away = "postgres://postgres@127.0.0.1:1/tollgate";
+    let (addr, mut child) = serve_on(&[
+        ("TOLLGATE_REDIS_URL", &redis.url()),
+        ("TOLLGATE_DATABASE_URL", away),
+    ]);
+    let (status, body) = http_get(&addr, "/readyz").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":\"degraded\""), "{body}");
+    assert!(body.contains("\"database\":\"unreachable"), "{body}");
+    let (status, body) = http_post(
+        &addr,
+        "/v1/chat/completions",
+        r#"{"model": "mock/echo", "messages": [{"role": "user", "content": "still here"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let queued: u64 = redis::cmd("XLEN")
+        .arg("tg:{ev:outbox}")
+        .query(&mut conn)
+        .unwrap();
+    assert!(queued >= 1, "the usage record is not in the outbox");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

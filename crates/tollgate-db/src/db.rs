@@ -51,12 +51,23 @@ const ROWS_PER_STATEMENT: usize = 100;
 pub struct Database {
     pool: AnyPool,
     backend: Backend,
+    /// Set once the migrations ran (at connect, or at the first use of a lazy connection).
+    migrated: std::sync::Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Database {
     /// Connects to `url` (`sqlite:PATH`, `sqlite://PATH`, `postgres://...`) and runs the
     /// migrations. A SQLite file is created if missing, in WAL mode.
     pub async fn connect(url: &str) -> Result<Self> {
+        let db = Self::connect_lazy(url)?;
+        db.ready().await?;
+        Ok(db)
+    }
+
+    /// A database that connects, and runs its migrations, when first used (and again after a
+    /// failure): a gateway starts while its database is away, and its records wait in the
+    /// outbox. Only a malformed URL fails here.
+    pub fn connect_lazy(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if let Some(path) = url
             .strip_prefix("sqlite://")
@@ -94,10 +105,20 @@ impl Database {
         } else {
             options
         };
-        let pool = options.connect(&url).await?;
-        let db = Database { pool, backend };
-        db.migrate().await?;
-        Ok(db)
+        let pool = options.connect_lazy(&url)?;
+        Ok(Database {
+            pool,
+            backend,
+            migrated: std::sync::Arc::default(),
+        })
+    }
+
+    /// Connected and migrated (once; tried again on the next use after a failure).
+    pub async fn ready(&self) -> Result<()> {
+        self.migrated
+            .get_or_try_init(|| self.migrate())
+            .await
+            .map(|_| ())
     }
 
     /// Which database this is.
@@ -148,6 +169,7 @@ impl Database {
 
     /// Writes `records` in one transaction, idempotently (see [`crate::records`]).
     pub async fn write(&self, records: Vec<Record>) -> Result<()> {
+        self.ready().await?;
         let records = Record::latest(records);
         let (mut responses, mut sessions, mut messages, mut usage) =
             (vec![], vec![], vec![], vec![]);
@@ -265,6 +287,7 @@ impl Database {
 
     /// A stored response (a deleted one comes back as its tombstone).
     pub async fn response(&self, id: &str) -> Result<Option<ResponseRow>> {
+        self.ready().await?;
         let row =
             sqlx::query("SELECT id, owner, version, created_ms, body FROM responses WHERE id = $1")
                 .bind(id)
@@ -287,6 +310,7 @@ impl Database {
     /// claimed. A session id belongs to one owner for life (deleted, it stays taken); every
     /// write of a session row keeps the owner it has.
     pub async fn claim_session(&self, id: &str, owner: &str, now_ms: i64) -> Result<String> {
+        self.ready().await?;
         sqlx::query(
             "INSERT INTO sessions (id, owner, system, summary, summary_seq, created_ms, version, \
              deleted) VALUES ($1, $2, NULL, NULL, 0, $3, 0, 0) ON CONFLICT (id) DO NOTHING",
@@ -303,9 +327,17 @@ impl Database {
         Ok(row.try_get(0)?)
     }
 
+    /// Answers when the database does (connected, migrated, a `SELECT 1`).
+    pub async fn ping(&self) -> Result<()> {
+        self.ready().await?;
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// This database's identity: made once, the first time it is asked for, and kept. Replicas
     /// compare it to tell whether they share one database.
     pub async fn identity(&self) -> Result<String> {
+        self.ready().await?;
         let made = format!("db_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(
             "INSERT INTO meta (name, value) VALUES ('identity', $1) ON CONFLICT (name) DO NOTHING",
@@ -321,6 +353,7 @@ impl Database {
 
     /// A session's metadata (a deleted one comes back with `deleted`).
     pub async fn session(&self, id: &str) -> Result<Option<SessionRow>> {
+        self.ready().await?;
         let row = sqlx::query(
             "SELECT id, owner, system, summary, summary_seq, created_ms, version, deleted \
              FROM sessions WHERE id = $1",
@@ -349,6 +382,7 @@ impl Database {
         session_id: &str,
         limit: i64,
     ) -> Result<Vec<SessionMessageRow>> {
+        self.ready().await?;
         let rows = sqlx::query(
             "SELECT session_id, seq, owner, created_ms, tokens, message FROM session_messages \
              WHERE session_id = $1 ORDER BY seq DESC LIMIT $2",
@@ -376,6 +410,7 @@ impl Database {
 
     /// Spend per key and model since `since_ms` (of one key, or of all).
     pub async fn spend(&self, key_id: Option<&str>, since_ms: i64) -> Result<Vec<SpendRow>> {
+        self.ready().await?;
         let sql = format!(
             "SELECT key_id, model, CAST(COUNT(*) AS BIGINT), \
              CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT), \
@@ -400,6 +435,7 @@ impl Database {
 
     /// Rows of usage records (for checks and reports).
     pub async fn usage(&self, key_id: &str) -> Result<Vec<UsageRow>> {
+        self.ready().await?;
         let rows = sqlx::query(
             "SELECT id, key_id, tenant, model, prompt_tokens, completion_tokens, cost_nanos, \
              cached, created_ms FROM usage_records WHERE key_id = $1 ORDER BY created_ms, id",

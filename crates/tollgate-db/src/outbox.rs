@@ -79,9 +79,16 @@ impl Outbox {
 
     /// Binds this Redis's outbox to `db`: the first database bound stands. Replicas pointed at
     /// different databases would each write part of the others' records; the second one is
-    /// refused here, with what to do. Redis unreachable: nothing to compare, it goes on.
+    /// refused here, with what to do. Redis or the database unreachable: nothing to compare, it
+    /// goes on.
     pub async fn bind(&self, db: &Database) -> Result<()> {
-        let identity = db.identity().await?;
+        let identity = match db.identity().await {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::warn!(error = %e, "database unreachable: could not check which database the outbox belongs to");
+                return Ok(());
+            }
+        };
         match self.bus.bind_sink(STREAM, &identity).await {
             Ok(bound) if bound == identity => Ok(()),
             Ok(bound) => Err(Error::Config(format!(

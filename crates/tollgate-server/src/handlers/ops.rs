@@ -1,6 +1,8 @@
 //! What operators and orchestrators poll: liveness, readiness and the OpenAPI document (open
 //! by design), metrics (the master key's); and the answers to an unknown path or method.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -27,13 +29,28 @@ pub async fn healthz_handler() -> axum::Json<Value> {
     axum::Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: readiness, Redis answers a PING within its timeout.
+/// How long `/readyz` waits for the database.
+const DATABASE_PING: Duration = Duration::from_secs(1);
+
+/// `GET /readyz`: readiness. Redis must answer a PING within its timeout (else 503). The
+/// database is reported: away, the gateway still serves (`"status": "degraded"`), and durable
+/// records wait in the outbox.
 pub async fn readyz_handler(State(gw): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
     gw.redis
         .ping()
         .await
         .map_err(|e| ApiError::Unavailable(format!("redis: {e}")))?;
-    Ok(axum::Json(json!({"status": "ready", "redis": "ok"})))
+    let mut body = json!({"status": "ready", "redis": "ok"});
+    if let Some(durable) = &gw.durable {
+        let answered = tokio::time::timeout(DATABASE_PING, durable.db.ping()).await;
+        body["database"] = if matches!(answered, Ok(Ok(()))) {
+            json!("ok")
+        } else {
+            body["status"] = json!("degraded");
+            json!("unreachable: durable records wait in the outbox")
+        };
+    }
+    Ok(axum::Json(body))
 }
 
 /// `GET /metrics`: the Prometheus exposition.
