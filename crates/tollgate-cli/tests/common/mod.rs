@@ -15,6 +15,23 @@ pub(crate) struct Replica {
     _data: tempfile::TempDir,
 }
 
+/// The one database the replicas of a Redis share (replicas on one Redis must: the outbox is
+/// bound to one database), unless a test names its own: a SQLite file named for the Redis
+/// server's run id (so a Redis started later on the same port gets a database of its own).
+fn shared_database(redis_url: &str) -> String {
+    let run_id = redis::Client::open(redis_url)
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("run_id:").map(|id| id.trim().to_owned()))
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let path = std::env::temp_dir().join(format!("tollgate-replicas-{run_id}.db"));
+    format!("sqlite:{}", path.display())
+}
+
 impl Replica {
     /// Starts `tollgate serve` on `redis_url` with the config file `config`, and waits until it
     /// answers `/healthz`. A port taken by another process between our probe and tollgate's bind
@@ -28,6 +45,7 @@ impl Replica {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
             cmd.args(["serve", "--listen", &addr])
                 .env("TOLLGATE_DATA_DIR", data.path())
+                .env("TOLLGATE_DATABASE_URL", shared_database(redis_url))
                 .arg("--config")
                 .arg(config)
                 .env("TOLLGATE_REDIS_URL", redis_url)
