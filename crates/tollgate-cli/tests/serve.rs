@@ -519,3 +519,64 @@ fn serve_starts_and_answers_while_its_database_is_away() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The process id of the Redis answering on `socket`.
+fn redis_pid(socket: &std::path::Path) -> Option<u32> {
+    let client = redis::Client::open(format!("unix://{}", socket.display())).ok()?;
+    let mut conn = client.get_connection().ok()?;
+    let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+/// A tollgate killed with SIGKILL leaves its embedded redis-server running; the next start on
+/// the same data dir tells it from a live gateway's, stops it, and serves on the same data.
+#[test]
+fn an_orphaned_embedded_redis_is_stopped_at_the_next_start() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let (addr, mut first) = serve_on(&[("TOLLGATE_DATA_DIR", dir)]);
+    let (status, body) = http_post(
+        &addr,
+        "/v1/sessions",
+        r#"{"id": "kept", "system": "remember me"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let socket = data.path().join("redis/redis.sock");
+    let orphan = redis_pid(&socket).unwrap();
+    first.kill().unwrap(); // SIGKILL: no shutdown, the redis-server child stays.
+    first.wait().unwrap();
+    assert!(
+        std::path::Path::new(&format!("/proc/{orphan}")).exists(),
+        "the embedded redis-server should outlive a SIGKILLed gateway"
+    );
+    // A live gateway's Redis is refused; a dead one's is taken over.
+    let (addr, mut second) = serve_on(&[("TOLLGATE_DATA_DIR", dir)]);
+    let now = redis_pid(&socket).unwrap();
+    assert_ne!(now, orphan);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{orphan}/cmdline")).exists()
+        && std::fs::read(format!("/proc/{orphan}/cmdline")).is_ok_and(|c| !c.is_empty())
+    {
+        assert!(Instant::now() < deadline, "the orphan still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its data came along (AOF).
+    let (status, body) = http_get(&addr, "/v1/sessions/kept").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("remember me"), "{body}");
+    let third = tollgate()
+        .args(["serve", "--listen", &free_addr()])
+        .env("TOLLGATE_DATA_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(one_line_error(&third).contains("in use by another tollgate"));
+    // Stopped cleanly, it takes its redis-server with it.
+    Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    second.wait().unwrap();
+}

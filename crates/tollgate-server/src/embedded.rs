@@ -1,6 +1,8 @@
 //! The embedded Redis: with no Redis URL configured, tollgate starts a private `redis-server`
 //! child listening only on a unix socket in the data dir, with AOF persistence and a memory
-//! limit, and stops it (cleanly, so the AOF is flushed) when tollgate exits.
+//! limit, and stops it (cleanly, so the AOF is flushed) when tollgate exits. A Redis left
+//! running by a tollgate that died (SIGKILL, a crash) is told from one a live tollgate runs (the
+//! data dir names the gateway's process) and stopped at the next start.
 //!
 //! Eviction is `volatile-lru`: every key tollgate writes has a TTL, so under memory pressure the
 //! least recently used entries go first, and a key written without a TTL by someone else is
@@ -53,6 +55,46 @@ pub struct EmbeddedConfig {
 pub struct EmbeddedRedis {
     child: Child,
     socket: PathBuf,
+    pid_file: PathBuf,
+}
+
+/// The file in the data dir that names the gateway process running the embedded Redis.
+const PID_FILE: &str = "tollgate.pid";
+
+/// True when the gateway that started the Redis of `dir` still runs (or cannot be told: no pid
+/// file, as an older tollgate left none).
+fn gateway_alive(dir: &Path) -> bool {
+    let Ok(pid) = std::fs::read_to_string(dir.join(PID_FILE)) else {
+        return true;
+    };
+    let Ok(pid) = pid.trim().parse::<u32>() else {
+        return true;
+    };
+    if pid == std::process::id() {
+        return true;
+    }
+    // A live process of that id that is a tollgate (an id may be reused by another program).
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("tollgate"))
+}
+
+/// Asks the Redis on `socket` to shut down (flushing its AOF) and waits, at most 5 s, until it
+/// no longer answers.
+async fn shutdown(socket: &Path) {
+    let url = format!("unix://{}", socket.display());
+    if let Ok(client) = redis::Client::open(url)
+        && let Ok(Ok(mut conn)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+    {
+        let _: Result<(), _> = redis::cmd("SHUTDOWN").query_async(&mut conn).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ping(socket).await && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 impl EmbeddedRedis {
@@ -69,7 +111,13 @@ impl EmbeddedRedis {
         let socket = dir.join("redis.sock");
         if socket.exists() {
             if ping(&socket).await {
-                return Err(EmbeddedError::InUse(dir.clone()));
+                if gateway_alive(dir) {
+                    return Err(EmbeddedError::InUse(dir.clone()));
+                }
+                // Its gateway died (SIGKILL, a crash) and left it running: stop it cleanly (its
+                // AOF is flushed) and start ours on the same data.
+                tracing::warn!(dir = %dir.display(), "stopping a redis-server left behind by a tollgate that died");
+                shutdown(&socket).await;
             }
             // Left behind by a process that died; nobody answers on it.
             let _ = std::fs::remove_file(&socket);
@@ -107,7 +155,11 @@ impl EmbeddedRedis {
             .kill_on_drop(true)
             .spawn()
             .map_err(EmbeddedError::Spawn)?;
-        let mut server = EmbeddedRedis { child, socket };
+        let mut server = EmbeddedRedis {
+            child,
+            socket,
+            pid_file: dir.join(PID_FILE),
+        };
         let within = Duration::from_secs(10);
         let deadline = Instant::now() + within;
         while !ping(&server.socket).await {
@@ -117,6 +169,8 @@ impl EmbeddedRedis {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Who runs it: a later start tells a live gateway from a dead one by this.
+        let _ = std::fs::write(&server.pid_file, std::process::id().to_string());
         Ok(server)
     }
 
@@ -127,16 +181,9 @@ impl EmbeddedRedis {
 
     /// Stops it cleanly (SHUTDOWN flushes the AOF), killing it if it does not exit in 5 s.
     pub async fn stop(mut self) {
-        if let Ok(client) = redis::Client::open(self.url())
-            && let Ok(Ok(mut conn)) = tokio::time::timeout(
-                Duration::from_secs(1),
-                client.get_multiplexed_async_connection(),
-            )
-            .await
-        {
-            // The server closes the connection as it exits, so this "fails" when it works.
-            let _: Result<(), _> = redis::cmd("SHUTDOWN").query_async(&mut conn).await;
-        }
+        // The server closes the connection as it exits, so SHUTDOWN "fails" when it works.
+        shutdown(&self.socket).await;
+        let _ = std::fs::remove_file(&self.pid_file);
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
             .await
             .is_err()
