@@ -64,6 +64,23 @@ fn serve_on(env: &[(&str, &str)]) -> (String, Child) {
     panic!("tollgate did not start after 5 tries");
 }
 
+/// Stops a `tollgate serve` as an operator would (SIGTERM), so its embedded redis-server goes
+/// with it; killed if it has not exited within 15 s.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+}
+
 fn one_line_error(output: &Output) -> String {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -142,8 +159,7 @@ fn serve_uses_an_external_redis_when_given_one() {
         ("TOLLGATE_DATABASE_URL", &db_url),
         ("TOLLGATE_DATA_DIR", "/nonexistent/never-used"),
     ]);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    stop(&mut child);
 }
 
 #[test]
@@ -236,8 +252,7 @@ fn cache_warm_fills_the_cache_and_names_every_bad_line() {
         raw.to_ascii_lowercase().contains("x-tollgate-cache: hit"),
         "{raw}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    stop(&mut child);
 }
 
 #[test]
@@ -349,8 +364,7 @@ fn events_tail_prints_what_was_published() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["fields"]["n"], "1");
     assert_eq!(lines[1]["fields"]["n"], "2");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    stop(&mut child);
 }
 
 #[test]
@@ -397,8 +411,7 @@ fn features_load_reports_bad_rows_by_line_and_loads_the_rest() {
     );
     let (_, body) = http_get(&addr, "/v1/features/item/i1?groups=stats").unwrap();
     assert!(body.contains("\"views\":10"), "{body}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    stop(&mut child);
 }
 
 /// The embedded defaults, no config file and no network: the local models answer (chat streamed
@@ -466,8 +479,7 @@ async fn with_no_config_the_local_models_answer_and_a_paraphrase_is_a_semantic_h
         embeddings["data"][1]["embedding"].as_array().unwrap().len(),
         384
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    stop(&mut child);
 }
 
 /// A plain HTTP/1.0 POST of JSON; returns (status, body).
@@ -516,8 +528,7 @@ fn serve_starts_and_answers_while_its_database_is_away() {
         .query(&mut conn)
         .unwrap();
     assert!(queued >= 1, "the usage record is not in the outbox");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    stop(&mut child);
 }
 
 /// The process id of the Redis answering on `socket`.
@@ -574,9 +585,5 @@ fn an_orphaned_embedded_redis_is_stopped_at_the_next_start() {
         .unwrap();
     assert!(one_line_error(&third).contains("in use by another tollgate"));
     // Stopped cleanly, it takes its redis-server with it.
-    Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .unwrap();
-    second.wait().unwrap();
+    stop(&mut second);
 }
