@@ -210,3 +210,68 @@ async fn clients_that_stop_reading_stall_no_one_else_and_memory_stays_bounded() 
     }
     drop(stalled);
 }
+
+/// The leader of identical requests dies mid-generation: an identical request on another
+/// gateway notices within the producer timeout and takes the work over, instead of waiting for
+/// the dead leader's lease to expire (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_request_takes_over_from_a_leader_whose_gateway_died() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        chunks: 40,
+        chunk_delay: Duration::from_millis(50),
+        fail_first: 0,
+    })
+    .await;
+    let (_dir, path) = config_file(&format!(
+        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\n[streams]\nproducer_timeout_seconds = 1\n",
+        upstream.base_url()
+    ));
+    let mut doomed = Replica::start(&redis.url(), &path, &[]);
+    let survivor = Replica::start(&redis.url(), &path, &[]);
+    let http = client();
+    let body = json!({"model": "up/m", "stream": true, "temperature": 0,
+                      "messages": [{"role": "user", "content": "one answer for all"}]});
+    let started = http
+        .post(doomed.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut reading = started.bytes_stream();
+    let mut text = String::new();
+    while sse_events(&text).len() < 3 {
+        text.push_str(&String::from_utf8_lossy(
+            &reading.next().await.unwrap().unwrap(),
+        ));
+    }
+    doomed.kill();
+    drop(reading);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let since = std::time::Instant::now();
+    let mut plain = body.clone();
+    plain["stream"] = json!(false);
+    let answer = http
+        .post(survivor.url("/v1/chat/completions"))
+        .json(&plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        upstream.answer().as_str()
+    );
+    assert!(
+        since.elapsed() < Duration::from_secs(20),
+        "waited for the dead leader's lease ({:?})",
+        since.elapsed()
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "the survivor generated it again, once"
+    );
+}

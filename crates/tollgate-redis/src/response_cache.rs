@@ -261,6 +261,36 @@ impl ResponseCache {
         self.lease_op(key, token, "release").await
     }
 
+    /// Takes the lease over from `holder` (a leader known to be dead: its token stream was
+    /// abandoned) for `token`, unless someone else already did; the generation to compute for,
+    /// as [`Lead::Leader`] has it.
+    pub async fn take_over(
+        &self,
+        key: &CacheKey,
+        holder: &str,
+        token: &str,
+    ) -> Result<Option<String>> {
+        if token.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a lease token must not be empty".into(),
+            ));
+        }
+        let taken: redis::Value = scripts::LEASE_TOKEN
+            .key(self.keys.cache_lease(&key.model, &key.tenant, &key.hash))
+            .key(self.keys.cache_gen(&key.model))
+            .arg(holder)
+            .arg("takeover")
+            .arg(millis(self.config.lease))
+            .arg(token)
+            .invoke_async(&mut self.redis.conn())
+            .await?;
+        Ok(match taken {
+            redis::Value::BulkString(g) => Some(String::from_utf8_lossy(&g).into_owned()),
+            redis::Value::SimpleString(g) => Some(g),
+            _ => None,
+        })
+    }
+
     /// Extends a lease held with `token`; `false` when it was lost.
     pub async fn renew(&self, key: &CacheKey, token: &str) -> Result<bool> {
         self.lease_op(key, token, "renew").await

@@ -325,6 +325,24 @@ impl StreamReader {
         }
     }
 
+    /// True when the stream is open (no terminal entry) and its producer shows no life: whoever
+    /// was writing it is gone, and nothing more will come.
+    pub async fn abandoned(&self) -> Result<bool> {
+        let (last, alive): (Value, bool) = redis::pipe()
+            .cmd("XREVRANGE")
+            .arg(&self.key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("EXISTS")
+            .arg(&self.alive)
+            .query_async(&mut self.redis.conn())
+            .await?;
+        let last = parse_entries(last)?;
+        Ok(last.first().is_some_and(|e| !e.kind.is_terminal()) && !alive)
+    }
+
     /// Follows the stream from `after` to its terminal entry, one event at a time.
     pub fn follow(self, after: u64, block: Duration) -> Follower {
         Follower {

@@ -333,3 +333,48 @@ async fn followers_learn_the_leaders_token_and_then_hit(b: Backend) {
         vec!["openai/gpt-4o-mini".to_owned()]
     );
 }
+
+pattern_suite!(a_dead_leaders_lease_is_taken_over_once);
+
+/// A follower that knows the leader is dead takes its lease over at once (not after the lease
+/// expires); of several that try, one gets it; the dead leader's token no longer holds it.
+async fn a_dead_leaders_lease_is_taken_over_once(b: Backend) {
+    use tollgate_redis::Lead;
+    let ctx = Ctx::new(b, 3).await;
+    let dead = cache(&ctx, 0, CacheConfig::default());
+    let k = key("t", "dead");
+    let Lead::Leader { generation } = dead.lead(&k, "st-dead", true).await.unwrap() else {
+        panic!("first caller leads")
+    };
+    let takers = (1..3).map(|i| {
+        let c = cache(&ctx, i, CacheConfig::default());
+        let k = k.clone();
+        async move {
+            c.take_over(&k, "st-dead", &format!("st-{i}"))
+                .await
+                .unwrap()
+        }
+    });
+    let taken = futures::future::join_all(takers).await;
+    let winners: Vec<&String> = taken.iter().flatten().collect();
+    assert_eq!(winners, vec![&generation], "{taken:?}");
+    assert!(!dead.renew(&k, "st-dead").await.unwrap());
+    let winner = if taken[0].is_some() { "st-1" } else { "st-2" };
+    let next = cache(&ctx, 1, CacheConfig::default());
+    assert_eq!(
+        next.lead(&k, "st-late", true).await.unwrap(),
+        Lead::Follower {
+            holder: winner.into()
+        }
+    );
+    assert_eq!(
+        next.complete(&k, &generation, b"answer", None, winner, None)
+            .await
+            .unwrap(),
+        Stored::Yes
+    );
+    assert_eq!(
+        next.lead(&k, "st-after", true).await.unwrap(),
+        Lead::Hit(b"answer".to_vec())
+    );
+}

@@ -19,7 +19,7 @@ use tollgate_redis::{CacheKey, Lead};
 
 use super::generation::Caching;
 use super::plan::{ChatOptions, Plan};
-use super::replay::{Attached, attach};
+use super::replay::{Attached, Leader, attach};
 use super::semantic::SemanticContext;
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -143,7 +143,30 @@ pub(super) async fn route(
     let deadline = Instant::now() + Duration::from_secs(gw.config.cache.coalesce_wait_seconds);
     let mut first = true;
     loop {
-        match gw.cache.lead(&key, token, first).await {
+        let mut lead = gw.cache.lead(&key, token, first).await;
+        if let Ok(Lead::Follower { holder }) = &lead {
+            match attach(gw, holder).await? {
+                Leader::Attached(attached) => {
+                    gw.metrics.cache(CacheResult::Coalesced);
+                    return Ok(Route::Follow {
+                        holder: holder.clone(),
+                        attached,
+                    });
+                }
+                // Its gateway died mid-generation: take the work over now, not when its lease
+                // expires (or let whoever took it over first lead).
+                Leader::Dead => match gw.cache.take_over(&key, holder, token).await {
+                    Ok(Some(generation)) => {
+                        tracing::info!("took over an identical request whose gateway died");
+                        lead = Ok(Lead::Leader { generation });
+                    }
+                    Ok(None) => {}
+                    Err(e) => lead = Err(e),
+                },
+                Leader::Absent => {}
+            }
+        }
+        match lead {
             Ok(Lead::Hit(bytes)) => {
                 gw.metrics.cache(CacheResult::Hit);
                 return Ok(Route::Hit(bytes));
@@ -172,15 +195,9 @@ pub(super) async fn route(
                     cache: CacheResult::Miss,
                 });
             }
-            Ok(Lead::Follower { holder }) => {
-                if let Some(attached) = attach(gw, &holder).await? {
-                    gw.metrics.cache(CacheResult::Coalesced);
-                    return Ok(Route::Follow {
-                        holder,
-                        attached: Box::new(attached),
-                    });
-                }
-                // The leader's stream is gone (it died before writing): try to lead in turn.
+            Ok(Lead::Follower { .. }) => {
+                // The leader's stream is not there (not yet, or it died before writing): ask
+                // again, to follow it or lead in turn.
                 if Instant::now() > deadline {
                     return Err(ApiError::Unavailable(
                         "gave up waiting for an identical request in flight".into(),

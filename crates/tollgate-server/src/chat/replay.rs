@@ -31,22 +31,39 @@ pub(crate) struct Attached {
     follower: Follower,
 }
 
-/// Waits for the first event of the leader's stream; `None` when there is no such stream.
-pub(super) async fn attach(gw: &Gateway, holder: &str) -> Result<Option<Attached>, ApiError> {
+/// What a follower found of its leader's token stream.
+pub(super) enum Leader {
+    /// Its first event: follow it.
+    Attached(Box<Attached>),
+    /// No stream (yet, or any more): ask the cache again.
+    Absent,
+    /// The stream's producer stopped before its end: the leader's gateway died.
+    Dead,
+}
+
+/// Waits for the first event of the leader's stream.
+pub(super) async fn attach(gw: &Gateway, holder: &str) -> Result<Leader, ApiError> {
     let reader = match gw.streams.reader(holder).await {
         Ok(r) => r,
-        Err(_) => return Ok(None),
+        Err(_) => return Ok(Leader::Absent),
     };
+    // What it wrote is there, but it will never end: following it would end in an error.
+    if matches!(reader.abandoned().await, Ok(true)) {
+        return Ok(Leader::Dead);
+    }
     let mut follower = reader.follow(0, Duration::from_secs(2));
     loop {
         match follower.next().await {
             Ok(Some(e)) if e.kind == EventKind::Start => continue,
             Ok(Some(e)) if e.kind == EventKind::Error => return Err(relayed_error(&e.data)),
-            Ok(Some(e)) => return Ok(Some(Attached { first: e, follower })),
-            Ok(None) | Err(tollgate_redis::Error::NotFound) => return Ok(None),
+            Ok(Some(e)) => {
+                return Ok(Leader::Attached(Box::new(Attached { first: e, follower })));
+            }
+            Ok(None) | Err(tollgate_redis::Error::NotFound) => return Ok(Leader::Absent),
+            Err(tollgate_redis::Error::Abandoned) => return Ok(Leader::Dead),
             Err(e) => {
                 tracing::warn!(error = %e, "could not follow an identical request in flight");
-                return Ok(None);
+                return Ok(Leader::Absent);
             }
         }
     }
