@@ -297,26 +297,11 @@ impl StreamReader {
             .await?;
         let events = parse_xread(reply)?;
         match events.first() {
-            None => {
-                // Both keys share the stream's hash tag: one round trip, one slot.
-                let (last, alive): (Value, bool) = redis::pipe()
-                    .cmd("XREVRANGE")
-                    .arg(&self.key)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .cmd("EXISTS")
-                    .arg(&self.alive)
-                    .query_async(&mut self.redis.conn())
-                    .await?;
-                let last = parse_entries(last)?;
-                match last.first() {
-                    None => Err(Error::NotFound),
-                    Some(e) if e.kind.is_terminal() || alive => Ok(events),
-                    Some(_) => Err(Error::Abandoned),
-                }
-            }
+            None => match self.tail().await? {
+                (None, _) => Err(Error::NotFound),
+                (Some(kind), alive) if kind.is_terminal() || alive => Ok(events),
+                (Some(_), _) => Err(Error::Abandoned),
+            },
             Some(first) if first.seq != after + 1 => Err(Error::Trimmed {
                 requested: after,
                 oldest: first.seq,
@@ -328,6 +313,13 @@ impl StreamReader {
     /// True when the stream is open (no terminal entry) and its producer shows no life: whoever
     /// was writing it is gone, and nothing more will come.
     pub async fn abandoned(&self) -> Result<bool> {
+        let (last, alive) = self.tail().await?;
+        Ok(last.is_some_and(|kind| !kind.is_terminal()) && !alive)
+    }
+
+    /// The kind of the stream's last entry (`None`: no stream), and whether its producer shows
+    /// life. Both keys share the stream's hash tag: one round trip, one slot.
+    async fn tail(&self) -> Result<(Option<EventKind>, bool)> {
         let (last, alive): (Value, bool) = redis::pipe()
             .cmd("XREVRANGE")
             .arg(&self.key)
@@ -339,8 +331,7 @@ impl StreamReader {
             .arg(&self.alive)
             .query_async(&mut self.redis.conn())
             .await?;
-        let last = parse_entries(last)?;
-        Ok(last.first().is_some_and(|e| !e.kind.is_terminal()) && !alive)
+        Ok((parse_entries(last)?.first().map(|e| e.kind), alive))
     }
 
     /// Follows the stream from `after` to its terminal entry, one event at a time.

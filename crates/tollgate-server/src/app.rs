@@ -91,7 +91,7 @@ async fn measure(State(gw): State<AppState>, request: Request, next: Next) -> Re
     let response = next.run(request).await;
     let took = started.elapsed();
     let status = response.status().as_u16();
-    gw.metrics.request(&route, status, took);
+    gw.metrics.request(route, status, took);
     let header = |name: &str| {
         response
             .headers()

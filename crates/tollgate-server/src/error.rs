@@ -76,6 +76,17 @@ impl ApiError {
         }
     }
 
+    /// A token stream whose producer stopped before its end (its gateway died): a 502 the
+    /// client can act on (send the request again).
+    pub fn stream_interrupted() -> Self {
+        ApiError::Relayed {
+            status: 502,
+            body: json!({"error": {
+                "message": "the generation was interrupted: the gateway running it stopped; send the request again",
+                "type": "upstream_error", "param": null, "code": "stream_interrupted"}}),
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -187,12 +198,7 @@ impl From<tollgate_redis::Error> for ApiError {
             E::InvalidArgument(m) | E::Conflict(m) => ApiError::bad(m, None),
             E::NotFound => ApiError::NotFound("not found".into()),
             E::Trimmed { .. } => ApiError::NotFound(e.to_string()),
-            E::Abandoned => ApiError::Relayed {
-                status: 502,
-                body: json!({"error": {
-                    "message": "the generation was interrupted: the gateway running it stopped; send the request again",
-                    "type": "upstream_error", "param": null, "code": "stream_interrupted"}}),
-            },
+            E::Abandoned => ApiError::stream_interrupted(),
             E::Unavailable(_) | E::Command(_) | E::Timeout(_) => {
                 ApiError::Unavailable(format!("redis: {e}"))
             }

@@ -190,14 +190,13 @@ impl Metrics {
     }
 
     /// Counts one answered request.
-    pub fn request(&self, route: &str, status: u16, took: Duration) {
+    pub fn request(&self, route: String, status: u16, took: Duration) {
         let status = match status {
             429 => StatusClass::RateLimited,
             400..=499 => StatusClass::ClientError,
             500..=599 => StatusClass::ServerError,
             _ => StatusClass::Ok,
         };
-        let route = route.to_owned();
         self.latency
             .get_or_create(&RouteLabels {
                 route: route.clone(),

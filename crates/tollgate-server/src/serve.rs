@@ -127,12 +127,6 @@ pub fn raise_open_files_limit() -> Option<u64> {
     }
 }
 
-/// The answer to a connection past `server.max_connections`: a 503 with `retry-after`, then
-/// the connection is closed.
-const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 131\r\n\r\n\
-{\"error\":{\"message\":\"too many connections: retry shortly\",\"type\":\"service_unavailable\",\"param\":null,\"code\":\"too_many_connections\"}}";
-
 /// Serves until `shutdown` resolves, then drains in-flight requests for at most `drain`.
 ///
 /// Every connection is bounded: its request headers must arrive within
@@ -197,10 +191,20 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers a connection past the cap with a 503 and closes it.
+/// Answers a connection past `server.max_connections` with a 503 (OpenAI-shaped, with
+/// `retry-after`) and closes it.
 async fn refuse(mut tcp: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
     tracing::warn!("connection refused: server.max_connections reached");
-    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(TOO_MANY_CONNECTIONS)).await;
+    let body = serde_json::json!({"error": {
+        "message": "too many connections: retry shortly", "type": "service_unavailable",
+        "param": null, "code": "too_many_connections"}})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(answer.as_bytes())).await;
     let _ = tcp.shutdown().await;
 }

@@ -126,12 +126,7 @@ pub(crate) fn relay(follower: Follower, first: Option<StreamEvent>) -> BoxStream
 /// Why reading a token stream failed, for the client.
 fn stream_error(e: tollgate_redis::Error) -> ApiError {
     match e {
-        tollgate_redis::Error::Abandoned => ApiError::Relayed {
-            status: 502,
-            body: json!({"error": {
-                "message": "the generation was interrupted: the gateway running it stopped; send the request again",
-                "type": "upstream_error", "param": null, "code": "stream_interrupted"}}),
-        },
+        tollgate_redis::Error::Abandoned => ApiError::stream_interrupted(),
         tollgate_redis::Error::Trimmed { .. } | tollgate_redis::Error::NotFound => {
             ApiError::NotFound(format!("the stream no longer holds those events: {e}"))
         }
