@@ -26,6 +26,35 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// Sends the streamed request `body` to `doomed`, reads `events` of its events, then kills the
+/// process (as a crash would); the token stream's id and what was read.
+async fn killed_after(
+    doomed: &mut Replica,
+    http: &reqwest::Client,
+    body: &Value,
+    events: usize,
+) -> (String, String) {
+    let started = http
+        .post(doomed.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let id = started.headers()["x-tollgate-stream-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut reading = started.bytes_stream();
+    let mut text = String::new();
+    while sse_events(&text).len() < events {
+        text.push_str(&String::from_utf8_lossy(
+            &reading.next().await.unwrap().unwrap(),
+        ));
+    }
+    doomed.kill();
+    (id, text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_mid_stream_is_resumed_on_another_and_ends_in_an_error_not_a_hang() {
     let redis = RedisServer::start();
@@ -44,26 +73,8 @@ async fn a_gateway_killed_mid_stream_is_resumed_on_another_and_ends_in_an_error_
     let http = client();
     let body = json!({"model": "up/m", "stream": true, "temperature": 0.7,
                       "messages": [{"role": "user", "content": "a long story"}]});
-    let started = http
-        .post(doomed.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let id = started.headers()["x-tollgate-stream-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let mut reading = started.bytes_stream();
-    let mut text = String::new();
-    while sse_events(&text).len() < 5 {
-        text.push_str(&String::from_utf8_lossy(
-            &reading.next().await.unwrap().unwrap(),
-        ));
-    }
     // The process running the generation dies (as a crash would).
-    doomed.kill();
-    drop(reading);
+    let (id, text) = killed_after(&mut doomed, &http, &body, 5).await;
     let mut seen = sse_events(&text);
     let last = seen.last().unwrap().0.unwrap();
 
@@ -232,21 +243,7 @@ async fn an_identical_request_takes_over_from_a_leader_whose_gateway_died() {
     let http = client();
     let body = json!({"model": "up/m", "stream": true, "temperature": 0,
                       "messages": [{"role": "user", "content": "one answer for all"}]});
-    let started = http
-        .post(doomed.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let mut reading = started.bytes_stream();
-    let mut text = String::new();
-    while sse_events(&text).len() < 3 {
-        text.push_str(&String::from_utf8_lossy(
-            &reading.next().await.unwrap().unwrap(),
-        ));
-    }
-    doomed.kill();
-    drop(reading);
+    killed_after(&mut doomed, &http, &body, 3).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let since = std::time::Instant::now();

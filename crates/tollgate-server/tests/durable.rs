@@ -77,10 +77,12 @@ async fn call(
         req = req.header("content-type", "application/json");
     }
     let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
-    let response = app(gw.clone())
-        .oneshot(req.body(body).unwrap())
-        .await
-        .unwrap();
+    send(gw, req.body(body).unwrap()).await
+}
+
+/// `req` through `app`, the whole answer read.
+async fn send(gw: &AppState, req: Request<Body>) -> Reply {
+    let response = app(gw.clone()).oneshot(req).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -93,18 +95,23 @@ async fn call(
 
 /// One chat turn of `session` through `fake/m`; the answer must be a 200.
 async fn session_turn(gw: &AppState, session: &str, text: &str) {
-    let req = Request::builder()
+    let turn = session_turn_as(gw, None, session, text).await;
+    assert_eq!(turn.status, StatusCode::OK, "{}", turn.text);
+}
+
+/// One chat turn of `session` through `fake/m`, with `key` when given; the reply as it came.
+async fn session_turn_as(gw: &AppState, key: Option<&str>, session: &str, text: &str) -> Reply {
+    let mut req = Request::builder()
         .method("POST")
         .uri("/v1/chat/completions")
         .header("x-tollgate-session-id", session)
-        .header("content-type", "application/json")
-        .body(Body::from(
-            json!({"model": "fake/m", "messages": [{"role": "user", "content": text}]}).to_string(),
-        ))
-        .unwrap();
-    let response = app(gw.clone()).oneshot(req).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let _ = response.into_body().collect().await.unwrap();
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    let body =
+        json!({"model": "fake/m", "messages": [{"role": "user", "content": text}]}).to_string();
+    send(gw, req.body(Body::from(body)).unwrap()).await
 }
 
 async fn create_key(gw: &AppState, limits: Value) -> String {
@@ -869,29 +876,6 @@ async fn forget(redis: &RedisServer, part: &str) {
         .unwrap();
 }
 
-/// One chat turn of `session` as `key`; the reply as it came.
-async fn session_turn_as(gw: &AppState, key: &str, session: &str, text: &str) -> Reply {
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/chat/completions")
-        .header("authorization", format!("Bearer {key}"))
-        .header("x-tollgate-session-id", session)
-        .header("content-type", "application/json")
-        .body(Body::from(
-            json!({"model": "fake/m", "messages": [{"role": "user", "content": text}]}).to_string(),
-        ))
-        .unwrap();
-    let response = app(gw.clone()).oneshot(req).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
 /// A session id is its creator's for life: while Redis holds the session, after Redis forgot
 /// it, and on another replica, another key naming it gets a clear 400 (never a 200 that leaves
 /// the session out), never its messages, and never its ownership.
@@ -927,10 +911,11 @@ async fn a_session_id_never_changes_hands_even_after_redis_forgets_it() {
         );
         let db = &gw.durable.as_ref().unwrap().db;
 
-        let turn = session_turn_as(&gw, &owner, "team-notes", "the code is 4417").await;
+        let turn = session_turn_as(&gw, Some(&owner), "team-notes", "the code is 4417").await;
         assert_eq!(turn.status, StatusCode::OK, "{}", turn.text);
         // While Redis holds it.
-        let probe = session_turn_as(&other, &intruder, "team-notes", "what is the code?").await;
+        let probe =
+            session_turn_as(&other, Some(&intruder), "team-notes", "what is the code?").await;
         assert_eq!(probe.status, StatusCode::BAD_REQUEST, "{}", probe.text);
         assert_eq!(probe.json()["error"]["param"], "x-tollgate-session-id");
         // After Redis forgot it (evicted or expired: the keys stay), on either replica, chat or
@@ -939,7 +924,7 @@ async fn a_session_id_never_changes_hands_even_after_redis_forgets_it() {
         forget(&redis, "team-notes").await;
         for replica in [&gw, &other] {
             let probe =
-                session_turn_as(replica, &intruder, "team-notes", "what is the code?").await;
+                session_turn_as(replica, Some(&intruder), "team-notes", "what is the code?").await;
             assert_eq!(probe.status, StatusCode::BAD_REQUEST, "{}", probe.text);
             assert_eq!(probe.json()["error"]["param"], "x-tollgate-session-id");
             let create = call(
@@ -972,7 +957,7 @@ async fn a_session_id_never_changes_hands_even_after_redis_forgets_it() {
         let row = db.session("team-notes").await.unwrap().unwrap();
         assert_eq!(row.owner, made[0]["id"].as_str().unwrap());
         // The owner goes on where it stopped, from the database, on the other replica.
-        let turn = session_turn_as(&other, &owner, "team-notes", "and the room?").await;
+        let turn = session_turn_as(&other, Some(&owner), "team-notes", "and the room?").await;
         assert_eq!(turn.status, StatusCode::OK, "{}", turn.text);
         let sent = last_turns(&upstream);
         assert_eq!(sent[0], ("user".to_owned(), "the code is 4417".to_owned()));
