@@ -4,7 +4,7 @@
 -- ARGV[1]   N, the number of limits
 -- ARGV[2 + 5*(i-1) .. 6 + 5*(i-1)]   limit i: kind, a, b, c, d
 --   'gcra'      a=limit  b=period_ms  c=burst  d=cost             (string: theoretical arrival time, us)
---   'swlog'     a=limit  b=window_ms  c=cost   d=member prefix    (sorted set: one member per unit, score us)
+--   'swlog'     a=limit  b=window_ms  c=cost   d=unused           (string: a ring of unit times, us)
 --   'swcounter' a=limit  b=window_ms  c=cost   d=unused           (hash: window index -> count)
 --   'fixed'     a=limit  b=window_ms  c=cost   d=unused           (hash: w=window index, n=count)
 --   'tokens'    a=capacity b=period_ms c=cost  d=unused           (hash: tokens, ts us; may go negative: debt)
@@ -50,27 +50,58 @@ local function gcra(key, limit, period_ms, burst, cost)
   end
 end
 
--- Sliding-window log: exact over any window, one sorted-set member per admitted unit.
-local function swlog(key, limit, window_ms, cost, member)
+-- Sliding-window log: exact over any window. The times (us) of the last `limit` admitted units,
+-- oldest first, in one string: an 8-byte head index, then one 8-byte slot per unit. The string
+-- grows by appending until it holds `limit` slots, then turns into a ring, so it costs 8 bytes per
+-- unit admitted within the window, never more than 8 * limit. A unit fits when the unit `limit`
+-- places before it left the window; the count in the window is found by binary search.
+local function swlog(key, limit, window_ms, cost)
   local window = window_ms * 1000
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  local used = redis.call('ZCARD', key)
-  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  local len = redis.call('STRLEN', key)
+  local n = 0
+  if len > 8 and (len - 8) % 8 == 0 and len <= 8 + 8 * limit then n = (len - 8) / 8 end
+  local head = 0
+  if n > 0 then head = (struct.unpack('>d', redis.call('GETRANGE', key, 0, 7))) end
+  -- Appending keeps the head at 0; anything else is not a ring of this limit.
+  if (n < limit and head ~= 0) or head < 0 or head >= limit or head ~= math.floor(head) then n = 0 end
+  if n == 0 and len > 0 then
+    -- Another layout, or a ring sized for another limit: the limit changed, start afresh.
+    redis.call('DEL', key)
+    len = 0
+  end
+  -- The i-th (0-based) of the last `limit` units; 0 when fewer were ever admitted.
+  local function at(i)
+    local j = i - (limit - n)
+    if j < 0 then return 0 end
+    local off = 8 + 8 * ((head + j) % n)
+    return (struct.unpack('>d', redis.call('GETRANGE', key, off, off + 7)))
+  end
+  local lo, hi = limit - n, limit
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if at(mid) > now - window then hi = mid else lo = mid + 1 end
+  end
+  local used = limit - lo
   local reset = 0
-  if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+  if used > 0 then reset = at(limit - 1) + window - now end
   if used + cost > limit then
-    -- The request fits once the (used + cost - limit) oldest units have left the window.
-    local idx = used + cost - limit - 1
-    local e = redis.call('ZRANGE', key, idx, idx, 'WITHSCORES')
-    local retry = window
-    if e[2] then retry = tonumber(e[2]) + window - now end
+    -- The request fits once the (used + cost - limit) oldest units in the window have left.
+    local retry = at(lo + used + cost - limit - 1) + window - now
     return {0, limit, limit - used, ms(reset), ms(retry)}, noop
   end
-  if reset == 0 then reset = window end
-  return {1, limit, limit - used - cost, ms(reset), 0}, function()
-    for i = 1, cost do
-      redis.call('ZADD', key, now, member .. ':' .. i)
+  return {1, limit, limit - used - cost, window_ms, 0}, function()
+    local stamp = struct.pack('>d', now)
+    if len == 0 then redis.call('SET', key, struct.pack('>d', 0)) end
+    for _ = 1, cost do
+      if n < limit then
+        redis.call('APPEND', key, stamp)
+        n = n + 1
+      else
+        redis.call('SETRANGE', key, 8 + 8 * head, stamp)
+        head = (head + 1) % n
+      end
     end
+    if n == limit then redis.call('SETRANGE', key, 0, struct.pack('>d', head)) end
     redis.call('PEXPIRE', key, window_ms + 1)
   end
 end
@@ -176,7 +207,7 @@ for i = 1, n do
   if kind == 'gcra' then
     d, commit = gcra(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]))
   elseif kind == 'swlog' then
-    d, commit = swlog(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), ARGV[o + 4])
+    d, commit = swlog(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]))
   elseif kind == 'swcounter' then
     d, commit = swcounter(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]))
   elseif kind == 'fixed' then

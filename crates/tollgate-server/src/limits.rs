@@ -140,7 +140,11 @@ pub async fn admit(
             requests_at.push(checks.len());
             checks.push(Check {
                 key: key(&scoped("rpm"))?,
-                limit: Limit::per(rpm, MINUTE),
+                // At most `rpm` in any 60 seconds, as users read a per-minute limit.
+                limit: Limit::SlidingLog {
+                    limit: rpm,
+                    window: MINUTE,
+                },
                 cost: 1,
             });
         }
@@ -190,10 +194,19 @@ pub async fn admit(
         }
     };
     let mut headers = Vec::new();
+    let mut policies = Vec::new();
     for (family, at) in [("requests", &requests_at), ("tokens", &tokens_at)] {
         if let Some(d) = binding(at.iter().map(|&i| &decision.decisions[i])) {
             push_headers(&mut headers, family, d);
+            // What the numbers mean (the IETF RateLimit-Policy form): requests within any
+            // 60-second window; tokens from a bucket refilled over 60 seconds.
+            policies.push(format!("\"{family}\";q={};w=60", d.limit));
         }
+    }
+    if let Ok(v) = HeaderValue::from_str(&policies.join(", "))
+        && !policies.is_empty()
+    {
+        headers.push((HeaderName::from_static("ratelimit-policy"), v));
     }
     if !decision.allowed {
         gw.metrics.limiter(LimiterDecision::Denied);

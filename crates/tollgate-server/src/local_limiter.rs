@@ -50,7 +50,7 @@ impl LocalLimiter {
         let mut concurrency = None;
         for c in checks {
             let (capacity, cost) = match c.limit {
-                Limit::Gcra { limit, .. } => (limit, 1),
+                Limit::Gcra { limit, .. } | Limit::SlidingLog { limit, .. } => (limit, 1),
                 Limit::TokenBucket { capacity, .. } => (capacity, estimate),
                 Limit::Concurrency { limit, .. } => {
                     concurrency = Some((

@@ -477,10 +477,18 @@ async fn keys_authenticate_and_limits_answer_429_with_retry_after() {
     )
     .await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    // A per-minute limit holds over any 60 seconds: the next request fits when the first of
+    // the three leaves the window, not after a third of a minute.
     assert!(
         limited
             .header("retry-after")
-            .is_some_and(|s| s.parse::<u64>().unwrap() >= 1)
+            .is_some_and(|s| s.parse::<u64>().unwrap() >= 55),
+        "{:?}",
+        limited.header("retry-after")
+    );
+    assert_eq!(
+        limited.header("ratelimit-policy"),
+        Some("\"requests\";q=3;w=60")
     );
     assert_eq!(limited.header("x-ratelimit-remaining-requests"), Some("0"));
     assert_eq!(limited.json()["error"]["type"], "rate_limit_error");

@@ -6,8 +6,8 @@
 //!
 //! | [`Limit`] | exact? | memory | use |
 //! |---|---|---|---|
-//! | `Gcra` | exact | one string | requests per period, with burst; the default |
-//! | `SlidingLog` | exact | one member per admitted unit | small limits that must hold over any window |
+//! | `Gcra` | exact | one string | requests per period, with burst |
+//! | `SlidingLog` | exact over any window | 8 bytes per unit admitted within the window | requests per minute, as users read it |
 //! | `SlidingCounter` | approximate | two counters | large limits, cheap |
 //! | `FixedWindow` | exact per window, 2x at a boundary | one hash | quotas per calendar window |
 //! | `TokenBucket` | exact | one hash | tokens per minute, reserve-then-reconcile |
@@ -266,13 +266,10 @@ impl RateLimiter {
                 "at most one concurrency limit per check".into(),
             ));
         }
-        // Only sliding logs and leases need a unique member; skip the randomness otherwise.
-        let needs_id = checks.iter().any(|c| {
-            matches!(
-                c.limit,
-                Limit::SlidingLog { .. } | Limit::Concurrency { .. }
-            )
-        });
+        // Only leases need a unique member; skip the randomness otherwise.
+        let needs_id = checks
+            .iter()
+            .any(|c| matches!(c.limit, Limit::Concurrency { .. }));
         let request_id = if needs_id {
             uuid::Uuid::new_v4().simple().to_string()
         } else {
@@ -303,7 +300,7 @@ impl RateLimiter {
                         .arg(limit)
                         .arg(millis(window))
                         .arg(check.cost)
-                        .arg(&request_id);
+                        .arg(0);
                 }
                 Limit::SlidingCounter { limit, window } => {
                     invocation

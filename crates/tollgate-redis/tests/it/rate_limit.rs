@@ -49,6 +49,7 @@ pattern_suite!(
     reconcile_refunds_and_charges_tokens,
     decisions_report_remaining_and_reset,
     gcra_refills_at_its_rate,
+    sliding_log_holds_over_any_window_as_it_slides,
 );
 
 async fn gcra_admits_exactly_its_limit(b: Backend) {
@@ -318,6 +319,38 @@ async fn gcra_refills_at_its_rate(b: Backend) {
     assert!(!d.allowed);
     tokio::time::sleep(d.retry_after + Duration::from_millis(20)).await;
     assert!(limiter.check(&key, limit, 1).await.unwrap().allowed);
+}
+
+async fn sliding_log_holds_over_any_window_as_it_slides(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let key = limiter.key(&Id::new("k").unwrap(), "rpm").unwrap();
+    let window = Duration::from_secs(2);
+    let limit = Limit::SlidingLog { limit: 4, window };
+    assert!(limiter.check(&key, limit, 1).await.unwrap().allowed);
+    assert!(limiter.check(&key, limit, 1).await.unwrap().allowed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let d = limiter.check(&key, limit, 2).await.unwrap();
+    assert!(d.allowed && d.remaining == 0, "{d:?}");
+    // Full: the next unit fits when the first two leave, about a second from now.
+    let d = limiter.check(&key, limit, 1).await.unwrap();
+    assert!(!d.allowed, "{d:?}");
+    assert!(
+        d.retry_after > Duration::ZERO && d.retry_after <= Duration::from_secs(1),
+        "{d:?}"
+    );
+    tokio::time::sleep(d.retry_after + Duration::from_millis(50)).await;
+    // Two left the window, two are still in it (the ring now wraps over its oldest slots).
+    let d = limiter.check(&key, limit, 2).await.unwrap();
+    assert!(d.allowed && d.remaining == 0, "{d:?}");
+    let d = limiter.check(&key, limit, 1).await.unwrap();
+    assert!(!d.allowed, "{d:?}");
+    assert!(d.retry_after <= window, "{d:?}");
+    // A changed limit starts its window afresh instead of misreading the old ring.
+    let wider = Limit::SlidingLog { limit: 6, window };
+    let d = limiter.check(&key, wider, 6).await.unwrap();
+    assert!(d.allowed && d.remaining == 0, "{d:?}");
+    assert!(!limiter.check(&key, wider, 1).await.unwrap().allowed);
 }
 
 #[tokio::test]
