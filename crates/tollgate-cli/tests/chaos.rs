@@ -272,3 +272,60 @@ async fn an_identical_request_takes_over_from_a_leader_whose_gateway_died() {
         "the survivor generated it again, once"
     );
 }
+
+/// A leader may die before its token stream exists (during the semantic lookup or the limits):
+/// nothing then shows it dead but its single-flight lease, so the lease lasts only the producer
+/// timeout and is renewed from the moment it is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_lease_lasts_the_producer_timeout_and_is_renewed_while_it_works() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        chunks: 40,
+        chunk_delay: Duration::from_millis(50),
+        fail_first: 0,
+    })
+    .await;
+    let (_dir, path) = config_file(&format!(
+        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\n[streams]\nproducer_timeout_seconds = 1\n",
+        upstream.base_url()
+    ));
+    let leader = Replica::start(&redis.url(), &path, &[]);
+    let http = client();
+    let body = json!({"model": "up/m", "stream": true, "temperature": 0,
+                      "messages": [{"role": "user", "content": "a long answer"}]});
+    let started = http
+        .post(leader.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 200);
+    let mut reading = started.bytes_stream();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut lease_ttls = Vec::new();
+    for _ in 0..3 {
+        let leases: Vec<String> = redis::cmd("KEYS")
+            .arg("*:l:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&leases[0])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        lease_ttls.push(ttl);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // Never longer than the producer timeout, and still held well past it: renewed.
+    assert!(
+        lease_ttls.iter().all(|&t| t > 0 && t <= 1000),
+        "{lease_ttls:?}"
+    );
+    while reading.next().await.is_some() {}
+}

@@ -86,10 +86,6 @@ pub enum BuildError {
     Provider { name: String, message: String },
 }
 
-/// How long a leader's single-flight lease lasts unless renewed (a generation renews it every
-/// third of this while it runs, so a leader that dies frees its identical requests this soon).
-const SINGLE_FLIGHT_LEASE: Duration = Duration::from_secs(30);
-
 /// How long an API key lookup is trusted without asking Redis again. Revocations reach every
 /// instance sooner, announced and polled (`serve::keep_keys_fresh`); this bounds a revocation
 /// missed by both.
@@ -132,7 +128,9 @@ impl Gateway {
                 default_ttl: Duration::from_secs(config.cache.default_ttl_seconds),
                 max_ttl: Duration::from_secs(config.cache.max_ttl_seconds),
                 max_value_bytes: config.cache.max_value_bytes,
-                lease: SINGLE_FLIGHT_LEASE,
+                // A leader renews its lease every third of it from the moment it leads: one that
+                // dies frees its identical requests as soon as a dead stream would show.
+                lease: Duration::from_secs(config.streams.producer_timeout_seconds.max(1)),
                 wait_timeout: Duration::from_secs(config.cache.coalesce_wait_seconds),
                 ..CacheConfig::default()
             },

@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::limits::Charge;
 use crate::metrics::CacheResult;
 use crate::state::Gateway;
+use crate::task::AbortOnDrop;
 
 /// Where a request's answer comes from.
 pub(super) enum Route {
@@ -112,6 +113,17 @@ impl Lookup {
     }
 }
 
+/// Renews a single-flight lease every third of its length until dropped.
+fn renew_lease(gw: &Arc<Gateway>, key: &CacheKey, token: &str) -> AbortOnDrop {
+    let (gw, key, token) = (gw.clone(), key.clone(), token.to_owned());
+    crate::task::every(gw.cache.config().lease / 3, move || {
+        let (gw, key, token) = (gw.clone(), key.clone(), token.clone());
+        async move {
+            let _ = gw.cache.renew(&key, &token).await;
+        }
+    })
+}
+
 /// Decides the route (and counts the cache outcome).
 pub(super) async fn route(
     gw: &Arc<Gateway>,
@@ -172,6 +184,9 @@ pub(super) async fn route(
                 return Ok(Route::Hit(bytes));
             }
             Ok(Lead::Leader { generation }) => {
+                // Held from now on: kept while the semantic lookup, the limits and the
+                // generation run, and freed within one lease if this gateway dies anywhere.
+                let renewal = renew_lease(gw, &key, token);
                 let probe = match semantic.take() {
                     Some(context) => context.probe(gw).await,
                     None => None,
@@ -191,6 +206,7 @@ pub(super) async fn route(
                         generation,
                         store: !opts.no_store,
                         semantic: probe.map(Box::new),
+                        _renewal: renewal,
                     },
                     cache: CacheResult::Miss,
                 });

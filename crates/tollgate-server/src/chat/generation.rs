@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::limits::Admission;
 use crate::metrics::{CacheResult, TokenKind, TokenLabels, UpstreamErrorKind, UpstreamLabels};
 use crate::state::Gateway;
+use crate::task::AbortOnDrop;
 
 /// How the cache takes part in a generation.
 pub(super) enum Caching {
@@ -37,6 +38,9 @@ pub(super) enum Caching {
         store: bool,
         /// Where to index the answer in the semantic cache once stored.
         semantic: Option<Box<SemanticProbe>>,
+        /// Renews the lease from the moment it was taken until the request is done with it,
+        /// so a leader that dies at any point frees its identical requests within the lease.
+        _renewal: AbortOnDrop,
     },
     /// Store the answer without a lease (`no-cache` but not `no-store`).
     StoreAfter(CacheKey),
@@ -179,21 +183,7 @@ impl Generation {
             meta.into_bytes(),
             Duration::from_secs(gw.config.streams.producer_timeout_seconds.max(1)) / 3,
         ));
-        // The single-flight lease is renewed while the generation runs.
-        let renewal = match &self.caching {
-            Caching::Lead { key, .. } => {
-                let (gw, key, token) = (gw.clone(), key.clone(), self.stream_id.clone());
-                Some(crate::task::every(gw.cache.config().lease / 3, move || {
-                    let (gw, key, token) = (gw.clone(), key.clone(), token.clone());
-                    async move {
-                        let _ = gw.cache.renew(&key, &token).await;
-                    }
-                }))
-            }
-            _ => None,
-        };
         let outcome = self.relay(writer.as_ref()).await;
-        drop(renewal);
         match outcome {
             Err(err) => {
                 if let Some(w) = writer {
@@ -244,6 +234,7 @@ impl Generation {
                         generation,
                         store: true,
                         semantic,
+                        ..
                     } => {
                         // What each later hit saves (known only when the upstream reported usage).
                         let saved = completion
