@@ -7,8 +7,17 @@
 //! process can start while Redis is down. Blocking commands (XREAD BLOCK) must not run on the
 //! shared connection, since they would stall every request queued behind them: they take a
 //! [`Redis::dedicated`] connection.
+//!
+//! A Redis that stops answering (hung, partitioned, a dead node's connection not yet known to be
+//! dead) would cost every command its whole timeout. After a command times out or loses its
+//! connection, the shared connection's [`Breaker`] answers "unavailable" at once for three
+//! timeouts (at most 3 s) and then lets one command through to probe; the first answer closes
+//! it again. So a hung Redis costs one timeout per probe, not one per command, and an answering
+//! one is used again within the cooldown.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -92,6 +101,7 @@ impl Redis {
                 conn: Conn {
                     inner: Inner::Cluster(conn),
                     timeout,
+                    breaker: Some(Arc::new(Breaker::new(timeout))),
                 },
                 target: Target::Cluster(nodes.clone()),
                 command_timeout: timeout,
@@ -106,6 +116,7 @@ impl Redis {
                 conn: Conn {
                     inner: Inner::Single(manager),
                     timeout,
+                    breaker: Some(Arc::new(Breaker::new(timeout))),
                 },
                 target: Target::Single(client),
                 command_timeout: timeout,
@@ -160,7 +171,12 @@ impl Redis {
                 Inner::Cluster(c)
             }
         };
-        Ok(Conn { inner, timeout })
+        // A blocking reader's connection is its own: it waits, it does not trip anyone else.
+        Ok(Conn {
+            inner,
+            timeout,
+            breaker: None,
+        })
     }
 
     /// A client for pub/sub subscriptions. In a cluster, PUBLISH reaches every node, so
@@ -203,12 +219,74 @@ enum Inner {
     Cluster(ClusterConnection),
 }
 
+/// Stops calls to a Redis that just failed to answer, for a cooldown, but one probe.
+#[derive(Debug)]
+struct Breaker {
+    epoch: Instant,
+    /// Milliseconds since `epoch` until which calls are refused; 0 while closed.
+    open_until: AtomicU64,
+    cooldown: Duration,
+}
+
+impl Breaker {
+    fn new(timeout: Duration) -> Self {
+        Breaker {
+            epoch: Instant::now(),
+            open_until: AtomicU64::new(0),
+            cooldown: (timeout * 3).clamp(Duration::from_millis(100), Duration::from_secs(3)),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether a call may go to Redis: always while closed; once the cooldown is over, only
+    /// the one caller that takes the probe.
+    fn admit(&self) -> bool {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        let now = self.now();
+        now >= until
+            && self
+                .open_until
+                .compare_exchange(
+                    until,
+                    now + self.cooldown.as_millis() as u64,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    /// Records a call's outcome: no answer opens the breaker, any answer closes it.
+    fn record<T>(&self, result: &redis::RedisResult<T>) {
+        match result {
+            Err(e) if e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() => {
+                let until = self.now() + self.cooldown.as_millis() as u64;
+                self.open_until.store(until.max(1), Ordering::Release);
+            }
+            _ => self.open_until.store(0, Ordering::Release),
+        }
+    }
+}
+
+fn open_error() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "redis skipped: it did not answer a moment ago",
+    ))
+}
+
 /// A connection with a timeout on every call; implements redis-rs `ConnectionLike`, so
 /// commands, pipelines and scripts run on it directly.
 #[derive(Clone)]
 pub struct Conn {
     inner: Inner,
     timeout: Duration,
+    breaker: Option<Arc<Breaker>>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -222,15 +300,23 @@ impl std::fmt::Debug for Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let timeout = self.timeout;
+        let breaker = self.breaker.clone();
         Box::pin(async move {
+            if breaker.as_ref().is_some_and(|b| !b.admit()) {
+                return Err(open_error());
+            }
             let fut = match &mut self.inner {
                 Inner::Single(c) => c.req_packed_command(cmd),
                 Inner::Dedicated(c) => c.req_packed_command(cmd),
                 Inner::Cluster(c) => c.req_packed_command(cmd),
             };
-            tokio::time::timeout(timeout, fut)
+            let result = tokio::time::timeout(timeout, fut)
                 .await
-                .unwrap_or_else(|_| Err(timeout_error()))
+                .unwrap_or_else(|_| Err(timeout_error()));
+            if let Some(b) = &breaker {
+                b.record(&result);
+            }
+            result
         })
     }
 
@@ -241,15 +327,23 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         let timeout = self.timeout;
+        let breaker = self.breaker.clone();
         Box::pin(async move {
+            if breaker.as_ref().is_some_and(|b| !b.admit()) {
+                return Err(open_error());
+            }
             let fut = match &mut self.inner {
                 Inner::Single(c) => c.req_packed_commands(pipeline, offset, count),
                 Inner::Dedicated(c) => c.req_packed_commands(pipeline, offset, count),
                 Inner::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
             };
-            tokio::time::timeout(timeout, fut)
+            let result = tokio::time::timeout(timeout, fut)
                 .await
-                .unwrap_or_else(|_| Err(timeout_error()))
+                .unwrap_or_else(|_| Err(timeout_error()));
+            if let Some(b) = &breaker {
+                b.record(&result);
+            }
+            result
         })
     }
 

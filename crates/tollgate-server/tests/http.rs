@@ -1722,6 +1722,124 @@ async fn a_full_redis_degrades_like_an_outage_and_every_request_is_answered() {
     assert!(hit, "the cache did not come back");
 }
 
+/// Redis at its `maxclients` refuses new connections ("max number of clients reached"): a
+/// gateway whose connections were cut cannot reconnect, answers every request without Redis,
+/// and comes back by itself once Redis takes clients again.
+#[tokio::test]
+async fn a_redis_refusing_new_clients_degrades_like_an_outage_and_recovers() {
+    let redis = RedisServer::start();
+    let gw = gateway_on(&redis.url(), "").await;
+    let warm = call(&gw, "POST", "/v1/chat/completions", &[], Some(chat("warm"))).await;
+    assert_eq!(warm.status, StatusCode::OK, "{}", warm.text);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(1)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    for kind in ["normal", "pubsub"] {
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(kind)
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap();
+    }
+    for i in 0..10 {
+        let mut body = chat(&format!("crowded {i}"));
+        if i % 2 == 1 {
+            body["stream"] = json!(true);
+        }
+        let r = call(&gw, "POST", "/v1/chat/completions", &[], Some(body)).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text);
+    }
+    let refused: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !refused.contains("rejected_connections:0\r"),
+        "the gateway never tried to reconnect: {refused}"
+    );
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(1000)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let mut hit = false;
+    for _ in 0..100 {
+        let r = call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat("after")),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if r.header("x-tollgate-cache") == Some("hit") {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(hit, "the cache did not come back");
+}
+
+/// A hung Redis (stopped, its connections open, nothing answered): every request is answered
+/// within the command timeout's cost instead of hanging, and the cache works again once Redis
+/// does.
+#[tokio::test]
+async fn a_hung_redis_costs_the_command_timeout_not_an_answer() {
+    let redis = RedisServer::start();
+    let gw = gateway_on(&redis.url(), "").await;
+    let warm = call(&gw, "POST", "/v1/chat/completions", &[], Some(chat("warm"))).await;
+    assert_eq!(warm.status, StatusCode::OK, "{}", warm.text);
+    redis.freeze(true);
+    let answered = async {
+        for i in 0..6 {
+            let mut body = chat(&format!("hung {i}"));
+            if i % 2 == 1 {
+                body["stream"] = json!(true);
+            }
+            let r = call(&gw, "POST", "/v1/chat/completions", &[], Some(body)).await;
+            assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text);
+            assert_ne!(r.header("x-tollgate-cache"), Some("hit"));
+        }
+    };
+    // Not a timing check: a generous bound that only a hang would break.
+    let finished = tokio::time::timeout(Duration::from_secs(60), answered).await;
+    redis.freeze(false);
+    assert!(finished.is_ok(), "requests hung with Redis");
+    let mut hit = false;
+    for _ in 0..100 {
+        let r = call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat("after")),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if r.header("x-tollgate-cache") == Some("hit") {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(hit, "the cache did not come back");
+}
+
 /// The document's limits hold everywhere, and the small answers are OpenAI-shaped too: a
 /// method a path does not take, an id over 200 bytes (path, header or body), a key id that is
 /// no key id.

@@ -82,6 +82,20 @@ impl RedisServer {
         }
     }
 
+    /// Stops (`true`: SIGSTOP) or resumes (`false`: SIGCONT) the server: a hung Redis that
+    /// keeps its connections open and answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let status = std::process::Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill {signal} failed");
+        }
+    }
+
     /// Starts the server again on the same port and dir, after [`RedisServer::kill`].
     pub fn restart(&mut self) {
         self.kill();

@@ -144,6 +144,38 @@ async fn every_call_has_a_timeout() {
     stall.await.unwrap();
 }
 
+/// A hung Redis costs one timeout per timeout, not one per command: after a call goes
+/// unanswered the next ones are refused at once ("skipped"), one probe per timeout goes
+/// through, and the first answer after Redis wakes up closes the breaker.
+#[tokio::test]
+async fn a_redis_that_stops_answering_is_skipped_until_a_probe_gets_an_answer() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(&RedisConfig {
+        url: server.url(),
+        command_timeout: Duration::from_millis(200),
+    })
+    .await
+    .unwrap();
+    redis.ping().await.unwrap();
+    server.freeze(true);
+    let first = redis.ping().await.unwrap_err();
+    assert!(first.is_unavailable(), "{first:?}");
+    assert!(!first.to_string().contains("skipped"), "{first}");
+    let next = redis.ping().await.unwrap_err();
+    assert!(next.is_unavailable(), "{next:?}");
+    assert!(next.to_string().contains("skipped"), "{next}");
+    server.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = redis.ping().await {
+        assert!(
+            e.is_unavailable() && Instant::now() < deadline,
+            "did not recover: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.ping().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_bad_url_is_a_clear_error() {
     for url in ["not a url", "redis+cluster://", "http://localhost"] {
