@@ -168,6 +168,21 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let h = measure(&http, &tollgate_url, hit.clone(), c, duration).await;
         rows.push((c, d, f, p, h));
     }
+    // Redis work per request, counted with MONITOR after the timed cells (it would slow them).
+    let tollgate_url = format!("{gateway}/v1/chat/completions");
+    let mut streamed = (*pass).clone();
+    streamed["stream"] = json!(true);
+    let mut counts = Vec::new();
+    for (name, body) in [
+        ("pass-through, not streamed", pass.clone()),
+        ("pass-through, streamed", Arc::new(streamed)),
+        ("exact-cache hit", hit.clone()),
+    ] {
+        counts.push((
+            name,
+            commands_per_request(&redis.url(), &http, &tollgate_url, &body).await?,
+        ));
+    }
     let peak_rss = rss_kib(tollgate.child.id(), "VmHWM");
     let upstream_calls = upstream.calls();
     drop(tollgate);
@@ -220,6 +235,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             added(h.p99, d.p99),
             h.errors
         );
+    }
+    println!("\n| Redis commands per request | sent by tollgate | run inside its scripts |");
+    println!("|---|---:|---:|");
+    for (name, (sent, inside)) in &counts {
+        println!("| {name} | {sent:.1} | {inside:.1} |");
     }
     println!(
         "\ntollgate RSS: {:.1} MiB idle, {:.1} MiB peak. Upstream calls during the run: {upstream_calls} (pass-through only).",
@@ -302,4 +322,60 @@ pub(crate) fn rss_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Commands tollgate sends Redis per request, and those its scripts run, over 50 requests sent
+/// one after another; counted with MONITOR, ended by a marker once the work after each answer
+/// (settling, records) has landed. Background work (polls, the outbox writer) is included.
+async fn commands_per_request(
+    redis_url: &str,
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> anyhow::Result<(f64, f64)> {
+    use futures::StreamExt;
+    const N: usize = 50;
+    let client = redis::Client::open(redis_url)?;
+    let mut monitor = client
+        .get_async_monitor()
+        .await?
+        .into_on_message::<String>();
+    let marker = format!("end-of-count-{}", std::process::id());
+    let count = {
+        let marker = marker.clone();
+        tokio::spawn(async move {
+            let (mut sent, mut inside) = (0usize, 0usize);
+            while let Some(line) = monitor.next().await {
+                if line.contains(&marker) {
+                    break;
+                }
+                if line.contains("[0 lua]") {
+                    inside += 1;
+                } else {
+                    sent += 1;
+                }
+            }
+            (sent, inside)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let body = body.to_string();
+    for _ in 0..N {
+        let r = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "request failed: {}", r.status());
+        r.bytes().await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let _: String = redis::cmd("ECHO")
+        .arg(&marker)
+        .query_async(&mut conn)
+        .await?;
+    let (sent, inside) = count.await?;
+    Ok((sent as f64 / N as f64, inside as f64 / N as f64))
 }

@@ -557,7 +557,9 @@ async fn a_vector_written_through_one_process_is_found_by_the_next_search_on_eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_cached_on_one_process_is_a_semantic_hit_on_another() {
     let redis = RedisServer::start();
-    let (_dir, path) = config_file("[semantic_cache]\nenabled = true\nthreshold = 0.8\n");
+    let (_dir, path) = config_file(
+        "[semantic_cache]\nenabled = true\nthreshold = 0.8\nlookup_budget_ms = 60000\n",
+    );
     let replicas: Vec<Replica> = (0..2)
         .map(|_| Replica::start(&redis.url(), &path, &[]))
         .collect();

@@ -1,7 +1,8 @@
 //! LLM providers behind one trait, and the router that picks among them.
 //!
 //! # Layout
-//! - [`Provider`]: one upstream; every call streams, a whole answer is the folded stream.
+//! - [`Provider`]: one upstream; a streamed call, and a whole answer (by default the folded
+//!   stream).
 //! - [`mock`]: deterministic answers derived from the prompt, with latency, rate and errors to
 //!   order, for tests and load; deterministic embeddings (hashed words and trigrams).
 //! - [`openai_compat`]: any OpenAI-compatible `/chat/completions` and `/embeddings` (OpenAI, vLLM,
@@ -21,9 +22,10 @@ pub mod openai_compat;
 pub mod router;
 pub mod sse;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use tollgate_core::{ChatChunk, ChatRequest};
+use tollgate_core::{Aggregator, ChatChunk, ChatCompletion, ChatRequest};
 
 pub use error::ProviderError;
 pub use router::{Deployment, RetryPolicy, Routed, Router};
@@ -39,6 +41,24 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         &self,
         request: ChatRequest,
     ) -> BoxFuture<'static, Result<ChunkStream, ProviderError>>;
+
+    /// A whole answer, for a caller that needs no chunks. The default folds
+    /// [`Provider::chat_stream`]; upstreams with a non-streamed call use it (one answer instead
+    /// of a chunk per token).
+    fn chat(
+        &self,
+        request: ChatRequest,
+    ) -> BoxFuture<'static, Result<ChatCompletion, ProviderError>> {
+        let started = self.chat_stream(request);
+        Box::pin(async move {
+            let mut stream = started.await?;
+            let mut aggregator = Aggregator::default();
+            while let Some(chunk) = stream.next().await {
+                aggregator.push(&chunk?);
+            }
+            Ok(aggregator.finish())
+        })
+    }
 
     /// Embeds `texts` with `model` (the upstream's own name): one vector per text, in order.
     /// Providers without embeddings refuse, which is not retryable.

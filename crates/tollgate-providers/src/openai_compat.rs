@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use tollgate_core::{ChatChunk, ChatRequest};
+use tollgate_core::{ChatChunk, ChatCompletion, ChatRequest};
 
 use crate::sse::{SseEvent, SseParser};
 use crate::{ChunkStream, Embeddings, Provider, ProviderError};
@@ -21,6 +21,9 @@ pub struct Timeouts {
     pub first_byte: Duration,
     /// Between two chunks of a stream.
     pub idle: Duration,
+    /// A whole (non-streamed) answer, from the request to its last byte: the upstream sends
+    /// nothing until it has generated everything.
+    pub whole: Duration,
 }
 
 impl Default for Timeouts {
@@ -29,6 +32,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             first_byte: Duration::from_secs(60),
             idle: Duration::from_secs(60),
+            whole: Duration::from_secs(600),
         }
     }
 }
@@ -130,18 +134,7 @@ impl Provider for OpenAiCompat {
     ) -> BoxFuture<'static, Result<ChunkStream, ProviderError>> {
         let this = self.clone();
         Box::pin(async move {
-            let mut body = serde_json::to_value(&request)
-                .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-            body["stream"] = serde_json::Value::Bool(true);
-            body["stream_options"] = serde_json::json!({"include_usage": true});
-            let mut call = this
-                .client
-                .post(&this.url)
-                .header("content-type", "application/json")
-                .body(body.to_string());
-            if let Some(key) = &this.api_key {
-                call = call.bearer_auth(key);
-            }
+            let call = this.call(&request, true)?;
             let response = send(call, this.timeouts.first_byte).await?;
             Ok(chunk_stream(
                 response,
@@ -149,6 +142,56 @@ impl Provider for OpenAiCompat {
                 Box::new(parse_openai_event),
             ))
         })
+    }
+
+    fn chat(
+        &self,
+        request: ChatRequest,
+    ) -> BoxFuture<'static, Result<ChatCompletion, ProviderError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let call = this.call(&request, false)?;
+            let whole = async {
+                let response = send(call, this.timeouts.whole).await?;
+                let bytes = response.bytes().await.map_err(http_error)?;
+                serde_json::from_slice::<ChatCompletion>(&bytes).map_err(|e| {
+                    ProviderError::Protocol(format!(
+                        "the upstream's answer is not a chat completion: {e}"
+                    ))
+                })
+            };
+            tokio::time::timeout(this.timeouts.whole, whole)
+                .await
+                .map_err(|_| ProviderError::Timeout)?
+        })
+    }
+}
+
+impl OpenAiCompat {
+    /// The request to the upstream: `request` with `stream` set as asked.
+    fn call(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let mut body =
+            serde_json::to_value(request).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        if stream {
+            body["stream"] = serde_json::Value::Bool(true);
+            body["stream_options"] = serde_json::json!({"include_usage": true});
+        } else if let Some(fields) = body.as_object_mut() {
+            fields.remove("stream");
+            fields.remove("stream_options");
+        }
+        let mut call = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        Ok(call)
     }
 }
 

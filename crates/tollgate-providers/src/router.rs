@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tollgate_core::ChatRequest;
+use tollgate_core::{ChatCompletion, ChatRequest};
 
 use crate::{ChunkStream, Embeddings, Provider, ProviderError};
 
@@ -324,6 +324,25 @@ impl Router {
             deployment,
             attempts,
         })
+    }
+
+    /// A whole answer from `deployments`, in order, with the same retries and fallback as
+    /// [`Router::chat_stream_via`]; for a caller that needs no chunks. Returns the deployment
+    /// that answered.
+    pub async fn chat_via(
+        &self,
+        deployments: Vec<Deployment>,
+        request: &ChatRequest,
+    ) -> Result<(ChatCompletion, String), ProviderError> {
+        let unknown = ProviderError::UnknownModel(request.model.clone());
+        let (completion, deployment, _) = self
+            .first_success(deployments, unknown, |d| {
+                let mut upstream_request = request.clone();
+                upstream_request.model = d.upstream_model.clone();
+                d.provider.chat(upstream_request)
+            })
+            .await?;
+        Ok((completion, deployment))
     }
 
     /// Embeds `texts` with `model` (an alias or `provider/model`), with the same retries and

@@ -53,6 +53,46 @@ async fn embeddings_match_an_independent_reference() {
     assert!(cosine(&batch.vectors[0], &batch.vectors[2]) < 0.3);
 }
 
+/// Questions sent at once by many requests are embedded together (one padded forward pass);
+/// each still gets its own vector, within 1e-3 cosine of the reference and of itself embedded
+/// alone, and its own token count.
+#[tokio::test]
+async fn questions_embedded_together_get_the_vectors_they_get_alone() {
+    let reference: Vec<Value> =
+        serde_json::from_str(include_str!("data/minilm_reference.json")).unwrap();
+    let local = std::sync::Arc::new(LocalProvider::start(LocalConfig::default()));
+    let texts: Vec<String> = reference
+        .iter()
+        .map(|r| r["text"].as_str().unwrap().to_owned())
+        .collect();
+    let mut alone = Vec::new();
+    for t in &texts {
+        alone.push(
+            local
+                .embed(EMBEDDING_MODEL.into(), vec![t.clone()])
+                .await
+                .unwrap(),
+        );
+    }
+    let together = futures::future::join_all(texts.iter().cycle().take(texts.len() * 4).map(|t| {
+        let local = local.clone();
+        let t = t.clone();
+        async move { local.embed(EMBEDDING_MODEL.into(), vec![t]).await.unwrap() }
+    }))
+    .await;
+    for (i, got) in together.iter().enumerate() {
+        let i = i % texts.len();
+        let want: Vec<f32> = serde_json::from_value(reference[i]["embedding"].clone()).unwrap();
+        assert!(cosine(&got.vectors[0], &want) >= 0.999, "{}", texts[i]);
+        assert!(
+            cosine(&got.vectors[0], &alone[i].vectors[0]) >= 0.999,
+            "{}",
+            texts[i]
+        );
+        assert_eq!(got.prompt_tokens, alone[i].prompt_tokens, "{}", texts[i]);
+    }
+}
+
 fn request(v: Value) -> ChatRequest {
     serde_json::from_value(v).unwrap()
 }

@@ -260,6 +260,11 @@ pub struct SemanticCacheSection {
     /// Per-model thresholds over `threshold`.
     #[serde(default)]
     pub thresholds: BTreeMap<String, f32>,
+    /// How long a request waits for its question's embedding before going on as a miss.
+    pub lookup_budget_ms: u64,
+    /// Questions embedded at once for the semantic cache (lookups and late indexing); a request
+    /// that finds none free goes on as a miss without waiting.
+    pub embedding_slots: usize,
 }
 
 impl SemanticCacheSection {
@@ -321,6 +326,9 @@ pub struct ProviderSection {
     pub first_byte_timeout_ms: u64,
     #[serde(default = "default_idle_ms")]
     pub idle_timeout_ms: u64,
+    /// A whole (non-streamed) answer, request to last byte.
+    #[serde(default = "default_whole_ms")]
+    pub whole_timeout_ms: u64,
     /// Mock only: delay before the first chunk.
     #[serde(default)]
     pub first_token_latency_ms: u64,
@@ -346,6 +354,9 @@ fn default_first_byte_ms() -> u64 {
 }
 fn default_idle_ms() -> u64 {
     60_000
+}
+fn default_whole_ms() -> u64 {
+    600_000
 }
 
 #[derive(Debug, Clone, Deserialize)]

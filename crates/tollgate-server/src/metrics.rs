@@ -43,6 +43,22 @@ pub enum CacheResult {
     Error,
 }
 
+/// Why a request went on without the semantic cache, or a question was not indexed.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum SemanticSkip {
+    /// Every embedding slot was taken: looked up as a miss at once.
+    Busy,
+    /// The embedding took longer than the lookup budget.
+    Slow,
+    /// After the answer, still no slot: the question was not indexed.
+    IndexDropped,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SemanticSkipLabels {
+    pub reason: SemanticSkip,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub result: CacheResult,
@@ -120,6 +136,7 @@ pub struct Metrics {
     pub saved_dollars: Counter<f64, AtomicU64>,
     pub limiter: Family<LimiterLabels, Counter>,
     pub upstream_errors: Family<UpstreamLabels, Counter>,
+    pub semantic_skipped: Family<SemanticSkipLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -167,7 +184,14 @@ impl Default for Metrics {
             "Upstream failures by kind",
             upstream_errors.clone(),
         );
+        let semantic_skipped = Family::<SemanticSkipLabels, Counter>::default();
+        registry.register(
+            "semantic_skipped",
+            "Requests that went on without the semantic cache (embedder busy or slow), and questions not indexed",
+            semantic_skipped.clone(),
+        );
         Metrics {
+            semantic_skipped,
             registry,
             requests,
             latency,
@@ -210,6 +234,14 @@ impl Metrics {
     /// Counts one cache outcome.
     pub fn cache(&self, result: CacheResult) {
         self.cache.get_or_create(&CacheLabels { result }).inc();
+    }
+
+    /// Counts one request that went on without the semantic cache (or one question not
+    /// indexed).
+    pub fn semantic_skipped(&self, reason: SemanticSkip) {
+        self.semantic_skipped
+            .get_or_create(&SemanticSkipLabels { reason })
+            .inc();
     }
 
     /// Counts one limiter decision.

@@ -47,6 +47,10 @@ pub struct Gateway {
     pub features: FeatureStore,
     pub vectors: VectorCollections,
     pub semantic: SemanticCache,
+    /// Embeddings the semantic cache may run at once (`semantic_cache.embedding_slots`).
+    pub semantic_slots: Arc<tokio::sync::Semaphore>,
+    /// The embedding model answered once (loaded): lookups keep to their budget from then on.
+    pub semantic_warm: std::sync::atomic::AtomicBool,
     /// Stored responses of the Responses API.
     pub responses: ResponseStore,
     /// Spend per key, for budgets and reports.
@@ -180,6 +184,10 @@ impl Gateway {
                     ..VectorConfig::default()
                 },
             ),
+            semantic_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.semantic_cache.embedding_slots.max(1),
+            )),
+            semantic_warm: std::sync::atomic::AtomicBool::new(false),
             semantic: SemanticCache::new(cache_redis.clone(), &keys, VectorConfig::default())
                 .map_err(|source| BuildError::Redis {
                     what: "semantic cache",
@@ -408,6 +416,7 @@ fn build_provider(name: &str, s: &ProviderSection) -> Result<Arc<dyn Provider>, 
         connect: Duration::from_millis(s.connect_timeout_ms),
         first_byte: Duration::from_millis(s.first_byte_timeout_ms),
         idle: Duration::from_millis(s.idle_timeout_ms),
+        whole: Duration::from_millis(s.whole_timeout_ms),
     };
     let api_key = s
         .api_key

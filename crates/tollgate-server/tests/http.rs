@@ -1354,7 +1354,8 @@ async fn text_without_an_embedding_model_is_a_clear_400() {
 
 /// A gateway with the semantic cache on (the local embedding model, real weights).
 async fn semantic_gateway() -> AppState {
-    gateway("[server]\nmaster_key = \"mk\"\n[semantic_cache]\nenabled = true\nthreshold = 0.8\n")
+    // A budget no debug build misses: these tests check what is served, not how fast.
+    gateway("[server]\nmaster_key = \"mk\"\n[semantic_cache]\nenabled = true\nthreshold = 0.8\nlookup_budget_ms = 60000\n")
         .await
 }
 
@@ -1368,6 +1369,69 @@ async fn ask(gw: &AppState, key: &str, body: Value, extra: &[(&str, &str)]) -> R
 
 fn question(model: &str, text: &str) -> Value {
     json!({"model": model, "temperature": 0, "messages": [{"role": "user", "content": text}]})
+}
+
+/// The semantic lookup is a side path: a question not embedded within the budget goes on as a
+/// miss (counted), and is still indexed once embedded, off the request path.
+#[tokio::test]
+async fn a_slow_embedding_makes_a_miss_not_a_wait_and_is_indexed_later() {
+    let gw = gateway(
+        "[server]\nmaster_key = \"mk\"\n[semantic_cache]\nenabled = true\nthreshold = 0.8\nlookup_budget_ms = 0\n",
+    )
+    .await;
+    // The first lookup may wait for the model to load; the budget holds from then on.
+    gw.semantic_warm
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let key = tenant_keys(&gw, &["acme"]).await.remove(0);
+    let first = ask(
+        &gw,
+        &key,
+        question("mock/echo", "What is the capital of Peru?"),
+        &[],
+    )
+    .await;
+    assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+    let metrics = call(
+        &gw,
+        "GET",
+        "/metrics",
+        &[("authorization", "Bearer mk")],
+        None,
+    )
+    .await
+    .text;
+    assert!(
+        metrics.contains("tollgate_semantic_skipped_total{reason=\"Slow\"} 1"),
+        "{metrics}"
+    );
+    // Indexed once its embedding is done: the partition holds the question.
+    let mut conn = redis::Client::open(shared_redis().url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pattern = format!("{}*:items", gw.config.redis.key_prefix);
+    let mut indexed = false;
+    for _ in 0..100 {
+        let collections: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let [items] = collections.as_slice() {
+            let n: usize = redis::cmd("HLEN")
+                .arg(items)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if n == 1 {
+                indexed = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(indexed, "the question was never indexed");
 }
 
 #[tokio::test]
@@ -2021,4 +2085,116 @@ async fn a_stream_read_again_carries_what_its_client_got() {
             .count();
         assert_eq!(usage_chunks, usize::from(include_usage), "{}", again.text);
     }
+}
+
+/// The commands a gateway sends Redis while answering `requests` (each sent and answered in
+/// turn), by command name; the script-internal ones apart, under `lua:NAME`. Counted with
+/// MONITOR on the gateway's own Redis; a marker command ends the count once the requests' work
+/// after the answer (settling, records) has had time to land.
+async fn commands_sent(
+    gw: &AppState,
+    redis: &RedisServer,
+    requests: Vec<Value>,
+) -> HashMap<String, usize> {
+    use futures::StreamExt;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut monitor = client
+        .get_async_monitor()
+        .await
+        .unwrap()
+        .into_on_message::<String>();
+    let marker = format!("end-of-count-{}", unique_prefix());
+    let count = {
+        let marker = marker.clone();
+        tokio::spawn(async move {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            while let Some(line) = monitor.next().await {
+                if line.contains(&marker) {
+                    break;
+                }
+                // `TIME [DB ADDR] "COMMAND" ...`; a script's own calls show `[DB lua]`.
+                let Some((_, rest)) = line.split_once('[') else {
+                    continue;
+                };
+                let lua = rest.starts_with("0 lua");
+                let Some(name) = rest.split('"').nth(1) else {
+                    continue;
+                };
+                let name = name.to_ascii_uppercase();
+                let key = if lua { format!("lua:{name}") } else { name };
+                *counts.entry(key).or_default() += 1;
+            }
+            counts
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for body in requests {
+        let r = call(gw, "POST", "/v1/chat/completions", &[], Some(body)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("ECHO")
+        .arg(&marker)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    count.await.unwrap()
+}
+
+/// Sent by clients (scripts counted once, as the EVALSHA that runs them).
+fn sent(counts: &HashMap<String, usize>) -> usize {
+    counts
+        .iter()
+        .filter(|(k, _)| !k.starts_with("lua:"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Redis work per request, counted on a real Redis so that a regression shows: a non-streamed
+/// request nobody else can read writes no token stream, and an exact hit is one lookup, one
+/// admission and one settlement.
+#[tokio::test]
+async fn redis_commands_per_request_stay_within_their_budget() {
+    let redis = RedisServer::start();
+    let gw = gateway_on(&redis.url(), "").await;
+    let fresh = |i: usize| {
+        let mut body = chat(&format!("pass-through {i}"));
+        body["temperature"] = json!(0.9);
+        body
+    };
+    // Scripts loaded, the hit stored.
+    for body in [
+        fresh(1000),
+        chat("the same question"),
+        chat("the same question"),
+    ] {
+        let r = call(&gw, "POST", "/v1/chat/completions", &[], Some(body)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    const N: usize = 20;
+    let pass = commands_sent(&gw, &redis, (0..N).map(fresh).collect()).await;
+    let hits = commands_sent(
+        &gw,
+        &redis,
+        (0..N).map(|_| chat("the same question")).collect(),
+    )
+    .await;
+    eprintln!("pass-through, per {N}: {pass:?}\nexact hit, per {N}: {hits:?}");
+    for (what, counts) in [("pass-through", &pass), ("exact hit", &hits)] {
+        for forbidden in ["XADD", "MULTI", "EXEC"] {
+            assert_eq!(
+                counts.get(forbidden),
+                None,
+                "{what} sent {forbidden}: {counts:?}"
+            );
+        }
+    }
+    let per_pass = sent(&pass) as f64 / N as f64;
+    let per_hit = sent(&hits) as f64 / N as f64;
+    assert!(
+        per_pass <= 12.0,
+        "{per_pass} commands per pass-through request: {pass:?}"
+    );
+    assert!(per_hit <= 6.0, "{per_hit} commands per exact hit: {hits:?}");
 }

@@ -58,13 +58,13 @@ impl MiniLm {
         })
     }
 
-    /// One unit vector per text, in order, and the tokens counted.
-    pub(crate) fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, u64), String> {
+    /// One unit vector per text, in order, each with its own token count.
+    pub(crate) fn embed_each(&self, texts: &[String]) -> Result<Vec<(Vec<f32>, u64)>, String> {
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| format!("tokenize: {e}"))?;
-        let tokens: u64 = encodings
+        let tokens: Vec<u64> = encodings
             .iter()
             .map(|e| {
                 e.get_attention_mask()
@@ -72,7 +72,7 @@ impl MiniLm {
                     .map(|&m| u64::from(m))
                     .sum::<u64>()
             })
-            .sum();
+            .collect();
         let stack = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> candle_core::Result<Tensor> {
             let rows = encodings
                 .iter()
@@ -94,6 +94,6 @@ impl MiniLm {
             mean.broadcast_div(&norms)?.to_vec2::<f32>()
         };
         let vectors = run().map_err(|e| format!("forward: {e}"))?;
-        Ok((vectors, tokens))
+        Ok(vectors.into_iter().zip(tokens).collect())
     }
 }

@@ -138,6 +138,35 @@ fn busy() -> ProviderError {
     }
 }
 
+/// Texts embedded in one forward pass, at most (jobs queued together are batched up to it).
+const EMBED_BATCH: usize = 32;
+
+/// Embeds the texts of several jobs in one batch and answers each job with its own vectors;
+/// the batch's token count is shared out by each job's share of the texts.
+fn embed_together(model: &embed::MiniLm, jobs: Vec<EmbedJob>) {
+    let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
+    match model.embed_each(&texts) {
+        Ok(mut embedded) => {
+            for job in jobs.into_iter().rev() {
+                let own = embedded.split_off(embedded.len() - job.texts.len());
+                let (vectors, tokens): (Vec<Vec<f32>>, Vec<u64>) = own.into_iter().unzip();
+                let _ = job.reply.send(Ok(Embeddings {
+                    vectors,
+                    prompt_tokens: tokens.iter().sum(),
+                }));
+            }
+        }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(ProviderError::Upstream {
+                    status: 500,
+                    message: e.clone(),
+                }));
+            }
+        }
+    }
+}
+
 impl LocalProvider {
     /// Starts the two model threads; each loads its model (at once with `preload`, else when
     /// its first job arrives), then serves its queue.
@@ -152,23 +181,30 @@ impl LocalProvider {
                 if preload {
                     model = Some(loaded("embeddings", || embed::MiniLm::load(&dir)));
                 }
-                for job in embed_jobs {
+                while let Ok(first) = embed_jobs.recv() {
                     let model = model
                         .get_or_insert_with(|| loaded("embeddings", || embed::MiniLm::load(&dir)));
-                    let result = match model {
-                        Ok(m) => m
-                            .embed(&job.texts)
-                            .map(|(vectors, tokens)| Embeddings {
-                                vectors,
-                                prompt_tokens: tokens,
-                            })
-                            .map_err(|e| ProviderError::Upstream {
-                                status: 500,
-                                message: e,
-                            }),
-                        Err(e) => Err(unavailable(e)),
-                    };
-                    let _ = job.reply.send(result);
+                    // Questions that queued together are embedded together: one padded forward
+                    // pass for every job waiting, up to a batch.
+                    let mut jobs = vec![first];
+                    let mut texts = jobs[0].texts.len();
+                    while texts < EMBED_BATCH {
+                        match embed_jobs.try_recv() {
+                            Ok(job) => {
+                                texts += job.texts.len();
+                                jobs.push(job);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    match model {
+                        Ok(m) => embed_together(m, jobs),
+                        Err(e) => {
+                            for job in jobs {
+                                let _ = job.reply.send(Err(unavailable(e)));
+                            }
+                        }
+                    }
                 }
             })
             .ok();

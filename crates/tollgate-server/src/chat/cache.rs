@@ -188,7 +188,7 @@ pub(super) async fn route(
                 // generation run, and freed within one lease if this gateway dies anywhere.
                 let renewal = renew_lease(gw, &key, token);
                 let probe = match semantic.take() {
-                    Some(context) => context.probe(gw).await,
+                    Some(context) => Some(context.probe(gw).await),
                     None => None,
                 };
                 if let Some(probe) = &probe

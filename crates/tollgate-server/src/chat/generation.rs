@@ -62,7 +62,12 @@ impl Plan {
         let stream = self.req.stream;
         let include_usage = self.include_usage;
         let stream_id = self.stream_id;
+        // The token stream is written only when something can read it: the client's own
+        // resumable stream, identical requests that may follow a leader, or a client that asked.
+        // Otherwise the upstream is asked for a whole answer and Redis sees none of it.
+        let relayed = stream || self.resumable || matches!(caching, Caching::Lead { .. });
         let generation = Generation {
+            relayed,
             gw: self.gw.clone(),
             owner: self.owner,
             payer: self.payer,
@@ -119,7 +124,7 @@ impl Plan {
         Ok(ChatReply {
             meta: ReplyMeta {
                 cache,
-                stream_id: Some(stream_id),
+                stream_id: relayed.then_some(stream_id),
                 route: Some(route),
                 headers,
             },
@@ -145,6 +150,8 @@ enum GenEvent {
 }
 
 struct Generation {
+    /// Chunks are relayed through the token stream; else one whole answer, no stream.
+    relayed: bool,
     gw: Arc<Gateway>,
     owner: String,
     payer: Payer,
@@ -177,13 +184,19 @@ impl Generation {
         .to_string();
         // The writer creates the stream while the upstream call starts (chunks queue meanwhile);
         // a follower blocked on the stream's key wakes when it appears.
-        let writer = Some(StreamWriter::spawn(
-            gw.streams.clone(),
-            self.stream_id.clone(),
-            meta.into_bytes(),
-            Duration::from_secs(gw.config.streams.producer_timeout_seconds.max(1)) / 3,
-        ));
-        let outcome = self.relay(writer.as_ref()).await;
+        let writer = self.relayed.then(|| {
+            StreamWriter::spawn(
+                gw.streams.clone(),
+                self.stream_id.clone(),
+                meta.into_bytes(),
+                Duration::from_secs(gw.config.streams.producer_timeout_seconds.max(1)) / 3,
+            )
+        });
+        let outcome = if self.relayed {
+            self.relay(writer.as_ref()).await
+        } else {
+            self.whole().await
+        };
         match outcome {
             Err(err) => {
                 if let Some(w) = writer {
@@ -228,7 +241,7 @@ impl Generation {
                     self.admission.reserved()
                 });
                 let value = serde_json::to_vec(&completion).unwrap_or_default();
-                match &self.caching {
+                match &mut self.caching {
                     Caching::Lead {
                         key,
                         generation,
@@ -246,7 +259,7 @@ impl Generation {
                             .await
                         {
                             Ok(tollgate_redis::Stored::Yes) => {
-                                if let Some(probe) = semantic {
+                                if let Some(probe) = semantic.take() {
                                     probe.index(&gw, key, gw.cache.ttl_for(self.ttl)).await;
                                 }
                             }
@@ -289,6 +302,36 @@ impl Generation {
                 let _ = self.events.send(GenEvent::Done(Arc::new(completion)));
             }
         }
+    }
+
+    /// Asks the upstream for a whole answer (no chunks, no token stream).
+    async fn whole(&mut self) -> Result<ChatCompletion, ApiError> {
+        let gw = self.gw.clone();
+        let router = gw.router();
+        let deployments = match self.route.take() {
+            Some(deployments) => deployments,
+            None => router
+                .resolve(&self.request.model)
+                .map_err(ApiError::Provider)?,
+        };
+        let (completion, deployment) =
+            router
+                .chat_via(deployments, &self.request)
+                .await
+                .map_err(|e| {
+                    gw.metrics
+                        .upstream_errors
+                        .get_or_create(&UpstreamLabels {
+                            kind: UpstreamErrorKind::of(&e),
+                        })
+                        .inc();
+                    ApiError::Provider(e)
+                })?;
+        self.deployment = Some(deployment.clone());
+        if let Some(started) = self.started.take() {
+            let _ = started.send(Ok(deployment));
+        }
+        Ok(completion)
     }
 
     /// Calls the upstream and relays its chunks; the whole answer when it ends normally.

@@ -97,6 +97,7 @@ pub async fn chat_completions(
         ttl: opts.ttl,
         route: pinned.map(|(_, route)| route),
         stream_id: format!("st_{}", uuid::Uuid::new_v4().simple()),
+        resumable: opts.resumable,
     };
 
     // Route.

@@ -25,6 +25,9 @@ pub struct ChatOptions {
     pub session_id: Option<String>,
     /// `x-tollgate-user`: sticky experiment arms.
     pub user: Option<String>,
+    /// `x-tollgate-resumable: true`: write the token stream (readable at `/v1/streams/{id}`)
+    /// even when nothing else would read it (a non-streamed request nobody is waiting on).
+    pub resumable: bool,
 }
 
 impl ChatOptions {
@@ -53,6 +56,18 @@ impl ChatOptions {
                     )
                 })?;
             opts.ttl = Some(Duration::from_secs(secs));
+        }
+        if let Some(v) = headers.get("x-tollgate-resumable") {
+            opts.resumable = match v.to_str().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+                Ok("true" | "1") => true,
+                Ok("false" | "0") => false,
+                _ => {
+                    return Err(ApiError::bad(
+                        "x-tollgate-resumable must be true or false",
+                        Some("x-tollgate-resumable"),
+                    ));
+                }
+            };
         }
         opts.user = short_header(headers, "x-tollgate-user")?;
         opts.session_id = short_header(headers, "x-tollgate-session-id")?;
@@ -95,4 +110,6 @@ pub(super) struct Plan {
     pub(super) route: Option<Vec<tollgate_providers::Deployment>>,
     /// The token stream a generation of this request writes (and its single-flight token).
     pub(super) stream_id: String,
+    /// Write the token stream even when no reader needs it (`x-tollgate-resumable`).
+    pub(super) resumable: bool,
 }

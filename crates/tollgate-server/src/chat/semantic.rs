@@ -1,6 +1,12 @@
 //! The semantic cache's part of the chat path: a request's question and partition, the
 //! question embedded (through the embedding cache), the nearest stored question's answer, and
 //! the question indexed once its answer is stored.
+//!
+//! It is a side path with a budget: a request waits for its question's embedding at most
+//! `semantic_cache.lookup_budget_ms`, and not at all when the embedder's slots
+//! (`semantic_cache.embedding_slots`) are all taken; then it goes on as a miss, and its
+//! question is indexed after the answer. So the embedder's speed bounds the hit rate, never
+//! the gateway's throughput.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +17,7 @@ use tollgate_core::request_hash;
 use tollgate_redis::CacheKey;
 
 use crate::auth::Principal;
+use crate::metrics::SemanticSkip;
 use crate::state::Gateway;
 
 /// The `x-tollgate-cache-similarity` header of a semantic hit.
@@ -29,16 +36,26 @@ pub(super) struct SemanticContext {
     question: String,
 }
 
-/// A question embedded, ready to look up and, after a miss, to index.
+/// A question on its way to the semantic cache: embedded in time to look it up, or to be
+/// indexed once its answer is stored.
 pub(super) struct SemanticProbe {
     pub(super) partition: String,
     pub(super) question: String,
-    pub(super) embedding: Vec<f32>,
+    embedding: Embedding,
 }
 
-/// How long a semantic lookup may take before the request goes on without it (the first one
-/// may wait for the embedding model to load).
-const SEMANTIC_LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
+enum Embedding {
+    /// Embedded within the lookup budget: looked up, and indexed after a miss.
+    Ready(Vec<f32>),
+    /// Still embedding when the budget ran out: indexed when it is done.
+    Pending(tokio::task::JoinHandle<Option<Vec<f32>>>),
+    /// The embedder was saturated: embedded after the answer, if it has room then.
+    Later,
+}
+
+/// How long the first semantic lookups may take while the embedding model loads: the budget
+/// holds once it answered once.
+const MODEL_LOAD_DEADLINE: Duration = Duration::from_secs(10);
 
 impl SemanticContext {
     /// The semantic context of a canonical request body: `None` unless its last message is a
@@ -67,30 +84,53 @@ impl SemanticContext {
         })
     }
 
-    /// Embeds the question (through the embedding cache, charged to no key); `None` when the
-    /// embedding model is unavailable: the request goes on without the semantic cache.
-    pub(super) async fn probe(self, gw: &Arc<Gateway>) -> Option<SemanticProbe> {
-        let model = &gw.config.semantic_cache.embedding_model;
-        let texts = [self.question.clone()];
-        let embedded = tokio::time::timeout(
-            SEMANTIC_LOOKUP_DEADLINE,
-            crate::embeddings::embed_texts(gw, None, model, &texts),
-        )
-        .await;
-        match embedded {
-            Ok(Ok(mut e)) => Some(SemanticProbe {
-                partition: self.partition,
-                question: self.question,
-                embedding: e.vectors.pop()?,
-            }),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "semantic cache skipped: the question could not be embedded");
-                None
+    /// Embeds the question (through the embedding cache, charged to no key) as a side path:
+    /// when every embedding slot is taken the request goes on at once as a miss, and when the
+    /// embedding takes longer than `semantic_cache.lookup_budget_ms` it goes on without
+    /// waiting; either way its question is indexed after the answer.
+    pub(super) async fn probe(self, gw: &Arc<Gateway>) -> SemanticProbe {
+        let probe = |embedding| SemanticProbe {
+            partition: self.partition.clone(),
+            question: self.question.clone(),
+            embedding,
+        };
+        let Ok(slot) = gw.semantic_slots.clone().try_acquire_owned() else {
+            gw.metrics.semantic_skipped(SemanticSkip::Busy);
+            return probe(Embedding::Later);
+        };
+        let mut task = tokio::spawn(embed_question(gw.clone(), self.question.clone(), slot));
+        let budget = if gw.semantic_warm.load(std::sync::atomic::Ordering::Relaxed) {
+            Duration::from_millis(gw.config.semantic_cache.lookup_budget_ms)
+        } else {
+            MODEL_LOAD_DEADLINE
+        };
+        match tokio::time::timeout(budget, &mut task).await {
+            Ok(Ok(Some(embedding))) => {
+                gw.semantic_warm
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                probe(Embedding::Ready(embedding))
             }
+            Ok(_) => probe(Embedding::Later),
             Err(_) => {
-                tracing::debug!("semantic cache skipped: embedding took too long");
-                None
+                gw.metrics.semantic_skipped(SemanticSkip::Slow);
+                probe(Embedding::Pending(task))
             }
+        }
+    }
+}
+
+/// One question's embedding, holding an embedding slot until it is done.
+async fn embed_question(
+    gw: Arc<Gateway>,
+    question: String,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) -> Option<Vec<f32>> {
+    let model = &gw.config.semantic_cache.embedding_model;
+    match crate::embeddings::embed_texts(&gw, None, model, &[question]).await {
+        Ok(mut e) => e.vectors.pop(),
+        Err(e) => {
+            tracing::debug!(error = %e, "semantic cache skipped: the question could not be embedded");
+            None
         }
     }
 }
@@ -98,16 +138,20 @@ impl SemanticContext {
 impl SemanticProbe {
     /// The cached answer of the most similar question, when it is similar enough and its exact
     /// cache entry still exists (an item whose entry expired or was invalidated is forgotten).
+    /// `None` at once when the question was not embedded in time.
     pub(super) async fn nearest(
         &self,
         gw: &Gateway,
         principal: &Principal,
         model: &str,
     ) -> Option<(Vec<u8>, f32)> {
+        let Embedding::Ready(embedding) = &self.embedding else {
+            return None;
+        };
         let threshold = gw.config.semantic_cache.threshold_for(model);
         let hit = match gw
             .semantic
-            .lookup(&self.partition, self.embedding.clone(), threshold)
+            .lookup(&self.partition, embedding.clone(), threshold)
             .await
         {
             Ok(hit) => hit?,
@@ -131,19 +175,55 @@ impl SemanticProbe {
     }
 
     /// Indexes the question once its answer is stored under `key`, for as long as the answer.
-    pub(super) async fn index(&self, gw: &Gateway, key: &CacheKey, ttl: Duration) {
-        if let Err(e) = gw
-            .semantic
-            .insert(
-                &self.partition,
-                key.request_hash(),
-                self.embedding.clone(),
-                &self.question,
-                ttl,
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "could not index the answer in the semantic cache");
+    /// An embedding at hand is one Redis write, done now (the next identical question finds
+    /// it); one still running is awaited off the request path, and a question the embedder had
+    /// no room for is embedded then if it has room (else it is not indexed, counted as
+    /// `index_dropped`).
+    pub(super) async fn index(self, gw: &Arc<Gateway>, key: &CacheKey, ttl: Duration) {
+        let SemanticProbe {
+            partition,
+            question,
+            embedding,
+        } = self;
+        let (gw, key) = (gw.clone(), key.clone());
+        match embedding {
+            Embedding::Ready(e) => insert(&gw, &partition, &question, &key, e, ttl).await,
+            Embedding::Pending(task) => {
+                tokio::spawn(async move {
+                    if let Ok(Some(e)) = task.await {
+                        insert(&gw, &partition, &question, &key, e, ttl).await;
+                    }
+                });
+            }
+            Embedding::Later => {
+                let Ok(slot) = gw.semantic_slots.clone().try_acquire_owned() else {
+                    gw.metrics.semantic_skipped(SemanticSkip::IndexDropped);
+                    return;
+                };
+                tokio::spawn(async move {
+                    if let Some(e) = embed_question(gw.clone(), question.clone(), slot).await {
+                        insert(&gw, &partition, &question, &key, e, ttl).await;
+                    }
+                });
+            }
         }
+    }
+}
+
+/// Puts a question into its partition's index, for as long as its answer.
+async fn insert(
+    gw: &Gateway,
+    partition: &str,
+    question: &str,
+    key: &CacheKey,
+    embedding: Vec<f32>,
+    ttl: Duration,
+) {
+    if let Err(e) = gw
+        .semantic
+        .insert(partition, key.request_hash(), embedding, question, ttl)
+        .await
+    {
+        tracing::warn!(error = %e, "could not index the answer in the semantic cache");
     }
 }
