@@ -20,6 +20,10 @@ pub(crate) struct Args {
     /// The tollgate binary (default: next to this one).
     #[arg(long)]
     tollgate: Option<PathBuf>,
+    /// Also measure fresh cacheable questions against a second tollgate with the compiled-in
+    /// semantic cache (the local embedding model; its weights must be installed).
+    #[arg(long)]
+    semantic: bool,
 }
 
 /// Options of the hidden `proxy` command.
@@ -184,6 +188,53 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
     let peak_rss = rss_kib(tollgate.child.id(), "VmHWM");
+    // Fresh questions with temperature 0 (cacheable, so the default configuration embeds each
+    // for the semantic lookup), against the same questions with the semantic cache off.
+    let mut semantic_rows = Vec::new();
+    if args.semantic {
+        // Its own key prefix: its own outbox, bound to its own database.
+        let sem_dir = tempfile::tempdir()?;
+        let with_semantic = crate::start_tollgate(
+            args.tollgate.clone(),
+            &format!(
+                "[redis]\nkey_prefix = \"tgsem\"\n\
+                 [providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up/m\"]\n\
+                 [tiers.default]\nrpm = 1000000000\ntpm = 1000000000000\nmax_concurrency = 100000\n",
+                upstream.base_url()
+            ),
+            &redis.url(),
+            sem_dir.path(),
+        )
+        .await?;
+        let fresh = Arc::new(json!({"model": "up/m", "max_tokens": 32, "temperature": 0,
+            "messages": [{"role": "user", "content": "Question number {n}: what should I know about it?"}]}));
+        // The embedding model loads on the first question.
+        let warm = http
+            .post(format!("{}/v1/chat/completions", with_semantic.base))
+            .body(fresh.to_string().replace("{n}", "warm-up"))
+            .send()
+            .await?;
+        anyhow::ensure!(warm.status() == 200, "semantic warm-up failed");
+        for &c in &concurrencies {
+            let off = measure(
+                &http,
+                &format!("{gateway}/v1/chat/completions"),
+                fresh.clone(),
+                c,
+                duration,
+            )
+            .await;
+            let on = measure(
+                &http,
+                &format!("{}/v1/chat/completions", with_semantic.base),
+                fresh.clone(),
+                c,
+                duration,
+            )
+            .await;
+            semantic_rows.push((c, off, on));
+        }
+    }
     let upstream_calls = upstream.calls();
     drop(tollgate);
     let _ = proxy.kill();
@@ -236,6 +287,26 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             h.errors
         );
     }
+    if !semantic_rows.is_empty() {
+        println!(
+            "\n## Fresh temperature-0 questions (each new): semantic cache off, and the compiled-in defaults\n"
+        );
+        println!(
+            "| concurrency | off: req/s | off: p50 | defaults: req/s | defaults: p50 | throughput ratio | p50 added |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        for (c, off, on) in &semantic_rows {
+            println!(
+                "| {c} | {:.0} | {:.3} ms | {:.0} | {:.3} ms | {:.2}x | {:+.3} ms |",
+                off.rps,
+                off.p50.as_secs_f64() * 1e3,
+                on.rps,
+                on.p50.as_secs_f64() * 1e3,
+                on.rps / off.rps.max(1e-9),
+                (on.p50.as_secs_f64() - off.p50.as_secs_f64()) * 1e3
+            );
+        }
+    }
     println!("\n| Redis commands per request | sent by tollgate | run inside its scripts |");
     println!("|---|---:|---:|");
     for (name, (sent, inside)) in &counts {
@@ -257,6 +328,9 @@ async fn measure(
     duration: Duration,
 ) -> Cell {
     let body: Arc<str> = body.to_string().into();
+    // A body with `{n}` in it is a new question every time.
+    static FRESH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let fresh = body.contains("{n}");
     let run = |for_how_long: Duration| {
         let mut tasks = Vec::new();
         let deadline = Instant::now() + for_how_long;
@@ -266,11 +340,17 @@ async fn measure(
                 let mut latencies = Vec::with_capacity(8192);
                 let mut errors = 0u64;
                 while Instant::now() < deadline {
+                    let text = if fresh {
+                        let n = FRESH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        body.replace("{n}", &n.to_string())
+                    } else {
+                        body.to_string()
+                    };
                     let t = Instant::now();
                     let ok = match http
                         .post(&url)
                         .header("content-type", "application/json")
-                        .body(body.to_string())
+                        .body(text)
                         .send()
                         .await
                     {

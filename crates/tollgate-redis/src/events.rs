@@ -125,24 +125,15 @@ impl EventBus {
             ));
         }
         let key = self.keys.event_stream(&Id::new(stream)?);
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&key)
-            .arg("MAXLEN")
-            .arg("~")
+        let mut publish = scripts::EVENT_PUBLISH.prepare_invoke();
+        publish
+            .key(&key)
             .arg(self.config.max_len.max(1))
-            .arg("*");
+            .arg(millis(self.config.retention));
         for (k, v) in fields {
-            xadd.arg(*k).arg(*v);
+            publish.arg(*k).arg(*v);
         }
-        let (id,): (String,) = redis::pipe()
-            .atomic()
-            .add_command(xadd)
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(millis(self.config.retention))
-            .ignore()
-            .query_async(&mut self.redis.conn())
-            .await?;
+        let id: String = publish.invoke_async(&mut self.redis.conn()).await?;
         Ok(id)
     }
 
@@ -430,24 +421,17 @@ impl Consumer {
         Ok(())
     }
 
-    /// Acknowledges processed entries and deletes them from the stream, in one transaction: for
+    /// Acknowledges processed entries and deletes them from the stream, in one script: for
     /// streams of work items (an outbox), which then hold only what is still to be done.
     pub async fn ack_and_delete(&self, ids: &[String]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        redis::pipe()
-            .atomic()
-            .cmd("XACK")
-            .arg(&self.key)
+        let _: i64 = scripts::EVENT_DONE
+            .key(&self.key)
             .arg(&self.group)
             .arg(ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&self.key)
-            .arg(ids)
-            .ignore()
-            .query_async::<()>(&mut self.bus.redis.conn())
+            .invoke_async(&mut self.bus.redis.conn())
             .await?;
         Ok(())
     }

@@ -30,3 +30,6 @@ script!(VECTOR_DROP, "vector_drop.lua");
 script!(RESPONSE_REPLACE, "response_replace.lua");
 script!(SESSION_RESTORE, "session_restore.lua");
 script!(SESSION_SUMMARY, "session_summary.lua");
+script!(EVENT_PUBLISH, "event_publish.lua");
+script!(EVENT_DONE, "event_done.lua");
+script!(STREAM_APPEND, "stream_append.lua");

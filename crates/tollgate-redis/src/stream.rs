@@ -22,7 +22,7 @@ use redis::Value;
 use crate::conn::{Conn, Redis};
 use crate::error::{Error, Result};
 use crate::keys::{Id, Keys};
-use crate::millis;
+use crate::{millis, scripts};
 
 /// Bounds of token streams.
 #[derive(Debug, Clone)]
@@ -222,35 +222,24 @@ impl Producer {
         } else {
             self.config.ttl_active
         };
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (i, data) in items.iter().enumerate() {
-            let seq = self.next_seq + i as u64;
-            pipe.cmd("XADD")
-                .arg(&self.key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.config.max_len.max(1))
-                .arg(format!("0-{seq}"))
-                .arg("k")
-                .arg(kind.code())
-                .arg("d")
-                .arg(*data)
-                .ignore();
+        let mut append = scripts::STREAM_APPEND.prepare_invoke();
+        append
+            .key(&self.key)
+            .key(&self.alive)
+            .arg(self.config.max_len.max(1))
+            .arg(millis(ttl))
+            .arg(if kind.is_terminal() {
+                0
+            } else {
+                millis(self.config.producer_timeout).max(1)
+            })
+            .arg(kind.code())
+            .arg(self.next_seq);
+        for data in items {
+            append.arg(*data);
         }
-        pipe.cmd("PEXPIRE").arg(&self.key).arg(millis(ttl)).ignore();
-        if kind.is_terminal() {
-            pipe.cmd("DEL").arg(&self.alive).ignore();
-        } else {
-            pipe.cmd("SET")
-                .arg(&self.alive)
-                .arg(1)
-                .arg("PX")
-                .arg(millis(self.config.producer_timeout))
-                .ignore();
-        }
-        match pipe.query_async::<()>(&mut self.redis.conn()).await {
-            Ok(()) => {}
+        match append.invoke_async::<u64>(&mut self.redis.conn()).await {
+            Ok(_) => {}
             Err(e) if e.to_string().contains("equal or smaller") => {
                 return Err(Error::Conflict("the stream id is already in use".into()));
             }
