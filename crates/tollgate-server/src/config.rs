@@ -260,7 +260,8 @@ pub struct SemanticCacheSection {
     /// Per-model thresholds over `threshold`.
     #[serde(default)]
     pub thresholds: BTreeMap<String, f32>,
-    /// How long a request waits for its question's embedding before going on as a miss.
+    /// How much longer than embeddings typically take a request waits for its question's
+    /// before going on as a miss.
     pub lookup_budget_ms: u64,
     /// Questions embedded at once for the semantic cache (lookups and late indexing); a request
     /// that finds none free goes on as a miss without waiting.

@@ -49,8 +49,9 @@ pub struct Gateway {
     pub semantic: SemanticCache,
     /// Embeddings the semantic cache may run at once (`semantic_cache.embedding_slots`).
     pub semantic_slots: Arc<tokio::sync::Semaphore>,
-    /// The embedding model answered once (loaded): lookups keep to their budget from then on.
-    pub semantic_warm: std::sync::atomic::AtomicBool,
+    /// How long a question's embedding takes, typically (an average of the recent ones, in
+    /// microseconds); 0 until the embedding model has answered once (it may be loading).
+    pub semantic_embed_us: std::sync::atomic::AtomicU64,
     /// Stored responses of the Responses API.
     pub responses: ResponseStore,
     /// Spend per key, for budgets and reports.
@@ -187,7 +188,7 @@ impl Gateway {
             semantic_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.semantic_cache.embedding_slots.max(1),
             )),
-            semantic_warm: std::sync::atomic::AtomicBool::new(false),
+            semantic_embed_us: std::sync::atomic::AtomicU64::new(0),
             semantic: SemanticCache::new(cache_redis.clone(), &keys, VectorConfig::default())
                 .map_err(|source| BuildError::Redis {
                     what: "semantic cache",

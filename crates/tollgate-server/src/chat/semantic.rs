@@ -2,14 +2,15 @@
 //! question embedded (through the embedding cache), the nearest stored question's answer, and
 //! the question indexed once its answer is stored.
 //!
-//! It is a side path with a budget: a request waits for its question's embedding at most
-//! `semantic_cache.lookup_budget_ms`, and not at all when the embedder's slots
-//! (`semantic_cache.embedding_slots`) are all taken; then it goes on as a miss, and its
-//! question is indexed after the answer. So the embedder's speed bounds the hit rate, never
+//! It is a side path with a budget: a request waits for its question's embedding at most the
+//! typical embedding time (an average of the recent ones) and `semantic_cache.lookup_budget_ms`
+//! more, and not at all when the embedder's slots (`semantic_cache.embedding_slots`) are all
+//! taken; then it goes on as a miss, and its question is indexed after the answer. So the embedder's speed bounds the hit rate, never
 //! the gateway's throughput.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderName, HeaderValue};
 use serde_json::Value;
@@ -54,7 +55,7 @@ enum Embedding {
 }
 
 /// How long the first semantic lookups may take while the embedding model loads: the budget
-/// holds once it answered once.
+/// (the typical embedding time and `lookup_budget_ms`) holds once it answered.
 const MODEL_LOAD_DEADLINE: Duration = Duration::from_secs(10);
 
 impl SemanticContext {
@@ -86,8 +87,8 @@ impl SemanticContext {
 
     /// Embeds the question (through the embedding cache, charged to no key) as a side path:
     /// when every embedding slot is taken the request goes on at once as a miss, and when the
-    /// embedding takes longer than `semantic_cache.lookup_budget_ms` it goes on without
-    /// waiting; either way its question is indexed after the answer.
+    /// embedding takes `semantic_cache.lookup_budget_ms` longer than embeddings typically do, it
+    /// goes on without waiting; either way its question is indexed after the answer.
     pub(super) async fn probe(self, gw: &Arc<Gateway>) -> SemanticProbe {
         let probe = |embedding| SemanticProbe {
             partition: self.partition.clone(),
@@ -99,17 +100,15 @@ impl SemanticContext {
             return probe(Embedding::Later);
         };
         let mut task = tokio::spawn(embed_question(gw.clone(), self.question.clone(), slot));
-        let budget = if gw.semantic_warm.load(std::sync::atomic::Ordering::Relaxed) {
-            Duration::from_millis(gw.config.semantic_cache.lookup_budget_ms)
-        } else {
+        let typical = gw.semantic_embed_us.load(Ordering::Relaxed);
+        let budget = if typical == 0 {
             MODEL_LOAD_DEADLINE
+        } else {
+            Duration::from_micros(typical)
+                + Duration::from_millis(gw.config.semantic_cache.lookup_budget_ms)
         };
         match tokio::time::timeout(budget, &mut task).await {
-            Ok(Ok(Some(embedding))) => {
-                gw.semantic_warm
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                probe(Embedding::Ready(embedding))
-            }
+            Ok(Ok(Some(embedding))) => probe(Embedding::Ready(embedding)),
             Ok(_) => probe(Embedding::Later),
             Err(_) => {
                 gw.metrics.semantic_skipped(SemanticSkip::Slow);
@@ -126,8 +125,24 @@ async fn embed_question(
     _slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Option<Vec<f32>> {
     let model = &gw.config.semantic_cache.embedding_model;
+    let started = Instant::now();
     match crate::embeddings::embed_texts(&gw, None, model, &[question]).await {
-        Ok(mut e) => e.vectors.pop(),
+        Ok(mut e) => {
+            // The typical embedding time, a moving average over about the last eight (the
+            // first, which may include loading the model, fades out). It only bounds how long a
+            // request holding a slot waits: a saturated embedder is skipped without waiting.
+            let took = (started.elapsed().as_micros() as u64).max(1);
+            let _ =
+                gw.semantic_embed_us
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                        Some(if avg == 0 {
+                            took
+                        } else {
+                            (avg - avg / 8 + took / 8).max(1)
+                        })
+                    });
+            e.vectors.pop()
+        }
         Err(e) => {
             tracing::debug!(error = %e, "semantic cache skipped: the question could not be embedded");
             None
