@@ -182,7 +182,7 @@ impl Database {
             }
         }
         let mut tx = self.pool.begin().await?;
-        for chunk in responses.chunks(ROWS_PER_STATEMENT) {
+        for chunk in pieces(&responses) {
             let sql = insert_sql(
                 "responses (id, owner, version, created_ms, body)",
                 5,
@@ -202,7 +202,7 @@ impl Database {
             }
             q.execute(&mut *tx).await?;
         }
-        for chunk in sessions.chunks(ROWS_PER_STATEMENT) {
+        for chunk in pieces(&sessions) {
             let sql = insert_sql(
                 "sessions (id, owner, system, summary, summary_seq, created_ms, version, deleted)",
                 8,
@@ -239,7 +239,7 @@ impl Database {
                 .await?;
             }
         }
-        for chunk in messages.chunks(ROWS_PER_STATEMENT) {
+        for chunk in pieces(&messages) {
             let sql = insert_sql(
                 "session_messages (session_id, seq, owner, created_ms, tokens, message)",
                 6,
@@ -258,7 +258,7 @@ impl Database {
             }
             q.execute(&mut *tx).await?;
         }
-        for chunk in usage.chunks(ROWS_PER_STATEMENT) {
+        for chunk in pieces(&usage) {
             let sql = insert_sql(
                 "usage_records (id, key_id, tenant, model, prompt_tokens, completion_tokens, \
                  cost_nanos, cached, created_ms)",
@@ -473,6 +473,26 @@ fn spend_row(r: &AnyRow) -> Result<SpendRow> {
     })
 }
 
+/// `rows` cut into statements of a few fixed sizes: as many of `ROWS_PER_STATEMENT` as fit,
+/// then powers of two. A statement's text depends only on its row count, so a batch of any size
+/// reuses at most eight prepared statements per table instead of parsing a new one for each
+/// size (which kept the statement cache thrashing and the database parsing SQL).
+fn pieces<T>(rows: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let take = if rest.len() >= ROWS_PER_STATEMENT {
+            ROWS_PER_STATEMENT
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (piece, tail) = rest.split_at(take);
+        out.push(piece);
+        rest = tail;
+    }
+    out
+}
+
 /// `INSERT INTO {table} VALUES ($1, ...), (...) {conflict}` for `rows` rows of `columns`.
 fn insert_sql(table: &str, columns: usize, rows: usize, conflict: &str) -> String {
     let mut sql = format!("INSERT INTO {table} VALUES ");
@@ -498,6 +518,16 @@ fn insert_sql(table: &str, columns: usize, rows: usize, conflict: &str) -> Strin
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn batches_are_cut_into_a_few_fixed_statement_sizes() {
+        let rows: Vec<u32> = (0..(2 * super::ROWS_PER_STATEMENT as u32 + 77)).collect();
+        let sizes: Vec<usize> = super::pieces(&rows).iter().map(|p| p.len()).collect();
+        assert_eq!(sizes, vec![100, 100, 64, 8, 4, 1]);
+        let again: Vec<u32> = super::pieces(&rows).concat();
+        assert_eq!(again, rows, "every row once, in order");
+        assert!(super::pieces::<u32>(&[]).is_empty());
+    }
+
     use super::insert_sql;
 
     #[test]
