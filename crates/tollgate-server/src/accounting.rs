@@ -119,15 +119,18 @@ pub async fn record_usage(
         cached,
         created_ms: now,
     };
-    if cost > 0
-        && let Err(e) = gw
-            .spend
-            .charge(&payer.subject, model, cost, now as u64)
-            .await
-    {
-        tracing::warn!(error = %e, "could not add a request's cost to its key's spend");
-    }
-    submit(gw, vec![Record::Usage(row)]).await;
+    // The spend and the record are independent writes: one round trip's wait for both.
+    let charge = async {
+        if cost > 0
+            && let Err(e) = gw
+                .spend
+                .charge(&payer.subject, model, cost, now as u64)
+                .await
+        {
+            tracing::warn!(error = %e, "could not add a request's cost to its key's spend");
+        }
+    };
+    tokio::join!(charge, submit(gw, vec![Record::Usage(row)]));
 }
 
 /// Sends durable records to the database (through the outbox); without a database, drops them.

@@ -619,6 +619,53 @@ async fn sessions_prepend_history_and_stay_with_their_key() {
     assert!(created.json()["id"].as_str().unwrap().starts_with("sess_"));
 }
 
+/// A non-streamed request nothing else can read writes no token stream (and names none); one
+/// sent with `x-tollgate-resumable: true` does, readable from its id; a bad value is a 400.
+#[tokio::test]
+async fn a_token_stream_is_written_only_when_something_can_read_it() {
+    let gw = gateway("").await;
+    let mut plain = chat("nobody follows this");
+    plain["temperature"] = json!(0.9);
+    let r = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(plain.clone()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.header("x-tollgate-stream-id"), None);
+    let kept = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-tollgate-resumable", "true")],
+        Some(plain.clone()),
+    )
+    .await;
+    assert_eq!(kept.status, StatusCode::OK, "{}", kept.text);
+    let id = kept.header("x-tollgate-stream-id").unwrap().to_owned();
+    let read = call(&gw, "GET", &format!("/v1/streams/{id}"), &[], None).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(
+        sse_text(&read.text),
+        kept.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+    );
+    let bad = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-tollgate-resumable", "maybe")],
+        Some(plain),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json()["error"]["param"], "x-tollgate-resumable");
+}
+
 #[tokio::test]
 async fn a_generation_can_be_read_again_and_resumed_from_its_stream() {
     let gw = gateway("").await;
