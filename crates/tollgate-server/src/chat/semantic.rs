@@ -211,7 +211,14 @@ impl SemanticProbe {
                 });
             }
             Embedding::Later => {
-                let Ok(slot) = gw.semantic_slots.clone().try_acquire_owned() else {
+                // Lookups come first: a skipped question is indexed late only while no lookup
+                // is embedding (every slot free), so indexing never takes a lookup's slot.
+                let idle = gw.semantic_slots.available_permits()
+                    >= gw.config.semantic_cache.embedding_slots.max(1);
+                let slot = idle
+                    .then(|| gw.semantic_slots.clone().try_acquire_owned().ok())
+                    .flatten();
+                let Some(slot) = slot else {
                     gw.metrics.semantic_skipped(SemanticSkip::IndexDropped);
                     return;
                 };
