@@ -10,7 +10,7 @@
 //!
 //! A Redis that stops answering (hung, partitioned, a dead node's connection not yet known to be
 //! dead) would cost every command its whole timeout. After a command times out or loses its
-//! connection, the shared connection's [`Breaker`] answers "unavailable" at once for three
+//! connection, a single node's shared connection's [`Breaker`] answers "unavailable" at once for three
 //! timeouts (at most 3 s) and then lets one command through to probe; the first answer closes
 //! it again. So a hung Redis costs one timeout per probe, not one per command, and an answering
 //! one is used again within the cooldown.
@@ -98,10 +98,13 @@ impl Redis {
                 .await
                 .map_err(|_| timeout_error())??;
             Ok(Redis {
+                // No breaker in a cluster: one node timing out (a failover in progress) must not
+                // stop the calls to every other node, and the cluster client retries on the
+                // node that took the slots over.
                 conn: Conn {
                     inner: Inner::Cluster(conn),
                     timeout,
-                    breaker: Some(Arc::new(Breaker::new(timeout))),
+                    breaker: None,
                 },
                 target: Target::Cluster(nodes.clone()),
                 command_timeout: timeout,
