@@ -405,57 +405,34 @@ pub(crate) fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// Commands tollgate sends Redis per request, and those its scripts run, over 50 requests sent
-/// one after another; counted with MONITOR, ended by a marker once the work after each answer
-/// (settling, records) has landed. Background work (polls, the outbox writer) is included.
+/// one after another (the work after each answer, settling and records, included). Background
+/// work (polls, the outbox writer) is included.
 async fn commands_per_request(
     redis_url: &str,
     http: &reqwest::Client,
     url: &str,
     body: &Value,
 ) -> anyhow::Result<(f64, f64)> {
-    use futures::StreamExt;
     const N: usize = 50;
-    let client = redis::Client::open(redis_url)?;
-    let mut monitor = client
-        .get_async_monitor()
-        .await?
-        .into_on_message::<String>();
-    let marker = format!("end-of-count-{}", std::process::id());
-    let count = {
-        let marker = marker.clone();
-        tokio::spawn(async move {
-            let (mut sent, mut inside) = (0usize, 0usize);
-            while let Some(line) = monitor.next().await {
-                if line.contains(&marker) {
-                    break;
-                }
-                if line.contains("[0 lua]") {
-                    inside += 1;
-                } else {
-                    sent += 1;
-                }
-            }
-            (sent, inside)
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let body = body.to_string();
-    for _ in 0..N {
-        let r = http
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await?;
-        anyhow::ensure!(r.status().is_success(), "request failed: {}", r.status());
-        r.bytes().await?;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let _: String = redis::cmd("ECHO")
-        .arg(&marker)
-        .query_async(&mut conn)
-        .await?;
-    let (sent, inside) = count.await?;
-    Ok((sent as f64 / N as f64, inside as f64 / N as f64))
+    let send_all = async {
+        for _ in 0..N {
+            let r = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "request failed: {}", r.status());
+            r.bytes().await?;
+        }
+        Ok(())
+    };
+    let (sent, count) =
+        tollgate_testkit::count_commands(redis_url, Duration::from_millis(500), send_all).await;
+    sent?;
+    Ok((
+        count.sent() as f64 / N as f64,
+        count.in_scripts() as f64 / N as f64,
+    ))
 }

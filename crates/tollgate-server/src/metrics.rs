@@ -244,6 +244,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one upstream failure, by kind.
+    pub fn upstream_error(&self, e: &tollgate_providers::ProviderError) {
+        self.upstream_errors
+            .get_or_create(&UpstreamLabels {
+                kind: UpstreamErrorKind::of(e),
+            })
+            .inc();
+    }
+
     /// Counts one limiter decision.
     pub fn limiter(&self, decision: LimiterDecision) {
         self.limiter

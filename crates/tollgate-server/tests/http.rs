@@ -15,7 +15,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tollgate_server::{AppState, Config, Gateway, app};
-use tollgate_testkit::{RedisServer, shared_redis, unique_prefix};
+use tollgate_testkit::{CommandCount, RedisServer, count_commands, shared_redis, unique_prefix};
 use tower::ServiceExt;
 
 struct Reply {
@@ -1772,6 +1772,20 @@ async fn fill_until_full(redis: &RedisServer) {
     panic!("redis never filled up");
 }
 
+/// Asks the same question until the exact cache answers it (at most `attempts` times, 50 ms
+/// apart), every answer a 200: the cache came back by itself after a Redis fault.
+async fn cache_comes_back(gw: &AppState, attempts: usize) {
+    for _ in 0..attempts {
+        let r = call(gw, "POST", "/v1/chat/completions", &[], Some(chat("after"))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if r.header("x-tollgate-cache") == Some("hit") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the cache did not come back");
+}
+
 /// A Redis at its memory limit refuses every write with OOM: the gateway degrades as it does
 /// when Redis is away (the cache bypassed, limits by their policy, streams to the client only),
 /// and answers every request; when memory frees up, the cache works again.
@@ -1814,24 +1828,7 @@ async fn a_full_redis_degrades_like_an_outage_and_every_request_is_answered() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
-    let mut hit = false;
-    for _ in 0..50 {
-        let r = call(
-            &gw,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            Some(chat("after")),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        if r.header("x-tollgate-cache") == Some("hit") {
-            hit = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(hit, "the cache did not come back");
+    cache_comes_back(&gw, 50).await;
 }
 
 /// Redis at its `maxclients` refuses new connections ("max number of clients reached"): a
@@ -1887,24 +1884,7 @@ async fn a_redis_refusing_new_clients_degrades_like_an_outage_and_recovers() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
-    let mut hit = false;
-    for _ in 0..100 {
-        let r = call(
-            &gw,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            Some(chat("after")),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        if r.header("x-tollgate-cache") == Some("hit") {
-            hit = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(hit, "the cache did not come back");
+    cache_comes_back(&gw, 100).await;
 }
 
 /// A hung Redis (stopped, its connections open, nothing answered): every request is answered
@@ -1932,24 +1912,7 @@ async fn a_hung_redis_costs_the_command_timeout_not_an_answer() {
     let finished = tokio::time::timeout(Duration::from_secs(60), answered).await;
     redis.freeze(false);
     assert!(finished.is_ok(), "requests hung with Redis");
-    let mut hit = false;
-    for _ in 0..100 {
-        let r = call(
-            &gw,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            Some(chat("after")),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        if r.header("x-tollgate-cache") == Some("hit") {
-            hit = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(hit, "the cache did not come back");
+    cache_comes_back(&gw, 100).await;
 }
 
 /// The document's limits hold everywhere, and the small answers are OpenAI-shaped too: a
@@ -2135,68 +2098,18 @@ async fn a_stream_read_again_carries_what_its_client_got() {
     }
 }
 
-/// The commands a gateway sends Redis while answering `requests` (each sent and answered in
-/// turn), by command name; the script-internal ones apart, under `lua:NAME`. Counted with
-/// MONITOR on the gateway's own Redis; a marker command ends the count once the requests' work
-/// after the answer (settling, records) has had time to land.
-async fn commands_sent(
-    gw: &AppState,
-    redis: &RedisServer,
-    requests: Vec<Value>,
-) -> HashMap<String, usize> {
-    use futures::StreamExt;
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut monitor = client
-        .get_async_monitor()
-        .await
-        .unwrap()
-        .into_on_message::<String>();
-    let marker = format!("end-of-count-{}", unique_prefix());
-    let count = {
-        let marker = marker.clone();
-        tokio::spawn(async move {
-            let mut counts: HashMap<String, usize> = HashMap::new();
-            while let Some(line) = monitor.next().await {
-                if line.contains(&marker) {
-                    break;
-                }
-                // `TIME [DB ADDR] "COMMAND" ...`; a script's own calls show `[DB lua]`.
-                let Some((_, rest)) = line.split_once('[') else {
-                    continue;
-                };
-                let lua = rest.starts_with("0 lua");
-                let Some(name) = rest.split('"').nth(1) else {
-                    continue;
-                };
-                let name = name.to_ascii_uppercase();
-                let key = if lua { format!("lua:{name}") } else { name };
-                *counts.entry(key).or_default() += 1;
-            }
-            counts
-        })
+/// The commands the gateway's Redis ran while it answered `requests`, one after another, and
+/// for 300 ms after (the work after each answer: settling, records).
+async fn commands_sent(gw: &AppState, redis: &RedisServer, requests: Vec<Value>) -> CommandCount {
+    let answer_all = async {
+        for body in requests {
+            let r = call(gw, "POST", "/v1/chat/completions", &[], Some(body)).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        }
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    for body in requests {
-        let r = call(gw, "POST", "/v1/chat/completions", &[], Some(body)).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: String = redis::cmd("ECHO")
-        .arg(&marker)
-        .query_async(&mut conn)
+    count_commands(&redis.url(), Duration::from_millis(300), answer_all)
         .await
-        .unwrap();
-    count.await.unwrap()
-}
-
-/// Sent by clients (scripts counted once, as the EVALSHA that runs them).
-fn sent(counts: &HashMap<String, usize>) -> usize {
-    counts
-        .iter()
-        .filter(|(k, _)| !k.starts_with("lua:"))
-        .map(|(_, n)| n)
-        .sum()
+        .1
 }
 
 /// Redis work per request, counted on a real Redis so that a regression shows: a non-streamed
@@ -2232,14 +2145,14 @@ async fn redis_commands_per_request_stay_within_their_budget() {
     for (what, counts) in [("pass-through", &pass), ("exact hit", &hits)] {
         for forbidden in ["XADD", "MULTI", "EXEC"] {
             assert_eq!(
-                counts.get(forbidden),
+                counts.by_name.get(forbidden),
                 None,
                 "{what} sent {forbidden}: {counts:?}"
             );
         }
     }
-    let per_pass = sent(&pass) as f64 / N as f64;
-    let per_hit = sent(&hits) as f64 / N as f64;
+    let per_pass = pass.sent() as f64 / N as f64;
+    let per_hit = hits.sent() as f64 / N as f64;
     assert!(
         per_pass <= 12.0,
         "{per_pass} commands per pass-through request: {pass:?}"

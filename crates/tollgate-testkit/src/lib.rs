@@ -324,6 +324,87 @@ pub fn unique_prefix() -> String {
     format!("t{}:", uuid::Uuid::new_v4().simple())
 }
 
+/// The commands a Redis ran while some work ran, counted with MONITOR, by command name; those a
+/// script ran are under `lua:NAME`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CommandCount {
+    pub by_name: std::collections::HashMap<String, usize>,
+}
+
+impl CommandCount {
+    /// Sent by clients (a script counted once, as the EVALSHA that runs it).
+    pub fn sent(&self) -> usize {
+        self.count(false)
+    }
+
+    /// Run inside scripts.
+    pub fn in_scripts(&self) -> usize {
+        self.count(true)
+    }
+
+    fn count(&self, in_scripts: bool) -> usize {
+        self.by_name
+            .iter()
+            .filter(|(k, _)| k.starts_with("lua:") == in_scripts)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Runs `work` and counts the commands the Redis at `url` ran meanwhile and for `settle` after
+/// (what follows a request's answer: settlements, records). Everything on that server counts,
+/// background work included; a marker command ends the count.
+pub async fn count_commands<T>(
+    url: &str,
+    settle: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> (T, CommandCount) {
+    use futures::StreamExt;
+    let client = redis::Client::open(url).expect("redis url");
+    let mut monitor = client
+        .get_async_monitor()
+        .await
+        .expect("MONITOR")
+        .into_on_message::<String>();
+    let marker = format!("end-of-count-{}", unique_prefix());
+    let count = {
+        let marker = marker.clone();
+        tokio::spawn(async move {
+            let mut counts = CommandCount::default();
+            while let Some(line) = monitor.next().await {
+                if line.contains(&marker) {
+                    break;
+                }
+                // `TIME [DB ADDR] "COMMAND" ...`; a script's own calls show `[DB lua]`.
+                let Some((_, rest)) = line.split_once('[') else {
+                    continue;
+                };
+                let lua = rest.starts_with("0 lua");
+                let Some(name) = rest.split('"').nth(1) else {
+                    continue;
+                };
+                let name = name.to_ascii_uppercase();
+                let key = if lua { format!("lua:{name}") } else { name };
+                *counts.by_name.entry(key).or_default() += 1;
+            }
+            counts
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = work.await;
+    tokio::time::sleep(settle).await;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let _: String = redis::cmd("ECHO")
+        .arg(&marker)
+        .query_async(&mut conn)
+        .await
+        .expect("ECHO");
+    (out, count.await.expect("the count task"))
+}
+
 /// Children are started with a watchdog (see `spawn_redis`) that kills them when this process
 /// exits; the spawning thread does not matter, but we still start shared servers off the test
 /// thread so a test's panic while starting one does not poison the others' view of it.

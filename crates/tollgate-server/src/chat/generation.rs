@@ -25,7 +25,7 @@ use super::stream_writer::StreamWriter;
 use crate::accounting::Payer;
 use crate::error::ApiError;
 use crate::limits::Admission;
-use crate::metrics::{CacheResult, TokenKind, TokenLabels, UpstreamErrorKind, UpstreamLabels};
+use crate::metrics::{CacheResult, TokenKind, TokenLabels};
 use crate::state::Gateway;
 use crate::task::AbortOnDrop;
 
@@ -319,12 +319,7 @@ impl Generation {
                 .chat_via(deployments, &self.request)
                 .await
                 .map_err(|e| {
-                    gw.metrics
-                        .upstream_errors
-                        .get_or_create(&UpstreamLabels {
-                            kind: UpstreamErrorKind::of(&e),
-                        })
-                        .inc();
+                    gw.metrics.upstream_error(&e);
                     ApiError::Provider(e)
                 })?;
         self.deployment = Some(deployment.clone());
@@ -337,14 +332,7 @@ impl Generation {
     /// Calls the upstream and relays its chunks; the whole answer when it ends normally.
     async fn relay(&mut self, writer: Option<&StreamWriter>) -> Result<ChatCompletion, ApiError> {
         let gw = self.gw.clone();
-        let upstream_error = |e: &tollgate_providers::ProviderError| {
-            gw.metrics
-                .upstream_errors
-                .get_or_create(&UpstreamLabels {
-                    kind: UpstreamErrorKind::of(e),
-                })
-                .inc();
-        };
+        let upstream_error = |e: &tollgate_providers::ProviderError| gw.metrics.upstream_error(e);
         let router = gw.router();
         let routed = match self.route.take() {
             Some(deployments) => router.chat_stream_via(deployments, &self.request).await,
