@@ -63,6 +63,10 @@ enum Command {
     /// A minimal forwarding proxy (the floor any gateway hop costs); run by `gateway`.
     #[command(hide = true)]
     Proxy(gateway::ProxyArgs),
+    /// The benchmarks' fake upstream alone, for profiling by hand: prints its base URL and serves
+    /// until killed.
+    #[command(hide = true)]
+    Upstream,
 }
 
 /// The `q` quantile (0 to 1) of `sorted`, which is sorted ascending; the default when empty.
@@ -165,6 +169,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Patterns(args) => patterns::run(args).await,
         Command::Gateway(args) => gateway::run(args).await,
         Command::Proxy(args) => gateway::proxy(args).await,
+        Command::Upstream => {
+            let upstream = tollgate_testkit::FakeUpstream::start(
+                tollgate_testkit::FakeUpstreamConfig::default(),
+            )
+            .await;
+            println!("{}", upstream.base_url());
+            std::future::pending::<()>().await;
+            Ok(())
+        }
         Command::Features(args) => features::run(args).await,
         Command::Vectors(args) => vectors::run(args),
         Command::Models(args) => models::run(args).await,

@@ -67,7 +67,8 @@ impl Outbox {
             EventConfig {
                 // Entries are deleted once written; this bounds a backlog, it is not retention.
                 max_len: 50_000_000,
-                retention: Duration::from_secs(30 * 24 * 3600),
+                // A backlog waits for a writer however long that takes.
+                retention: None,
                 max_deliveries: 50,
                 claim_idle: config.claim_idle,
                 block: config.block,

@@ -16,7 +16,7 @@ local gen = redis.call('GET', KEYS[1]) or '0'
 local e = redis.call('HMGET', KEYS[2], 'g', 'v', 'u')
 if e[1] == gen and e[2] then
   if ARGV[3] == '1' then
-    redis.call('HINCRBY', KEYS[3], 'hits', 1)
+    local hits = redis.call('HINCRBY', KEYS[3], 'hits', 1)
     if e[3] then
       local p, c = string.match(e[3], '^(%d+) (%d+)$')
       if p then
@@ -24,7 +24,9 @@ if e[1] == gen and e[2] then
         redis.call('HINCRBY', KEYS[3], 'saved_completion_tokens', c)
       end
     end
-    redis.call('PEXPIRE', KEYS[3], ARGV[4])
+    -- The stats' expiry is renewed by every miss and every 64th hit: far inside its length at
+    -- any rate that matters, and one command fewer on almost every hit.
+    if hits % 64 == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
   end
   return {'hit', e[2], gen}
 end

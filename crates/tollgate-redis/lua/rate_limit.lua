@@ -4,7 +4,7 @@
 -- ARGV[1]   N, the number of limits
 -- ARGV[2 + 5*(i-1) .. 6 + 5*(i-1)]   limit i: kind, a, b, c, d
 --   'gcra'      a=limit  b=period_ms  c=burst  d=cost             (string: theoretical arrival time, us)
---   'swlog'     a=limit  b=window_ms  c=cost   d=unused           (string: a ring of unit times, us)
+--   'swlog'     a=limit  b=window_ms  c=cost   d=unused           (string: a ring of the unit times in the window, us)
 --   'swcounter' a=limit  b=window_ms  c=cost   d=unused           (hash: window index -> count)
 --   'fixed'     a=limit  b=window_ms  c=cost   d=unused           (hash: w=window index, n=count)
 --   'tokens'    a=capacity b=period_ms c=cost  d=unused           (hash: tokens, ts us; may go negative: debt)
@@ -50,58 +50,97 @@ local function gcra(key, limit, period_ms, burst, cost)
   end
 end
 
--- Sliding-window log: exact over any window. The times (us) of the last `limit` admitted units,
--- oldest first, in one string: an 8-byte head index, then one 8-byte slot per unit. The string
--- grows by appending until it holds `limit` slots, then turns into a ring, so it costs 8 bytes per
--- unit admitted within the window, never more than 8 * limit. A unit fits when the unit `limit`
--- places before it left the window; the count in the window is found by binary search.
+-- Sliding-window log: exact over any window. The times (us) of the units admitted within the
+-- window, oldest first, in one string used as a ring: a 16-byte head (the ring's first slot, the
+-- number of times held), then 8-byte slots. Each call drops the times that left the window from
+-- the front: it reads the first few slots in one read (a steady stream drops one or two a call)
+-- and bisects the rest only when all of those left. The ring doubles when full and halves when
+-- under a quarter full, so it costs about 8 bytes per unit admitted within the window, never more
+-- than 8 * limit, and a few commands a call whatever the limit.
+local FRONT = 16
 local function swlog(key, limit, window_ms, cost)
-  local window = window_ms * 1000
+  local edge = now - window_ms * 1000
   local len = redis.call('STRLEN', key)
-  local n = 0
-  if len > 8 and (len - 8) % 8 == 0 and len <= 8 + 8 * limit then n = (len - 8) / 8 end
-  local head = 0
-  if n > 0 then head = (struct.unpack('>d', redis.call('GETRANGE', key, 0, 7))) end
-  -- Appending keeps the head at 0; anything else is not a ring of this limit.
-  if (n < limit and head ~= 0) or head < 0 or head >= limit or head ~= math.floor(head) then n = 0 end
-  if n == 0 and len > 0 then
-    -- Another layout, or a ring sized for another limit: the limit changed, start afresh.
-    redis.call('DEL', key)
-    len = 0
+  local first, n, cap = 0, 0, 0
+  if len >= 16 and (len - 16) % 8 == 0 then
+    cap = (len - 16) / 8
+    first, n = struct.unpack('>dd', redis.call('GETRANGE', key, 0, 15))
+    if n < 0 or n > cap or n ~= math.floor(n) or first < 0 or first ~= math.floor(first)
+      or (cap > 0 and first >= cap) then
+      cap = -1
+    end
+  elseif len > 0 then
+    cap = -1
   end
-  -- The i-th (0-based) of the last `limit` units; 0 when fewer were ever admitted.
+  if cap < 0 then
+    -- Not a log of this layout: start afresh.
+    redis.call('DEL', key)
+    first, n, cap = 0, 0, 0
+  end
+  -- The i-th (0-based) time held, oldest first.
   local function at(i)
-    local j = i - (limit - n)
-    if j < 0 then return 0 end
-    local off = 8 + 8 * ((head + j) % n)
+    local off = 16 + 8 * ((first + i) % cap)
     return (struct.unpack('>d', redis.call('GETRANGE', key, off, off + 7)))
   end
-  local lo, hi = limit - n, limit
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if at(mid) > now - window then hi = mid else lo = mid + 1 end
-  end
-  local used = limit - lo
-  local reset = 0
-  if used > 0 then reset = at(limit - 1) + window - now end
-  if used + cost > limit then
-    -- The request fits once the (used + cost - limit) oldest units in the window have left.
-    local retry = at(lo + used + cost - limit - 1) + window - now
-    return {0, limit, limit - used, ms(reset), ms(retry)}, noop
-  end
-  return {1, limit, limit - used - cost, window_ms, 0}, function()
-    local stamp = struct.pack('>d', now)
-    if len == 0 then redis.call('SET', key, struct.pack('>d', 0)) end
-    for _ = 1, cost do
-      if n < limit then
-        redis.call('APPEND', key, stamp)
-        n = n + 1
+  local gone = 0
+  if n > 0 then
+    local m = math.min(n, FRONT, cap - first)
+    local front = redis.call('GETRANGE', key, 16 + 8 * first, 16 + 8 * (first + m) - 1)
+    while gone < m and (struct.unpack('>d', front, 8 * gone + 1)) <= edge do gone = gone + 1 end
+    if gone == m and m < n then
+      if at(n - 1) <= edge then
+        gone = n
       else
-        redis.call('SETRANGE', key, 8 + 8 * head, stamp)
-        head = (head + 1) % n
+        -- The first time still in the window is in [gone, n - 1].
+        local lo, hi = gone, n - 1
+        while lo < hi do
+          local mid = math.floor((lo + hi) / 2)
+          if at(mid) > edge then hi = mid else lo = mid + 1 end
+        end
+        gone = lo
       end
     end
-    if n == limit then redis.call('SETRANGE', key, 0, struct.pack('>d', head)) end
+  end
+  if cap > 0 then first = (first + gone) % cap end
+  n = n - gone
+  if n + cost > limit then
+    -- Whole again when the newest leaves; this request fits once the (n + cost - limit) oldest
+    -- have left.
+    local reset = at(n - 1) - edge
+    local retry = at(n + cost - limit - 1) - edge
+    return {0, limit, math.max(limit - n, 0), ms(reset), ms(retry)}, noop
+  end
+  return {1, limit, limit - n - cost, window_ms, 0}, function()
+    if cost == 0 then return end
+    local stamps = string.rep(struct.pack('>d', now), cost)
+    local need = n + cost
+    if need > cap or (cap > 64 and need * 4 < cap) then
+      -- Resize: double (at least to what is needed, at most to the limit), or halve.
+      local size
+      if need > cap then
+        size = math.max(need, math.min(limit, math.max(8, cap * 2)))
+      else
+        size = math.floor(cap / 2)
+      end
+      local held = ''
+      if n > 0 then
+        local a = 16 + 8 * first
+        if first + n <= cap then
+          held = redis.call('GETRANGE', key, a, a + 8 * n - 1)
+        else
+          held = redis.call('GETRANGE', key, a, 16 + 8 * cap - 1)
+            .. redis.call('GETRANGE', key, 16, 16 + 8 * (first + n - cap) - 1)
+        end
+      end
+      redis.call('SET', key, struct.pack('>dd', 0, need) .. held .. stamps
+        .. string.rep('\0', 8 * (size - need)), 'PX', window_ms + 1)
+      return
+    end
+    local slot = (first + n) % cap
+    local fit = math.min(cost, cap - slot)
+    redis.call('SETRANGE', key, 16 + 8 * slot, string.sub(stamps, 1, 8 * fit))
+    if fit < cost then redis.call('SETRANGE', key, 16, string.sub(stamps, 8 * fit + 1)) end
+    redis.call('SETRANGE', key, 0, struct.pack('>dd', first, need))
     redis.call('PEXPIRE', key, window_ms + 1)
   end
 end

@@ -7,7 +7,7 @@
 //! over by another consumer of the group; after `max_deliveries` failed deliveries it is moved to
 //! `tg:{ev:STREAM}:dead` (with its origin id, delivery count and reason) and acknowledged, in one
 //! script. Retention is bounded: `MAXLEN ~ max_len`, and the stream expires `retention` after its
-//! last publish. Entries trimmed while pending are reported as lost ([`Consumer::trimmed`]),
+//! last publish (unless it has none). Entries trimmed while pending are reported as lost ([`Consumer::trimmed`]),
 //! never retried forever.
 
 use std::collections::HashMap;
@@ -26,8 +26,9 @@ use crate::{millis, scripts};
 pub struct EventConfig {
     /// About this many entries are kept per stream.
     pub max_len: u64,
-    /// A stream with no publish for this long expires.
-    pub retention: Duration,
+    /// A stream with no publish for this long expires; `None`: it never expires (a queue whose
+    /// entries are deleted once handled, such as the outbox).
+    pub retention: Option<Duration>,
     /// Deliveries after which a failing entry goes to the dead-letter stream.
     pub max_deliveries: u64,
     /// An entry pending this long is taken over by another consumer.
@@ -42,7 +43,7 @@ impl Default for EventConfig {
     fn default() -> Self {
         EventConfig {
             max_len: 1_000_000,
-            retention: Duration::from_secs(7 * 24 * 3600),
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
             max_deliveries: 5,
             claim_idle: Duration::from_secs(30),
             block: Duration::from_secs(2),
@@ -125,11 +126,24 @@ impl EventBus {
             ));
         }
         let key = self.keys.event_stream(&Id::new(stream)?);
+        let Some(retention) = self.config.retention else {
+            // Nothing to keep alive: one plain command, no script.
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.config.max_len.max(1))
+                .arg("*");
+            for (k, v) in fields {
+                xadd.arg(*k).arg(*v);
+            }
+            return Ok(xadd.query_async(&mut self.redis.conn()).await?);
+        };
         let mut publish = scripts::EVENT_PUBLISH.prepare_invoke();
         publish
             .key(&key)
             .arg(self.config.max_len.max(1))
-            .arg(millis(self.config.retention));
+            .arg(millis(retention));
         for (k, v) in fields {
             publish.arg(*k).arg(*v);
         }
@@ -156,12 +170,14 @@ impl EventBus {
         match created {
             Ok(()) => {
                 // MKSTREAM made the key without a TTL; give it the retention (unless published to).
-                let _: i64 = redis::cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(millis(self.config.retention))
-                    .arg("NX")
-                    .query_async(&mut self.redis.conn())
-                    .await?;
+                if let Some(retention) = self.config.retention {
+                    let _: i64 = redis::cmd("PEXPIRE")
+                        .arg(&key)
+                        .arg(millis(retention))
+                        .arg("NX")
+                        .query_async(&mut self.redis.conn())
+                        .await?;
+                }
                 Ok(())
             }
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
@@ -446,7 +462,7 @@ impl Consumer {
             .arg(event.deliveries)
             .arg(reason)
             .arg(self.bus.config.max_len.max(1))
-            .arg(millis(self.bus.config.retention))
+            .arg(self.bus.config.retention.map_or(0, millis))
             .invoke_async(&mut self.bus.redis.conn())
             .await?;
         Ok(())

@@ -92,8 +92,8 @@ pub async fn check_budget(gw: &Gateway, principal: &Principal) -> Result<(), Api
     }
 }
 
-/// Records what a request used: its cost added to the key's spend, its usage record to the
-/// outbox. Awaited before the answer ends, so the key's next request sees the spend.
+/// Records what a request used: its cost added to the key's spend and its usage record to the
+/// outbox, concurrently (one round trip's wait for both).
 pub async fn record_usage(
     gw: &Arc<Gateway>,
     payer: &Payer,
@@ -102,35 +102,82 @@ pub async fn record_usage(
     usage: &Usage,
     cached: bool,
 ) {
-    let cost = if cached {
-        0
-    } else {
-        cost_nanos(gw, model, route, usage)
-    };
-    let now = tollgate_db::now_ms();
-    let row = UsageRow {
-        id: format!("use_{}", uuid::Uuid::new_v4().simple()),
-        key_id: payer.subject.clone(),
-        tenant: payer.tenant.clone(),
-        model: model.to_owned(),
-        prompt_tokens: usage.prompt_tokens as i64,
-        completion_tokens: usage.completion_tokens as i64,
-        cost_nanos: cost,
-        cached,
-        created_ms: now,
-    };
-    // The spend and the record are independent writes: one round trip's wait for both.
-    let charge = async {
-        if cost > 0
+    let used = Used::of(gw, payer, model, route, usage, cached);
+    tokio::join!(used.spend.charge(gw), submit(gw, vec![used.record]));
+}
+
+/// What one request used: its cost and its usage record.
+pub struct Used {
+    pub record: Record,
+    pub spend: Spend,
+}
+
+/// A cost to add to a key's spend.
+pub struct Spend {
+    subject: String,
+    model: String,
+    cost_nanos: i64,
+    at_ms: i64,
+}
+
+impl Used {
+    /// Prices `usage` (nothing when `cached`).
+    pub fn of(
+        gw: &Gateway,
+        payer: &Payer,
+        model: &str,
+        route: Option<&str>,
+        usage: &Usage,
+        cached: bool,
+    ) -> Used {
+        let cost = if cached {
+            0
+        } else {
+            cost_nanos(gw, model, route, usage)
+        };
+        let now = tollgate_db::now_ms();
+        Used {
+            record: Record::Usage(UsageRow {
+                // Time-ordered, so rows are appended at the end of the primary key's index
+                // rather than scattered through it.
+                id: format!("use_{}", uuid::Uuid::now_v7().simple()),
+                key_id: payer.subject.clone(),
+                tenant: payer.tenant.clone(),
+                model: model.to_owned(),
+                prompt_tokens: usage.prompt_tokens as i64,
+                completion_tokens: usage.completion_tokens as i64,
+                cost_nanos: cost,
+                cached,
+                created_ms: now,
+            }),
+            spend: Spend {
+                subject: payer.subject.clone(),
+                model: model.to_owned(),
+                cost_nanos: cost,
+                at_ms: now,
+            },
+        }
+    }
+}
+
+impl Spend {
+    /// Adds the cost to the key's spend (what costs nothing sends nothing). Awaited before an
+    /// answer ends, so the key's next request sees it.
+    pub async fn charge(&self, gw: &Gateway) {
+        if self.cost_nanos > 0
             && let Err(e) = gw
                 .spend
-                .charge(&payer.subject, model, cost, now as u64)
+                .charge(
+                    &self.subject,
+                    &self.model,
+                    self.cost_nanos,
+                    self.at_ms as u64,
+                )
                 .await
         {
             tracing::warn!(error = %e, "could not add a request's cost to its key's spend");
         }
-    };
-    tokio::join!(charge, submit(gw, vec![Record::Usage(row)]));
+    }
 }
 
 /// Sends durable records to the database (through the outbox); without a database, drops them.

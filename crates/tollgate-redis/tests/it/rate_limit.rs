@@ -50,6 +50,8 @@ pattern_suite!(
     decisions_report_remaining_and_reset,
     gcra_refills_at_its_rate,
     sliding_log_holds_over_any_window_as_it_slides,
+    sliding_log_holds_what_is_in_its_window_not_its_limit,
+    sliding_log_is_exact_as_its_ring_wraps_and_resizes,
 );
 
 async fn gcra_admits_exactly_its_limit(b: Backend) {
@@ -346,11 +348,102 @@ async fn sliding_log_holds_over_any_window_as_it_slides(b: Backend) {
     let d = limiter.check(&key, limit, 1).await.unwrap();
     assert!(!d.allowed, "{d:?}");
     assert!(d.retry_after <= window, "{d:?}");
-    // A changed limit starts its window afresh instead of misreading the old ring.
+    // A changed limit reads the same log: raised to 6, the 4 units in the window leave 2.
     let wider = Limit::SlidingLog { limit: 6, window };
-    let d = limiter.check(&key, wider, 6).await.unwrap();
+    let d = limiter.check(&key, wider, 2).await.unwrap();
     assert!(d.allowed && d.remaining == 0, "{d:?}");
     assert!(!limiter.check(&key, wider, 1).await.unwrap().allowed);
+    // Lowered to 3, the 6 in the window count against it until they leave.
+    let narrower = Limit::SlidingLog { limit: 3, window };
+    let d = limiter.check(&key, narrower, 1).await.unwrap();
+    assert!(!d.allowed && d.remaining == 0, "{d:?}");
+    assert!(d.retry_after <= window, "{d:?}");
+}
+
+/// A large limit costs memory for what is in the window, not for the limit, and a few commands a
+/// call however many units the window holds: the log drops what left, and shrinks after a burst.
+async fn sliding_log_holds_what_is_in_its_window_not_its_limit(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let key = limiter.key(&Id::new("k").unwrap(), "rpm").unwrap();
+    let window = Duration::from_millis(700);
+    let limit = Limit::SlidingLog {
+        limit: 1_000_000_000,
+        window,
+    };
+    let strlen = || async {
+        let n: usize = redis::cmd("STRLEN")
+            .arg(key.as_str())
+            .query_async(&mut ctx.redis().conn())
+            .await
+            .unwrap();
+        n
+    };
+    let mut remaining = Vec::new();
+    for _ in 0..3000 {
+        remaining.push(limiter.check(&key, limit, 1).await.unwrap().remaining);
+    }
+    // Exact while the ring grows: each unit counted once.
+    assert_eq!(remaining[0], 999_999_999);
+    let held = 1_000_000_000 - remaining[2999];
+    assert!(held <= 3000, "{held}");
+    // At most twice the slots the window needs (the ring doubles).
+    let len = strlen().await;
+    assert!(
+        len <= 16 + 8 * 2 * held as usize + 8 * 8,
+        "{len} bytes for {held} units"
+    );
+    tokio::time::sleep(window + Duration::from_millis(50)).await;
+    // The burst left the window: the next units see it empty, and the ring halves back.
+    for i in 0..12 {
+        let d = limiter.check(&key, limit, 1).await.unwrap();
+        assert_eq!(d.remaining, 1_000_000_000 - 1 - i, "{d:?}");
+    }
+    let len = strlen().await;
+    assert!(len <= 16 + 8 * 128, "{len} bytes for 12 units");
+}
+
+/// The ring wraps, grows and shrinks without losing a unit: a narrow limit, units charged in
+/// twos and threes while older ones leave, checked against a model of the window.
+async fn sliding_log_is_exact_as_its_ring_wraps_and_resizes(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let key = limiter.key(&Id::new("k").unwrap(), "rpm").unwrap();
+    let window = Duration::from_millis(400);
+    let limit = Limit::SlidingLog { limit: 40, window };
+    let started = std::time::Instant::now();
+    // Each admitted unit's stamp (the server's clock) lies between the call's start and end.
+    let mut admitted: Vec<(std::time::Instant, std::time::Instant, u64)> = Vec::new();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let cost = 2 + (admitted.len() as u64 % 2);
+        let before = std::time::Instant::now();
+        let d = limiter.check(&key, limit, cost).await.unwrap();
+        let after = std::time::Instant::now();
+        let certain: u64 = admitted
+            .iter()
+            .filter(|(b, _, _)| after.duration_since(*b) < window)
+            .map(|(_, _, c)| c)
+            .sum();
+        let possible: u64 = admitted
+            .iter()
+            .filter(|(_, a, _)| before.saturating_duration_since(*a) <= window)
+            .map(|(_, _, c)| c)
+            .sum();
+        if d.allowed {
+            assert!(
+                certain + cost <= 40,
+                "admitted over the limit: {certain} + {cost}"
+            );
+            admitted.push((before, after, cost));
+        } else {
+            assert!(
+                possible + cost > 40,
+                "refused under the limit: {possible} + {cost}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert!(admitted.len() > 20, "{}", admitted.len());
 }
 
 #[tokio::test]

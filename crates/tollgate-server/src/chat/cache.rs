@@ -47,11 +47,13 @@ pub(super) enum Route {
 }
 
 impl Route {
-    /// What the route costs the key: a request that goes upstream is charged in full, the
-    /// others one request.
-    pub(super) fn charge(&self, estimated_tokens: u64) -> Charge {
+    /// What the route costs the key: a request that goes upstream is charged in full (its
+    /// tokens estimated only then), the others one request.
+    pub(super) fn charge(&self, estimate: impl FnOnce() -> u64) -> Charge {
         match self {
-            Route::Generate { .. } => Charge::Full { estimated_tokens },
+            Route::Generate { .. } => Charge::Full {
+                estimated_tokens: estimate(),
+            },
             Route::Hit(_) | Route::Semantic { .. } | Route::Follow { .. } => Charge::RequestOnly,
         }
     }

@@ -283,15 +283,15 @@ impl Generation {
                     session.record(&gw, &completion);
                 }
                 // Spend is charged before the answer ends: the key's next request sees it.
-                crate::accounting::record_usage(
+                let used = crate::accounting::Used::of(
                     &gw,
                     &self.payer,
                     &self.request.model,
                     self.deployment.as_deref(),
                     &usage,
                     false,
-                )
-                .await;
+                );
+                used.spend.charge(&gw).await;
                 // The end reaches the client only once the whole stream is in Redis (or Redis
                 // failed to take it in time): what a client saw complete is readable everywhere.
                 if let Some(w) = writer {
@@ -300,6 +300,8 @@ impl Generation {
                         .await;
                 }
                 let _ = self.events.send(GenEvent::Done(Arc::new(completion)));
+                // The usage record follows the answer (this task outlives the client's wait).
+                crate::accounting::submit(&gw, vec![used.record]).await;
             }
         }
     }

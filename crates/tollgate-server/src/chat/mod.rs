@@ -75,15 +75,6 @@ pub async fn chat_completions(
         Some(id) => Some(history::with_history(gw, principal, id, &mut req).await?),
         None => None,
     };
-    let prompt: u64 = req
-        .messages
-        .iter()
-        .map(|m| u64::from(gw.counter.count_message(m)))
-        .sum();
-    let estimate = prompt
-        + req
-            .max_output_tokens()
-            .map_or(ASSUMED_OUTPUT_TOKENS, u64::from);
     // An experiment pins the user's arm; arms may answer differently, so the arm is in the key.
     let pinned = gw.pinned_route(&req.model, opts.user.as_deref());
     let lookup = cache::Lookup::of(gw, principal, &req, pinned.as_ref().map(|(arm, _)| arm))?;
@@ -104,6 +95,20 @@ pub async fn chat_completions(
     let route = cache::route(gw, principal, &plan, lookup, &opts).await?;
 
     // One admission.
+    // Tokens are counted only for a request that goes upstream: a hit or a follower costs none.
+    let estimate = || {
+        let prompt: u64 = plan
+            .req
+            .messages
+            .iter()
+            .map(|m| u64::from(gw.counter.count_message(m)))
+            .sum();
+        prompt
+            + plan
+                .req
+                .max_output_tokens()
+                .map_or(ASSUMED_OUTPUT_TOKENS, u64::from)
+    };
     let admission = match admit(gw, principal, &plan.req.model, route.charge(estimate)).await {
         Ok(a) => a,
         Err(e) => {
