@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::{Replica, config_file};
 use serde_json::{Value, json};
-use tollgate_testkit::RedisServer;
+use tollgate_testkit::{FakeUpstream, FakeUpstreamConfig, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_client_works_against_tollgate() {
@@ -54,4 +54,37 @@ async fn the_openai_python_client_works_against_tollgate() {
         "python checks failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("8 passed, 0 failed"), "{stdout}");
+}
+
+/// An agent's tool loop through `/v1/responses` with the `openai` package, on two replicas in
+/// front of a fake upstream that calls tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_client_runs_a_tool_loop_through_responses() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig::default()).await;
+    let (_dir, path) = config_file(&format!(
+        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\n",
+        upstream.base_url()
+    ));
+    let a = Replica::start(&redis.url(), &path, &[]);
+    let b = Replica::start(&redis.url(), &path, &[]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/responses_tools.py"
+    );
+    let output = Command::new("python3")
+        .arg(script)
+        .env("OPENAI_BASE_URL", a.url("/v1"))
+        .env("TOLLGATE_OTHER_BASE_URL", b.url("/v1"))
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python checks failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+    // Both steps of each loop reached the upstream: 2 loops of 2 steps.
+    assert_eq!(upstream.calls(), 4);
 }

@@ -1,11 +1,23 @@
-//! The Anthropic Messages API, translated both ways: OpenAI chat requests become Messages
-//! requests (system prompts move to `system`, `max_tokens` is required and defaults to 1024,
-//! `stop` becomes `stop_sequences`), and Messages stream events become chat chunks with usage
-//! (`input_tokens` from `message_start`, `output_tokens` from `message_delta`).
-//! Tool use is not translated yet: requests with `tools` are rejected with a clear error.
+//! The Anthropic Messages API, translated both ways.
+//!
+//! A chat request becomes a Messages request: system and developer messages move to `system`;
+//! turns of one role are merged (Messages alternate); text and image parts become content blocks
+//! (a `data:` URL a base64 image, an `https` URL an image by URL); an assistant's `tool_calls`
+//! become `tool_use` blocks and `tool` messages `tool_result` blocks; function `tools`,
+//! `tool_choice` and `parallel_tool_calls` map to their Messages forms; `response_format`
+//! (`json_schema`, `json_object`) becomes a forced tool whose input is the answer's text; `stop`
+//! becomes `stop_sequences`, `user` `metadata.user_id`; `max_tokens` is required and defaults to
+//! 1024. A field the Messages API cannot take is refused with a 400 naming it, never dropped.
+//!
+//! Stream events become chat chunks: text deltas, `tool_use` blocks as `tool_calls` deltas (their
+//! `input_json_delta` fragments as argument fragments), the stop reason, and usage
+//! (`input_tokens` with the cache's creation and read tokens from `message_start`,
+//! `output_tokens` from `message_delta`).
+
+use std::collections::HashMap;
 
 use futures::future::BoxFuture;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tollgate_core::{ChatChunk, ChatRequest, Delta, Usage};
 
 use crate::openai_compat::{EventParser, Parsed, Timeouts, chunk_stream, http_client, send};
@@ -13,6 +25,9 @@ use crate::sse::SseEvent;
 use crate::{ChunkStream, Provider, ProviderError, unix_now};
 
 const DEFAULT_MAX_TOKENS: u32 = 1024;
+
+/// The forced tool that carries a structured answer (`response_format`).
+const FORMAT_TOOL: &str = "json_output";
 
 /// The Anthropic Messages API.
 #[derive(Debug, Clone)]
@@ -36,41 +51,98 @@ impl Anthropic {
     }
 }
 
+fn refuse(field: &str, why: &str) -> ProviderError {
+    ProviderError::Rejected {
+        status: 400,
+        message: format!("`{field}` {why} for Anthropic models"),
+    }
+}
+
 /// The Messages request for an OpenAI chat request.
 pub fn to_messages_request(request: &ChatRequest) -> Result<Value, ProviderError> {
-    if request.extra.contains_key("tools") {
-        return Err(ProviderError::Rejected {
-            status: 400,
-            message: "tools are not supported for Anthropic models yet".into(),
-        });
-    }
     let mut system = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
-    for m in &request.messages {
-        match m.role.as_str() {
-            "system" | "developer" => system.push(m.text_content()),
-            "user" | "assistant" => {
-                let role = m.role.as_str();
-                let text = m.text_content();
-                // Messages must alternate; merge consecutive turns of one role.
-                match messages.last_mut() {
-                    Some(last) if last["role"] == role => {
-                        let joined = format!(
-                            "{}\n\n{}",
-                            last["content"].as_str().unwrap_or_default(),
-                            text
-                        );
-                        last["content"] = Value::String(joined);
+    for (i, m) in request.messages.iter().enumerate() {
+        for (k, v) in &m.extra {
+            let empty = v.is_null() || v.as_array().is_some_and(Vec::is_empty);
+            if !empty && k != "tool_calls" && k != "tool_call_id" {
+                return Err(refuse(&format!("messages[{i}].{k}"), "is not supported"));
+            }
+        }
+        let (role, blocks) = match m.role.as_str() {
+            "system" | "developer" => {
+                for block in content_blocks(i, &m.content)? {
+                    match block["text"].as_str() {
+                        Some(text) => system.push(text.to_owned()),
+                        None => {
+                            return Err(refuse(
+                                &format!("messages[{i}].content"),
+                                "must be text in a system message",
+                            ));
+                        }
                     }
-                    _ => messages.push(json!({"role": role, "content": text})),
                 }
+                continue;
+            }
+            "user" => ("user", content_blocks(i, &m.content)?),
+            "assistant" => {
+                let mut blocks = content_blocks(i, &m.content)?;
+                let calls = m.extra.get("tool_calls").and_then(Value::as_array);
+                for (j, call) in calls.into_iter().flatten().enumerate() {
+                    blocks.push(tool_use_block(i, j, call)?);
+                }
+                ("assistant", blocks)
+            }
+            "tool" => {
+                let id = m
+                    .extra
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| refuse(&format!("messages[{i}].tool_call_id"), "is required"))?;
+                let mut texts = Vec::new();
+                for block in content_blocks(i, &m.content)? {
+                    match block["text"].as_str() {
+                        Some(text) => texts.push(text.to_owned()),
+                        None => {
+                            return Err(refuse(
+                                &format!("messages[{i}].content"),
+                                "must be text in a tool message",
+                            ));
+                        }
+                    }
+                }
+                let text = texts.join("\n");
+                (
+                    "user",
+                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
+                )
             }
             other => {
-                return Err(ProviderError::Rejected {
-                    status: 400,
-                    message: format!("role {other:?} is not supported for Anthropic models"),
-                });
+                return Err(refuse(
+                    &format!("messages[{i}].role"),
+                    &format!("{other:?} is not supported"),
+                ));
             }
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        // Messages alternate: a turn of the same role as the last joins it.
+        match messages.last_mut() {
+            Some(last) if last["role"] == role => {
+                if let Some(content) = last["content"].as_array_mut() {
+                    content.extend(blocks);
+                }
+            }
+            _ => messages.push(json!({"role": role, "content": blocks})),
+        }
+    }
+    // A turn of one text block is sent as a plain string.
+    for m in &mut messages {
+        if let Some([block]) = m["content"].as_array().map(Vec::as_slice)
+            && block["type"] == "text"
+        {
+            m["content"] = block["text"].clone();
         }
     }
     let mut body = json!({
@@ -83,17 +155,229 @@ pub fn to_messages_request(request: &ChatRequest) -> Result<Value, ProviderError
         body["system"] = Value::String(system.join("\n\n"));
     }
     if let Some(t) = request.temperature {
-        body["temperature"] = json!(t.min(1.0));
+        if t > 1.0 {
+            return Err(refuse("temperature", "above 1 is not supported"));
+        }
+        body["temperature"] = json!(t);
     }
     if let Some(p) = request.top_p {
         body["top_p"] = json!(p);
     }
-    match request.extra.get("stop") {
-        Some(Value::String(s)) => body["stop_sequences"] = json!([s]),
-        Some(Value::Array(a)) => body["stop_sequences"] = Value::Array(a.clone()),
-        _ => {}
+    if request.n.is_some_and(|n| n > 1) {
+        return Err(refuse("n", "above 1 is not supported"));
+    }
+    if request.seed.is_some() {
+        return Err(refuse("seed", "is not supported"));
+    }
+    for (k, v) in &request.extra {
+        match k.as_str() {
+            "stop" => match v {
+                Value::String(s) => body["stop_sequences"] = json!([s]),
+                Value::Array(a) => body["stop_sequences"] = Value::Array(a.clone()),
+                Value::Null => {}
+                _ => return Err(refuse("stop", "must be a string or an array of strings")),
+            },
+            "tools" => body["tools"] = tools(v)?,
+            "tool_choice" => body["tool_choice"] = tool_choice(v)?,
+            "parallel_tool_calls" | "response_format" | "stream_options" => {}
+            "user" => {
+                if let Some(user) = v.as_str() {
+                    body["metadata"] = json!({"user_id": user});
+                }
+            }
+            // What a request may carry at its neutral value.
+            "logprobs" if v.is_null() || v == &json!(false) => {}
+            "presence_penalty" | "frequency_penalty" if v.is_null() || v.as_f64() == Some(0.0) => {}
+            "logit_bias" if v.is_null() || v.as_object().is_some_and(Map::is_empty) => {}
+            other => return Err(refuse(other, "is not supported")),
+        }
+    }
+    if request.extra.get("parallel_tool_calls") == Some(&Value::Bool(false))
+        && body.get("tools").is_some()
+    {
+        if body.get("tool_choice").is_none() {
+            body["tool_choice"] = json!({"type": "auto"});
+        }
+        body["tool_choice"]["disable_parallel_tool_use"] = Value::Bool(true);
+    }
+    if let Some(format) = request.extra.get("response_format") {
+        structured_output(&mut body, format)?;
     }
     Ok(body)
+}
+
+/// A message's content as Messages content blocks (empty text left out).
+fn content_blocks(i: usize, content: &Value) -> Result<Vec<Value>, ProviderError> {
+    let text = |t: &str| (!t.is_empty()).then(|| json!({"type": "text", "text": t}));
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => Ok(text(s).into_iter().collect()),
+        Value::Array(parts) => {
+            let mut blocks = Vec::new();
+            for (j, part) in parts.iter().enumerate() {
+                let at = format!("messages[{i}].content[{j}]");
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => blocks.extend(text(
+                        part.get("text").and_then(Value::as_str).unwrap_or_default(),
+                    )),
+                    Some("image_url") => blocks.push(image_block(&at, part)?),
+                    other => {
+                        return Err(refuse(
+                            &format!("{at}.type"),
+                            &format!("{:?} is not supported", other.unwrap_or("")),
+                        ));
+                    }
+                }
+            }
+            Ok(blocks)
+        }
+        _ => Err(refuse(
+            &format!("messages[{i}].content"),
+            "must be a string or an array of parts",
+        )),
+    }
+}
+
+/// An `image_url` part as an image block: a `data:` URL inline (base64), any other URL by
+/// reference.
+fn image_block(at: &str, part: &Value) -> Result<Value, ProviderError> {
+    let image = &part["image_url"];
+    let url = image
+        .get("url")
+        .or(Some(image))
+        .and_then(Value::as_str)
+        .ok_or_else(|| refuse(&format!("{at}.image_url.url"), "is required"))?;
+    match image.get("detail").and_then(Value::as_str) {
+        None | Some("auto") => {}
+        Some(_) => {
+            return Err(refuse(
+                &format!("{at}.image_url.detail"),
+                "other than \"auto\" is not supported",
+            ));
+        }
+    }
+    if let Some(data_url) = url.strip_prefix("data:") {
+        let (media_type, data) = data_url
+            .split_once(";base64,")
+            .ok_or_else(|| refuse(&format!("{at}.image_url.url"), "must be a base64 data URL"))?;
+        return Ok(json!({"type": "image", "source":
+            {"type": "base64", "media_type": media_type, "data": data}}));
+    }
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(refuse(
+            &format!("{at}.image_url.url"),
+            "must be an http(s) or data URL",
+        ));
+    }
+    Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
+}
+
+/// An assistant's tool call as a `tool_use` block.
+fn tool_use_block(i: usize, j: usize, call: &Value) -> Result<Value, ProviderError> {
+    let at = format!("messages[{i}].tool_calls[{j}]");
+    let id = call
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| refuse(&format!("{at}.id"), "is required"))?;
+    let name = call
+        .pointer("/function/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| refuse(&format!("{at}.function.name"), "is required"))?;
+    let arguments = call
+        .pointer("/function/arguments")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let input: Value = if arguments.trim().is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(arguments)
+            .map_err(|_| refuse(&format!("{at}.function.arguments"), "must be JSON"))?
+    };
+    Ok(json!({"type": "tool_use", "id": id, "name": name, "input": input}))
+}
+
+/// Function tools as Messages tools.
+fn tools(v: &Value) -> Result<Value, ProviderError> {
+    let tools = v
+        .as_array()
+        .ok_or_else(|| refuse("tools", "must be an array"))?;
+    tools
+        .iter()
+        .enumerate()
+        .map(|(k, tool)| {
+            if tool.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(refuse(
+                    &format!("tools[{k}].type"),
+                    "other than function is not supported",
+                ));
+            }
+            let f = &tool["function"];
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| refuse(&format!("tools[{k}].function.name"), "is required"))?;
+            let mut out = json!({
+                "name": name,
+                "input_schema": f.get("parameters").filter(|p| !p.is_null()).cloned()
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            });
+            if let Some(d) = f.get("description").and_then(Value::as_str) {
+                out["description"] = Value::from(d);
+            }
+            if let Some(strict) = f.get("strict").filter(|s| !s.is_null()) {
+                out["strict"] = strict.clone();
+            }
+            Ok(out)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Value::Array)
+}
+
+/// A chat `tool_choice` as a Messages one.
+fn tool_choice(v: &Value) -> Result<Value, ProviderError> {
+    match v {
+        Value::String(s) => match s.as_str() {
+            "auto" => Ok(json!({"type": "auto"})),
+            "required" => Ok(json!({"type": "any"})),
+            "none" => Ok(json!({"type": "none"})),
+            _ => Err(refuse("tool_choice", &format!("{s:?} is not supported"))),
+        },
+        _ => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) if v["type"] == "function" => Ok(json!({"type": "tool", "name": name})),
+            _ => Err(refuse(
+                "tool_choice",
+                "must be auto, none, required or a function",
+            )),
+        },
+    }
+}
+
+/// `response_format` as a forced tool whose input is the answer (see [`event_parser`]).
+fn structured_output(body: &mut Value, format: &Value) -> Result<(), ProviderError> {
+    let schema = match format.get("type").and_then(Value::as_str) {
+        Some("text") => return Ok(()),
+        Some("json_object") => json!({"type": "object"}),
+        Some("json_schema") => format
+            .pointer("/json_schema/schema")
+            .cloned()
+            .ok_or_else(|| refuse("response_format.json_schema.schema", "is required"))?,
+        _ => {
+            return Err(refuse(
+                "response_format.type",
+                "is not one of text, json_object, json_schema",
+            ));
+        }
+    };
+    if body.get("tools").is_some() {
+        return Err(refuse(
+            "response_format",
+            "together with tools is not supported",
+        ));
+    }
+    body["tools"] = json!([{"name": FORMAT_TOOL, "description":
+        "Give the answer as this tool's input, matching its schema.", "input_schema": schema}]);
+    body["tool_choice"] = json!({"type": "tool", "name": FORMAT_TOOL});
+    Ok(())
 }
 
 fn finish_reason(stop_reason: &str) -> &'static str {
@@ -105,13 +389,18 @@ fn finish_reason(stop_reason: &str) -> &'static str {
     }
 }
 
-/// A parser of Messages stream events into chat chunks (it keeps the message id and usage).
+/// A parser of Messages stream events into chat chunks (it keeps the message id, usage and the
+/// open tool calls). `structured`: the request asked for a structured answer, so the forced
+/// tool's input is the answer's text.
 pub fn event_parser(
     model: String,
+    structured: bool,
 ) -> impl FnMut(&SseEvent) -> Result<Vec<ChatChunk>, ProviderError> + Send {
     let created = unix_now();
     let mut id = String::new();
     let mut usage = Usage::default();
+    // Content block index -> the tool call's index in the chat stream (None: the answer).
+    let mut calls: HashMap<u64, Option<usize>> = HashMap::new();
     move |event| {
         if event.data.trim().is_empty() {
             return Ok(Vec::new());
@@ -132,12 +421,22 @@ pub fn event_parser(
         let chunk = |delta: Delta, finish: Option<String>| {
             ChatChunk::delta(&id, created, &model, 0, delta, finish)
         };
+        let text = |text: &str| Delta {
+            content: Some(text.to_owned()),
+            ..Delta::default()
+        };
+        let block = v.get("index").and_then(Value::as_u64).unwrap_or(0);
         Ok(match kind {
             "message_start" => {
-                usage.prompt_tokens = v
-                    .pointer("/message/usage/input_tokens")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
+                let tokens = |field: &str| {
+                    v.pointer(&format!("/message/usage/{field}"))
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0)
+                };
+                // Tokens read from or written to the prompt cache are prompt tokens too.
+                usage.prompt_tokens = tokens("input_tokens")
+                    + tokens("cache_creation_input_tokens")
+                    + tokens("cache_read_input_tokens");
                 vec![chunk(
                     Delta {
                         role: Some("assistant".into()),
@@ -147,21 +446,67 @@ pub fn event_parser(
                     None,
                 )]
             }
-            "content_block_delta" => match v.pointer("/delta/text").and_then(Value::as_str) {
-                Some(text) => vec![chunk(
+            "content_block_start"
+                if v.pointer("/content_block/type") == Some(&json!("tool_use")) =>
+            {
+                if structured {
+                    calls.insert(block, None);
+                    return Ok(Vec::new());
+                }
+                let index = calls.values().filter(|c| c.is_some()).count();
+                calls.insert(block, Some(index));
+                let call = json!({
+                    "index": index,
+                    "id": v.pointer("/content_block/id").cloned().unwrap_or(Value::Null),
+                    "type": "function",
+                    "function": {
+                        "name": v.pointer("/content_block/name").cloned().unwrap_or(Value::Null),
+                        "arguments": "",
+                    },
+                });
+                vec![chunk(
                     Delta {
-                        content: Some(text.to_owned()),
+                        tool_calls: Some(vec![call]),
                         ..Delta::default()
                     },
                     None,
-                )],
-                None => Vec::new(),
+                )]
+            }
+            "content_block_delta" => match v.pointer("/delta/type").and_then(Value::as_str) {
+                Some("text_delta") => match v.pointer("/delta/text").and_then(Value::as_str) {
+                    Some(t) => vec![chunk(text(t), None)],
+                    None => Vec::new(),
+                },
+                Some("input_json_delta") => {
+                    let part = v
+                        .pointer("/delta/partial_json")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    match calls.get(&block) {
+                        Some(None) => vec![chunk(text(part), None)],
+                        Some(Some(index)) => vec![chunk(
+                            Delta {
+                                tool_calls: Some(vec![
+                                    json!({"index": index, "function": {"arguments": part}}),
+                                ]),
+                                ..Delta::default()
+                            },
+                            None,
+                        )],
+                        None => Vec::new(),
+                    }
+                }
+                _ => Vec::new(),
             },
             "message_delta" => {
                 if let Some(out) = v.pointer("/usage/output_tokens").and_then(Value::as_u64) {
                     usage.completion_tokens = out;
                 }
                 match v.pointer("/delta/stop_reason").and_then(Value::as_str) {
+                    // The forced tool was the answer: it ended as an answer does.
+                    Some("tool_use") if structured => {
+                        vec![chunk(Delta::default(), Some("stop".into()))]
+                    }
                     Some(reason) => {
                         vec![chunk(Delta::default(), Some(finish_reason(reason).into()))]
                     }
@@ -199,6 +544,7 @@ impl Provider for Anthropic {
         let this = self.clone();
         Box::pin(async move {
             let body = to_messages_request(&request)?;
+            let structured = body.pointer("/tool_choice/name") == Some(&json!(FORMAT_TOOL));
             let call = this
                 .client
                 .post(&this.url)
@@ -207,7 +553,7 @@ impl Provider for Anthropic {
                 .header("content-type", "application/json")
                 .body(body.to_string());
             let response = send(call, this.timeouts.first_byte).await?;
-            let mut parse = event_parser(request.model.clone());
+            let mut parse = event_parser(request.model.clone(), structured);
             let mut ended = false;
             let parser: EventParser = Box::new(move |event| {
                 if ended {
@@ -245,9 +591,10 @@ mod tests {
         .unwrap();
         let body = to_messages_request(&req).unwrap();
         assert_eq!(body["system"], "Be brief.");
+        // Two user turns in a row become one turn of two text blocks.
         assert_eq!(
             body["messages"][0],
-            json!({"role": "user", "content": "a\n\nb"})
+            json!({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]})
         );
         assert_eq!(body["messages"][1]["role"], "assistant");
         assert_eq!(body["max_tokens"], 50);
@@ -256,7 +603,7 @@ mod tests {
 
     #[test]
     fn stream_events_become_chunks_with_usage() {
-        let mut parse = event_parser("claude-x".into());
+        let mut parse = event_parser("claude-x".into(), false);
         let ev = |e: &str, d: Value| SseEvent {
             event: e.into(),
             data: d.to_string(),
@@ -298,5 +645,272 @@ mod tests {
             })
         );
         assert_eq!(done.id, "msg_1");
+    }
+
+    fn ev(e: &str, d: Value) -> SseEvent {
+        SseEvent {
+            event: e.into(),
+            data: d.to_string(),
+            id: None,
+        }
+    }
+
+    #[test]
+    fn tools_images_and_tool_turns_are_translated_field_by_field() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "claude-x", "parallel_tool_calls": false, "tool_choice": "required",
+            "user": "u-1", "logprobs": false, "presence_penalty": 0,
+            "tools": [
+                {"type": "function", "function": {"name": "weather", "description": "Weather",
+                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": true}},
+                {"type": "function", "function": {"name": "time"}}
+            ],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg", "detail": "auto"}}
+                ]},
+                {"role": "assistant", "content": "Let me look.", "refusal": null, "tool_calls": [
+                    {"id": "toolu_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "toolu_2", "type": "function", "function": {"name": "time", "arguments": ""}}
+                ]},
+                {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "toolu_2", "content": [{"type": "text", "text": "noon"}]},
+                {"role": "user", "content": "thanks"}
+            ]
+        }))
+        .unwrap();
+        let body = to_messages_request(&req).unwrap();
+        assert_eq!(
+            body["tools"],
+            json!([
+                {"name": "weather", "description": "Weather", "strict": true,
+                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                {"name": "time", "input_schema": {"type": "object", "properties": {}}}
+            ])
+        );
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "any", "disable_parallel_tool_use": true})
+        );
+        assert_eq!(body["metadata"], json!({"user_id": "u-1"}));
+        assert_eq!(
+            body["messages"],
+            json!([
+                {"role": "user", "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/a.jpg"}}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Let me look."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}},
+                    {"type": "tool_use", "id": "toolu_2", "name": "time", "input": {}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"},
+                    {"type": "tool_result", "tool_use_id": "toolu_2", "content": "noon"},
+                    {"type": "text", "text": "thanks"}
+                ]}
+            ])
+        );
+        for (choice, expected) in [
+            (json!("auto"), json!({"type": "auto"})),
+            (json!("none"), json!({"type": "none"})),
+            (
+                json!({"type": "function", "function": {"name": "time"}}),
+                json!({"type": "tool", "name": "time"}),
+            ),
+        ] {
+            assert_eq!(tool_choice(&choice).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn what_the_messages_api_cannot_take_is_refused_by_name() {
+        let base = json!({"model": "claude-x", "messages": [{"role": "user", "content": "x"}]});
+        for (patch, field) in [
+            (json!({"temperature": 1.5}), "`temperature`"),
+            (json!({"seed": 7}), "`seed`"),
+            (json!({"n": 2}), "`n`"),
+            (json!({"logprobs": true}), "`logprobs`"),
+            (json!({"top_logprobs": 2}), "`top_logprobs`"),
+            (json!({"frequency_penalty": 0.5}), "`frequency_penalty`"),
+            (json!({"store": true}), "`store`"),
+            (
+                json!({"tools": [{"type": "custom", "custom": {"name": "x"}}]}),
+                "`tools[0].type`",
+            ),
+            (json!({"tool_choice": "sometimes"}), "`tool_choice`"),
+            (
+                json!({"response_format": {"type": "json_object"}, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+                "`response_format`",
+            ),
+            (
+                json!({"messages": [{"role": "user", "name": "ada", "content": "x"}]}),
+                "`messages[0].name`",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}),
+                "`messages[0].content[0].type`",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://e.com/a.png", "detail": "high"}}]}]}),
+                "`messages[0].content[0].image_url.detail`",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "t", "function": {"name": "f", "arguments": "{oops"}}]}]}),
+                "`messages[0].tool_calls[0].function.arguments`",
+            ),
+            (
+                json!({"messages": [{"role": "tool", "content": "x"}]}),
+                "`messages[0].tool_call_id`",
+            ),
+        ] {
+            let mut body = base.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let req: ChatRequest = serde_json::from_value(body.clone()).unwrap();
+            match to_messages_request(&req) {
+                Err(ProviderError::Rejected {
+                    status: 400,
+                    message,
+                }) => {
+                    assert!(message.contains(field), "{body}: {message}");
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tool_use_streams_fold_into_tool_calls_with_cache_tokens_counted() {
+        let mut parse = event_parser("claude-x".into(), false);
+        let mut agg = tollgate_core::Aggregator::default();
+        for (e, d) in [
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_2",
+                "usage": {"input_tokens": 5, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 900}}}),
+            ),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Checking."}}),
+            ),
+            (
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_a", "name": "weather", "input": {}}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}}),
+            ),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "toolu_b", "name": "time", "input": {}}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
+            ),
+            (
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 30}}),
+            ),
+            ("message_stop", json!({"type": "message_stop"})),
+        ] {
+            for c in parse(&ev(e, d)).unwrap() {
+                agg.push(&c);
+            }
+        }
+        let done = agg.finish();
+        let choice = &done.choices[0];
+        assert_eq!(choice.message.text_content(), "Checking.");
+        assert_eq!(choice.finish_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(
+            choice.message.extra["tool_calls"],
+            json!([
+                {"id": "toolu_a", "type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Paris\"}"}},
+                {"id": "toolu_b", "type": "function", "function": {"name": "time", "arguments": "{}"}}
+            ])
+        );
+        assert_eq!(
+            done.usage,
+            Some(Usage {
+                prompt_tokens: 1005,
+                completion_tokens: 30,
+                total_tokens: 1035
+            })
+        );
+    }
+
+    #[test]
+    fn a_structured_answer_goes_through_a_forced_tool_and_comes_back_as_text() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "claude-x", "messages": [{"role": "user", "content": "a city"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "city",
+                "schema": {"type": "object", "properties": {"name": {"type": "string"}}}}}
+        }))
+        .unwrap();
+        let body = to_messages_request(&req).unwrap();
+        assert_eq!(body["tools"][0]["name"], FORMAT_TOOL);
+        assert_eq!(
+            body["tools"][0]["input_schema"],
+            json!({"type": "object", "properties": {"name": {"type": "string"}}})
+        );
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "tool", "name": FORMAT_TOOL})
+        );
+        let mut parse = event_parser("claude-x".into(), true);
+        let mut agg = tollgate_core::Aggregator::default();
+        for (e, d) in [
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 3}}}),
+            ),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": FORMAT_TOOL, "input": {}}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"name\": "}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "\"Lyon\"}"}}),
+            ),
+            (
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 6}}),
+            ),
+            ("message_stop", json!({"type": "message_stop"})),
+        ] {
+            for c in parse(&ev(e, d)).unwrap() {
+                agg.push(&c);
+            }
+        }
+        let done = agg.finish();
+        assert_eq!(
+            done.choices[0].message.text_content(),
+            "{\"name\": \"Lyon\"}"
+        );
+        assert_eq!(done.choices[0].finish_reason.as_deref(), Some("stop"));
+        assert!(!done.choices[0].message.extra.contains_key("tool_calls"));
     }
 }

@@ -401,7 +401,7 @@ async fn bad_responses_requests_get_clear_errors() {
         ),
         (
             json!({"model": "mock/echo", "input": [{"type": "function_call_output", "output": "x"}]}),
-            Some("input[0].type"),
+            Some("input[0].call_id"),
         ),
         (
             json!({"model": "mock/echo", "input": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
@@ -409,7 +409,7 @@ async fn bad_responses_requests_get_clear_errors() {
         ),
         (
             json!({"model": "mock/echo", "input": "x", "tools": [{"type": "web_search"}]}),
-            Some("tools"),
+            Some("tools[0].type"),
         ),
         (
             json!({"model": "mock/echo", "input": "x", "previous_response_id": "resp_nope"}),
@@ -1015,5 +1015,320 @@ async fn a_revoked_key_stops_working_on_every_replica_at_once() {
             "the revoked key still works on the other replica"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The events of an SSE body, as (event name, data).
+fn sse_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let kind = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            (kind.to_owned(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+/// An agent's loop through `/v1/responses`, each step on the other replica: the model calls two
+/// functions, the client sends their outputs with `previous_response_id`, the model answers
+/// from them; the upstream sees the calls and outputs in order, streamed or not, and the cache
+/// replays a tool-calling answer as the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_loop_runs_through_responses_with_function_calls_on_two_replicas() {
+    let redis = RedisServer::start();
+    let sqlite = TestDatabase::sqlite();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig::default()).await;
+    let extra = fake_provider(&upstream);
+    let prefix = unique_prefix();
+    let a = gateway(&redis.url(), &sqlite.url(), &prefix, &extra).await;
+    let b = gateway(&redis.url(), &sqlite.url(), &prefix, &extra).await;
+    let tools = json!([
+        {"type": "function", "name": "weather", "description": "Weather in a city",
+         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+        {"type": "function", "name": "time", "parameters": {"type": "object", "properties": {}}, "strict": false},
+    ]);
+    for stream in [false, true] {
+        let body = json!({"model": "fake/m", "input": format!("plan a trip (stream {stream})"),
+                          "tools": tools, "tool_choice": "auto", "stream": stream});
+        let reply = call(&a, "POST", "/v1/responses", None, Some(body)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let first = if stream {
+            let events = sse_events(&reply.text);
+            let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+            // Two function-call items, no empty message: added, argument deltas, done.
+            assert_eq!(
+                kinds[..3],
+                [
+                    "response.created",
+                    "response.in_progress",
+                    "response.output_item.added"
+                ]
+            );
+            assert_eq!(
+                kinds
+                    .iter()
+                    .filter(|k| **k == "response.output_item.added")
+                    .count(),
+                2,
+                "{kinds:?}"
+            );
+            assert_eq!(
+                kinds
+                    .iter()
+                    .filter(|k| **k == "response.function_call_arguments.done")
+                    .count(),
+                2
+            );
+            assert!(!kinds.contains(&"response.output_text.delta"), "{kinds:?}");
+            for (i, (kind, data)) in events.iter().enumerate() {
+                assert_eq!(data["sequence_number"], i, "{kind}");
+            }
+            for at in 0..2 {
+                let deltas: String = events
+                    .iter()
+                    .filter(|(k, d)| {
+                        k == "response.function_call_arguments.delta" && d["output_index"] == at
+                    })
+                    .map(|(_, d)| d["delta"].as_str().unwrap())
+                    .collect();
+                assert_eq!(deltas, format!("{{\"i\": {at}}}"));
+                let (_, added) = events
+                    .iter()
+                    .find(|(k, d)| k == "response.output_item.added" && d["output_index"] == at)
+                    .unwrap();
+                assert_eq!(added["item"]["type"], "function_call");
+                assert_eq!(added["item"]["status"], "in_progress");
+            }
+            events.last().unwrap().1["response"].clone()
+        } else {
+            reply.json()
+        };
+        assert_eq!(first["status"], "completed");
+        assert_eq!(first["tools"], tools);
+        let output = first["output"].as_array().unwrap();
+        assert_eq!(output.len(), 2, "{first}");
+        for (i, (item, name)) in output.iter().zip(["weather", "time"]).enumerate() {
+            assert_eq!(item["type"], "function_call");
+            assert_eq!(item["status"], "completed");
+            assert_eq!(item["name"], name);
+            assert_eq!(item["arguments"], format!("{{\"i\": {i}}}"));
+            assert!(item["call_id"].as_str().unwrap().starts_with("call_"));
+        }
+        // The upstream got chat tools, translated field by field.
+        let sent = upstream.requests().last().unwrap().clone();
+        assert_eq!(
+            sent["tools"][0],
+            json!({"type": "function", "function": {"name": "weather", "description": "Weather in a city",
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})
+        );
+        assert_eq!(sent["tools"][1]["function"]["strict"], false);
+        assert_eq!(sent["tool_choice"], "auto");
+
+        // The client runs the functions and continues on the other replica.
+        let outputs: Vec<Value> = output
+            .iter()
+            .map(|item| {
+                json!({"type": "function_call_output", "call_id": item["call_id"],
+                               "output": format!("{} is fine", item["name"].as_str().unwrap())})
+            })
+            .collect();
+        let reply = call(
+            &b,
+            "POST",
+            "/v1/responses",
+            None,
+            Some(
+                json!({"model": "fake/m", "previous_response_id": first["id"], "tools": tools,
+                        "input": outputs, "stream": stream}),
+            ),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let second = if stream {
+            let events = sse_events(&reply.text);
+            events.last().unwrap().1["response"].clone()
+        } else {
+            reply.json()
+        };
+        assert_eq!(
+            second["output"][0]["content"][0]["text"],
+            "tools said: weather is fine, time is fine"
+        );
+        // Upstream saw the question, the assistant's calls and each output, in order.
+        let sent = upstream.requests().last().unwrap().clone();
+        let messages = sent["messages"].as_array().unwrap();
+        let roles: Vec<&str> = messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "tool", "tool"]);
+        let calls = messages[1]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 2);
+        for (call, item) in calls.iter().zip(output) {
+            assert_eq!(call["id"], item["call_id"]);
+            assert_eq!(call["function"]["name"], item["name"]);
+            assert_eq!(call["function"]["arguments"], item["arguments"]);
+        }
+        assert_eq!(messages[2]["tool_call_id"], output[0]["call_id"]);
+        assert_eq!(messages[3]["content"], "time is fine");
+        // The stored chain keeps all of it: a third step sees calls, outputs and the answer.
+        let third = call(
+            &a,
+            "POST",
+            "/v1/responses",
+            None,
+            Some(
+                json!({"model": "fake/m", "previous_response_id": second["id"], "input": "thanks"}),
+            ),
+        )
+        .await;
+        assert_eq!(third.status, StatusCode::OK, "{}", third.text);
+        let sent = upstream.requests().last().unwrap().clone();
+        let roles: Vec<&str> = sent["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            roles,
+            ["user", "assistant", "tool", "tool", "assistant", "user"]
+        );
+    }
+
+    // A deterministic tool-calling request is cached: the hit is the same calls, and it counts
+    // no upstream call.
+    let body = json!({"model": "fake/m", "input": "cache me", "tools": tools, "temperature": 0});
+    let miss = call(&a, "POST", "/v1/responses", None, Some(body.clone()))
+        .await
+        .json();
+    let calls = upstream.calls();
+    let hit = call(&b, "POST", "/v1/responses", None, Some(body)).await;
+    assert_eq!(hit.headers.get("x-tollgate-cache").unwrap(), "hit");
+    assert_eq!(upstream.calls(), calls);
+    let hit = hit.json();
+    for (m, h) in miss["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(hit["output"].as_array().unwrap())
+    {
+        assert_eq!(m["call_id"], h["call_id"]);
+        assert_eq!(m["arguments"], h["arguments"]);
+    }
+}
+
+/// Hosted tools cannot run through a gateway: each is a 400 naming it; so is a malformed
+/// function tool or tool choice.
+#[tokio::test]
+async fn hosted_tools_and_malformed_tools_are_refused_by_name() {
+    let redis = RedisServer::start();
+    let sqlite = TestDatabase::sqlite();
+    let gw = gateway(&redis.url(), &sqlite.url(), &unique_prefix(), "").await;
+    let f = json!({"type": "function", "name": "f"});
+    for (tools, choice, param, says) in [
+        (
+            json!([{"type": "web_search"}]),
+            None,
+            "tools[0].type",
+            "web_search",
+        ),
+        (
+            json!([f, {"type": "file_search", "vector_store_ids": ["x"]}]),
+            None,
+            "tools[1].type",
+            "file_search",
+        ),
+        (
+            json!([{"type": "code_interpreter"}]),
+            None,
+            "tools[0].type",
+            "code_interpreter",
+        ),
+        (
+            json!([{"type": "computer_use_preview"}]),
+            None,
+            "tools[0].type",
+            "computer_use_preview",
+        ),
+        (json!([{"type": "function"}]), None, "tools[0].name", "name"),
+        (
+            json!([{"type": "function", "name": "f", "colour": 1}]),
+            None,
+            "tools[0].colour",
+            "colour",
+        ),
+        (
+            json!([f]),
+            Some(json!({"type": "web_search_preview"})),
+            "tool_choice.type",
+            "web_search_preview",
+        ),
+        (
+            json!([f]),
+            Some(json!({"type": "function"})),
+            "tool_choice.name",
+            "name",
+        ),
+        (
+            json!([f]),
+            Some(json!("sometimes")),
+            "tool_choice",
+            "tool_choice",
+        ),
+        (json!([]), Some(json!("required")), "tool_choice", "tools"),
+    ] {
+        let mut body = json!({"model": "mock/echo", "input": "x", "tools": tools});
+        if let Some(choice) = choice {
+            body["tool_choice"] = choice;
+        }
+        let reply = call(&gw, "POST", "/v1/responses", None, Some(body.clone())).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            reply.text
+        );
+        let error = &reply.json()["error"];
+        assert_eq!(error["param"], param, "{body}: {}", reply.text);
+        assert!(
+            error["message"].as_str().unwrap().contains(says),
+            "{body}: {}",
+            reply.text
+        );
+    }
+    for (input, param) in [
+        (
+            json!([{"type": "function_call_output", "output": "x"}]),
+            "input[0].call_id",
+        ),
+        (
+            json!([{"type": "function_call", "call_id": "c", "arguments": "{}"}]),
+            "input[0].name",
+        ),
+        (
+            json!([{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]),
+            "input[0].arguments",
+        ),
+        (
+            json!([{"type": "web_search_call", "id": "ws_1"}]),
+            "input[0].type",
+        ),
+    ] {
+        let body = json!({"model": "mock/echo", "input": input});
+        let reply = call(&gw, "POST", "/v1/responses", None, Some(body.clone())).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            reply.text
+        );
+        assert_eq!(
+            reply.json()["error"]["param"],
+            param,
+            "{body}: {}",
+            reply.text
+        );
     }
 }

@@ -131,6 +131,9 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> 
         .unwrap_or("fake")
         .to_owned();
     let config = shared.config.clone();
+    if let Some(answer) = tool_answer(&request, n) {
+        return answer.respond(&model, request.get("stream") == Some(&Value::Bool(true)));
+    }
     if request.get("stream") != Some(&Value::Bool(true)) {
         // The same pauses as a stream (one per event), then the whole answer.
         if !config.chunk_delay.is_zero() {
@@ -173,6 +176,116 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> 
         .header("content-type", "text/event-stream")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// What the fake does in a conversation with tools: the model calls tools (the first one or
+/// two declared, or the one `tool_choice` names; `{"i": I}` as arguments) until the last message
+/// is a tool result, then answers `tools said: OUTPUTS` (the results of its calls, joined).
+enum ToolAnswer {
+    Calls(Vec<Value>),
+    Text(String),
+}
+
+fn tool_answer(request: &Value, n: u64) -> Option<ToolAnswer> {
+    let tools = request.get("tools").and_then(Value::as_array)?;
+    if tools.is_empty() || request.get("tool_choice") == Some(&json!("none")) {
+        return None;
+    }
+    let messages = request.get("messages").and_then(Value::as_array)?;
+    let results: Vec<&str> = messages
+        .iter()
+        .rev()
+        .take_while(|m| m.get("role") == Some(&json!("tool")))
+        .filter_map(|m| m.get("content").and_then(Value::as_str))
+        .collect();
+    if !results.is_empty() {
+        let mut results = results;
+        results.reverse();
+        return Some(ToolAnswer::Text(format!(
+            "tools said: {}",
+            results.join(", ")
+        )));
+    }
+    let names: Vec<&str> = match request.pointer("/tool_choice/function/name") {
+        Some(Value::String(name)) => vec![name],
+        _ => {
+            let parallel = request.get("parallel_tool_calls") != Some(&json!(false));
+            tools
+                .iter()
+                .take(if parallel { 2 } else { 1 })
+                .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+                .collect()
+        }
+    };
+    Some(ToolAnswer::Calls(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                json!({"id": format!("call_{n}_{i}"), "type": "function",
+                       "function": {"name": name, "arguments": format!("{{\"i\": {i}}}")}})
+            })
+            .collect(),
+    ))
+}
+
+impl ToolAnswer {
+    fn respond(self, model: &str, stream: bool) -> Response {
+        let usage = json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15});
+        let (message, finish) = match &self {
+            ToolAnswer::Calls(calls) => (
+                json!({"role": "assistant", "content": null, "tool_calls": calls}),
+                "tool_calls",
+            ),
+            ToolAnswer::Text(text) => (json!({"role": "assistant", "content": text}), "stop"),
+        };
+        if !stream {
+            return Json(json!({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": usage,
+            }))
+            .into_response();
+        }
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                   "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": null}),
+            Value::Null,
+        )];
+        match self {
+            ToolAnswer::Calls(calls) => {
+                // Each call opens with its id and name, then its arguments in two fragments.
+                for (i, call) in calls.iter().enumerate() {
+                    let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
+                    let (a, b) = arguments.split_at(arguments.len() / 2);
+                    events.push(chunk(
+                        json!({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                               "function": {"name": call["function"]["name"], "arguments": ""}}]}),
+                        Value::Null,
+                    ));
+                    for part in [a, b] {
+                        events.push(chunk(
+                            json!({"tool_calls": [{"index": i, "function": {"arguments": part}}]}),
+                            Value::Null,
+                        ));
+                    }
+                }
+            }
+            ToolAnswer::Text(text) => events.push(chunk(json!({"content": text}), Value::Null)),
+        }
+        events.push(chunk(json!({}), json!(finish)));
+        let mut last = chunk(json!({}), Value::Null);
+        last["choices"] = json!([]);
+        last["usage"] = usage;
+        events.push(last);
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(paced_body(events, Duration::ZERO))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
 }
 
 fn paced_body(events: Vec<Value>, delay: Duration) -> Body {

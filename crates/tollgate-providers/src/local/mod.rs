@@ -337,6 +337,55 @@ fn run_chat(model: &chat::SmolLm, job: ChatJob) {
     }
 }
 
+/// What the local chat model cannot do is refused by name, never dropped: tools and tool turns,
+/// structured output, log probabilities, several choices, images. A field at its neutral value
+/// (null, false, 0, empty) asks for nothing and passes.
+fn check_supported(request: &ChatRequest) -> Result<(), ProviderError> {
+    let refuse = |field: &str| {
+        Err(ProviderError::Rejected {
+            status: 400,
+            message: format!("`{field}` is not supported by local/{CHAT_MODEL}"),
+        })
+    };
+    if request.n.is_some_and(|n| n > 1) {
+        return refuse("n");
+    }
+    for (k, v) in &request.extra {
+        let neutral = v.is_null()
+            || v == &serde_json::Value::Bool(false)
+            || v.as_f64() == Some(0.0)
+            || v.as_array().is_some_and(Vec::is_empty)
+            || v.as_object().is_some_and(serde_json::Map::is_empty);
+        match k.as_str() {
+            "stop" | "stream_options" | "user" | "parallel_tool_calls" => {}
+            "response_format" if v.get("type").and_then(|t| t.as_str()) == Some("text") => {}
+            "tool_choice" if v == "none" || v == "auto" => {}
+            _ if neutral => {}
+            other => return refuse(other),
+        }
+    }
+    for (i, m) in request.messages.iter().enumerate() {
+        if m.role == "tool" {
+            return refuse(&format!("messages[{i}].role: tool"));
+        }
+        if m.extra
+            .get("tool_calls")
+            .and_then(|c| c.as_array())
+            .is_some_and(|c| !c.is_empty())
+        {
+            return refuse(&format!("messages[{i}].tool_calls"));
+        }
+        if let Some(parts) = m.content.as_array() {
+            for (j, part) in parts.iter().enumerate() {
+                if part.get("type").and_then(|t| t.as_str()) != Some("text") {
+                    return refuse(&format!("messages[{i}].content[{j}].type"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `stop`: one string or up to four.
 fn stop_strings(request: &ChatRequest) -> Vec<String> {
     match request.extra.get("stop") {
@@ -368,6 +417,7 @@ impl Provider for LocalProvider {
             if request.model != CHAT_MODEL {
                 return Err(unknown(&request.model));
             }
+            check_supported(&request)?;
             let (chunks, receiver) = tokio::sync::mpsc::channel(64);
             match queue.try_send(ChatJob { request, chunks }) {
                 Ok(()) => {}
@@ -409,4 +459,58 @@ fn tokio_stream<T: Send + 'static>(
     mut receiver: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn what_the_local_model_cannot_do_is_refused_by_name() {
+        let request = |patch: serde_json::Value| {
+            let mut body =
+                json!({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]});
+            for (k, v) in patch.as_object().into_iter().flatten() {
+                body[k] = v.clone();
+            }
+            serde_json::from_value::<ChatRequest>(body).unwrap_or_else(|e| panic!("{e}"))
+        };
+        for ok in [
+            json!({}),
+            json!({"stop": "x", "user": "u", "logprobs": false, "tools": [], "tool_choice": "auto"}),
+            json!({"response_format": {"type": "text"}, "presence_penalty": 0}),
+        ] {
+            assert!(check_supported(&request(ok.clone())).is_ok(), "{ok}");
+        }
+        for (patch, field) in [
+            (
+                json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+                "`tools`",
+            ),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "`response_format`",
+            ),
+            (json!({"logprobs": true}), "`logprobs`"),
+            (json!({"n": 3}), "`n`"),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://e.com/a.png"}}]}]}),
+                "`messages[0].content[0].type`",
+            ),
+            (
+                json!({"messages": [{"role": "tool", "tool_call_id": "c", "content": "x"}]}),
+                "`messages[0].role: tool`",
+            ),
+        ] {
+            match check_supported(&request(patch.clone())) {
+                Err(ProviderError::Rejected {
+                    status: 400,
+                    message,
+                }) => assert!(message.contains(field), "{patch}: {message}"),
+                other => panic!("{patch}: {other:?}"),
+            }
+        }
+    }
 }

@@ -205,6 +205,33 @@ fn chat_request(
             chat_req[name] = v;
         }
     }
+    let invalid = |e: tollgate_core::InvalidRequest| ApiError::BadRequest {
+        message: e.message,
+        param: e.param,
+    };
+    let tools = req.tools.as_deref().unwrap_or_default();
+    if !tools.is_empty() {
+        chat_req["tools"] =
+            Value::Array(tollgate_core::responses::chat_tools(tools).map_err(invalid)?);
+        if let Some(parallel) = req.parallel_tool_calls {
+            chat_req["parallel_tool_calls"] = Value::Bool(parallel);
+        }
+    }
+    match &req.tool_choice {
+        Some(choice) if !tools.is_empty() => {
+            chat_req["tool_choice"] =
+                tollgate_core::responses::chat_tool_choice(choice).map_err(invalid)?;
+        }
+        // Without tools, "auto" and "none" mean what no choice means.
+        Some(Value::String(s)) if s == "auto" || s == "none" => {}
+        Some(_) => {
+            return Err(ApiError::bad(
+                "`tool_choice` asks for a tool call but the request declares no `tools`",
+                Some("tool_choice"),
+            ));
+        }
+        None => {}
+    }
     if stream {
         chat_req["stream_options"] = json!({"include_usage": true});
     }
@@ -261,12 +288,6 @@ fn previous_not_found(id: &str) -> ApiError {
 }
 
 fn check_supported(req: &ResponsesRequest) -> Result<(), ApiError> {
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::bad(
-            "tools are not supported on /v1/responses by this gateway; use /v1/chat/completions for tool calls",
-            Some("tools"),
-        ));
-    }
     if req.background == Some(true) {
         return Err(ApiError::bad(
             "background responses are not supported",
@@ -314,6 +335,8 @@ struct Pending {
 /// How an answer ended.
 struct Outcome<'a> {
     text: &'a str,
+    /// The chat `tool_calls` of the answer.
+    calls: &'a [Value],
     usage: Option<Usage>,
     finish_reason: Option<&'a str>,
 }
@@ -344,7 +367,7 @@ impl Pending {
                     } else {
                         "completed"
                     },
-                    json!([self.message_item(o.text, "completed")]),
+                    Value::Array(self.output(o.text, o.calls)),
                     usage,
                     if incomplete {
                         json!({"reason": "max_output_tokens"})
@@ -365,19 +388,53 @@ impl Pending {
             "max_output_tokens": self.req.max_output_tokens,
             "model": self.req.model,
             "output": output,
-            "parallel_tool_calls": self.req.parallel_tool_calls.unwrap_or(false),
+            "parallel_tool_calls": self.req.parallel_tool_calls.unwrap_or(true),
             "previous_response_id": self.req.previous_response_id,
             "reasoning": {"effort": null, "summary": null},
             "store": self.req.store.unwrap_or(true),
             "temperature": self.req.temperature,
             "text": self.req.text.clone().unwrap_or_else(|| json!({"format": {"type": "text"}})),
             "tool_choice": self.req.tool_choice.clone().unwrap_or_else(|| json!("auto")),
-            "tools": [],
+            "tools": self.req.tools.clone().unwrap_or_default(),
             "top_p": self.req.top_p,
             "truncation": self.req.truncation.clone().unwrap_or_else(|| "disabled".into()),
             "usage": usage,
             "user": self.req.user,
             "metadata": self.req.metadata.clone().unwrap_or_default(),
+        })
+    }
+
+    /// The output items: the message (when the model wrote text, or did nothing else), then
+    /// its function calls in order.
+    fn output(&self, text: &str, calls: &[Value]) -> Vec<Value> {
+        let mut items = Vec::new();
+        if !text.is_empty() || calls.is_empty() {
+            items.push(self.message_item(text, "completed"));
+        }
+        for (k, call) in calls.iter().enumerate() {
+            items.push(self.call_item(k, call, "completed"));
+        }
+        items
+    }
+
+    fn call_item_id(&self, k: usize) -> String {
+        format!("fc_{}_{k}", &self.id["resp_".len()..])
+    }
+
+    /// The `function_call` item of the `k`-th chat tool call (`call`, whole or its first
+    /// fragment).
+    fn call_item(&self, k: usize, call: &Value, status: &str) -> Value {
+        let call_id = call.get("id").and_then(Value::as_str).map_or_else(
+            || format!("call_{}_{k}", &self.id["resp_".len()..]),
+            str::to_owned,
+        );
+        json!({
+            "id": self.call_item_id(k),
+            "type": "function_call",
+            "status": status,
+            "call_id": call_id,
+            "name": call.pointer("/function/name").cloned().unwrap_or(Value::from("")),
+            "arguments": call.pointer("/function/arguments").cloned().unwrap_or(Value::from("")),
         })
     }
 
@@ -396,16 +453,31 @@ impl Pending {
     async fn finish(&self, mut context: Context, completion: &ChatCompletion) -> Value {
         let choice = completion.choices.first();
         let text = choice.map(|c| c.message.text_content()).unwrap_or_default();
+        let calls = choice
+            .and_then(|c| c.message.extra.get("tool_calls"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let outcome = Outcome {
             text: &text,
+            calls: &calls,
             usage: completion.usage,
             finish_reason: choice.and_then(|c| c.finish_reason.as_deref()),
         };
         let object = self.object(Some(&outcome));
         if self.req.store.unwrap_or(true) {
-            context
-                .messages
-                .push(ChatMessage::text("assistant", text.clone()));
+            // The chain keeps the calls with the turn that made them; their outputs come in the
+            // next request's input.
+            let mut answer = ChatMessage::text("assistant", text.clone());
+            if !calls.is_empty() {
+                if text.is_empty() {
+                    answer.content = Value::Null;
+                }
+                answer
+                    .extra
+                    .insert("tool_calls".into(), Value::Array(calls));
+            }
+            context.messages.push(answer);
             context.tokens = crate::summaries::tokens_of(&self.gw, &context);
             let record = StoredRecord {
                 owner: self.owner.clone(),
