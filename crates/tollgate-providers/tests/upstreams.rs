@@ -106,6 +106,66 @@ async fn anthropic_requests_and_streams_are_translated_both_ways() {
     );
 }
 
+/// A tool-using turn over HTTP: the fake Messages API gets Messages tools and tool turns, and
+/// its streamed `tool_use` comes back as chat `tool_calls`.
+#[tokio::test]
+async fn anthropic_tool_use_goes_out_as_tools_and_comes_back_as_tool_calls() {
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/messages",
+            axum::routing::post(|State(seen): State<Seen>, headers: HeaderMap, Json(body): Json<Value>| async move {
+                seen.lock().unwrap().push((headers, body));
+                sse(&[
+                    ("message_start", json!({"type": "message_start", "message": {"id": "msg_t", "usage": {"input_tokens": 40, "cache_read_input_tokens": 60}}})),
+                    ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_9", "name": "lookup", "input": {}}})),
+                    ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"q\":"}})),
+                    ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": " \"tea\"}"}})),
+                    ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+                    ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 12}})),
+                    ("message_stop", json!({"type": "message_stop"})),
+                ])
+            }),
+        )
+        .with_state(seen.clone());
+    let base = serve(app).await;
+    let provider = Anthropic::new(&base, "sk-ant-test".into(), Timeouts::default()).unwrap();
+    let req = request(json!({
+        "model": "claude-test", "tool_choice": {"type": "function", "function": {"name": "lookup"}},
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+        "messages": [
+            {"role": "user", "content": "find tea"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\": \"coffee\"}"}}]},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "no coffee"}
+        ]
+    }));
+    let done = fold(&provider, req).await.unwrap();
+    let choice = &done.choices[0];
+    assert_eq!(choice.finish_reason.as_deref(), Some("tool_calls"));
+    assert_eq!(
+        choice.message.extra["tool_calls"],
+        json!([{"id": "toolu_9", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\": \"tea\"}"}}])
+    );
+    assert_eq!(done.usage.unwrap().prompt_tokens, 100);
+    let (_, body) = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        body["tools"],
+        json!([{"name": "lookup", "input_schema": {"type": "object"}}])
+    );
+    assert_eq!(
+        body["tool_choice"],
+        json!({"type": "tool", "name": "lookup"})
+    );
+    assert_eq!(
+        body["messages"],
+        json!([
+            {"role": "user", "content": "find tea"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "coffee"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "no coffee"}]}
+        ])
+    );
+}
+
 #[tokio::test]
 async fn upstream_errors_become_errors_the_router_can_act_on() {
     let app = axum::Router::new()
