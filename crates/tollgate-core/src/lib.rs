@@ -5,11 +5,13 @@
 //! - [`message`]: chat messages in the OpenAI wire format.
 //! - [`cache_key`]: the canonical form and hash of a request, used as the exact-cache key.
 //! - [`tokens`]: token counting behind a trait (an estimate by default).
-//! - [`responses`]: the Responses API's input items as chat messages.
+//! - [`responses`]: the Responses API's input items, tools and tool choice as chat.
+//! - [`messages`]: Anthropic's Messages API as chat, and chat answers as Messages answers.
 
 pub mod cache_key;
 pub mod chat;
 pub mod message;
+pub mod messages;
 pub mod responses;
 pub mod tokens;
 

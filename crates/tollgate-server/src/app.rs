@@ -3,7 +3,8 @@
 //!
 //! Layers, outermost first: a request id (taken from `x-request-id` or made, echoed in the
 //! response and in every log line of the request), metrics and the access log (labelled with
-//! the route template that matched), panics turned into a 500 JSON error, the body limit. Then
+//! the route template that matched), panics turned into a 500 JSON error, errors of the Messages
+//! paths reshaped as Anthropic's, the body limit. Then
 //! the group's authentication: an API key for `/v1`, the master key for `/admin`.
 
 use std::panic::AssertUnwindSafe;
@@ -42,6 +43,9 @@ pub fn app(state: AppState) -> Router {
         .fallback(ops::not_found_handler)
         .method_not_allowed_fallback(ops::method_not_allowed_handler)
         .layer(middleware::from_fn_with_state(state.clone(), limit_body))
+        .layer(middleware::from_fn(
+            crate::handlers::messages::anthropic_errors,
+        ))
         .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(state.clone(), measure))
         .layer(middleware::from_fn(request_id))

@@ -47,7 +47,16 @@ pub fn tenant_scoped(tenant: &str, name: &str) -> String {
 pub struct Admin;
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get("authorization")?.to_str().ok()?;
+    // Anthropic's clients send the key as `x-api-key`.
+    let Some(value) = headers.get("authorization") else {
+        return headers
+            .get("x-api-key")?
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+    };
+    let value = value.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -5,8 +5,8 @@ use axum::Router;
 use axum::routing::{delete, get, post, put};
 
 use crate::handlers::{
-    cache, chat, embeddings, events, features, keys, models, ops, responses, sessions, streams,
-    vectors,
+    cache, chat, embeddings, events, features, keys, messages, models, ops, responses, sessions,
+    streams, vectors,
 };
 use crate::state::AppState;
 
@@ -26,6 +26,11 @@ pub(crate) fn tenant_routes() -> Router<AppState> {
         .route("/v1/models", get(models::models_handler))
         .route("/v1/embeddings", post(embeddings::embeddings_handler))
         .route("/v1/responses", post(responses::create_response_handler))
+        .route("/v1/messages", post(messages::messages_handler))
+        .route(
+            "/v1/messages/count_tokens",
+            post(messages::count_tokens_handler),
+        )
         .route(
             "/v1/responses/{id}",
             get(responses::get_response_handler).delete(responses::delete_response_handler),

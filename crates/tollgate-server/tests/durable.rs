@@ -1332,3 +1332,211 @@ async fn hosted_tools_and_malformed_tools_are_refused_by_name() {
         );
     }
 }
+
+/// A Messages request with `x-api-key` on replica `gw`.
+async fn messages(gw: &AppState, key: Option<&str>, path: &str, body: Value) -> Reply {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        req = req.header("x-api-key", key);
+    }
+    send(gw, req.body(Body::from(body.to_string())).unwrap()).await
+}
+
+/// Anthropic's Messages API in front of an OpenAI-compatible upstream: an agent's tool loop
+/// (`tool_use`, then `tool_result`), each step on another replica, streamed and not; the cache
+/// answers a repeated deterministic request; errors come in Anthropic's shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_messages_api_runs_a_tool_loop_in_front_of_any_provider() {
+    let redis = RedisServer::start();
+    let sqlite = TestDatabase::sqlite();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig::default()).await;
+    let extra = format!(
+        "[server]\nmaster_key = \"mk\"\n{}",
+        fake_provider(&upstream)
+    );
+    let prefix = unique_prefix();
+    let a = gateway(&redis.url(), &sqlite.url(), &prefix, &extra).await;
+    let b = gateway(&redis.url(), &sqlite.url(), &prefix, &extra).await;
+    let key = create_key(&a, json!({})).await;
+    let tools = json!([
+        {"name": "weather", "description": "Weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+        {"name": "time", "input_schema": {"type": "object"}}
+    ]);
+    for stream in [false, true] {
+        let question = json!({"role": "user", "content": format!("plan a trip (stream {stream})")});
+        let body = json!({"model": "fake/m", "max_tokens": 200, "system": "Be brief.",
+                          "tools": tools, "messages": [question], "stream": stream});
+        let reply = messages(&a, Some(&key), "/v1/messages", body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let content: Vec<Value> = if stream {
+            let events = sse_events(&reply.text);
+            let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(kinds[0], "message_start");
+            assert_eq!(kinds[kinds.len() - 2..], ["message_delta", "message_stop"]);
+            assert_eq!(
+                kinds
+                    .iter()
+                    .filter(|k| **k == "content_block_start")
+                    .count(),
+                2,
+                "{kinds:?}"
+            );
+            assert_eq!(
+                kinds.iter().filter(|k| **k == "content_block_stop").count(),
+                2,
+                "{kinds:?}"
+            );
+            for (kind, data) in &events {
+                assert_eq!(data["type"], kind.as_str());
+            }
+            let delta = &events[events.len() - 2].1;
+            assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+            assert!(delta["usage"]["output_tokens"].as_u64().unwrap() > 0);
+            // Fold the blocks as Anthropic's SDKs do.
+            (0..2)
+                .map(|index| {
+                    let (_, start) = events
+                        .iter()
+                        .find(|(k, d)| k == "content_block_start" && d["index"] == index)
+                        .unwrap();
+                    let partial: String = events
+                        .iter()
+                        .filter(|(k, d)| k == "content_block_delta" && d["index"] == index)
+                        .map(|(_, d)| d["delta"]["partial_json"].as_str().unwrap())
+                        .collect();
+                    let mut block = start["content_block"].clone();
+                    block["input"] = serde_json::from_str(&partial).unwrap();
+                    block
+                })
+                .collect()
+        } else {
+            let answer = reply.json();
+            assert_eq!(answer["type"], "message");
+            assert_eq!(answer["role"], "assistant");
+            assert_eq!(answer["model"], "fake/m");
+            assert_eq!(answer["stop_reason"], "tool_use");
+            assert_eq!(
+                answer["usage"],
+                json!({"input_tokens": 10, "output_tokens": 5})
+            );
+            answer["content"].as_array().unwrap().clone()
+        };
+        assert_eq!(content.len(), 2, "{content:?}");
+        for (i, (block, name)) in content.iter().zip(["weather", "time"]).enumerate() {
+            assert_eq!(block["type"], "tool_use");
+            assert_eq!(block["name"], name);
+            assert_eq!(block["input"], json!({"i": i}));
+        }
+        let sent = upstream.requests().last().unwrap().clone();
+        assert_eq!(
+            sent["messages"][0],
+            json!({"role": "system", "content": "Be brief."})
+        );
+        assert_eq!(
+            sent["tools"][0],
+            json!({"type": "function", "function": {"name": "weather", "description": "Weather",
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})
+        );
+        // The client runs the tools and goes on, on the other replica.
+        let results: Vec<Value> = content
+            .iter()
+            .map(|b| {
+                json!({"type": "tool_result", "tool_use_id": b["id"],
+                            "content": format!("{} ok", b["name"].as_str().unwrap())})
+            })
+            .collect();
+        let body = json!({"model": "fake/m", "max_tokens": 200, "tools": tools, "stream": stream,
+                          "messages": [question, {"role": "assistant", "content": content},
+                                       {"role": "user", "content": results}]});
+        let reply = messages(&b, Some(&key), "/v1/messages", body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let text = if stream {
+            sse_events(&reply.text)
+                .iter()
+                .filter(|(k, _)| k == "content_block_delta")
+                .map(|(_, d)| d["delta"]["text"].as_str().unwrap().to_owned())
+                .collect::<String>()
+        } else {
+            let answer = reply.json();
+            assert_eq!(answer["stop_reason"], "end_turn");
+            answer["content"][0]["text"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(text, "tools said: weather ok, time ok");
+        let sent = upstream.requests().last().unwrap().clone();
+        let roles: Vec<&str> = sent["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "tool", "tool"]);
+        assert_eq!(sent["messages"][1]["tool_calls"][0]["id"], content[0]["id"]);
+        assert_eq!(sent["messages"][2]["tool_call_id"], content[0]["id"]);
+    }
+
+    // A deterministic request is answered from the cache on the other replica, the same answer.
+    let body = json!({"model": "fake/m", "max_tokens": 50, "temperature": 0,
+                      "messages": [{"role": "user", "content": "cache me"}]});
+    let miss = messages(&a, Some(&key), "/v1/messages", body.clone()).await;
+    let calls = upstream.calls();
+    let hit = messages(&b, Some(&key), "/v1/messages", body).await;
+    assert_eq!(hit.headers.get("x-tollgate-cache").unwrap(), "hit");
+    assert_eq!(upstream.calls(), calls);
+    assert_eq!(hit.json()["content"], miss.json()["content"]);
+
+    // Tokens are counted without a call.
+    let counted = messages(
+        &a,
+        Some(&key),
+        "/v1/messages/count_tokens",
+        json!({"model": "fake/m", "messages": [{"role": "user", "content": "how many tokens is this?"}]}),
+    )
+    .await;
+    assert_eq!(counted.status, StatusCode::OK, "{}", counted.text);
+    assert!(counted.json()["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(upstream.calls(), calls);
+
+    // Errors in Anthropic's shape, from the handler and from the layers in front of it.
+    for (key, body, status, kind) in [
+        (
+            Some(key.as_str()),
+            json!({"model": "fake/m", "messages": [{"role": "user", "content": "x"}]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+        ),
+        (
+            Some(key.as_str()),
+            json!({"model": "fake/m", "max_tokens": 5, "top_k": 3, "messages": [{"role": "user", "content": "x"}]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+        ),
+        (
+            None,
+            json!({"model": "fake/m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+        ),
+        (
+            Some("tg-wrong"),
+            json!({"model": "fake/m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+        ),
+        (
+            Some(key.as_str()),
+            json!({"model": "nope/x", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+        ),
+    ] {
+        let reply = messages(&a, key, "/v1/messages", body.clone()).await;
+        assert_eq!(reply.status, status, "{body}: {}", reply.text);
+        let error = reply.json();
+        assert_eq!(error["type"], "error", "{}", reply.text);
+        assert_eq!(error["error"]["type"], kind, "{}", reply.text);
+        assert!(!error["error"]["message"].as_str().unwrap().is_empty());
+    }
+}

@@ -280,7 +280,7 @@ impl Generation {
                     Caching::Bypass => {}
                 }
                 if let Some(session) = self.session.take() {
-                    session.record(&gw, &completion);
+                    session.record(&gw, &completion).await;
                 }
                 // Spend is charged before the answer ends: the key's next request sees it.
                 let used = crate::accounting::Used::of(

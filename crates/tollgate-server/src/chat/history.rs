@@ -19,35 +19,37 @@ pub(crate) struct SessionWrite {
 }
 
 impl SessionWrite {
-    /// Appends the request's messages and the answer to the session, off the request path
-    /// (Redis, then the database through the outbox; a summary when it grew too long).
-    pub(crate) fn record(self, gw: &Arc<Gateway>, completion: &ChatCompletion) {
-        let gw = gw.clone();
+    /// Appends the request's messages and the answer to the session: in Redis before the answer
+    /// ends, then in the database through the outbox (and a summary when it grew too long).
+    pub(crate) async fn record(self, gw: &Arc<Gateway>, completion: &ChatCompletion) {
         let mut messages = self.messages;
         if let Some(choice) = completion.choices.first() {
             messages.push(choice.message.clone());
         }
-        tokio::spawn(async move {
-            match gw
-                .sessions
-                .append_or_create_logged(&self.id, &self.owner, self.system.as_deref(), &messages)
-                .await
-            {
-                Ok(written) => {
-                    crate::summaries::summarize_session_if_long(
-                        &gw,
-                        &self.id,
-                        &self.owner,
-                        written.pending_tokens,
-                    );
+        // Awaited before the answer ends, so the session's next turn (on any replica) has this
+        // one in its history; the durable copy follows.
+        match gw
+            .sessions
+            .append_or_create_logged(&self.id, &self.owner, self.system.as_deref(), &messages)
+            .await
+        {
+            Ok(written) => {
+                crate::summaries::summarize_session_if_long(
+                    gw,
+                    &self.id,
+                    &self.owner,
+                    written.pending_tokens,
+                );
+                let gw = gw.clone();
+                tokio::spawn(async move {
                     crate::sessions::record_write(&gw, &self.id, &self.owner, &written, &messages)
                         .await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not record the exchange in its session");
-                }
+                });
             }
-        });
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the exchange in its session");
+            }
+        }
     }
 }
 

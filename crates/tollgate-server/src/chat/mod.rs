@@ -119,8 +119,10 @@ pub async fn chat_completions(
 
     // Answer.
     match route {
-        Route::Hit(bytes) => plan.hit(admission, &bytes, None),
-        Route::Semantic { bytes, similarity } => plan.hit(admission, &bytes, Some(similarity)),
+        Route::Hit(bytes) => plan.hit(admission, &bytes, None).await,
+        Route::Semantic { bytes, similarity } => {
+            plan.hit(admission, &bytes, Some(similarity)).await
+        }
         Route::Follow { holder, attached } => plan.follow(admission, holder, *attached).await,
         Route::Generate { caching, cache } => plan.generate(admission, caching, cache).await,
     }

@@ -208,7 +208,7 @@ fn record_cached(gw: &Arc<Gateway>, payer: &Payer, model: &str, completion: &Cha
 
 impl Plan {
     /// Answers from a cached answer (`similarity`: a semantic hit's).
-    pub(super) fn hit(
+    pub(super) async fn hit(
         self,
         admission: Admission,
         bytes: &[u8],
@@ -225,7 +225,7 @@ impl Plan {
                 .inc_by(price.cost(usage.prompt_tokens, usage.completion_tokens));
         }
         if let Some(s) = self.session {
-            s.record(&gw, &completion);
+            s.record(&gw, &completion).await;
         }
         record_cached(&gw, &self.payer, &self.req.model, &completion);
         let mut headers = admission.headers.clone();
@@ -289,7 +289,7 @@ impl Plan {
             }
             let completion = aggregator.finish();
             if let Some(session) = self.session {
-                session.record(&self.gw, &completion);
+                session.record(&self.gw, &completion).await;
             }
             record_cached(&self.gw, &self.payer, &self.req.model, &completion);
             drop(admission);
@@ -338,7 +338,7 @@ impl Plan {
                 if let Relayed::Done = event {
                     let completion = std::mem::take(&mut s.aggregator).finish();
                     if let Some(session) = s.session.take() {
-                        session.record(&s.gw, &completion);
+                        session.record(&s.gw, &completion).await;
                     }
                     record_cached(&s.gw, &s.payer, &s.model, &completion);
                 }

@@ -9,6 +9,7 @@ pub mod embeddings;
 pub mod events;
 pub mod features;
 pub mod keys;
+pub mod messages;
 pub mod models;
 pub mod ops;
 pub mod responses;
