@@ -22,7 +22,7 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "install-deps: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-if ! python3 -c 'import openai, schemathesis' >/dev/null 2>&1; then
+if ! python3 -c 'import openai, anthropic, schemathesis' >/dev/null 2>&1; then
   command -v python3 >/dev/null 2>&1 || { echo "install-deps: python3 not found (the end-to-end tests use it)" >&2; exit 1; }
   echo "installing Python test dependencies from PyPI" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r "$here/tests/python/requirements.txt"

@@ -1,5 +1,6 @@
-//! The official `openai` Python package against a real `tollgate` process (install it with
-//! `pip install -r tests/python/requirements.txt`; `scripts/install-deps.sh` does).
+//! The official `openai` and `anthropic` Python packages against real `tollgate` processes
+//! (install them with `pip install -r tests/python/requirements.txt`; `scripts/install-deps.sh`
+//! does).
 
 #![allow(clippy::unwrap_used, reason = "tests panic on failure")]
 
@@ -85,6 +86,43 @@ async fn the_openai_python_client_runs_a_tool_loop_through_responses() {
         "python checks failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+    // Both steps of each loop reached the upstream: 2 loops of 2 steps.
+    assert_eq!(upstream.calls(), 4);
+}
+
+/// The official `anthropic` package through `/v1/messages` on two replicas, in front of an
+/// OpenAI-compatible upstream that calls tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anthropic_python_client_runs_a_tool_loop_through_messages() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig::default()).await;
+    let (_dir, path) = config_file(&format!(
+        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\n",
+        upstream.base_url()
+    ));
+    let a = Replica::start(&redis.url(), &path, &[]);
+    let b = Replica::start(&redis.url(), &path, &[]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/anthropic_messages.py"
+    );
+    let output = Command::new("python3")
+        .arg(script)
+        .env("ANTHROPIC_BASE_URL", a.url(""))
+        .env("TOLLGATE_OTHER_BASE_URL", b.url(""))
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named 'anthropic'"),
+        "install the client: pip install -r tests/python/requirements.txt"
+    );
+    assert!(
+        output.status.success(),
+        "python checks failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
     // Both steps of each loop reached the upstream: 2 loops of 2 steps.
     assert_eq!(upstream.calls(), 4);
 }

@@ -266,6 +266,8 @@ struct PartialChoice {
     has_content: bool,
     tool_calls: Vec<Value>,
     finish_reason: Option<String>,
+    /// The chunks' log probabilities, their `content` and `refusal` lists joined.
+    logprobs: Option<Map<String, Value>>,
     extra: Map<String, Value>,
 }
 
@@ -300,6 +302,20 @@ impl Aggregator {
             }
             for call in c.delta.tool_calls.iter().flatten() {
                 merge_tool_call(&mut p.tool_calls, call);
+            }
+            if let Some(Value::Object(lp)) = &c.logprobs {
+                let joined = p.logprobs.get_or_insert_with(Map::new);
+                for (k, v) in lp {
+                    match (joined.get_mut(k), v) {
+                        (Some(Value::Array(list)), Value::Array(more)) => {
+                            list.extend(more.iter().cloned())
+                        }
+                        (None, _) | (Some(Value::Null), _) => {
+                            joined.insert(k.clone(), v.clone());
+                        }
+                        _ => {}
+                    }
+                }
             }
             if c.finish_reason.is_some() {
                 p.finish_reason = c.finish_reason.clone();
@@ -344,7 +360,7 @@ impl Aggregator {
                         extra,
                     },
                     finish_reason: p.finish_reason,
-                    logprobs: None,
+                    logprobs: p.logprobs.map(Value::Object),
                 }
             })
             .collect();
@@ -447,15 +463,13 @@ pub fn completion_to_chunks(completion: &ChatCompletion, include_usage: bool) ->
                 body.extra.insert(k.clone(), v.clone());
             }
         }
-        if body != Delta::default() {
-            out.push(ChatChunk::delta(
-                id,
-                created,
-                model,
-                choice.index,
-                body,
-                None,
-            ));
+        if body != Delta::default() || choice.logprobs.is_some() {
+            let mut chunk = ChatChunk::delta(id, created, model, choice.index, body, None);
+            // The whole answer's log probabilities ride on the chunk that carries its text.
+            if let Some(c) = chunk.choices.first_mut() {
+                c.logprobs = choice.logprobs.clone();
+            }
+            out.push(chunk);
         }
         out.push(ChatChunk::delta(
             id,
@@ -479,6 +493,38 @@ pub fn completion_to_chunks(completion: &ChatCompletion, include_usage: bool) ->
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn log_probabilities_of_a_stream_are_joined_in_the_whole_answer() {
+        let chunk = |text: &str, token: Value| -> ChatChunk {
+            serde_json::from_value(
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null,
+                             "logprobs": {"content": [token], "refusal": null}}]}),
+            )
+            .unwrap()
+        };
+        let mut agg = Aggregator::default();
+        agg.push(&chunk("Hi", json!({"token": "Hi", "logprob": -0.1})));
+        agg.push(&chunk(
+            " there",
+            json!({"token": " there", "logprob": -0.2}),
+        ));
+        let done = agg.finish();
+        assert_eq!(
+            done.choices[0].logprobs,
+            Some(
+                json!({"content": [{"token": "Hi", "logprob": -0.1}, {"token": " there", "logprob": -0.2}],
+                        "refusal": null})
+            )
+        );
+        // Replayed (a streamed cache hit) and folded again: the same answer.
+        let mut again = Aggregator::default();
+        for c in completion_to_chunks(&done, false) {
+            again.push(&c);
+        }
+        assert_eq!(again.finish().choices, done.choices);
+    }
 
     #[test]
     fn chunks_fold_into_the_answer_they_spell_and_back() {
