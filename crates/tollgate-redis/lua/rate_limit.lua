@@ -215,22 +215,26 @@ local function tokens(key, capacity, period_ms, cost)
 end
 
 -- Concurrency slots as leases: a slot is held until released or until its lease expires, so a
--- dead holder's slot comes back by itself. Acquiring a lease id already held renews it.
+-- dead holder's slot comes back by itself. Acquiring a lease id already held renews it (looked up
+-- only at the limit, where it decides). Every lease lasts `lease_ms`, so the newest expiry is the
+-- key's: set on a new key, pushed later (GT) on one that has expiring members.
 local function lease(key, limit, lease_ms, id)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  local held = redis.call('ZSCORE', key, id)
   local used = redis.call('ZCARD', key)
-  if held then used = used - 1 end
+  if used >= limit and redis.call('ZSCORE', key, id) then used = used - 1 end
   if used >= limit then
     local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     local retry = tonumber(first[2]) - now
     return {0, limit, 0, ms(retry), ms(retry)}, noop
   end
   local expiry = now + lease_ms * 1000
-  return {1, limit, limit - used - 1, lease_ms, 0}, function()
+  return {1, limit, math.max(limit - used - 1, 0), lease_ms, 0}, function()
     redis.call('ZADD', key, fmt(expiry), id)
-    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    redis.call('PEXPIRE', key, ms(tonumber(last[2]) - now) + 1)
+    if used == 0 then
+      redis.call('PEXPIRE', key, lease_ms + 1)
+    else
+      redis.call('PEXPIRE', key, lease_ms + 1, 'GT')
+    end
   end
 end
 
