@@ -1540,3 +1540,55 @@ async fn the_messages_api_runs_a_tool_loop_in_front_of_any_provider() {
         assert!(!error["error"]["message"].as_str().unwrap().is_empty());
     }
 }
+
+/// Identical deterministic tool-calling requests in flight together share one upstream call, on
+/// two replicas, streamed and not, and get the same calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_tool_calling_requests_in_flight_share_one_upstream_call() {
+    let redis = RedisServer::start();
+    let sqlite = TestDatabase::sqlite();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        chunk_delay: Duration::from_millis(60),
+        ..FakeUpstreamConfig::default()
+    })
+    .await;
+    let extra = fake_provider(&upstream);
+    let prefix = unique_prefix();
+    let a = gateway(&redis.url(), &sqlite.url(), &prefix, &extra).await;
+    let b = gateway(&redis.url(), &sqlite.url(), &prefix, &extra).await;
+    let body = |stream: bool| {
+        json!({"model": "fake/m", "temperature": 0, "stream": stream,
+               "tools": [{"type": "function", "function": {"name": "weather"}},
+                         {"type": "function", "function": {"name": "time"}}],
+               "messages": [{"role": "user", "content": "together"}]})
+    };
+    let leader = call(&a, "POST", "/v1/chat/completions", None, Some(body(false)));
+    let follower = async {
+        // Starts once the leader's call is under way.
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        call(&b, "POST", "/v1/chat/completions", None, Some(body(true))).await
+    };
+    let (leader, follower) = tokio::join!(leader, follower);
+    assert_eq!(leader.status, StatusCode::OK, "{}", leader.text);
+    assert_eq!(follower.status, StatusCode::OK, "{}", follower.text);
+    assert_eq!(upstream.calls(), 1);
+    let calls = leader.json()["choices"][0]["message"]["tool_calls"].clone();
+    assert_eq!(calls.as_array().unwrap().len(), 2, "{calls}");
+    // The follower's stream folds into the same calls.
+    let mut folded = tollgate_core::Aggregator::default();
+    for data in follower
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+    {
+        if let Ok(chunk) = serde_json::from_str::<tollgate_core::ChatChunk>(data) {
+            folded.push(&chunk);
+        }
+    }
+    let folded = folded.finish();
+    assert_eq!(folded.choices[0].message.extra["tool_calls"], calls);
+    assert_eq!(
+        folded.choices[0].finish_reason.as_deref(),
+        Some("tool_calls")
+    );
+}

@@ -132,7 +132,8 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> 
         .to_owned();
     let config = shared.config.clone();
     if let Some(answer) = tool_answer(&request, n) {
-        return answer.respond(&model, request.get("stream") == Some(&Value::Bool(true)));
+        let stream = request.get("stream") == Some(&Value::Bool(true));
+        return answer.respond(&model, stream, config.chunk_delay).await;
     }
     if request.get("stream") != Some(&Value::Bool(true)) {
         // The same pauses as a stream (one per event), then the whole answer.
@@ -230,7 +231,8 @@ fn tool_answer(request: &Value, n: u64) -> Option<ToolAnswer> {
 }
 
 impl ToolAnswer {
-    fn respond(self, model: &str, stream: bool) -> Response {
+    /// The answer, paced by `delay` per event as text answers are.
+    async fn respond(self, model: &str, stream: bool, delay: Duration) -> Response {
         let usage = json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15});
         let (message, finish) = match &self {
             ToolAnswer::Calls(calls) => (
@@ -240,6 +242,9 @@ impl ToolAnswer {
             ToolAnswer::Text(text) => (json!({"role": "assistant", "content": text}), "stop"),
         };
         if !stream {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay * 4).await;
+            }
             return Json(json!({
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish}],
@@ -283,7 +288,7 @@ impl ToolAnswer {
         events.push(last);
         Response::builder()
             .header("content-type", "text/event-stream")
-            .body(paced_body(events, Duration::ZERO))
+            .body(paced_body(events, delay))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
     }
 }
