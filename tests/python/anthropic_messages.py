@@ -8,15 +8,14 @@ the two replicas. Prints one line per check and a closing "N passed, N failed".
 """
 
 import os
-import sys
 
 import anthropic
+from checks import check, finish
 
 first = anthropic.Anthropic(base_url=os.environ["ANTHROPIC_BASE_URL"], api_key="unused", max_retries=0)
 other = anthropic.Anthropic(
     base_url=os.environ["TOLLGATE_OTHER_BASE_URL"], api_key="unused", max_retries=0
 )
-results = []
 
 TOOLS = [
     {
@@ -26,20 +25,6 @@ TOOLS = [
     },
     {"name": "get_time", "input_schema": {"type": "object", "properties": {}}},
 ]
-
-
-def check(name):
-    def run(fn):
-        try:
-            fn()
-            results.append((name, None))
-            print(f"ok    {name}")
-        except Exception as e:  # a failed check is reported, not raised
-            results.append((name, e))
-            print(f"FAIL  {name}: {type(e).__name__}: {e}")
-        return fn
-
-    return run
 
 
 def tool_results(message):
@@ -122,6 +107,4 @@ def _():
     raise AssertionError("no error")
 
 
-failed = [name for name, error in results if error]
-print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-sys.exit(1 if failed else 0)
+finish()

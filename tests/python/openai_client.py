@@ -6,27 +6,12 @@ request per minute) set. Prints one line per check and a closing "N passed, N fa
 """
 
 import os
-import sys
 
 import openai
+from checks import check, finish
 
 BASE = os.environ["OPENAI_BASE_URL"]
 client = openai.OpenAI(base_url=BASE, api_key=os.environ["OPENAI_API_KEY"], max_retries=0)
-results = []
-
-
-def check(name):
-    def run(fn):
-        try:
-            fn()
-            results.append((name, None))
-            print(f"ok    {name}")
-        except Exception as e:  # a failed check is reported, not raised
-            results.append((name, e))
-            print(f"FAIL  {name}: {type(e).__name__}: {e}")
-        return fn
-
-    return run
 
 
 @check("chat completion")
@@ -119,6 +104,4 @@ def _():
     raise AssertionError("no error")
 
 
-failed = [name for name, error in results if error]
-print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-sys.exit(1 if failed else 0)
+finish()

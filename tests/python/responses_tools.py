@@ -9,13 +9,12 @@ TOLLGATE_OTHER_BASE_URL are the two replicas. Prints one line per check and a cl
 
 import json
 import os
-import sys
 
 import openai
+from checks import check, finish
 
 first = openai.OpenAI(base_url=os.environ["OPENAI_BASE_URL"], api_key="unused", max_retries=0)
 other = openai.OpenAI(base_url=os.environ["TOLLGATE_OTHER_BASE_URL"], api_key="unused", max_retries=0)
-results = []
 
 TOOLS = [
     {
@@ -26,20 +25,6 @@ TOOLS = [
     },
     {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}},
 ]
-
-
-def check(name):
-    def run(fn):
-        try:
-            fn()
-            results.append((name, None))
-            print(f"ok    {name}")
-        except Exception as e:  # a failed check is reported, not raised
-            results.append((name, e))
-            print(f"FAIL  {name}: {type(e).__name__}: {e}")
-        return fn
-
-    return run
 
 
 def run_tools(response):
@@ -102,6 +87,4 @@ def _():
     raise AssertionError("no error")
 
 
-failed = [name for name, error in results if error]
-print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-sys.exit(1 if failed else 0)
+finish()

@@ -12,6 +12,30 @@ use common::{Replica, config_file};
 use serde_json::{Value, json};
 use tollgate_testkit::{FakeUpstream, FakeUpstreamConfig, RedisServer};
 
+/// Runs `tests/python/SCRIPT` with `env`; asserts it ran every check and `passed` passed.
+fn run_python(script: &str, env: &[(&str, String)], passed: usize) {
+    let path = format!("{}/../../tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("python3")
+        .arg(path)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "install the clients: pip install -r tests/python/requirements.txt\n{stderr}"
+    );
+    assert!(
+        output.status.success(),
+        "python checks failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("{passed} passed, 0 failed")),
+        "{stdout}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_client_works_against_tollgate() {
     let redis = RedisServer::start();
@@ -33,28 +57,15 @@ async fn the_openai_python_client_works_against_tollgate() {
             .unwrap();
         keys.push(created["key"].as_str().unwrap().to_owned());
     }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/python/openai_client.py"
+    run_python(
+        "openai_client.py",
+        &[
+            ("OPENAI_BASE_URL", replica.url("/v1")),
+            ("OPENAI_API_KEY", keys[0].clone()),
+            ("TOLLGATE_LIMITED_KEY", keys[1].clone()),
+        ],
+        8,
     );
-    let output = Command::new("python3")
-        .arg(script)
-        .env("OPENAI_BASE_URL", replica.url("/v1"))
-        .env("OPENAI_API_KEY", &keys[0])
-        .env("TOLLGATE_LIMITED_KEY", &keys[1])
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("No module named 'openai'"),
-        "install the client: pip install -r tests/python/requirements.txt"
-    );
-    assert!(
-        output.status.success(),
-        "python checks failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("8 passed, 0 failed"), "{stdout}");
 }
 
 /// An agent's tool loop through `/v1/responses` with the `openai` package, on two replicas in
@@ -69,23 +80,14 @@ async fn the_openai_python_client_runs_a_tool_loop_through_responses() {
     ));
     let a = Replica::start(&redis.url(), &path, &[]);
     let b = Replica::start(&redis.url(), &path, &[]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/python/responses_tools.py"
+    run_python(
+        "responses_tools.py",
+        &[
+            ("OPENAI_BASE_URL", a.url("/v1")),
+            ("TOLLGATE_OTHER_BASE_URL", b.url("/v1")),
+        ],
+        3,
     );
-    let output = Command::new("python3")
-        .arg(script)
-        .env("OPENAI_BASE_URL", a.url("/v1"))
-        .env("TOLLGATE_OTHER_BASE_URL", b.url("/v1"))
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python checks failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
     // Both steps of each loop reached the upstream: 2 loops of 2 steps.
     assert_eq!(upstream.calls(), 4);
 }
@@ -102,27 +104,14 @@ async fn the_anthropic_python_client_runs_a_tool_loop_through_messages() {
     ));
     let a = Replica::start(&redis.url(), &path, &[]);
     let b = Replica::start(&redis.url(), &path, &[]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/python/anthropic_messages.py"
+    run_python(
+        "anthropic_messages.py",
+        &[
+            ("ANTHROPIC_BASE_URL", a.url("")),
+            ("TOLLGATE_OTHER_BASE_URL", b.url("")),
+        ],
+        4,
     );
-    let output = Command::new("python3")
-        .arg(script)
-        .env("ANTHROPIC_BASE_URL", a.url(""))
-        .env("TOLLGATE_OTHER_BASE_URL", b.url(""))
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("No module named 'anthropic'"),
-        "install the client: pip install -r tests/python/requirements.txt"
-    );
-    assert!(
-        output.status.success(),
-        "python checks failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
     // Both steps of each loop reached the upstream: 2 loops of 2 steps.
     assert_eq!(upstream.calls(), 4);
 }

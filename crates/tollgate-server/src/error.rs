@@ -189,6 +189,16 @@ impl ApiError {
     }
 }
 
+/// A request the core crate's checks or translations refused: a 400 naming the parameter.
+impl From<tollgate_core::InvalidRequest> for ApiError {
+    fn from(e: tollgate_core::InvalidRequest) -> Self {
+        ApiError::BadRequest {
+            message: e.message,
+            param: e.param,
+        }
+    }
+}
+
 /// The Redis patterns' errors, each once: what the caller can do decides the status. Handlers
 /// that know better (a session's "not found" names the session) match those cases first.
 impl From<tollgate_redis::Error> for ApiError {

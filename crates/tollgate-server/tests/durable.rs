@@ -329,16 +329,7 @@ async fn a_streamed_response_is_stored_before_it_completes() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-    let events: Vec<(String, Value)> = reply
-        .text
-        .split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let kind = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
-            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
-            (kind.to_owned(), serde_json::from_str(data).unwrap())
-        })
-        .collect();
+    let events = sse_events(&reply.text);
     let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         kinds[..4],

@@ -57,10 +57,7 @@ pub async fn chat_completions(
     opts: ChatOptions,
 ) -> Result<ChatReply, ApiError> {
     // Prepare.
-    req.validate().map_err(|e| ApiError::BadRequest {
-        message: e.message,
-        param: e.param,
-    })?;
+    req.validate()?;
     if !gw.router().knows(&req.model) {
         return Err(ApiError::UnknownModel(req.model));
     }

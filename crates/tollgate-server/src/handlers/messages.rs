@@ -26,13 +26,6 @@ use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
 
-fn invalid(e: tollgate_core::InvalidRequest) -> ApiError {
-    ApiError::BadRequest {
-        message: e.message,
-        param: e.param,
-    }
-}
-
 /// `POST /v1/messages`.
 pub async fn messages_handler(
     State(gw): State<AppState>,
@@ -40,7 +33,7 @@ pub async fn messages_handler(
     opts: ChatOptions,
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
-    let chat = tollgate_core::messages::to_chat(&body).map_err(invalid)?;
+    let chat = tollgate_core::messages::to_chat(&body)?;
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let req: ChatRequest =
         serde_json::from_value(chat).map_err(|e| ApiError::bad(e.to_string(), None))?;
@@ -67,7 +60,7 @@ pub async fn count_tokens_handler(
     if let Some(obj) = body.as_object_mut() {
         obj.entry("max_tokens").or_insert(json!(1));
     }
-    let chat = tollgate_core::messages::to_chat(&body).map_err(invalid)?;
+    let chat = tollgate_core::messages::to_chat(&body)?;
     let req: ChatRequest =
         serde_json::from_value(chat).map_err(|e| ApiError::bad(e.to_string(), None))?;
     let mut tokens: u64 = req

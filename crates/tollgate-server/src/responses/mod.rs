@@ -128,11 +128,7 @@ pub async fn create_response(
     req: ResponsesRequest,
 ) -> Result<ResponseReply, ApiError> {
     check_supported(&req)?;
-    let input =
-        tollgate_core::responses::input_messages(&req.input).map_err(|e| ApiError::BadRequest {
-            message: e.message,
-            param: e.param,
-        })?;
+    let input = tollgate_core::responses::input_messages(&req.input)?;
     let previous = match &req.previous_response_id {
         Some(id) => Some(
             load(gw, id, &principal.subject)
@@ -205,22 +201,16 @@ fn chat_request(
             chat_req[name] = v;
         }
     }
-    let invalid = |e: tollgate_core::InvalidRequest| ApiError::BadRequest {
-        message: e.message,
-        param: e.param,
-    };
     let tools = req.tools.as_deref().unwrap_or_default();
     if !tools.is_empty() {
-        chat_req["tools"] =
-            Value::Array(tollgate_core::responses::chat_tools(tools).map_err(invalid)?);
+        chat_req["tools"] = Value::Array(tollgate_core::responses::chat_tools(tools)?);
         if let Some(parallel) = req.parallel_tool_calls {
             chat_req["parallel_tool_calls"] = Value::Bool(parallel);
         }
     }
     match &req.tool_choice {
         Some(choice) if !tools.is_empty() => {
-            chat_req["tool_choice"] =
-                tollgate_core::responses::chat_tool_choice(choice).map_err(invalid)?;
+            chat_req["tool_choice"] = tollgate_core::responses::chat_tool_choice(choice)?;
         }
         // Without tools, "auto" and "none" mean what no choice means.
         Some(Value::String(s)) if s == "auto" || s == "none" => {}
