@@ -89,6 +89,7 @@ async fn rig(binary: Option<PathBuf>, chunk_delay: Duration, extra: &str) -> any
         chunks: 16,
         chunk_delay,
         fail_first: 0,
+        ..Default::default()
     })
     .await;
     let dir = tempfile::tempdir()?;

@@ -62,6 +62,7 @@ async fn a_gateway_killed_mid_stream_is_resumed_on_another_and_ends_in_an_error_
         chunks: 200,
         chunk_delay: Duration::from_millis(30),
         fail_first: 0,
+        ..Default::default()
     })
     .await;
     let (_dir, path) = config_file(&format!(
@@ -232,6 +233,7 @@ async fn an_identical_request_takes_over_from_a_leader_whose_gateway_died() {
         chunks: 40,
         chunk_delay: Duration::from_millis(50),
         fail_first: 0,
+        ..Default::default()
     })
     .await;
     let (_dir, path) = config_file(&format!(
@@ -283,6 +285,7 @@ async fn a_leaders_lease_lasts_the_producer_timeout_and_is_renewed_while_it_work
         chunks: 40,
         chunk_delay: Duration::from_millis(50),
         fail_first: 0,
+        ..Default::default()
     })
     .await;
     let (_dir, path) = config_file(&format!(

@@ -77,6 +77,7 @@ async fn thirty_identical_requests_over_three_processes_make_one_upstream_call()
         chunks: 12,
         chunk_delay: Duration::from_millis(40),
         fail_first: 0,
+        ..Default::default()
     })
     .await;
     let (_dir, path) = config_file(&upstream_config(&upstream, ""));
@@ -122,6 +123,7 @@ async fn a_stream_started_on_one_process_is_read_and_resumed_on_others() {
         chunks: 40,
         chunk_delay: Duration::from_millis(15),
         fail_first: 0,
+        ..Default::default()
     })
     .await;
     let (_dir, path) = config_file(&upstream_config(&upstream, ""));
@@ -307,6 +309,7 @@ async fn sigterm_lets_an_in_flight_stream_finish_before_exiting() {
         chunks: 20,
         chunk_delay: Duration::from_millis(40),
         fail_first: 0,
+        ..Default::default()
     })
     .await;
     let (_dir, path) = config_file(&upstream_config(&upstream, ""));

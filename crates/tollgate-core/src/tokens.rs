@@ -1,6 +1,7 @@
 //! Token counting. Limits and history windows need a count before the provider reports usage;
 //! the counter is a trait so the gateway can plug in a real tokenizer for the model.
 
+use crate::chat::ChatRequest;
 use crate::message::ChatMessage;
 
 /// Counts the tokens a text or a message costs.
@@ -12,6 +13,20 @@ pub trait TokenCounter: Send + Sync + std::fmt::Debug {
     fn count_message(&self, message: &ChatMessage) -> u32 {
         // OpenAI's chat format spends about 4 tokens per message on role and separators.
         4 + self.count_text(&message.role) + self.count_text(&message.text_content())
+    }
+
+    /// Tokens of a request's prompt: its messages and the tools it declares.
+    fn count_prompt(&self, request: &ChatRequest) -> u64 {
+        let messages: u64 = request
+            .messages
+            .iter()
+            .map(|m| u64::from(self.count_message(m)))
+            .sum();
+        let tools = request
+            .extra
+            .get("tools")
+            .map_or(0, |tools| u64::from(self.count_text(&tools.to_string())));
+        messages + tools
     }
 }
 
@@ -39,5 +54,20 @@ mod tests {
             c.count_message(&ChatMessage::text("user", "abcd")),
             4 + 1 + 1
         );
+    }
+
+    #[test]
+    fn a_prompt_counts_its_messages_and_its_tools() {
+        let c = ApproxTokenCounter;
+        let plain: ChatRequest = serde_json::from_value(serde_json::json!({
+            "model": "m", "messages": [{"role": "user", "content": "abcd"}, {"role": "user", "content": "abcd"}],
+        }))
+        .unwrap();
+        assert_eq!(c.count_prompt(&plain), 12);
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "abc"}}]);
+        let mut with_tools = plain.clone();
+        with_tools.extra.insert("tools".into(), tools.clone());
+        let expected = 12 + u64::from(c.count_text(&tools.to_string()));
+        assert_eq!(c.count_prompt(&with_tools), expected);
     }
 }

@@ -1532,6 +1532,181 @@ async fn the_messages_api_runs_a_tool_loop_in_front_of_any_provider() {
     }
 }
 
+/// OpenAI's chat API in front of Anthropic's Messages API (a fake that checks `x-api-key` and
+/// `anthropic-version` and answers in Anthropic's format): an agent's tool loop, each step on
+/// another replica, streamed and not, checked field by field both ways; prompt-cache tokens are
+/// prompt tokens; an upstream that refuses the key is an error the client can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_api_runs_a_tool_loop_in_front_of_an_anthropic_upstream() {
+    let redis = RedisServer::start();
+    let sqlite = TestDatabase::sqlite();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        api_key: Some("sk-ant".into()),
+        ..FakeUpstreamConfig::default()
+    })
+    .await;
+    let extra = format!(
+        "[server]\nmaster_key = \"mk\"\n\
+         [providers.ant]\nkind = \"anthropic\"\nbase_url = \"{0}\"\napi_key = \"sk-ant\"\n\
+         [providers.badkey]\nkind = \"anthropic\"\nbase_url = \"{0}\"\napi_key = \"sk-wrong\"\n",
+        upstream.anthropic_base_url()
+    );
+    let prefix = unique_prefix();
+    let a = gateway(&redis.url(), &sqlite.url(), &prefix, &extra).await;
+    let b = gateway(&redis.url(), &sqlite.url(), &prefix, &extra).await;
+    let key = create_key(&a, json!({})).await;
+    let tools = json!([
+        {"type": "function", "function": {"name": "weather", "description": "Weather",
+         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+        {"type": "function", "function": {"name": "time"}}
+    ]);
+    for stream in [false, true] {
+        let question = json!({"role": "user", "content": format!("plan a trip (stream {stream})")});
+        let mut body = json!({"model": "ant/m", "max_tokens": 100, "stream": stream, "tools": tools,
+                              "tool_choice": "required", "stop": "END",
+                              "messages": [{"role": "system", "content": "Be brief."}, question]});
+        if stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let reply = call(&a, "POST", "/v1/chat/completions", Some(&key), Some(body)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let answer = chat_answer(&reply.text, stream);
+        assert_eq!(
+            answer["choices"][0]["finish_reason"], "tool_calls",
+            "{answer}"
+        );
+        assert_eq!(
+            answer["usage"]["prompt_tokens"], 10,
+            "4 input + 6 read from the cache"
+        );
+        let calls = answer["choices"][0]["message"]["tool_calls"].clone();
+        let names: Vec<&str> = calls
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["function"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["weather", "time"], "{answer}");
+        for (i, call) in calls.as_array().unwrap().iter().enumerate() {
+            assert!(call["id"].as_str().unwrap().starts_with("toolu_"), "{call}");
+            let arguments: Value =
+                serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            assert_eq!(arguments, json!({"i": i}));
+        }
+        // What Anthropic received, field by field.
+        let sent = upstream.requests().last().unwrap().clone();
+        assert_eq!(sent["system"], "Be brief.");
+        assert_eq!(sent["max_tokens"], 100);
+        assert_eq!(sent["stop_sequences"], json!(["END"]));
+        assert_eq!(sent["tool_choice"], json!({"type": "any"}));
+        assert_eq!(
+            sent["tools"],
+            json!([{"name": "weather", "description": "Weather",
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                   {"name": "time", "input_schema": {"type": "object", "properties": {}}}])
+        );
+        assert_eq!(sent["messages"], json!([question]));
+
+        // The client runs the tools and goes on, on the other replica.
+        let mut turns = vec![question.clone(), answer["choices"][0]["message"].clone()];
+        for call in calls.as_array().unwrap() {
+            turns.push(json!({"role": "tool", "tool_call_id": call["id"],
+                              "content": format!("{} ok", call["function"]["name"].as_str().unwrap())}));
+        }
+        let body = json!({"model": "ant/m", "max_tokens": 100, "stream": stream, "tools": tools,
+                          "messages": turns});
+        let reply = call(&b, "POST", "/v1/chat/completions", Some(&key), Some(body)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let answer = chat_answer(&reply.text, stream);
+        assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+        assert_eq!(
+            answer["choices"][0]["message"]["content"],
+            "tools said: weather ok, time ok"
+        );
+        let sent = upstream.requests().last().unwrap().clone();
+        assert_eq!(
+            sent["messages"][1],
+            json!({"role": "assistant", "content": [
+                {"type": "tool_use", "id": calls[0]["id"], "name": "weather", "input": {"i": 0}},
+                {"type": "tool_use", "id": calls[1]["id"], "name": "time", "input": {"i": 1}}]})
+        );
+        assert_eq!(
+            sent["messages"][2],
+            json!({"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": calls[0]["id"], "content": "weather ok"},
+                {"type": "tool_result", "tool_use_id": calls[1]["id"], "content": "time ok"}]})
+        );
+    }
+
+    // The upstream refuses a wrong key: the client gets an error, not an empty answer.
+    let calls = upstream.calls();
+    let body = json!({"model": "badkey/m", "messages": [{"role": "user", "content": "hi"}]});
+    let reply = call(&a, "POST", "/v1/chat/completions", Some(&key), Some(body)).await;
+    assert!(
+        reply.status.is_client_error() || reply.status.is_server_error(),
+        "{}",
+        reply.text
+    );
+    assert!(
+        reply.json()["error"]["message"].is_string(),
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        upstream.calls(),
+        calls,
+        "a refused key is not a counted call"
+    );
+}
+
+/// A chat answer, folded from its chunks when streamed, in the non-streamed shape.
+fn chat_answer(text: &str, stream: bool) -> Value {
+    if !stream {
+        return serde_json::from_str(text).unwrap();
+    }
+    let mut content = String::new();
+    let mut calls: Vec<Value> = Vec::new();
+    let (mut finish, mut usage) = (Value::Null, Value::Null);
+    for data in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            break;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        if !chunk["usage"].is_null() {
+            usage = chunk["usage"].clone();
+        }
+        let Some(choice) = chunk["choices"].get(0) else {
+            continue;
+        };
+        if !choice["finish_reason"].is_null() {
+            finish = choice["finish_reason"].clone();
+        }
+        content.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        for call in choice["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let i = call["index"].as_u64().unwrap() as usize;
+            if calls.len() <= i {
+                calls.push(json!({"id": call["id"], "type": "function",
+                                  "function": {"name": call["function"]["name"], "arguments": ""}}));
+            }
+            let arguments = format!(
+                "{}{}",
+                calls[i]["function"]["arguments"].as_str().unwrap(),
+                call["function"]["arguments"].as_str().unwrap_or("")
+            );
+            calls[i]["function"]["arguments"] = Value::String(arguments);
+        }
+    }
+    let mut message = json!({"role": "assistant", "content": content});
+    if !calls.is_empty() {
+        message = json!({"role": "assistant", "content": null, "tool_calls": calls});
+    }
+    json!({"choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage})
+}
+
 /// Identical deterministic tool-calling requests in flight together share one upstream call, on
 /// two replicas, streamed and not, and get the same calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,13 +94,7 @@ pub async fn chat_completions(
     // One admission.
     // Tokens are counted only for a request that goes upstream: a hit or a follower costs none.
     let estimate = || {
-        let prompt: u64 = plan
-            .req
-            .messages
-            .iter()
-            .map(|m| u64::from(gw.counter.count_message(m)))
-            .sum();
-        prompt
+        gw.counter.count_prompt(&plan.req)
             + plan
                 .req
                 .max_output_tokens()

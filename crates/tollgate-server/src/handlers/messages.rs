@@ -63,15 +63,9 @@ pub async fn count_tokens_handler(
     let chat = tollgate_core::messages::to_chat(&body)?;
     let req: ChatRequest =
         serde_json::from_value(chat).map_err(|e| ApiError::bad(e.to_string(), None))?;
-    let mut tokens: u64 = req
-        .messages
-        .iter()
-        .map(|m| u64::from(gw.counter.count_message(m)))
-        .sum();
-    if let Some(tools) = req.extra.get("tools") {
-        tokens += u64::from(gw.counter.count_text(&tools.to_string()));
-    }
-    Ok(axum::Json(json!({"input_tokens": tokens})))
+    Ok(axum::Json(
+        json!({"input_tokens": gw.counter.count_prompt(&req)}),
+    ))
 }
 
 /// Errors on the Messages paths in the Messages shape:

@@ -1,7 +1,11 @@
-//! A fake OpenAI-compatible upstream (the real ones are paid and out of reach): an HTTP server on
-//! a free loopback port that answers `POST /v1/chat/completions` with a fixed number of chunks at
-//! a fixed pace (or, after the same pauses, one JSON answer when `stream` is not true), counts and
-//! keeps the requests it gets, and can fail the first N calls with 500.
+//! A fake LLM upstream (the real ones are paid and out of reach): an HTTP server on a free
+//! loopback port that speaks OpenAI's chat completions (`POST /v1/chat/completions`) and
+//! Anthropic's Messages API (`POST /v1/messages`, see [`anthropic`]). It answers with a fixed
+//! number of chunks at a fixed pace (or, after the same pauses, one JSON answer when `stream` is
+//! not true), calls the tools it is given, counts and keeps the requests it gets, checks the API
+//! key each API's way when given one, and can fail the first N calls with 500.
+
+mod anthropic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +15,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -24,6 +28,9 @@ pub struct FakeUpstreamConfig {
     pub chunk_delay: Duration,
     /// The first this-many calls get a 500.
     pub fail_first: u64,
+    /// The key every call must carry (`Authorization: Bearer` for OpenAI's API, `x-api-key` for
+    /// Anthropic's); any key is taken when `None`.
+    pub api_key: Option<String>,
 }
 
 impl Default for FakeUpstreamConfig {
@@ -32,6 +39,7 @@ impl Default for FakeUpstreamConfig {
             chunks: 8,
             chunk_delay: Duration::ZERO,
             fail_first: 0,
+            api_key: None,
         }
     }
 }
@@ -61,6 +69,7 @@ impl FakeUpstream {
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(chat))
+            .route("/v1/messages", axum::routing::post(anthropic::messages))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -75,9 +84,14 @@ impl FakeUpstream {
         FakeUpstream { addr, shared, task }
     }
 
-    /// `http://127.0.0.1:PORT/v1`, the base URL to configure.
+    /// `http://127.0.0.1:PORT/v1`, the base URL to configure for an OpenAI-compatible provider.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`, the base URL to configure for an Anthropic provider.
+    pub fn anthropic_base_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Calls received so far.
@@ -106,34 +120,75 @@ impl Drop for FakeUpstream {
     }
 }
 
-fn answer_text(chunks: usize) -> String {
-    (0..chunks)
-        .map(|i| format!("w{i}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The words of a text answer: `w0`, ` w1`, ...
+fn answer_words(chunks: usize) -> impl Iterator<Item = String> {
+    (0..chunks).map(|i| {
+        if i == 0 {
+            "w0".to_owned()
+        } else {
+            format!(" w{i}")
+        }
+    })
 }
 
-async fn chat(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> Response {
-    if let Ok(mut requests) = shared.requests.lock() {
-        requests.push(request.clone());
+fn answer_text(chunks: usize) -> String {
+    answer_words(chunks).collect()
+}
+
+impl Shared {
+    /// Keeps the request and counts the call; its number, or the error to answer: 401 without
+    /// the expected key (read by `key`), 500 for the first `fail_first` calls. Errors are shaped
+    /// by `error(kind, message)`.
+    fn admit(
+        &self,
+        request: &Value,
+        key: Option<&str>,
+        error: fn(&str, &str) -> Value,
+    ) -> Result<u64, (StatusCode, Json<Value>)> {
+        if let Ok(mut requests) = self.requests.lock() {
+            requests.push(request.clone());
+        }
+        if let Some(expected) = &self.config.api_key
+            && key != Some(expected.as_str())
+        {
+            let body = error("authentication_error", "invalid api key");
+            return Err((StatusCode::UNAUTHORIZED, Json(body)));
+        }
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if n < self.config.fail_first {
+            let body = error("api_error", "fake upstream failure");
+            return Err((StatusCode::INTERNAL_SERVER_ERROR, Json(body)));
+        }
+        Ok(n)
     }
-    let n = shared.calls.fetch_add(1, Ordering::SeqCst);
-    if n < shared.config.fail_first {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": {"message": "fake upstream failure"}})),
-        )
-            .into_response();
-    }
+}
+
+fn openai_error(kind: &str, message: &str) -> Value {
+    json!({"error": {"type": kind, "message": message}})
+}
+
+async fn chat(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(request): Json<Value>,
+) -> Response {
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let n = match shared.admit(&request, key, openai_error) {
+        Ok(n) => n,
+        Err(refused) => return refused.into_response(),
+    };
     let model = request
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or("fake")
         .to_owned();
     let config = shared.config.clone();
-    if let Some(answer) = tool_answer(&request, n) {
+    if let Some(answer) = tool_answer(&request) {
         let stream = request.get("stream") == Some(&Value::Bool(true));
-        return answer.respond(&model, stream, config.chunk_delay).await;
+        return answer.respond(n, &model, stream, config.chunk_delay).await;
     }
     if request.get("stream") != Some(&Value::Bool(true)) {
         // The same pauses as a stream (one per event), then the whole answer.
@@ -158,12 +213,7 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> 
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
-    for i in 0..config.chunks {
-        let text = if i == 0 {
-            format!("w{i}")
-        } else {
-            format!(" w{i}")
-        };
+    for text in answer_words(config.chunks) {
         events.push(chunk(json!({"content": text}), Value::Null));
     }
     events.push(chunk(json!({}), json!("stop")));
@@ -171,71 +221,105 @@ async fn chat(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> 
     usage["choices"] = json!([]);
     usage["usage"] = json!({"prompt_tokens": 10, "completion_tokens": config.chunks, "total_tokens": 10 + config.chunks});
     events.push(usage);
-    let delay = config.chunk_delay;
-    let body = paced_body(events, delay);
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    event_stream(openai_frames(events), config.chunk_delay)
 }
 
-/// What the fake does in a conversation with tools: the model calls tools (the first one or
-/// two declared, or the one `tool_choice` names; `{"i": I}` as arguments) until the last message
-/// is a tool result, then answers `tools said: OUTPUTS` (the results of its calls, joined).
+/// What the fake model does in a conversation with tools (the same in either wire format): it
+/// calls tools (the first one or two declared, or the one the tool choice names; `{"i": I}` as
+/// arguments) until the conversation ends with tool results, then answers
+/// `tools said: RESULTS` (the results, joined).
 enum ToolAnswer {
-    Calls(Vec<Value>),
+    /// The names of the tools called, in order.
+    Calls(Vec<String>),
     Text(String),
 }
 
-fn tool_answer(request: &Value, n: u64) -> Option<ToolAnswer> {
+/// A conversation's tools, as either wire format states them.
+struct ToolTurn<'a> {
+    /// The declared tools' names.
+    names: Vec<&'a str>,
+    /// The tool the request forces, if any.
+    forced: Option<&'a str>,
+    /// Whether several calls may be made at once.
+    parallel: bool,
+    /// The tool results the conversation ends with.
+    results: Vec<String>,
+}
+
+impl ToolTurn<'_> {
+    fn answer(self) -> Option<ToolAnswer> {
+        if self.names.is_empty() {
+            return None;
+        }
+        if !self.results.is_empty() {
+            return Some(ToolAnswer::Text(format!(
+                "tools said: {}",
+                self.results.join(", ")
+            )));
+        }
+        let names = match self.forced {
+            Some(name) => vec![name.to_owned()],
+            None => self
+                .names
+                .iter()
+                .take(if self.parallel { 2 } else { 1 })
+                .map(|n| (*n).to_owned())
+                .collect(),
+        };
+        Some(ToolAnswer::Calls(names))
+    }
+}
+
+/// The arguments of the `i`-th call of an answer.
+fn call_arguments(i: usize) -> String {
+    format!("{{\"i\": {i}}}")
+}
+
+fn tool_answer(request: &Value) -> Option<ToolAnswer> {
     let tools = request.get("tools").and_then(Value::as_array)?;
-    if tools.is_empty() || request.get("tool_choice") == Some(&json!("none")) {
+    if request.get("tool_choice") == Some(&json!("none")) {
         return None;
     }
     let messages = request.get("messages").and_then(Value::as_array)?;
-    let results: Vec<&str> = messages
+    let mut results: Vec<String> = messages
         .iter()
         .rev()
         .take_while(|m| m.get("role") == Some(&json!("tool")))
-        .filter_map(|m| m.get("content").and_then(Value::as_str))
+        .filter_map(|m| m.get("content").and_then(Value::as_str).map(str::to_owned))
         .collect();
-    if !results.is_empty() {
-        let mut results = results;
-        results.reverse();
-        return Some(ToolAnswer::Text(format!(
-            "tools said: {}",
-            results.join(", ")
-        )));
-    }
-    let names: Vec<&str> = match request.pointer("/tool_choice/function/name") {
-        Some(Value::String(name)) => vec![name],
-        _ => {
-            let parallel = request.get("parallel_tool_calls") != Some(&json!(false));
-            tools
-                .iter()
-                .take(if parallel { 2 } else { 1 })
-                .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
-                .collect()
-        }
-    };
-    Some(ToolAnswer::Calls(
-        names
+    results.reverse();
+    ToolTurn {
+        names: tools
             .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                json!({"id": format!("call_{n}_{i}"), "type": "function",
-                       "function": {"name": name, "arguments": format!("{{\"i\": {i}}}")}})
-            })
+            .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
             .collect(),
-    ))
+        forced: request
+            .pointer("/tool_choice/function/name")
+            .and_then(Value::as_str),
+        parallel: request.get("parallel_tool_calls") != Some(&json!(false)),
+        results,
+    }
+    .answer()
 }
 
 impl ToolAnswer {
-    /// The answer, paced by `delay` per event as text answers are.
-    async fn respond(self, model: &str, stream: bool, delay: Duration) -> Response {
+    /// The answer in OpenAI's format, paced by `delay` per event as text answers are; call ids
+    /// are `call_N_I` for the `n`-th request.
+    async fn respond(self, n: u64, model: &str, stream: bool, delay: Duration) -> Response {
         let usage = json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15});
+        let calls: Vec<Value> = match &self {
+            ToolAnswer::Calls(names) => names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    json!({"id": format!("call_{n}_{i}"), "type": "function",
+                           "function": {"name": name, "arguments": call_arguments(i)}})
+                })
+                .collect(),
+            ToolAnswer::Text(_) => Vec::new(),
+        };
         let (message, finish) = match &self {
-            ToolAnswer::Calls(calls) => (
+            ToolAnswer::Calls(_) => (
                 json!({"role": "assistant", "content": null, "tool_calls": calls}),
                 "tool_calls",
             ),
@@ -261,7 +345,7 @@ impl ToolAnswer {
             Value::Null,
         )];
         match self {
-            ToolAnswer::Calls(calls) => {
+            ToolAnswer::Calls(_) => {
                 // Each call opens with its id and name, then its arguments in two fragments.
                 for (i, call) in calls.iter().enumerate() {
                     let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
@@ -286,25 +370,38 @@ impl ToolAnswer {
         last["choices"] = json!([]);
         last["usage"] = usage;
         events.push(last);
-        Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(paced_body(events, delay))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        event_stream(openai_frames(events), delay)
     }
 }
 
-fn paced_body(events: Vec<Value>, delay: Duration) -> Body {
+/// OpenAI's frames: one `data:` line per event, then `[DONE]`.
+fn openai_frames(events: Vec<Value>) -> Vec<String> {
+    events
+        .into_iter()
+        .map(|e| format!("data: {e}\n\n"))
+        .chain(std::iter::once("data: [DONE]\n\n".to_owned()))
+        .collect()
+}
+
+fn event_stream(frames: Vec<String>, delay: Duration) -> Response {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(paced_body(frames, delay))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The frames, one every `delay`.
+fn paced_body(frames: Vec<String>, delay: Duration) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(4);
     tokio::spawn(async move {
-        for e in events {
+        for frame in frames {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if tx.send(Ok(format!("data: {e}\n\n"))).await.is_err() {
+            if tx.send(Ok(frame)).await.is_err() {
                 return;
             }
         }
-        let _ = tx.send(Ok("data: [DONE]\n\n".to_owned())).await;
     });
     Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
