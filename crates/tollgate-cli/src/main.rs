@@ -81,7 +81,13 @@ enum Command {
         /// Only the first N pairs.
         #[arg(long)]
         limit: Option<usize>,
-        /// Print this many wrong hits at the configured threshold.
+        /// Which half of the questions to look up: choose settings on `tune`, report on `test`.
+        #[arg(long, value_enum, default_value = "all")]
+        split: eval::Split,
+        /// Paraphrase pairs from another source (`[{"origin", "similar"}]`): their recall too.
+        #[arg(long)]
+        paraphrases: Option<PathBuf>,
+        /// Print this many wrong hits (by the labels) at the configured threshold.
         #[arg(long, default_value_t = 10)]
         show_wrong: usize,
     },
@@ -343,14 +349,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             model,
             limit,
+            split,
+            paraphrases,
             show_wrong,
         } => {
             // Only the models are needed: no Redis.
             let config = load_config(cli.config.as_deref())?;
             let router = tollgate_server::state::build_router(&config)?;
-            let model = model.unwrap_or_else(|| config.semantic_cache.embedding_model.clone());
-            let default = config.semantic_cache.threshold;
-            eval::semantic_eval(&router, &file, &model, default, limit, show_wrong).await
+            let options = eval::EvalOptions {
+                file,
+                model: model.unwrap_or_else(|| config.semantic_cache.embedding_model.clone()),
+                default: config.semantic_cache.threshold,
+                limit,
+                split,
+                paraphrases,
+                show_wrong,
+            };
+            eval::semantic_eval(&router, &options).await
         }
         Command::Events {
             command:

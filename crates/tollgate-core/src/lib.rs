@@ -7,12 +7,14 @@
 //! - [`tokens`]: token counting behind a trait (an estimate by default).
 //! - [`responses`]: the Responses API's input items, tools and tool choice as chat.
 //! - [`messages`]: Anthropic's Messages API as chat, and chat answers as Messages answers.
+//! - [`semantic_checks`]: differences between near questions that change the answer.
 
 pub mod cache_key;
 pub mod chat;
 pub mod message;
 pub mod messages;
 pub mod responses;
+pub mod semantic_checks;
 pub mod tokens;
 
 pub use cache_key::{CacheKeyError, Normalization, request_hash};

@@ -13,6 +13,10 @@
 //! - An item names the exact cache entry (its request hash), it does not copy the answer: a hit
 //!   reads the entry from the exact cache, so an expired, evicted or invalidated answer is never
 //!   served (the caller then [`SemanticCache::forget`]s the item).
+//! - Near is not enough: an item carries its question's signature
+//!   ([`tollgate_core::semantic_checks::signature`]: its numbers and whether it is negated) as a
+//!   tag, and a lookup finds the nearest question *with the same signature*, so "Sublime Text 2"
+//!   never answers "Sublime Text 3" however near their embeddings are.
 
 use std::time::Duration;
 
@@ -21,7 +25,14 @@ use sha2::{Digest, Sha256};
 use crate::conn::Redis;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
-use crate::vectors::{Filter, SearchMode, VectorCollections, VectorConfig, VectorItem};
+use tollgate_core::semantic_checks::signature;
+
+use crate::vectors::{
+    Condition, Filter, Metadata, SearchMode, VectorCollections, VectorConfig, VectorItem,
+};
+
+/// The tag holding an item's question signature.
+const SIGNATURE: &str = "sig";
 
 /// The nearest cached question of a partition, when it is similar enough.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,17 +68,24 @@ impl SemanticCache {
         hex::encode(h.finalize())
     }
 
-    /// The most similar cached question of `partition`, if its similarity is at least
-    /// `threshold`. Expired entries are never considered.
+    /// The most similar cached question of `partition` with `question`'s signature, if its
+    /// similarity is at least `threshold`. Expired entries are never considered.
     pub async fn lookup(
         &self,
         partition: &str,
+        question: &str,
         embedding: Vec<f32>,
         threshold: f32,
     ) -> Result<Option<SemanticHit>> {
+        let filter = Filter {
+            conditions: vec![Condition::TagIn {
+                field: SIGNATURE.into(),
+                values: vec![signature(question)],
+            }],
+        };
         match self
             .collections
-            .search(partition, embedding, 1, Filter::default(), SearchMode::Auto)
+            .search(partition, embedding, 1, filter, SearchMode::Auto)
             .await
         {
             Ok(found) => Ok(found
@@ -101,7 +119,10 @@ impl SemanticCache {
                 &[VectorItem {
                     id: request_hash.to_owned(),
                     vector: embedding,
-                    metadata: Default::default(),
+                    metadata: Metadata {
+                        tags: [(SIGNATURE.to_owned(), signature(question))].into(),
+                        ..Metadata::default()
+                    },
                     text: Some(question.to_owned()),
                     expires_at_ms: Some(expires),
                 }],

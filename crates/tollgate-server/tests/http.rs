@@ -1572,6 +1572,73 @@ async fn a_paraphrase_is_a_semantic_hit_and_never_crosses_a_partition() {
     assert_eq!(r.header("x-tollgate-cache"), Some("bypass"));
 }
 
+/// Near is not enough: a question whose numbers or negation differ from the cached one's is a
+/// miss even when its embedding is well above the threshold, and is answered (and cached) as
+/// its own question.
+#[tokio::test]
+async fn near_questions_with_other_numbers_or_a_negation_are_not_semantic_hits() {
+    let gw = semantic_gateway().await;
+    let key = tenant_keys(&gw, &["acme"]).await.remove(0);
+    let similarity = |a: &str, b: &str| {
+        let (gw, key) = (gw.clone(), key.clone());
+        let body = json!({"model": "local/all-minilm-l6-v2", "input": [a, b]});
+        async move {
+            let r = call(
+                &gw,
+                "POST",
+                "/v1/embeddings",
+                &[("authorization", &key)],
+                Some(body),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            let v: Vec<Vec<f32>> = r.json()["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap())
+                .collect();
+            let dot: f32 = v[0].iter().zip(&v[1]).map(|(x, y)| x * y).sum();
+            let norm = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
+            dot / (norm(&v[0]) * norm(&v[1]))
+        }
+    };
+    for (cached, near, reworded) in [
+        (
+            "How do I install Sublime Text 2?",
+            "How do I install Sublime Text 3?",
+            "how do i install sublime text 3",
+        ),
+        (
+            "Why is my laptop fan loud?",
+            "Why isn't my laptop fan loud?",
+            "why isnt my laptop fan so loud",
+        ),
+    ] {
+        let first = ask(&gw, &key, question("mock/echo", cached), &[]).await;
+        assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+        assert!(similarity(cached, near).await > 0.8, "{cached} / {near}");
+        let r = ask(&gw, &key, question("mock/echo", near), &[]).await;
+        assert_eq!(
+            r.header("x-tollgate-cache"),
+            Some("miss"),
+            "{near}: {}",
+            r.text
+        );
+        // It was answered as its own question, and its rewording finds that answer.
+        let again = ask(&gw, &key, question("mock/echo", reworded), &[]).await;
+        assert_eq!(
+            again.header("x-tollgate-cache"),
+            Some("semantic"),
+            "{reworded}"
+        );
+        assert_eq!(
+            again.json()["choices"][0]["message"]["content"],
+            r.json()["choices"][0]["message"]["content"]
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_expired_or_invalidated_answer_is_never_served_semantically() {
     let gw = semantic_gateway().await;

@@ -166,7 +166,12 @@ impl SemanticProbe {
         let threshold = gw.config.semantic_cache.threshold_for(model);
         let hit = match gw
             .semantic
-            .lookup(&self.partition, embedding.clone(), threshold)
+            .lookup(
+                &self.partition,
+                &self.question,
+                embedding.clone(),
+                threshold,
+            )
             .await
         {
             Ok(hit) => hit?,
