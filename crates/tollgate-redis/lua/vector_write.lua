@@ -4,7 +4,8 @@
 -- KEYS[1]  meta hash (dim, epoch, seq, maxexp, durable)   KEYS[2]  items hash (id -> record)
 -- KEYS[3]  change log   KEYS[4]  expiries (zset: id -> expiry, ms)
 -- ARGV[1]  'put' | 'del'   ARGV[2]  dim   ARGV[3]  epoch for a new collection   ARGV[4]  log MAXLEN
--- ARGV[5..]  put: id, record, expiry ms (0: never) triples; del: ids
+-- ARGV[5]  the most expiring items the collection keeps (0: no bound)
+-- ARGV[6..]  put: id, record, expiry ms (0: never) triples; del: ids
 -- Reply:   {seq, n} (the last change's sequence number, changes made); {-1, dim} when a put's
 --          dimension is not the collection's; {0, 0} for a delete in a missing collection.
 --
@@ -12,7 +13,8 @@
 -- than 0-(SEQ+1) next knows it missed changes (trimmed) and reloads. A put creates the
 -- collection. A collection holding an item that never expires is a durable record (no TTL; the
 -- log is bounded by MAXLEN); one whose items all expire expires with the last of them. Each call
--- purges up to 100 expired items (logged as deletions, so every reader drops them).
+-- purges up to 100 expired items (logged as deletions, so every reader drops them). Past the
+-- bound, a put drops the items that expire soonest (for items of one TTL, the oldest) the same way.
 
 local dim = redis.call('HGET', KEYS[1], 'dim')
 if not dim then
@@ -35,7 +37,7 @@ end
 local maxexp = tonumber(redis.call('HGET', KEYS[1], 'maxexp') or '0')
 local durable = redis.call('HGET', KEYS[1], 'durable') == '1'
 if ARGV[1] == 'put' then
-  for i = 5, #ARGV, 3 do
+  for i = 6, #ARGV, 3 do
     local id, exp = ARGV[i], tonumber(ARGV[i + 2])
     redis.call('HSET', KEYS[2], id, ARGV[i + 1])
     if exp > 0 then
@@ -47,8 +49,15 @@ if ARGV[1] == 'put' then
     end
     logged(id)
   end
+  local over = tonumber(ARGV[5]) > 0 and redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[5]) or 0
+  if over > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, over - 1)) do
+      redis.call('ZREM', KEYS[4], id)
+      if redis.call('HDEL', KEYS[2], id) == 1 then logged(id) end
+    end
+  end
 else
-  for i = 5, #ARGV do
+  for i = 6, #ARGV do
     redis.call('ZREM', KEYS[4], ARGV[i])
     if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then logged(ARGV[i]) end
   end

@@ -48,6 +48,10 @@ pub struct VectorConfig {
     pub log_max_len: usize,
     /// Tuning of each collection's index.
     pub index: IndexConfig,
+    /// The most items that expire a collection keeps: past it, a write drops those that expire
+    /// soonest (the oldest, for items of one TTL). `None`: no bound. Items that never expire are
+    /// not counted.
+    pub max_expiring_items: Option<usize>,
 }
 
 impl Default for VectorConfig {
@@ -55,6 +59,7 @@ impl Default for VectorConfig {
         VectorConfig {
             log_max_len: 100_000,
             index: IndexConfig::default(),
+            max_expiring_items: None,
         }
     }
 }
@@ -230,7 +235,8 @@ impl VectorCollections {
             .arg(op)
             .arg(dim)
             .arg(epoch)
-            .arg(self.config.log_max_len);
+            .arg(self.config.log_max_len)
+            .arg(self.config.max_expiring_items.unwrap_or(0));
         Ok(invocation)
     }
 

@@ -266,6 +266,9 @@ pub struct SemanticCacheSection {
     /// Questions embedded at once for the semantic cache (lookups and late indexing); a request
     /// that finds none free goes on as a miss without waiting.
     pub embedding_slots: usize,
+    /// Questions a partition keeps (in Redis and in each replica's memory); past it, indexing
+    /// one drops those whose answers expire soonest.
+    pub max_entries_per_partition: usize,
 }
 
 impl SemanticCacheSection {

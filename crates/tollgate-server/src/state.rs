@@ -189,11 +189,20 @@ impl Gateway {
                 config.semantic_cache.embedding_slots.max(1),
             )),
             semantic_embed_us: std::sync::atomic::AtomicU64::new(0),
-            semantic: SemanticCache::new(cache_redis.clone(), &keys, VectorConfig::default())
-                .map_err(|source| BuildError::Redis {
-                    what: "semantic cache",
-                    source,
-                })?,
+            semantic: SemanticCache::new(
+                cache_redis.clone(),
+                &keys,
+                VectorConfig {
+                    max_expiring_items: Some(
+                        config.semantic_cache.max_entries_per_partition.max(1),
+                    ),
+                    ..VectorConfig::default()
+                },
+            )
+            .map_err(|source| BuildError::Redis {
+                what: "semantic cache",
+                source,
+            })?,
             embedding_redis: cache_redis,
             responses: ResponseStore::new(
                 sessions_redis_for_responses,

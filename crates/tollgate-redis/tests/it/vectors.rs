@@ -11,6 +11,7 @@ pattern_suite!(
     a_dropped_collection_is_gone_everywhere_and_can_be_made_anew,
     bad_items_are_refused_whole,
     expired_items_are_never_ranked_and_the_next_write_purges_them,
+    past_its_bound_a_collection_drops_the_items_that_expire_soonest_everywhere,
 );
 
 /// Two gateway instances: separate connections, separate in-process indexes.
@@ -429,4 +430,59 @@ async fn expired_items_are_never_ranked_and_the_next_write_purges_them(b: Backen
         a.upsert("cache", &[reserved]).await,
         Err(Error::InvalidArgument(_))
     ));
+}
+
+/// A collection bounded to 5 expiring items, written by two instances: past the bound, each
+/// write drops the items that expire soonest (the oldest, for one TTL), on every instance;
+/// items that never expire are not counted and never dropped.
+async fn past_its_bound_a_collection_drops_the_items_that_expire_soonest_everywhere(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let config = VectorConfig {
+        max_expiring_items: Some(5),
+        ..VectorConfig::default()
+    };
+    let (a, other) = instances(&ctx, config);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let expiring = |i: u64| VectorItem {
+        expires_at_ms: Some(now + 60_000 + i),
+        ..item(&format!("q{i}"), vec![1.0, i as f32], "en", 0.0)
+    };
+    a.upsert("sc", &[item("durable", vec![0.0, 1.0], "en", 0.0)])
+        .await
+        .unwrap();
+    // Written one by one and in a batch, alternating instances.
+    for i in 0..6 {
+        let writer = if i % 2 == 0 { &a } else { &other };
+        writer.upsert("sc", &[expiring(i)]).await.unwrap();
+    }
+    other
+        .upsert("sc", &[expiring(6), expiring(7), expiring(8)])
+        .await
+        .unwrap();
+    for instance in [&a, &other] {
+        assert_eq!(
+            instance.info("sc").await.unwrap().len,
+            6,
+            "5 expiring + 1 durable"
+        );
+        let found = instance
+            .search(
+                "sc",
+                vec![1.0, 0.0],
+                10,
+                Filter::default(),
+                SearchMode::Exact,
+            )
+            .await
+            .unwrap();
+        let mut kept = ids(&found);
+        kept.sort();
+        assert_eq!(kept, ["durable", "q4", "q5", "q6", "q7", "q8"]);
+    }
+    for gone in ["q0", "q3"] {
+        assert!(a.get("sc", gone).await.unwrap().is_none(), "{gone}");
+    }
 }
