@@ -200,7 +200,7 @@ async fn semantic_lookup(local: &LocalProvider, lookups: usize) -> anyhow::Resul
     let keys = Keys::new("tollgate-bench:")?;
     let cache = ResponseCache::new(redis.clone(), keys.clone(), Default::default());
     let semantic = SemanticCache::new(redis, &keys, VectorConfig::default())?;
-    let partition = SemanticCache::partition("bench/model", "tenant", "context");
+    let partition = SemanticCache::partition("bench/model", "tenant", "context", EMBEDDING_MODEL);
     let stored = questions(1000);
     let ttl = Duration::from_secs(600);
     for (i, chunk) in stored.chunks(32).enumerate() {

@@ -8,6 +8,10 @@
 //! check exactly when their signatures are equal, so an index can keep the signature as a tag
 //! and look for the nearest question *with the same signature* (a filter, no text stored).
 
+/// The version of the checks: a change to what they compare must bump it (signatures of
+/// another version are never compared).
+pub const VERSION: u32 = 1;
+
 /// Why two near questions are not the same question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Difference {

@@ -6,7 +6,8 @@
 //! - A partition is everything else the answer depends on: the model, the tenant, the system
 //!   prompt and earlier turns, every output-affecting parameter. The caller hashes those into a
 //!   context hash; [`SemanticCache::partition`] hashes it with model and tenant, so no name can
-//!   reach another tenant's partition. A hit never crosses models, tenants or contexts.
+//!   reach another tenant's partition, and with the embedding model and its version, so a
+//!   changed embedder starts afresh. A hit never crosses models, tenants, contexts or embedders.
 //! - A partition is a vector collection of its own (under the prefix's `sc:` space, apart from
 //!   user collections) whose items expire with their answers: every instance searches it in
 //!   memory, kept in step through Redis (see [`crate::vectors`]).
@@ -25,7 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::conn::Redis;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
-use tollgate_core::semantic_checks::signature;
+use tollgate_core::semantic_checks::{self, signature};
 
 use crate::vectors::{
     Condition, Filter, Metadata, SearchMode, VectorCollections, VectorConfig, VectorItem,
@@ -58,10 +59,13 @@ impl SemanticCache {
         })
     }
 
-    /// The partition of (model, tenant, context hash).
-    pub fn partition(model: &str, tenant: &str, context_hash: &str) -> String {
+    /// The partition of (model, tenant, context hash) for questions embedded by `embedder` (the
+    /// embedding model and its version: vectors of another model, or of another version of one,
+    /// are never compared) and signed by this version of the checks.
+    pub fn partition(model: &str, tenant: &str, context_hash: &str, embedder: &str) -> String {
         let mut h = Sha256::new();
-        for part in [model, tenant, context_hash] {
+        let checks = semantic_checks::VERSION.to_string();
+        for part in [model, tenant, context_hash, embedder, checks.as_str()] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }

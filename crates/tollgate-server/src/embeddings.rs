@@ -20,6 +20,12 @@ use crate::state::AppState;
 /// The version part of embedding cache keys; bump it when what a model name means changes.
 const CACHE_VERSION: &str = "1";
 
+/// An embedding model and the version of its vectors (`MODEL@VERSION`): what the embedding
+/// cache is keyed by, and what the semantic cache partitions by.
+pub fn embedder(model: &str) -> String {
+    format!("{model}@{CACHE_VERSION}")
+}
+
 /// Vectors for `texts`, in order, and how many came from the cache.
 #[derive(Debug)]
 pub struct Embedded {

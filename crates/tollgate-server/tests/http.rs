@@ -34,6 +34,11 @@ impl Reply {
 }
 
 async fn gateway_on(url: &str, extra: &str) -> AppState {
+    gateway_at(url, &unique_prefix(), extra).await
+}
+
+/// A gateway on `url` under `prefix` (gateways sharing one act as replicas).
+async fn gateway_at(url: &str, prefix: &str, extra: &str) -> AppState {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.toml");
     // The semantic cache is off unless a test turns it on: the others check the exact cache.
@@ -42,10 +47,8 @@ async fn gateway_on(url: &str, extra: &str) -> AppState {
     } else {
         "[semantic_cache]\nenabled = false\n"
     };
-    let text = format!(
-        "[redis]\nkey_prefix = \"{}\"\ncommand_timeout_ms = 300\n{semantic}{extra}",
-        unique_prefix()
-    );
+    let text =
+        format!("[redis]\nkey_prefix = \"{prefix}\"\ncommand_timeout_ms = 300\n{semantic}{extra}");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(Some(&path), &HashMap::new()).unwrap();
     Arc::new(Gateway::build(config, url).await.unwrap())
@@ -1637,6 +1640,67 @@ async fn near_questions_with_other_numbers_or_a_negation_are_not_semantic_hits()
             r.json()["choices"][0]["message"]["content"]
         );
     }
+}
+
+/// Replicas (or a restart) with another embedding model never compare their vectors with the
+/// old model's: each embedder has its own partitions, so the cache starts afresh for it.
+#[tokio::test]
+async fn another_embedding_model_never_compares_its_vectors_with_the_old_ones() {
+    let (url, prefix) = (shared_redis().url(), unique_prefix());
+    let config = |model: &str| {
+        format!(
+            "[server]\nmaster_key = \"mk\"\n[semantic_cache]\nenabled = true\nthreshold = 0.8\n\
+             lookup_budget_ms = 60000\nembedding_model = \"{model}\"\n"
+        )
+    };
+    let minilm = gateway_at(&url, &prefix, &config("local/all-minilm-l6-v2")).await;
+    let hashed = gateway_at(&url, &prefix, &config("mock/embed")).await;
+    let key = tenant_keys(&minilm, &["acme"]).await.remove(0);
+    let r = ask(
+        &minilm,
+        &key,
+        question("mock/echo", "What is the capital of France?"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.header("x-tollgate-cache"), Some("miss"));
+    // The other embedder finds nothing of the first's, then its own questions.
+    let r = ask(
+        &hashed,
+        &key,
+        question("mock/echo", "What's the capital city of France?"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.header("x-tollgate-cache"), Some("miss"), "{}", r.text);
+    let r = ask(
+        &hashed,
+        &key,
+        question("mock/echo", "what is the capital city of france"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.header("x-tollgate-cache"), Some("semantic"), "{}", r.text);
+    let r = ask(
+        &minilm,
+        &key,
+        question("mock/echo", "what's the capital of france"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.header("x-tollgate-cache"), Some("semantic"), "{}", r.text);
+    // Two partitions, one per embedder, for the same model, tenant and context.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let partitions: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}sc:*:items"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(partitions.len(), 2, "{partitions:?}");
 }
 
 #[tokio::test]

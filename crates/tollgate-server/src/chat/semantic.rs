@@ -80,7 +80,12 @@ impl SemanticContext {
         messages.pop();
         let context = request_hash(&body, gw.config.cache.normalization).ok()?;
         Some(SemanticContext {
-            partition: tollgate_redis::SemanticCache::partition(model, tenant, &context),
+            partition: tollgate_redis::SemanticCache::partition(
+                model,
+                tenant,
+                &context,
+                &crate::embeddings::embedder(&gw.config.semantic_cache.embedding_model),
+            ),
             question,
         })
     }
