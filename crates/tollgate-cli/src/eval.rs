@@ -32,7 +32,7 @@ use tollgate_core::semantic_checks::signature;
 use tollgate_providers::Router;
 use tollgate_vector::{Condition, Filter, Index};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Pair {
     a: String,
     b: String,
@@ -455,11 +455,7 @@ pub(crate) async fn semantic_eval(router: &Router, o: &EvalOptions) -> anyhow::R
     let pairs: Vec<Pair> = all
         .iter()
         .filter(|p| o.split.keeps(&p.a))
-        .map(|p| Pair {
-            a: p.a.clone(),
-            b: p.b.clone(),
-            label: p.label,
-        })
+        .cloned()
         .collect();
     if pairs.is_empty() {
         bail!(

@@ -21,16 +21,6 @@ pub enum Difference {
     Negation,
 }
 
-impl Difference {
-    /// A short name, for metrics and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Difference::Numbers => "numbers",
-            Difference::Negation => "negation",
-        }
-    }
-}
-
 /// The first difference found between `a` and `b`, or `None` when neither check tells them apart.
 pub fn difference(a: &str, b: &str) -> Option<Difference> {
     if numbers(a) != numbers(b) {
