@@ -56,7 +56,7 @@ pub use response_cache::{
     CacheConfig, CacheKey, CacheStats, ComputeError, Lead, Outcome, ResponseCache, Stored,
 };
 pub use responses::{ResponseStore, StoredResponse};
-pub use semantic_cache::{SemanticCache, SemanticHit};
+pub use semantic_cache::{CheckPolicy, CheckStats, SemanticCache, SemanticHit};
 pub use session::{Appended, SessionConfig, SessionInfo, SessionStore, Unsummarized, Window};
 pub use spend::{Budget, Exhausted, Spend, SpendLedger, SpendPeriod};
 pub use stream::{

@@ -33,3 +33,4 @@ script!(SESSION_SUMMARY, "session_summary.lua");
 script!(EVENT_PUBLISH, "event_publish.lua");
 script!(EVENT_DONE, "event_done.lua");
 script!(STREAM_APPEND, "stream_append.lua");
+script!(SEMANTIC_CHECK, "semantic_check.lua");

@@ -18,6 +18,9 @@
 //!   ([`tollgate_core::semantic_checks::signature`]: its numbers and whether it is negated) as a
 //!   tag, and a lookup finds the nearest question *with the same signature*, so "Sublime Text 2"
 //!   never answers "Sublime Text 3" however near their embeddings are.
+//! - A threshold can follow an error rate instead of being fixed: [`SemanticCache::record_check`]
+//!   folds one checked candidate (its cached answer compared with the upstream's) into the
+//!   model's threshold, one hash in Redis shared by every replica (`semantic_check.lua`).
 
 use std::time::Duration;
 
@@ -48,6 +51,35 @@ pub struct SemanticHit {
 #[derive(Debug, Clone)]
 pub struct SemanticCache {
     collections: VectorCollections,
+    redis: Redis,
+    /// `{prefix}sc:`.
+    prefix: String,
+}
+
+/// What the checks of one model's semantic candidates found, shared by every replica.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CheckStats {
+    /// The threshold now (`None`: no check yet, the configured one holds).
+    pub threshold: Option<f32>,
+    /// Candidates checked, and how many of them were wrong.
+    pub checked: u64,
+    pub wrong: u64,
+    /// Of those, the ones at or above the threshold (that would have been served).
+    pub served_checked: u64,
+    pub served_wrong: u64,
+}
+
+/// How a check moves a model's threshold.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckPolicy {
+    /// The threshold before any check.
+    pub initial: f32,
+    /// The share of checked candidates that may be wrong.
+    pub max_error_rate: f64,
+    /// How far one wrong candidate raises the threshold (times `1 - max_error_rate`).
+    pub step: f64,
+    /// The threshold never goes below this.
+    pub least: f32,
 }
 
 impl SemanticCache {
@@ -55,7 +87,9 @@ impl SemanticCache {
     pub fn new(redis: Redis, keys: &Keys, config: VectorConfig) -> Result<Self> {
         let keys = Keys::new(format!("{}sc:", keys.prefix()))?;
         Ok(SemanticCache {
-            collections: VectorCollections::new(redis, keys, config),
+            prefix: keys.prefix().to_owned(),
+            collections: VectorCollections::new(redis.clone(), keys, config),
+            redis,
         })
     }
 
@@ -141,5 +175,69 @@ impl SemanticCache {
             .delete(partition, &[request_hash])
             .await
             .map(|_| ())
+    }
+
+    /// The hash holding `model`'s threshold and checks.
+    fn checks_key(&self, model: &str) -> String {
+        format!("{}threshold:{model}", self.prefix)
+    }
+
+    /// `model`'s threshold as its checks have moved it, or `None` before the first check.
+    pub async fn threshold(&self, model: &str) -> Result<Option<f32>> {
+        let t: Option<String> = redis::cmd("HGET")
+            .arg(self.checks_key(model))
+            .arg("t")
+            .query_async(&mut self.redis.conn())
+            .await?;
+        Ok(t.and_then(|t| t.parse().ok()))
+    }
+
+    /// Folds one checked candidate of `model` into its threshold: `wrong` when its cached answer
+    /// differed from the upstream's, `served` when it was at or above the threshold. Returns
+    /// the new threshold.
+    pub async fn record_check(
+        &self,
+        model: &str,
+        policy: &CheckPolicy,
+        wrong: bool,
+        served: bool,
+    ) -> Result<f64> {
+        let t: String = crate::scripts::SEMANTIC_CHECK
+            .key(self.checks_key(model))
+            .arg(policy.initial)
+            .arg(u8::from(wrong))
+            .arg(policy.step)
+            .arg(policy.max_error_rate)
+            .arg(policy.least)
+            .arg(u8::from(served))
+            .invoke_async(&mut self.redis.conn())
+            .await?;
+        t.parse()
+            .map_err(|_| Error::Decode(format!("semantic threshold {t:?}")))
+    }
+
+    /// What the checks of `model`'s candidates found so far.
+    pub async fn check_stats(&self, model: &str) -> Result<CheckStats> {
+        let v: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.checks_key(model))
+            .arg(&["t", "checked", "wrong", "served_checked", "served_wrong"])
+            .query_async(&mut self.redis.conn())
+            .await?;
+        let n = |i: usize| -> u64 {
+            v.get(i)
+                .and_then(|x| x.as_deref())
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(CheckStats {
+            threshold: v
+                .first()
+                .and_then(|x| x.as_deref())
+                .and_then(|t| t.parse().ok()),
+            checked: n(1),
+            wrong: n(2),
+            served_checked: n(3),
+            served_wrong: n(4),
+        })
     }
 }

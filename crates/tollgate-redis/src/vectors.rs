@@ -21,6 +21,7 @@
 //! that never expires are durable records: no TTL.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -52,6 +53,10 @@ pub struct VectorConfig {
     /// soonest (the oldest, for items of one TTL). `None`: no bound. Items that never expire are
     /// not counted.
     pub max_expiring_items: Option<usize>,
+    /// The most items this instance keeps in memory across its collections: past it, those
+    /// searched least recently are unloaded (their items stay in Redis, and the next search
+    /// of one loads it again). `None`: no bound.
+    pub max_loaded_items: Option<usize>,
 }
 
 impl Default for VectorConfig {
@@ -60,6 +65,7 @@ impl Default for VectorConfig {
             log_max_len: 100_000,
             index: IndexConfig::default(),
             max_expiring_items: None,
+            max_loaded_items: None,
         }
     }
 }
@@ -171,6 +177,32 @@ struct Loaded {
     /// Held while catching up; holds when the last completed catch-up *started*.
     sync: tokio::sync::Mutex<Option<Instant>>,
     state: RwLock<Option<State>>,
+    /// When this instance last searched it, on [`Memory::clock`].
+    used: AtomicU64,
+    /// The items of its index when last counted.
+    len: AtomicUsize,
+}
+
+/// What this instance holds in memory, for [`VectorConfig::max_loaded_items`].
+#[derive(Default)]
+struct Memory {
+    /// Counts searches: a collection's `used` is the count at its last one.
+    clock: AtomicU64,
+    /// The items of every loaded collection (recounted exactly before unloading any).
+    items: AtomicUsize,
+}
+
+impl Memory {
+    /// Records that `loaded` now holds `len` items.
+    fn count(&self, loaded: &Loaded, len: usize) {
+        let before = loaded.len.swap(len, Ordering::Relaxed);
+        self.items.fetch_add(len, Ordering::Relaxed);
+        let _ = self
+            .items
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(before))
+            });
+    }
 }
 
 /// Vector collections on one Redis, with this instance's indexes.
@@ -180,6 +212,7 @@ pub struct VectorCollections {
     keys: Keys,
     config: VectorConfig,
     loaded: Arc<Mutex<HashMap<String, Arc<Loaded>>>>,
+    memory: Arc<Memory>,
 }
 
 impl std::fmt::Debug for VectorCollections {
@@ -204,7 +237,56 @@ impl VectorCollections {
             keys,
             config,
             loaded: Arc::default(),
+            memory: Arc::default(),
         }
+    }
+
+    /// The collections this instance holds in memory, and their items.
+    pub fn loaded(&self) -> (usize, usize) {
+        let all = self.loaded.lock().map(|all| {
+            all.values()
+                .map(|l| l.len.load(Ordering::Relaxed))
+                .fold((0, 0), |(c, n), len| (c + 1, n + len))
+        });
+        all.unwrap_or_default()
+    }
+
+    /// Unloads the collections searched least recently (never `keep`) until the items in
+    /// memory are within `bound`.
+    fn unload_least_used(&self, keep: &str, bound: usize) {
+        let Ok(mut all) = self.loaded.lock() else {
+            return;
+        };
+        let mut by_use: Vec<(u64, String, usize)> = all
+            .iter()
+            .map(|(name, l)| {
+                (
+                    l.used.load(Ordering::Relaxed),
+                    name.clone(),
+                    l.len.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        let mut total: usize = by_use.iter().map(|(_, _, len)| len).sum();
+        by_use.sort_unstable();
+        let mut unloaded = 0;
+        for (_, name, len) in by_use {
+            if total <= bound {
+                break;
+            }
+            if name != keep {
+                all.remove(&name);
+                total -= len;
+                unloaded += 1;
+            }
+        }
+        self.memory.items.store(total, Ordering::Relaxed);
+        tracing::debug!(
+            unloaded,
+            items = total,
+            bound,
+            "vector collections unloaded from memory"
+        );
     }
 
     fn keys_of(&self, collection: &str) -> Result<CollectionKeys> {
@@ -417,9 +499,18 @@ impl VectorCollections {
             if let Ok(mut all) = self.loaded.lock() {
                 all.remove(collection);
             }
+            self.memory.count(&loaded, 0);
         }
         result?;
         *last = Some(started);
+        drop(last);
+        let now = self.memory.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        loaded.used.store(now, Ordering::Relaxed);
+        if let Some(bound) = self.config.max_loaded_items
+            && self.memory.items.load(Ordering::Relaxed) > bound
+        {
+            self.unload_least_used(collection, bound);
+        }
         Ok(loaded)
     }
 
@@ -487,6 +578,7 @@ impl VectorCollections {
                 .collect::<Result<Vec<_>>>()?;
             let done = entries.len() < CATCH_UP_BATCH;
             let target = Arc::clone(loaded);
+            let memory = Arc::clone(&self.memory);
             tokio::task::spawn_blocking(move || {
                 let mut state = target.state.write().map_err(|_| poisoned())?;
                 let s = state.as_mut().ok_or(Error::NotFound)?;
@@ -494,6 +586,7 @@ impl VectorCollections {
                     apply(&mut s.index, change);
                 }
                 s.seq = last_seq;
+                memory.count(&target, s.index.len());
                 Ok::<_, Error>(())
             })
             .await
@@ -538,11 +631,13 @@ impl VectorCollections {
         }
         let config = self.config.index.clone();
         let target = Arc::clone(loaded);
+        let memory = Arc::clone(&self.memory);
         tokio::task::spawn_blocking(move || {
             let mut index = Index::with_config(dim, config);
             for item in items {
                 apply(&mut index, Change::Put(item));
             }
+            memory.count(&target, index.len());
             let mut state = target.state.write().map_err(|_| poisoned())?;
             *state = Some(State {
                 epoch,

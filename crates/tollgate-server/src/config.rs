@@ -260,6 +260,25 @@ pub struct SemanticCacheSection {
     /// Per-model thresholds over `threshold`.
     #[serde(default)]
     pub thresholds: BTreeMap<String, f32>,
+    /// When set, each model's threshold follows this error rate instead of staying fixed: a
+    /// share (`check_rate`) of the candidates near or above it also go upstream, the two answers
+    /// are compared, and the threshold (shared by every replica) moves until about this share
+    /// of the candidates checked are wrong. It starts from the configured threshold.
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    /// The share of candidates checked against the upstream (each check is one upstream call).
+    #[serde(default = "default_check_rate")]
+    pub check_rate: f64,
+    /// How far below the threshold candidates are still checked (so it can come down).
+    #[serde(default = "default_check_band")]
+    pub check_band: f32,
+    /// How far one wrong candidate raises the threshold (times `1 - max_error_rate`); a right
+    /// one lowers it by this times `max_error_rate`.
+    #[serde(default = "default_check_step")]
+    pub check_step: f64,
+    /// The least threshold the checks may bring a model to, however right its candidates were.
+    #[serde(default = "default_min_threshold")]
+    pub min_threshold: f32,
     /// How much longer than embeddings typically take a request waits for its question's
     /// before going on as a miss.
     pub lookup_budget_ms: u64,
@@ -269,6 +288,9 @@ pub struct SemanticCacheSection {
     /// Questions a partition keeps (in Redis and in each replica's memory); past it, indexing
     /// one drops those whose answers expire soonest.
     pub max_entries_per_partition: usize,
+    /// Questions each replica keeps in memory across partitions; past it, the partitions
+    /// looked up least recently are unloaded (kept in Redis, loaded again when looked up).
+    pub max_loaded_entries: usize,
 }
 
 impl SemanticCacheSection {
@@ -482,6 +504,22 @@ impl Config {
                 .iter()
                 .map(|(m, t)| (format!("semantic_cache.thresholds.{m:?}"), *t)),
         );
+        let sc = &self.semantic_cache;
+        if sc.max_error_rate.is_some_and(|r| !(r > 0.0 && r < 1.0)) {
+            p.push("semantic_cache.max_error_rate: must be between 0 and 1 (exclusive)".into());
+        }
+        let unit = |x: f64| (0.0..=1.0).contains(&x);
+        let valid = unit(sc.check_rate)
+            && unit(f64::from(sc.check_band))
+            && unit(f64::from(sc.min_threshold))
+            && sc.check_step > 0.0
+            && sc.check_step <= 1.0;
+        if !valid {
+            p.push(
+                "semantic_cache: check_rate, check_band and min_threshold must be between 0 and 1, check_step in (0, 1]"
+                    .into(),
+            );
+        }
         for (name, t) in thresholds {
             if !(0.0..=1.0).contains(&t) {
                 p.push(format!(
@@ -688,6 +726,22 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
             }
         }
     }
+}
+
+fn default_check_rate() -> f64 {
+    0.05
+}
+
+fn default_check_band() -> f32 {
+    0.05
+}
+
+fn default_check_step() -> f64 {
+    0.01
+}
+
+fn default_min_threshold() -> f32 {
+    0.8
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -57,6 +58,26 @@ pub enum SemanticSkip {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SemanticSkipLabels {
     pub reason: SemanticSkip,
+}
+
+/// A semantic candidate checked against the upstream: whether its cached answer was right,
+/// and whether it was at or above the threshold (it would have been served).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SemanticCheckLabels {
+    pub model: String,
+    pub outcome: CheckOutcome,
+    pub served: bool,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CheckOutcome {
+    Right,
+    Wrong,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,6 +158,8 @@ pub struct Metrics {
     pub limiter: Family<LimiterLabels, Counter>,
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     pub semantic_skipped: Family<SemanticSkipLabels, Counter>,
+    pub semantic_checks: Family<SemanticCheckLabels, Counter>,
+    pub semantic_threshold: Family<ModelLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -190,8 +213,22 @@ impl Default for Metrics {
             "Requests that went on without the semantic cache (embedder busy or slow), and questions not indexed",
             semantic_skipped.clone(),
         );
+        let semantic_checks = Family::<SemanticCheckLabels, Counter>::default();
+        registry.register(
+            "semantic_checks",
+            "Semantic candidates also sent upstream to check their cached answer (one upstream call each), by outcome",
+            semantic_checks.clone(),
+        );
+        let semantic_threshold = Family::<ModelLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "semantic_threshold",
+            "A model's semantic threshold as its checks moved it (semantic_cache.max_error_rate)",
+            semantic_threshold.clone(),
+        );
         Metrics {
             semantic_skipped,
+            semantic_checks,
+            semantic_threshold,
             registry,
             requests,
             latency,

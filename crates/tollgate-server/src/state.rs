@@ -196,6 +196,7 @@ impl Gateway {
                     max_expiring_items: Some(
                         config.semantic_cache.max_entries_per_partition.max(1),
                     ),
+                    max_loaded_items: Some(config.semantic_cache.max_loaded_entries.max(1)),
                     ..VectorConfig::default()
                 },
             )

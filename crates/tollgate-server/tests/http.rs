@@ -15,7 +15,10 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tollgate_server::{AppState, Config, Gateway, app};
-use tollgate_testkit::{CommandCount, RedisServer, count_commands, shared_redis, unique_prefix};
+use tollgate_testkit::{
+    CommandCount, FakeUpstream, FakeUpstreamConfig, RedisServer, count_commands, shared_redis,
+    unique_prefix,
+};
 use tower::ServiceExt;
 
 struct Reply {
@@ -1640,6 +1643,175 @@ async fn near_questions_with_other_numbers_or_a_negation_are_not_semantic_hits()
             r.json()["choices"][0]["message"]["content"]
         );
     }
+}
+
+/// With `max_error_rate` the operator chooses an error rate, not a threshold. Two replicas share
+/// one Redis and a fake upstream whose answer names the topic a question asks about, so a
+/// semantic hit is right exactly when it names the same topic. Questions about one topic are
+/// the same words in another order (embedded alike); different topics differ in one word (near,
+/// but wrong: above the configured threshold). Checks catch the wrong candidates and move the
+/// threshold, shared by both replicas; the wrong answers served stay within the bound while
+/// rewordings are still served.
+#[tokio::test]
+async fn with_an_error_rate_the_threshold_learns_from_checked_answers_on_two_replicas() {
+    const TOPICS: usize = 60;
+    const ASKED: usize = 6;
+    const MAX_ERROR_RATE: f64 = 0.05;
+    let topics: Vec<String> = (0..TOPICS)
+        .map(|i| format!("topic{}", letters(i)))
+        .collect();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        topics: topics.clone(),
+        ..Default::default()
+    })
+    .await;
+    let config = format!(
+        "[server]\nmaster_key = \"mk\"\n[semantic_cache]\nenabled = true\nembedding_model = \"mock/embed\"\n\
+         lookup_budget_ms = 60000\nthreshold = 0.9\nmax_error_rate = {MAX_ERROR_RATE}\ncheck_rate = 0.8\n\
+         check_step = 0.2\nmin_threshold = 0.8\n\
+         [providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"x\"\n",
+        upstream.base_url()
+    );
+    let (url, prefix) = (shared_redis().url(), unique_prefix());
+    let replicas = [
+        gateway_at(&url, &prefix, &config).await,
+        gateway_at(&url, &prefix, &config).await,
+    ];
+    let key = tenant_keys(&replicas[0], &["acme"]).await.remove(0);
+    let wrong_similarity = similarity_of(&replicas[0], &key, &topics[0], &topics[1]).await;
+    assert!(wrong_similarity > 0.9, "{wrong_similarity}");
+    let (mut served, mut served_wrong, mut upstream_answers) = (0, 0, 0);
+    for round in 0..ASKED {
+        for (t, topic) in topics.iter().enumerate() {
+            // The same eight words in an order of this round's.
+            let mut words = [
+                "tell",
+                "me",
+                "everything",
+                "you",
+                "know",
+                "about",
+                topic.as_str(),
+                "please",
+            ];
+            let mut seed = (round * TOPICS + t) as u64 * 2_654_435_761 + 1;
+            for i in (1..words.len()).rev() {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                words.swap(i, (seed >> 33) as usize % (i + 1));
+            }
+            let asked = words.join(" ");
+            let gw = &replicas[(round + t) % 2];
+            let r = ask(gw, &key, question("fake/m", &asked), &[]).await;
+            let answer = r.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            match r.header("x-tollgate-cache") {
+                Some("semantic") => {
+                    served += 1;
+                    served_wrong += usize::from(answer != format!("about {topic}"));
+                }
+                Some("miss") => {
+                    upstream_answers += 1;
+                    assert_eq!(answer, format!("about {topic}"), "{asked}");
+                }
+                other => panic!("{asked}: {other:?}"),
+            }
+        }
+    }
+    // Wrong answers within the bound, and rewordings still served from the cache (most
+    // candidates are checked here, so most rewordings go upstream: a test's rate, not a
+    // production one).
+    let rate = served_wrong as f64 / served.max(1) as f64;
+    assert!(
+        rate <= MAX_ERROR_RATE,
+        "{served_wrong} wrong of {served} served"
+    );
+    assert!(
+        served >= TOPICS * (ASKED - 1) / 10,
+        "{served} served, {upstream_answers} from the upstream"
+    );
+    // The checks, shared through Redis: wrong candidates were caught, and the threshold moved
+    // (it never goes below min_threshold).
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let stats: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{prefix}sc:threshold:fake/m"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let number = |field: &str| -> f64 { stats.get(field).map_or(0.0, |v| v.parse().unwrap()) };
+    assert!(
+        number("wrong") >= 1.0 && number("checked") > number("wrong"),
+        "{stats:?}"
+    );
+    assert!(
+        number("t") >= 0.8 && (number("t") - 0.9).abs() > 1e-6,
+        "{stats:?}"
+    );
+    // Each replica counts its own checks and shows the threshold it last set.
+    let metrics: String = futures::future::join_all(replicas.iter().map(|gw| async move {
+        call(
+            gw,
+            "GET",
+            "/metrics",
+            &[("authorization", "Bearer mk")],
+            None,
+        )
+        .await
+        .text
+    }))
+    .await
+    .concat();
+    assert!(
+        metrics.contains("tollgate_semantic_checks_total{model=\"fake/m\",outcome=\"Wrong\"")
+            && metrics
+                .contains("tollgate_semantic_checks_total{model=\"fake/m\",outcome=\"Right\"")
+            && metrics.contains("tollgate_semantic_threshold{model=\"fake/m\"}"),
+        "{metrics}"
+    );
+    // Every check was one more upstream call: the upstream saw the misses and the checks.
+    assert_eq!(upstream.calls() as usize, upstream_answers);
+}
+
+/// The similarity, by `mock/embed`, of two questions that differ only in their topic.
+async fn similarity_of(gw: &AppState, key: &str, a: &str, b: &str) -> f32 {
+    let text = |t: &str| format!("tell me everything you know about {t} please");
+    let body = json!({"model": "mock/embed", "input": [text(a), text(b)]});
+    let r = call(
+        gw,
+        "POST",
+        "/v1/embeddings",
+        &[("authorization", key)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v: Vec<Vec<f32>> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap())
+        .collect();
+    v[0].iter().zip(&v[1]).map(|(x, y)| x * y).sum()
+}
+
+/// `i` in letters (a, b, ..., z, ba, bb, ...): names without digits, which the semantic checks
+/// would compare.
+fn letters(mut i: usize) -> String {
+    let mut out = Vec::new();
+    loop {
+        out.push(b'a' + (i % 26) as u8);
+        i /= 26;
+        if i == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap()
 }
 
 /// Replicas (or a restart) with another embedding model never compare their vectors with the

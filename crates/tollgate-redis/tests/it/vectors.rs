@@ -12,6 +12,7 @@ pattern_suite!(
     bad_items_are_refused_whole,
     expired_items_are_never_ranked_and_the_next_write_purges_them,
     past_its_bound_a_collection_drops_the_items_that_expire_soonest_everywhere,
+    an_instance_keeps_its_bound_of_items_in_memory_and_reloads_what_it_unloaded,
 );
 
 /// Two gateway instances: separate connections, separate in-process indexes.
@@ -485,4 +486,57 @@ async fn past_its_bound_a_collection_drops_the_items_that_expire_soonest_everywh
     for gone in ["q0", "q3"] {
         assert!(a.get("sc", gone).await.unwrap().is_none(), "{gone}");
     }
+}
+
+/// An instance holds at most `max_loaded_items` in memory across its collections: searching
+/// past it unloads those searched least recently (never the one being searched). Nothing is
+/// lost: the items stay in Redis, a search of an unloaded collection loads it again, with every
+/// change another instance made meanwhile.
+async fn an_instance_keeps_its_bound_of_items_in_memory_and_reloads_what_it_unloaded(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let bounded = VectorConfig {
+        max_loaded_items: Some(10),
+        ..VectorConfig::default()
+    };
+    let (reader, _) = instances(&ctx, bounded);
+    let (writer, _) = instances(&ctx, VectorConfig::default());
+    let vector = |i: usize| vec![1.0, i as f32, 0.5];
+    for c in 0..5 {
+        let items: Vec<VectorItem> = (0..4)
+            .map(|i| item(&format!("c{c}i{i}"), vector(i), "en", 0.0))
+            .collect();
+        writer.upsert(&format!("coll{c}"), &items).await.unwrap();
+    }
+    let nearest = |c: usize| {
+        let reader = reader.clone();
+        async move {
+            let found = reader
+                .search(
+                    &format!("coll{c}"),
+                    vector(2),
+                    1,
+                    Filter::default(),
+                    SearchMode::Auto,
+                )
+                .await
+                .unwrap();
+            ids(&found)
+        }
+    };
+    for c in 0..5 {
+        assert_eq!(nearest(c).await, [format!("c{c}i2")]);
+        let (collections, items) = reader.loaded();
+        assert!(items <= 10, "{collections} collections, {items} items");
+    }
+    // Two collections of four fit: the last two searched.
+    assert_eq!(reader.loaded(), (2, 8));
+    // The first was unloaded; the other instance changes it; searching it loads it again.
+    writer
+        .upsert("coll0", &[item("c0new", vector(2), "en", 0.0)])
+        .await
+        .unwrap();
+    writer.delete("coll0", &["c0i2"]).await.unwrap();
+    assert_eq!(nearest(0).await, ["c0new"]);
+    assert_eq!(reader.loaded(), (2, 8));
+    assert_eq!(reader.info("coll0").await.unwrap().len, 4);
 }

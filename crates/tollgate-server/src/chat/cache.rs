@@ -189,11 +189,11 @@ pub(super) async fn route(
                 // Held from now on: kept while the semantic lookup, the limits and the
                 // generation run, and freed within one lease if this gateway dies anywhere.
                 let renewal = renew_lease(gw, &key, token);
-                let probe = match semantic.take() {
+                let mut probe = match semantic.take() {
                     Some(context) => Some(context.probe(gw).await),
                     None => None,
                 };
-                if let Some(probe) = &probe
+                if let Some(probe) = &mut probe
                     && let Some((bytes, similarity)) =
                         probe.nearest(gw, principal, &plan.req.model).await
                 {

@@ -260,7 +260,9 @@ impl Generation {
                         {
                             Ok(tollgate_redis::Stored::Yes) => {
                                 if let Some(probe) = semantic.take() {
-                                    probe.index(&gw, key, gw.cache.ttl_for(self.ttl)).await;
+                                    probe
+                                        .index(&gw, key, gw.cache.ttl_for(self.ttl), &completion)
+                                        .await;
                                 }
                             }
                             Ok(_) => {}

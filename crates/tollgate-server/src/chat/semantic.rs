@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderName, HeaderValue};
 use serde_json::Value;
-use tollgate_core::request_hash;
-use tollgate_redis::CacheKey;
+use tollgate_core::{ChatCompletion, request_hash};
+use tollgate_redis::{CacheKey, CheckPolicy};
 
 use crate::auth::Principal;
-use crate::metrics::SemanticSkip;
+use crate::metrics::{CheckOutcome, ModelLabels, SemanticCheckLabels, SemanticSkip};
 use crate::state::Gateway;
 
 /// The `x-tollgate-cache-similarity` header of a semantic hit.
@@ -43,6 +43,17 @@ pub(super) struct SemanticProbe {
     pub(super) partition: String,
     pub(super) question: String,
     embedding: Embedding,
+    /// A candidate whose cached answer is checked against this request's upstream answer.
+    check: Option<Check>,
+}
+
+/// A semantic candidate sent upstream as well (`semantic_cache.max_error_rate`): its cached
+/// answer is compared with the upstream's once that arrives.
+struct Check {
+    model: String,
+    cached: Vec<u8>,
+    /// At or above the threshold: it would have been served.
+    served: bool,
 }
 
 enum Embedding {
@@ -99,6 +110,7 @@ impl SemanticContext {
             partition: self.partition.clone(),
             question: self.question.clone(),
             embedding,
+            check: None,
         };
         let Ok(slot) = gw.semantic_slots.clone().try_acquire_owned() else {
             gw.metrics.semantic_skipped(SemanticSkip::Busy);
@@ -159,8 +171,12 @@ impl SemanticProbe {
     /// The cached answer of the most similar question, when it is similar enough and its exact
     /// cache entry still exists (an item whose entry expired or was invalidated is forgotten).
     /// `None` at once when the question was not embedded in time.
+    ///
+    /// With `semantic_cache.max_error_rate`, the threshold is the model's as its checks moved
+    /// it, and a `check_rate` share of the candidates within `check_band` below it or above is
+    /// not served but checked: the request goes upstream and [`Self::index`] compares answers.
     pub(super) async fn nearest(
-        &self,
+        &mut self,
         gw: &Gateway,
         principal: &Principal,
         model: &str,
@@ -168,15 +184,24 @@ impl SemanticProbe {
         let Embedding::Ready(embedding) = &self.embedding else {
             return None;
         };
-        let threshold = gw.config.semantic_cache.threshold_for(model);
+        let config = &gw.config.semantic_cache;
+        let configured = config.threshold_for(model);
+        let (threshold, floor) = match config.max_error_rate {
+            None => (configured, configured),
+            Some(_) => {
+                let t = match gw.semantic.threshold(model).await {
+                    Ok(t) => t.unwrap_or(configured),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "semantic threshold unavailable; using the configured one");
+                        configured
+                    }
+                };
+                (t, (t - config.check_band).max(0.0))
+            }
+        };
         let hit = match gw
             .semantic
-            .lookup(
-                &self.partition,
-                &self.question,
-                embedding.clone(),
-                threshold,
-            )
+            .lookup(&self.partition, &self.question, embedding.clone(), floor)
             .await
         {
             Ok(hit) => hit?,
@@ -185,18 +210,31 @@ impl SemanticProbe {
                 return None;
             }
         };
+        let check = config.max_error_rate.is_some() && uniform() < config.check_rate;
+        if !check && hit.similarity < threshold {
+            return None;
+        }
         let key = CacheKey::new(model, &principal.tenant, &hit.request_hash).ok()?;
-        match gw.cache.get(&key).await {
-            Ok(Some(bytes)) => Some((bytes, hit.similarity)),
+        let bytes = match gw.cache.get(&key).await {
+            Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 let _ = gw.semantic.forget(&self.partition, &hit.request_hash).await;
-                None
+                return None;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "response cache unavailable for a semantic hit");
-                None
+                return None;
             }
+        };
+        if check {
+            self.check = Some(Check {
+                model: model.to_owned(),
+                cached: bytes,
+                served: hit.similarity >= threshold,
+            });
+            return None;
         }
+        Some((bytes, hit.similarity))
     }
 
     /// Indexes the question once its answer is stored under `key`, for as long as the answer.
@@ -204,13 +242,26 @@ impl SemanticProbe {
     /// it); one still running is awaited off the request path, and a question the embedder had
     /// no room for is embedded then if it has room (else it is not indexed, counted as
     /// `index_dropped`).
-    pub(super) async fn index(self, gw: &Arc<Gateway>, key: &CacheKey, ttl: Duration) {
+    ///
+    /// A candidate being checked is compared with `answer` first.
+    pub(super) async fn index(
+        self,
+        gw: &Arc<Gateway>,
+        key: &CacheKey,
+        ttl: Duration,
+        answer: &ChatCompletion,
+    ) {
         let SemanticProbe {
             partition,
             question,
             embedding,
+            check,
         } = self;
         let (gw, key) = (gw.clone(), key.clone());
+        if let Some(check) = check {
+            let wrong = !same_answer(&check.cached, answer);
+            tokio::spawn(record_check(gw.clone(), check, wrong));
+        }
         match embedding {
             Embedding::Ready(e) => insert(&gw, &partition, &question, &key, e, ttl).await,
             Embedding::Pending(task) => {
@@ -257,5 +308,62 @@ async fn insert(
         .await
     {
         tracing::warn!(error = %e, "could not index the answer in the semantic cache");
+    }
+}
+
+/// A uniform draw in [0, 1) (uuid's fast random generator: no system call).
+fn uniform() -> f64 {
+    (uuid::Uuid::new_v4().as_u64_pair().0 >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Whether a cached answer says what a fresh one says (the first choice's message: its text
+/// and tool calls). For a deterministic request a right candidate's answer is the same.
+fn same_answer(cached: &[u8], fresh: &ChatCompletion) -> bool {
+    let message = |v: &Value| v.pointer("/choices/0/message").cloned();
+    let (Ok(cached), Ok(fresh)) = (
+        serde_json::from_slice::<Value>(cached),
+        serde_json::to_value(fresh),
+    ) else {
+        return false;
+    };
+    message(&cached).is_some() && message(&cached) == message(&fresh)
+}
+
+/// Folds a checked candidate into its model's threshold (shared through Redis) and the metrics.
+async fn record_check(gw: Arc<Gateway>, check: Check, wrong: bool) {
+    let config = &gw.config.semantic_cache;
+    let Some(max_error_rate) = config.max_error_rate else {
+        return;
+    };
+    gw.metrics
+        .semantic_checks
+        .get_or_create(&SemanticCheckLabels {
+            model: check.model.clone(),
+            outcome: if wrong {
+                CheckOutcome::Wrong
+            } else {
+                CheckOutcome::Right
+            },
+            served: check.served,
+        })
+        .inc();
+    let policy = CheckPolicy {
+        initial: config.threshold_for(&check.model),
+        max_error_rate,
+        step: config.check_step,
+        least: config.min_threshold,
+    };
+    match gw
+        .semantic
+        .record_check(&check.model, &policy, wrong, check.served)
+        .await
+    {
+        Ok(t) => {
+            gw.metrics
+                .semantic_threshold
+                .get_or_create(&ModelLabels { model: check.model })
+                .set(t);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not record a semantic check"),
     }
 }

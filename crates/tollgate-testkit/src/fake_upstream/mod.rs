@@ -31,6 +31,10 @@ pub struct FakeUpstreamConfig {
     /// The key every call must carry (`Authorization: Bearer` for OpenAI's API, `x-api-key` for
     /// Anthropic's); any key is taken when `None`.
     pub api_key: Option<String>,
+    /// When not empty, a text answer is `about TOPIC` (`about nothing` when none): the first of
+    /// these words the last user message names. Questions naming the same topic get the same
+    /// answer, so a test knows which questions are equivalent.
+    pub topics: Vec<String>,
 }
 
 impl Default for FakeUpstreamConfig {
@@ -40,6 +44,7 @@ impl Default for FakeUpstreamConfig {
             chunk_delay: Duration::ZERO,
             fail_first: 0,
             api_key: None,
+            topics: Vec::new(),
         }
     }
 }
@@ -118,6 +123,31 @@ impl Drop for FakeUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The words of the text answer to `request`: the topic's (`topics`), else `w0`, ` w1`, ...
+fn words_for(config: &FakeUpstreamConfig, request: &Value) -> Vec<String> {
+    if config.topics.is_empty() {
+        return answer_words(config.chunks).collect();
+    }
+    let question = request
+        .pointer("/messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_lowercase();
+    let topic = config
+        .topics
+        .iter()
+        .find(|t| {
+            question
+                .split(|c: char| !c.is_alphanumeric())
+                .any(|w| w == t.as_str())
+        })
+        .map_or("nothing", String::as_str);
+    vec!["about".to_owned(), format!(" {topic}")]
 }
 
 /// The words of a text answer: `w0`, ` w1`, ...
@@ -199,7 +229,7 @@ async fn chat(
         }
         return Json(json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer_text(config.chunks)},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": words_for(&config, &request).concat()},
                          "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 10, "completion_tokens": config.chunks, "total_tokens": 10 + config.chunks},
         }))
@@ -213,7 +243,7 @@ async fn chat(
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
-    for text in answer_words(config.chunks) {
+    for text in words_for(&config, &request) {
         events.push(chunk(json!({"content": text}), Value::Null));
     }
     events.push(chunk(json!({}), json!("stop")));
