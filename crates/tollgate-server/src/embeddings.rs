@@ -3,7 +3,8 @@
 //! batch, and are stored for next time. Order is kept. Redis away: everything is computed.
 //!
 //! The cache is keyed by the model name as requested (an alias over several embedding models
-//! should route to models that agree) and the text's SHA-256.
+//! should route to models that agree), the version of its vectors ([`version`]) and the text's
+//! SHA-256.
 
 use std::time::Duration;
 
@@ -15,15 +16,29 @@ use tollgate_redis::EmbeddingCache;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::limits::{Charge, admit};
-use crate::state::AppState;
+use crate::state::{AppState, Gateway};
 
-/// The version part of embedding cache keys; bump it when what a model name means changes.
-const CACHE_VERSION: &str = "1";
+/// The version of a model's vectors when neither the configuration
+/// (`[embeddings.versions]`) nor its provider (the local models: their weights' hash) gives one.
+const DEFAULT_VERSION: &str = "1";
 
-/// An embedding model and the version of its vectors (`MODEL@VERSION`): what the embedding
-/// cache is keyed by, and what the semantic cache partitions by.
-pub fn embedder(model: &str) -> String {
-    format!("{model}@{CACHE_VERSION}")
+/// The version of `model`'s vectors: `[embeddings.versions]`, else what its provider knows (a
+/// local model's weights' hash), else "1". The embedding cache keys vectors by it (old ones are
+/// left to expire), and the semantic cache partitions by it.
+pub fn version(gw: &Gateway, model: &str) -> String {
+    gw.config
+        .embeddings
+        .versions
+        .get(model)
+        .cloned()
+        .or_else(|| gw.router().embedding_version(model))
+        .unwrap_or_else(|| DEFAULT_VERSION.to_owned())
+}
+
+/// An embedding model and the version of its vectors (`MODEL@VERSION`): what the semantic cache
+/// partitions by.
+pub fn embedder(gw: &Gateway, model: &str) -> String {
+    format!("{model}@{}", version(gw, model))
 }
 
 /// Vectors for `texts`, in order, and how many came from the cache.
@@ -52,7 +67,7 @@ pub async fn embed_texts(
         gw.embedding_redis.clone(),
         gw.keys.clone(),
         model,
-        CACHE_VERSION,
+        &version(gw, model),
         Duration::from_secs(gw.config.embeddings.cache_ttl_seconds),
     )
     .map_err(|e| ApiError::bad(e.to_string(), Some("model")))?;

@@ -1814,6 +1814,98 @@ fn letters(mut i: usize) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// A model's vectors carry a version: a local model's is its weights' hash, others' "1" unless
+/// `[embeddings.versions]` says otherwise. Replicas on another version neither read the cached
+/// embeddings nor search the semantic partitions of the old one (left to expire), and find
+/// their own.
+#[tokio::test]
+async fn another_embedding_version_starts_the_embedding_and_semantic_caches_afresh() {
+    let (url, prefix) = (shared_redis().url(), unique_prefix());
+    let config = |version: &str| {
+        format!(
+            "[server]\nmaster_key = \"mk\"\n[semantic_cache]\nenabled = true\nthreshold = 0.8\n\
+             lookup_budget_ms = 60000\nembedding_model = \"mock/embed\"\n\
+             [embeddings.versions]\n\"mock/embed\" = \"{version}\"\n"
+        )
+    };
+    let old = gateway_at(&url, &prefix, &config("1")).await;
+    let new = gateway_at(&url, &prefix, &config("2024-06")).await;
+    let key = tenant_keys(&old, &["acme"]).await.remove(0);
+    let embed = |gw: AppState, text: &'static str| {
+        let key = key.clone();
+        async move {
+            let body = json!({"model": "mock/embed", "input": [text]});
+            let r = call(
+                &gw,
+                "POST",
+                "/v1/embeddings",
+                &[("authorization", &key)],
+                Some(body),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            r.header("x-tollgate-embeddings-cached").unwrap().to_owned()
+        }
+    };
+    assert_eq!(embed(old.clone(), "hello world").await, "0");
+    assert_eq!(embed(old.clone(), "hello world").await, "1");
+    assert_eq!(embed(new.clone(), "hello world").await, "0");
+    assert_eq!(embed(new.clone(), "hello world").await, "1");
+    // The semantic cache: the new version finds nothing of the old one's, then its own.
+    let asked = |gw: &AppState, text: &str| {
+        let (gw, key, text) = (gw.clone(), key.clone(), text.to_owned());
+        async move {
+            ask(&gw, &key, question("mock/echo", &text), &[])
+                .await
+                .header("x-tollgate-cache")
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(asked(&old, "What is the capital of France?").await, "miss");
+    assert_eq!(
+        asked(&old, "what is the capital of france").await,
+        "semantic"
+    );
+    assert_eq!(asked(&new, "What is the capital of France").await, "miss");
+    assert_eq!(
+        asked(&new, "WHAT is the capital of France?!").await,
+        "semantic"
+    );
+    // The local model's version is its weights' hash (pinned by scripts/install-models.sh).
+    let local = gateway_at(&url, &prefix, &config("1")).await;
+    let body = json!({"model": "local/all-minilm-l6-v2", "input": ["one"]});
+    let r = call(
+        &local,
+        "POST",
+        "/v1/embeddings",
+        &[("authorization", &key)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}{{e:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for version in [
+        "{e:mock/embed:1}",
+        "{e:mock/embed:2024-06}",
+        "{e:local/all-minilm-l6-v2:53aa51172d14}",
+    ] {
+        assert!(
+            keys.iter().any(|k| k.contains(version)),
+            "{version}: {keys:?}"
+        );
+    }
+}
+
 /// Replicas (or a restart) with another embedding model never compare their vectors with the
 /// old model's: each embedder has its own partitions, so the cache starts afresh for it.
 #[tokio::test]

@@ -13,6 +13,7 @@ mod chat;
 mod embed;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,9 @@ struct ChatJob {
 pub struct LocalProvider {
     embed: SyncSender<EmbedJob>,
     chat: SyncSender<ChatJob>,
+    /// Where the embedding model's weights are, and their version once read.
+    embed_dir: PathBuf,
+    embed_version: Arc<std::sync::OnceLock<Option<String>>>,
 }
 
 impl std::fmt::Debug for LocalProvider {
@@ -173,6 +177,7 @@ impl LocalProvider {
     pub fn start(config: LocalConfig) -> Self {
         let (embed, embed_jobs) = std::sync::mpsc::sync_channel::<EmbedJob>(config.embed_queue);
         let dir = config.model_dir.join(EMBEDDING_MODEL);
+        let embed_dir = dir.clone();
         let preload = config.preload;
         std::thread::Builder::new()
             .name("local-embed".into())
@@ -231,8 +236,44 @@ impl LocalProvider {
                 }
             })
             .ok();
-        LocalProvider { embed, chat }
+        LocalProvider {
+            embed,
+            chat,
+            embed_dir,
+            embed_version: Arc::default(),
+        }
     }
+}
+
+/// The version of the vectors of the embedding model in `dir`: the first 12 hex digits of its
+/// weights' SHA-256, read from `model.safetensors.sha256` (which `scripts/install-models.sh`
+/// writes beside them) or, when that is missing or older than the weights, computed. `None`
+/// without weights.
+pub fn weights_version(dir: &std::path::Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let weights = dir.join("model.safetensors");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let written = dir.join("model.safetensors.sha256");
+    let fresh = modified(&written) >= modified(&weights) && modified(&weights).is_some();
+    let recorded = std::fs::read_to_string(&written)
+        .ok()
+        .filter(|_| fresh)
+        .and_then(|text| {
+            let hex = text.get(..64)?;
+            hex.bytes()
+                .all(|b| b.is_ascii_hexdigit())
+                .then(|| hex.to_ascii_lowercase())
+        });
+    let hex = match recorded {
+        Some(hex) => hex,
+        None => {
+            let mut file = std::fs::File::open(&weights).ok()?;
+            let mut hash = Sha256::new();
+            std::io::copy(&mut file, &mut hash).ok()?;
+            hex::encode(hash.finalize())
+        }
+    };
+    Some(hex[..12].to_owned())
 }
 
 fn loaded<T>(what: &str, load: impl FnOnce() -> Result<T, LoadError>) -> Result<T, LoadError> {
@@ -408,6 +449,15 @@ fn unknown(model: &str) -> ProviderError {
 }
 
 impl Provider for LocalProvider {
+    fn embedding_version(&self, model: &str) -> Option<String> {
+        if model != EMBEDDING_MODEL {
+            return None;
+        }
+        self.embed_version
+            .get_or_init(|| weights_version(&self.embed_dir))
+            .clone()
+    }
+
     fn chat_stream(
         &self,
         request: ChatRequest,
@@ -466,6 +516,32 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_vectors_version_is_the_weights_hash_recorded_beside_them_or_computed() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(weights_version(dir.path()), None, "no weights");
+        let weights = dir.path().join("model.safetensors");
+        std::fs::write(&weights, "abc").unwrap();
+        // SHA-256("abc") = ba7816bf8f01cfea...
+        assert_eq!(weights_version(dir.path()).as_deref(), Some("ba7816bf8f01"));
+        let recorded = dir.path().join("model.safetensors.sha256");
+        std::fs::write(
+            &recorded,
+            format!("{}\n", "0123456789AB".repeat(6)[..64].to_owned()),
+        )
+        .unwrap();
+        assert_eq!(weights_version(dir.path()).as_deref(), Some("0123456789ab"));
+        // Weights newer than the recorded hash: it is computed again.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&weights)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(weights_version(dir.path()).as_deref(), Some("ba7816bf8f01"));
+    }
 
     #[test]
     fn what_the_local_model_cannot_do_is_refused_by_name() {

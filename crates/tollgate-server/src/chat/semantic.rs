@@ -95,7 +95,7 @@ impl SemanticContext {
                 model,
                 tenant,
                 &context,
-                &crate::embeddings::embedder(&gw.config.semantic_cache.embedding_model),
+                &crate::embeddings::embedder(gw, &gw.config.semantic_cache.embedding_model),
             ),
             question,
         })
