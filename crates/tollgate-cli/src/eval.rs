@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use tollgate_core::semantic_checks::signature;
+use tollgate_core::semantic_checks::{self, signature};
 use tollgate_providers::Router;
 use tollgate_vector::{Condition, Filter, Index};
 
@@ -37,6 +37,22 @@ struct Pair {
     a: String,
     b: String,
     label: u8,
+}
+
+impl Pair {
+    /// Both questions as the semantic cache reads them ([`semantic_checks::question`]).
+    fn into_asked(self) -> Pair {
+        // A question of punctuation alone is kept as written (the cache skips it).
+        let read = |t: String| {
+            let q = semantic_checks::question(&t);
+            if q.is_empty() { t } else { q }
+        };
+        Pair {
+            a: read(self.a),
+            b: read(self.b),
+            label: self.label,
+        }
+    }
 }
 
 /// Which questions an evaluation keeps.
@@ -449,13 +465,17 @@ impl Sweep<'_> {
 
 /// Runs the evaluation and prints the tables, marking the configured threshold.
 pub(crate) async fn semantic_eval(router: &Router, o: &EvalOptions) -> anyhow::Result<()> {
-    let all = read_pairs(&o.file, o.limit)?;
+    // Questions as the semantic cache reads them; the split still goes by the file's text.
+    let read = read_pairs(&o.file, o.limit)?;
+    let kept: Vec<bool> = read.iter().map(|p| o.split.keeps(&p.a)).collect();
+    let all: Vec<Pair> = read.into_iter().map(Pair::into_asked).collect();
     // The labels of the whole file settle "other" hits; only the split is looked up.
     let labels = Labels::new(&all);
     let pairs: Vec<Pair> = all
         .iter()
-        .filter(|p| o.split.keeps(&p.a))
-        .cloned()
+        .zip(&kept)
+        .filter(|(_, kept)| **kept)
+        .map(|(p, _)| p.clone())
         .collect();
     if pairs.is_empty() {
         bail!(
@@ -468,7 +488,10 @@ pub(crate) async fn semantic_eval(router: &Router, o: &EvalOptions) -> anyhow::R
     // The paraphrase set: its pairs, labels and vectors.
     let paraphrases = match &o.paraphrases {
         Some(file) => {
-            let pairs = read_paraphrases(file)?;
+            let pairs: Vec<Pair> = read_paraphrases(file)?
+                .into_iter()
+                .map(Pair::into_asked)
+                .collect();
             let (vectors, _, _) = embed_pairs(router, &o.model, &pairs).await?;
             Some((file, pairs, vectors))
         }

@@ -84,8 +84,8 @@ impl SemanticContext {
         if last.get("role")?.as_str()? != "user" {
             return None;
         }
-        let question = last.get("content")?.as_str()?.to_owned();
-        if question.trim().is_empty() {
+        let question = tollgate_core::semantic_checks::question(last.get("content")?.as_str()?);
+        if question.is_empty() {
             return None;
         }
         messages.pop();
@@ -258,9 +258,11 @@ impl SemanticProbe {
             check,
         } = self;
         let (gw, key) = (gw.clone(), key.clone());
+        // Recorded before the answer ends (one Redis call, for checked requests only): the
+        // next request on any replica sees the threshold it moved.
         if let Some(check) = check {
             let wrong = !same_answer(&check.cached, answer);
-            tokio::spawn(record_check(gw.clone(), check, wrong));
+            record_check(&gw, check, wrong).await;
         }
         match embedding {
             Embedding::Ready(e) => insert(&gw, &partition, &question, &key, e, ttl).await,
@@ -330,7 +332,7 @@ fn same_answer(cached: &[u8], fresh: &ChatCompletion) -> bool {
 }
 
 /// Folds a checked candidate into its model's threshold (shared through Redis) and the metrics.
-async fn record_check(gw: Arc<Gateway>, check: Check, wrong: bool) {
+async fn record_check(gw: &Gateway, check: Check, wrong: bool) {
     let config = &gw.config.semantic_cache;
     let Some(max_error_rate) = config.max_error_rate else {
         return;
