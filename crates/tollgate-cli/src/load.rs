@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -22,7 +22,8 @@ struct Row {
     entity_id: String,
     group: String,
     features: BTreeMap<String, Value>,
-    ttl: Option<Duration>,
+    /// The row's own TTL (absent: the command's, else `features.default_ttl_seconds`; 0: none).
+    ttl_seconds: Option<u64>,
 }
 
 /// Loads `file`; returns the number of bad rows.
@@ -31,7 +32,7 @@ pub(crate) async fn load(
     file: &Path,
     tenant: &str,
     concurrency: usize,
-    ttl: Option<Duration>,
+    ttl_seconds: Option<u64>,
 ) -> anyhow::Result<usize> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
     let csv = file
@@ -61,7 +62,7 @@ pub(crate) async fn load(
                         &row.entity_id,
                         &row.group,
                         &row.features,
-                        row.ttl.or(ttl),
+                        gw.features.ttl_for(row.ttl_seconds.or(ttl_seconds)),
                     )
                     .await;
                 bar.inc(1);
@@ -113,7 +114,7 @@ fn parse_jsonl(text: &str) -> (Vec<Row>, Vec<(usize, String)>) {
                 entity_id: r.entity_id,
                 group: r.group,
                 features: r.features,
-                ttl: r.ttl_seconds.filter(|t| *t > 0).map(Duration::from_secs),
+                ttl_seconds: r.ttl_seconds,
             }),
             Err(e) => bad.push((i + 1, format!("not a feature row: {e}"))),
         }
@@ -178,7 +179,7 @@ fn parse_csv(text: &str) -> (Vec<Row>, Vec<(usize, String)>) {
             entity_id: record[ii].to_owned(),
             group: record[gi].to_owned(),
             features,
-            ttl: None,
+            ttl_seconds: None,
         });
     }
     (rows, bad)

@@ -139,7 +139,8 @@ enum FeaturesCommand {
         /// Writes in flight at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        /// TTL of every group loaded (rows may set their own in JSONL).
+        /// TTL of every group loaded (rows may set their own in JSONL); default
+        /// `features.default_ttl_seconds`, 0: no expiry.
         #[arg(long)]
         ttl_seconds: Option<u64>,
     },
@@ -338,8 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let gw = connect_gateway(cli.config.as_deref(), &data_dir).await?;
-            let ttl = ttl_seconds.filter(|t| *t > 0).map(Duration::from_secs);
-            let bad = load::load(gw, &file, &tenant, concurrency, ttl).await?;
+            let bad = load::load(gw, &file, &tenant, concurrency, ttl_seconds).await?;
             if bad > 0 {
                 bail!("{bad} bad row(s)");
             }

@@ -38,12 +38,33 @@ pub struct EntityRef {
 pub struct FeatureStore {
     redis: Redis,
     keys: Keys,
+    /// The TTL of a group written without one (`None`: it never expires).
+    default_ttl: Option<Duration>,
 }
 
 impl FeatureStore {
-    /// Features under `keys`' prefix.
+    /// Features under `keys`' prefix; groups written without a TTL never expire.
     pub fn new(redis: Redis, keys: Keys) -> Self {
-        FeatureStore { redis, keys }
+        FeatureStore {
+            redis,
+            keys,
+            default_ttl: None,
+        }
+    }
+
+    /// Groups written without a TTL expire after `ttl` (`None`: never).
+    pub fn with_default_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// The TTL of a write that asks for `ttl_seconds`: none asked, the default; 0, no expiry.
+    pub fn ttl_for(&self, ttl_seconds: Option<u64>) -> Option<Duration> {
+        match ttl_seconds {
+            None => self.default_ttl,
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+        }
     }
 
     fn key(&self, entity_type: &str, entity_id: &str, group: &str) -> Result<String> {
@@ -119,7 +140,8 @@ impl FeatureStore {
     }
 
     /// Applies a feature update event: fields `entity_type`, `entity_id`, `group`, optionally
-    /// `ttl_seconds`, and the features (every other field; values parsed as JSON when they are).
+    /// `ttl_seconds` (absent: the default TTL; 0: no expiry), and the features (every other
+    /// field; values parsed as JSON when they are).
     pub async fn apply_event(&self, event: &Event) -> Result<u64> {
         let field = |name: &str| {
             event
@@ -133,9 +155,12 @@ impl FeatureStore {
                 "a feature update needs entity_type, entity_id and group".into(),
             ));
         };
-        let ttl = field("ttl_seconds")
-            .and_then(|t| t.parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let ttl = match field("ttl_seconds") {
+            None => self.ttl_for(None),
+            Some(t) => self.ttl_for(Some(t.parse::<u64>().map_err(|_| {
+                Error::InvalidArgument(format!("ttl_seconds: {t:?} is not a number of seconds"))
+            })?)),
+        };
         let features: BTreeMap<String, Value> = event
             .fields
             .iter()

@@ -60,6 +60,7 @@ sections! {
     embeddings: EmbeddingsSection,
     semantic_cache: SemanticCacheSection,
     vectors: VectorsSection,
+    features: FeaturesSection,
     retry: RetrySection,
     providers: BTreeMap<String, ProviderSection>,
     aliases: BTreeMap<String, AliasSection>,
@@ -306,6 +307,12 @@ impl SemanticCacheSection {
             .copied()
             .unwrap_or(self.threshold)
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FeaturesSection {
+    /// How long a feature group written without `ttl_seconds` lives; 0: it never expires.
+    pub default_ttl_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

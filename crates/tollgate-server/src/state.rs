@@ -176,7 +176,11 @@ impl Gateway {
             limiter: RateLimiter::new(limits_redis.clone(), keys.clone()),
             api_keys: ApiKeys::new(limits_redis, keys.clone()),
             events: EventBus::new(redis.clone(), keys.clone(), EventConfig::default()),
-            features: FeatureStore::new(redis.clone(), keys.clone()),
+            features: FeatureStore::new(redis.clone(), keys.clone()).with_default_ttl(
+                Some(config.features.default_ttl_seconds)
+                    .filter(|&s| s > 0)
+                    .map(Duration::from_secs),
+            ),
             vectors: VectorCollections::new(
                 redis.clone(),
                 keys.clone(),

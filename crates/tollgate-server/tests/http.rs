@@ -1009,6 +1009,44 @@ async fn events_are_published_into_the_callers_tenant() {
     );
 }
 
+/// A group written without `ttl_seconds` lives `features.default_ttl_seconds`; `ttl_seconds: 0`
+/// keeps it until it is replaced; a TTL of its own wins.
+#[tokio::test]
+async fn feature_groups_expire_by_default_unless_told_not_to() {
+    let (url, prefix) = (shared_redis().url(), unique_prefix());
+    let gw = gateway_at(
+        &url,
+        &prefix,
+        "[server]\nmaster_key = \"mk\"\n[features]\ndefault_ttl_seconds = 100\n",
+    )
+    .await;
+    let key = tenant_keys(&gw, &["acme"]).await.remove(0);
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for (group, ttl, expected) in [
+        ("plain", None, 90_000..=100_000),
+        ("forever", Some(0), -1..=-1),
+        ("own", Some(5), 1..=5_000),
+    ] {
+        let mut body = json!({"features": {"a": 1}});
+        if let Some(ttl) = ttl {
+            body["ttl_seconds"] = json!(ttl);
+        }
+        let path = format!("/v1/features/user/u1/{group}");
+        let r = call(&gw, "PUT", &path, &[("authorization", &key)], Some(body)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{prefix}{{f:acme/user:u1}}:{group}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(expected.contains(&pttl), "{group}: {pttl}");
+    }
+}
+
 #[tokio::test]
 async fn features_are_written_and_read_per_tenant() {
     let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
@@ -1085,7 +1123,7 @@ async fn features_are_written_and_read_per_tenant() {
         (
             "PUT",
             "/v1/features/user/u1/g",
-            Some(json!({"features": {"a": 1}, "ttl_seconds": 0})),
+            Some(json!({"features": {"a": 1}, "ttl_seconds": -1})),
         ),
         ("PUT", "/v1/features/user/u1/g", Some(json!({"a": 1}))),
     ] {

@@ -1,8 +1,6 @@
 //! `/v1/features`: the tenant's online feature store (put a group, get groups of an entity, get
 //! many entities in one round trip).
 
-use std::time::Duration;
-
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -27,20 +25,16 @@ fn group_json(group: Option<tollgate_redis::FeatureGroup>) -> Value {
     )
 }
 
-/// `PUT /v1/features/{entity_type}/{entity_id}/{group}` `{"features": {...}, "ttl_seconds": N}`.
+/// `PUT /v1/features/{entity_type}/{entity_id}/{group}` `{"features": {...}, "ttl_seconds": N}`
+/// (left out: `features.default_ttl_seconds`; 0: no expiry).
 pub async fn put_features_handler(
     State(gw): State<AppState>,
     principal: Principal,
     Path((entity_type, entity_id, group)): Path<(String, String, String)>,
     Json(put): Json<PutFeatures>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    if put.ttl_seconds == Some(0) {
-        return Err(ApiError::bad(
-            "ttl_seconds must be at least 1 (leave it out for no expiry)",
-            Some("ttl_seconds"),
-        ));
-    }
-    let ttl = put.ttl_seconds.map(Duration::from_secs);
+    // Left out: `features.default_ttl_seconds`; 0: the group never expires.
+    let ttl = gw.features.ttl_for(put.ttl_seconds);
     let updated = gw
         .features
         .put(
