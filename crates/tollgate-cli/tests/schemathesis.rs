@@ -14,7 +14,8 @@ use tollgate_testkit::RedisServer;
 #[test]
 fn generated_requests_get_no_server_error_and_answers_match_the_openapi_document() {
     let redis = RedisServer::start();
-    let (_dir, path) = config_file("");
+    // Group reads wait at most 50 ms here: generated cases must not each block for seconds.
+    let (_dir, path) = config_file("[events]\nmax_block_ms = 50\n");
     let replica = Replica::start(&redis.url(), &path, &[]);
     let output = Command::new("schemathesis")
         .current_dir(tempfile::tempdir().unwrap().path())

@@ -281,6 +281,20 @@ impl EventBus {
         parse_entries(reply, 0)
     }
 
+    /// Acknowledges entries `ids` of `group` on `stream`; how many were pending.
+    pub async fn ack(&self, stream: &str, group: &str, ids: &[String]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let key = self.keys.event_stream(&Id::new(stream)?);
+        Ok(redis::cmd("XACK")
+            .arg(&key)
+            .arg(group)
+            .arg(ids)
+            .query_async(&mut self.redis.conn())
+            .await?)
+    }
+
     /// Entries in `stream` (for a stream whose entries are deleted once done, the backlog).
     pub async fn backlog(&self, stream: &str) -> Result<u64> {
         let key = self.keys.event_stream(&Id::new(stream)?);
@@ -327,18 +341,29 @@ impl Consumer {
     /// pending too long, else new ones (blocking up to `block`). Entries already delivered
     /// `max_deliveries` times go to the dead-letter stream instead.
     pub async fn next(&mut self) -> Result<Vec<Event>> {
+        let (count, block) = (self.bus.config.batch, self.bus.config.block);
+        self.next_up_to(count, block).await
+    }
+
+    /// [`Consumer::next`] with at most `count` new entries, blocking up to `block` (at most the
+    /// bus's `block`: the consumer's connection times out after it).
+    pub async fn next_up_to(&mut self, count: usize, block: Duration) -> Result<Vec<Event>> {
         let claimed = self.reclaim().await?;
         if !claimed.is_empty() {
             return Ok(claimed);
         }
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
             .arg(&self.group)
             .arg(&self.name)
             .arg("COUNT")
-            .arg(self.bus.config.batch.max(1))
-            .arg("BLOCK")
-            .arg(millis(self.bus.config.block))
+            .arg(count.max(1));
+        // BLOCK 0 would wait forever: no wait is no BLOCK.
+        let block = millis(block.min(self.bus.config.block));
+        if block > 0 {
+            read.arg("BLOCK").arg(block);
+        }
+        let reply: Value = read
             .arg("STREAMS")
             .arg(&self.key)
             .arg(">")

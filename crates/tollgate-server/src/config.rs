@@ -61,6 +61,7 @@ sections! {
     semantic_cache: SemanticCacheSection,
     vectors: VectorsSection,
     features: FeaturesSection,
+    events: EventsSection,
     retry: RetrySection,
     providers: BTreeMap<String, ProviderSection>,
     aliases: BTreeMap<String, AliasSection>,
@@ -310,6 +311,16 @@ impl SemanticCacheSection {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct EventsSection {
+    /// Deliveries after which an entry a group keeps failing on goes to the dead-letter stream.
+    pub max_deliveries: u64,
+    /// An entry a consumer has held this long without acknowledging it goes to another.
+    pub claim_idle_seconds: u64,
+    /// The longest a group read over HTTP waits for new entries.
+    pub max_block_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct FeaturesSection {
     /// How long a feature group written without `ttl_seconds` lives; 0: it never expires.
     pub default_ttl_seconds: u64,
@@ -526,6 +537,9 @@ impl Config {
                     "embeddings.versions.{model:?}: {version:?} must be letters, digits, '.', '-' or '_'"
                 ));
             }
+        }
+        if self.events.max_deliveries == 0 || self.events.claim_idle_seconds == 0 {
+            p.push("events: max_deliveries and claim_idle_seconds must be at least 1".into());
         }
         let sc = &self.semantic_cache;
         if sc.max_error_rate.is_some_and(|r| !(r > 0.0 && r < 1.0)) {

@@ -46,6 +46,22 @@ pub(crate) fn tenant_routes() -> Router<AppState> {
             get(sessions::session_messages_handler),
         )
         .route("/v1/events/{stream}", post(events::publish_event_handler))
+        .route(
+            "/v1/events/{stream}/groups",
+            post(events::create_group_handler),
+        )
+        .route(
+            "/v1/events/{stream}/groups/{group}/read",
+            post(events::read_group_handler),
+        )
+        .route(
+            "/v1/events/{stream}/groups/{group}/ack",
+            post(events::ack_handler),
+        )
+        .route(
+            "/v1/events/{stream}/dead",
+            get(events::dead_letters_handler),
+        )
         .route("/v1/features/batch", post(features::features_batch_handler))
         .route(
             "/v1/features/{entity_type}/{entity_id}",

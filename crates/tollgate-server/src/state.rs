@@ -175,7 +175,16 @@ impl Gateway {
             registry_version: std::sync::atomic::AtomicU64::new(u64::MAX),
             limiter: RateLimiter::new(limits_redis.clone(), keys.clone()),
             api_keys: ApiKeys::new(limits_redis, keys.clone()),
-            events: EventBus::new(redis.clone(), keys.clone(), EventConfig::default()),
+            events: EventBus::new(
+                redis.clone(),
+                keys.clone(),
+                EventConfig {
+                    max_deliveries: config.events.max_deliveries,
+                    claim_idle: Duration::from_secs(config.events.claim_idle_seconds),
+                    block: Duration::from_millis(config.events.max_block_ms),
+                    ..EventConfig::default()
+                },
+            ),
             features: FeatureStore::new(redis.clone(), keys.clone()).with_default_ttl(
                 Some(config.features.default_ttl_seconds)
                     .filter(|&s| s > 0)

@@ -1047,6 +1047,176 @@ async fn feature_groups_expire_by_default_unless_told_not_to() {
     }
 }
 
+/// Consumer groups over HTTP, on two replicas: each entry goes to one consumer of the group;
+/// one a consumer holds too long without acknowledging it goes to the next consumer that reads,
+/// and one delivered too often goes to the dead letters. Streams and groups are the tenant's.
+#[tokio::test]
+async fn consumer_groups_over_http_share_work_reclaim_and_dead_letter_across_replicas() {
+    let (url, prefix) = (shared_redis().url(), unique_prefix());
+    let config = "[server]\nmaster_key = \"mk\"\n[events]\nmax_deliveries = 2\nclaim_idle_seconds = 1\nmax_block_ms = 1000\n";
+    let replicas = [
+        gateway_at(&url, &prefix, config).await,
+        gateway_at(&url, &prefix, config).await,
+    ];
+    let keys = tenant_keys(&replicas[0], &["acme", "globex"]).await;
+    let (acme, globex) = (
+        [("authorization", keys[0].as_str())],
+        [("authorization", keys[1].as_str())],
+    );
+    for gw in &replicas {
+        let r = call(
+            gw,
+            "POST",
+            "/v1/events/jobs/groups",
+            &acme,
+            Some(json!({"group": "workers", "start": "beginning"})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    for n in 0..20 {
+        let r = call(
+            &replicas[n % 2],
+            "POST",
+            "/v1/events/jobs",
+            &acme,
+            Some(json!({"n": n})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let read = |gw: usize, consumer: &str, count: usize, headers: [(&'static str, &str); 1]| {
+        let gw = replicas[gw].clone();
+        let body = json!({"consumer": consumer, "count": count, "block_ms": 0});
+        let headers = headers.map(|(k, v)| (k, v.to_owned()));
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            call(
+                &gw,
+                "POST",
+                "/v1/events/jobs/groups/workers/read",
+                &h,
+                Some(body),
+            )
+            .await
+        }
+    };
+    let entries = |r: &Reply| -> Vec<(String, String, u64)> {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["id"].as_str().unwrap().to_owned(),
+                    e["fields"]["n"].as_str().unwrap_or_default().to_owned(),
+                    e["deliveries"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // Two consumers on two replicas take turns; each acknowledges what it got.
+    let mut seen: Vec<String> = Vec::new();
+    for turn in 0.. {
+        let (gw, consumer) = if turn % 2 == 0 { (0, "c1") } else { (1, "c2") };
+        let got = entries(&read(gw, consumer, 3, acme).await);
+        if got.is_empty() {
+            break;
+        }
+        let ids: Vec<&str> = got.iter().map(|(id, _, _)| id.as_str()).collect();
+        let r = call(
+            &replicas[1 - gw],
+            "POST",
+            "/v1/events/jobs/groups/workers/ack",
+            &acme,
+            Some(json!({"ids": ids})),
+        )
+        .await;
+        assert_eq!(r.json()["acknowledged"], ids.len(), "{}", r.text);
+        seen.extend(got.into_iter().map(|(_, n, _)| n));
+    }
+    seen.sort_by_key(|n| n.parse::<u32>().unwrap());
+    assert_eq!(seen, (0..20).map(|n| n.to_string()).collect::<Vec<_>>());
+    // Held without an acknowledgement: nobody else gets it until it has been idle a second, then
+    // the next reader does; past max_deliveries it goes to the dead letters instead.
+    let r = call(
+        &replicas[0],
+        "POST",
+        "/v1/events/jobs",
+        &acme,
+        Some(json!({"n": "stuck"})),
+    )
+    .await;
+    let stuck = r.json()["id"].as_str().unwrap().to_owned();
+    let first = entries(&read(0, "c1", 10, acme).await);
+    assert_eq!(first, [(stuck.clone(), "stuck".to_owned(), 1)]);
+    assert!(entries(&read(1, "c2", 10, acme).await).is_empty());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        entries(&read(1, "c2", 10, acme).await),
+        [(stuck.clone(), "stuck".to_owned(), 2)]
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(entries(&read(0, "c1", 10, acme).await).is_empty());
+    let dead = call(
+        &replicas[1],
+        "GET",
+        "/v1/events/jobs/dead?count=10",
+        &acme,
+        None,
+    )
+    .await;
+    assert_eq!(dead.status, StatusCode::OK, "{}", dead.text);
+    let dead = dead.json();
+    assert_eq!(dead["data"].as_array().unwrap().len(), 1, "{dead}");
+    assert_eq!(dead["data"][0]["fields"]["tg_origin_id"], stuck.as_str());
+    assert_eq!(dead["data"][0]["fields"]["n"], "stuck");
+    // Another tenant has no such group; bad reads are refused by name.
+    assert_eq!(read(0, "c1", 1, globex).await.status, StatusCode::NOT_FOUND);
+    let bad = |path: &'static str, body: Value, param: &'static str| {
+        let gw = replicas[0].clone();
+        let key = keys[0].clone();
+        async move {
+            let r = call(
+                &gw,
+                "POST",
+                path,
+                &[("authorization", key.as_str())],
+                Some(body),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.text);
+            assert_eq!(r.json()["error"]["param"], param, "{}", r.text);
+        }
+    };
+    bad(
+        "/v1/events/jobs/groups/workers/read",
+        json!({"consumer": "c", "count": 0}),
+        "count",
+    )
+    .await;
+    bad(
+        "/v1/events/jobs/groups/workers/read",
+        json!({"consumer": "c", "block_ms": 60000}),
+        "block_ms",
+    )
+    .await;
+    bad(
+        "/v1/events/jobs/groups/workers/read",
+        json!({"consumer": ""}),
+        "consumer",
+    )
+    .await;
+    bad(
+        "/v1/events/jobs/groups/workers/ack",
+        json!({"ids": ["nope"]}),
+        "ids",
+    )
+    .await;
+    bad("/v1/events/jobs/groups", json!({"group": ""}), "group").await;
+}
+
 #[tokio::test]
 async fn features_are_written_and_read_per_tenant() {
     let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
