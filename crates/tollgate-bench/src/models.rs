@@ -17,6 +17,7 @@ use tollgate_providers::local::{CHAT_MODEL, EMBEDDING_MODEL, LocalConfig, LocalP
 use tollgate_redis::{
     CacheKey, Keys, Redis, RedisConfig, ResponseCache, SemanticCache, VectorConfig,
 };
+use tollgate_testkit::letters;
 
 /// Options of `tollgate-bench models`.
 #[derive(Debug, clap::Args)]
@@ -130,21 +131,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Questions from a few templates, all different.
-/// `i` in letters (`a`, `b`, ..., `ba`, ...): a word that makes a text unique without a number
-/// (a number would change the question's signature, and no stored question would match it).
-fn letters(mut i: usize) -> String {
-    let mut out = Vec::new();
-    loop {
-        out.push(b'a' + (i % 26) as u8);
-        i /= 26;
-        if i == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
-}
-
 fn questions(n: usize) -> Vec<String> {
     let verbs = [
         "cook",

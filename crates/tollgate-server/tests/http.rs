@@ -16,8 +16,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tollgate_server::{AppState, Config, Gateway, app};
 use tollgate_testkit::{
-    CommandCount, FakeUpstream, FakeUpstreamConfig, RedisServer, count_commands, shared_redis,
-    unique_prefix,
+    CommandCount, FakeUpstream, FakeUpstreamConfig, RedisServer, count_commands, letters,
+    shared_redis, unique_prefix,
 };
 use tower::ServiceExt;
 
@@ -1793,30 +1793,6 @@ async fn a_paraphrase_is_a_semantic_hit_and_never_crosses_a_partition() {
 async fn near_questions_with_other_numbers_or_a_negation_are_not_semantic_hits() {
     let gw = semantic_gateway().await;
     let key = tenant_keys(&gw, &["acme"]).await.remove(0);
-    let similarity = |a: &str, b: &str| {
-        let (gw, key) = (gw.clone(), key.clone());
-        let body = json!({"model": "local/all-minilm-l6-v2", "input": [a, b]});
-        async move {
-            let r = call(
-                &gw,
-                "POST",
-                "/v1/embeddings",
-                &[("authorization", &key)],
-                Some(body),
-            )
-            .await;
-            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-            let v: Vec<Vec<f32>> = r.json()["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap())
-                .collect();
-            let dot: f32 = v[0].iter().zip(&v[1]).map(|(x, y)| x * y).sum();
-            let norm = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
-            dot / (norm(&v[0]) * norm(&v[1]))
-        }
-    };
     for (cached, near, reworded) in [
         (
             "How do I install Sublime Text 2?",
@@ -1831,7 +1807,11 @@ async fn near_questions_with_other_numbers_or_a_negation_are_not_semantic_hits()
     ] {
         let first = ask(&gw, &key, question("mock/echo", cached), &[]).await;
         assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
-        assert!(similarity(cached, near).await > 0.8, "{cached} / {near}");
+        let near_similarity = similarity(&gw, &key, "local/all-minilm-l6-v2", cached, near).await;
+        assert!(
+            near_similarity > 0.8,
+            "{cached} / {near}: {near_similarity}"
+        );
         let r = ask(&gw, &key, question("mock/echo", near), &[]).await;
         assert_eq!(
             r.header("x-tollgate-cache"),
@@ -1886,7 +1866,15 @@ async fn with_an_error_rate_the_threshold_learns_from_checked_answers_on_two_rep
         gateway_at(&url, &prefix, &config).await,
     ];
     let key = tenant_keys(&replicas[0], &["acme"]).await.remove(0);
-    let wrong_similarity = similarity_of(&replicas[0], &key, &topics[0], &topics[1]).await;
+    let text = |t: &str| format!("tell me everything you know about {t} please");
+    let wrong_similarity = similarity(
+        &replicas[0],
+        &key,
+        "mock/embed",
+        &text(&topics[0]),
+        &text(&topics[1]),
+    )
+    .await;
     assert!(wrong_similarity > 0.9, "{wrong_similarity}");
     let (mut served, mut served_wrong, mut upstream_answers) = (0, 0, 0);
     for round in 0..ASKED {
@@ -1985,10 +1973,23 @@ async fn with_an_error_rate_the_threshold_learns_from_checked_answers_on_two_rep
     assert_eq!(upstream.calls() as usize, upstream_answers);
 }
 
-/// The similarity, by `mock/embed`, of two questions that differ only in their topic.
-async fn similarity_of(gw: &AppState, key: &str, a: &str, b: &str) -> f32 {
-    let text = |t: &str| format!("tell me everything you know about {t} please");
-    let body = json!({"model": "mock/embed", "input": [text(a), text(b)]});
+/// The keys of the Redis at `url` that match `pattern`.
+async fn keys_matching(url: &str, pattern: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// The cosine similarity of the embeddings of `a` and `b` by `model`.
+async fn similarity(gw: &AppState, key: &str, model: &str, a: &str, b: &str) -> f32 {
+    let body = json!({"model": model, "input": [a, b]});
     let r = call(
         gw,
         "POST",
@@ -2004,22 +2005,9 @@ async fn similarity_of(gw: &AppState, key: &str, a: &str, b: &str) -> f32 {
         .iter()
         .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap())
         .collect();
-    v[0].iter().zip(&v[1]).map(|(x, y)| x * y).sum()
-}
-
-/// `i` in letters (a, b, ..., z, ba, bb, ...): names without digits, which the semantic checks
-/// would compare.
-fn letters(mut i: usize) -> String {
-    let mut out = Vec::new();
-    loop {
-        out.push(b'a' + (i % 26) as u8);
-        i /= 26;
-        if i == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap()
+    let dot: f32 = v[0].iter().zip(&v[1]).map(|(x, y)| x * y).sum();
+    let norm = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
+    dot / (norm(&v[0]) * norm(&v[1]))
 }
 
 /// A model's vectors carry a version: a local model's is its weights' hash, others' "1" unless
@@ -2039,10 +2027,10 @@ async fn another_embedding_version_starts_the_embedding_and_semantic_caches_afre
     let old = gateway_at(&url, &prefix, &config("1")).await;
     let new = gateway_at(&url, &prefix, &config("2024-06")).await;
     let key = tenant_keys(&old, &["acme"]).await.remove(0);
-    let embed = |gw: AppState, text: &'static str| {
+    let embed_with = |gw: AppState, model: &'static str, text: &'static str| {
         let key = key.clone();
         async move {
-            let body = json!({"model": "mock/embed", "input": [text]});
+            let body = json!({"model": model, "input": [text]});
             let r = call(
                 &gw,
                 "POST",
@@ -2055,10 +2043,22 @@ async fn another_embedding_version_starts_the_embedding_and_semantic_caches_afre
             r.header("x-tollgate-embeddings-cached").unwrap().to_owned()
         }
     };
-    assert_eq!(embed(old.clone(), "hello world").await, "0");
-    assert_eq!(embed(old.clone(), "hello world").await, "1");
-    assert_eq!(embed(new.clone(), "hello world").await, "0");
-    assert_eq!(embed(new.clone(), "hello world").await, "1");
+    assert_eq!(
+        embed_with(old.clone(), "mock/embed", "hello world").await,
+        "0"
+    );
+    assert_eq!(
+        embed_with(old.clone(), "mock/embed", "hello world").await,
+        "1"
+    );
+    assert_eq!(
+        embed_with(new.clone(), "mock/embed", "hello world").await,
+        "0"
+    );
+    assert_eq!(
+        embed_with(new.clone(), "mock/embed", "hello world").await,
+        "1"
+    );
     // The semantic cache: the new version finds nothing of the old one's, then its own.
     let asked = |gw: &AppState, text: &str| {
         let (gw, key, text) = (gw.clone(), key.clone(), text.to_owned());
@@ -2082,26 +2082,8 @@ async fn another_embedding_version_starts_the_embedding_and_semantic_caches_afre
     );
     // The local model's version is its weights' hash (pinned by scripts/install-models.sh).
     let local = gateway_at(&url, &prefix, &config("1")).await;
-    let body = json!({"model": "local/all-minilm-l6-v2", "input": ["one"]});
-    let r = call(
-        &local,
-        "POST",
-        "/v1/embeddings",
-        &[("authorization", &key)],
-        Some(body),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}{{e:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    embed_with(local, "local/all-minilm-l6-v2", "one").await;
+    let keys = keys_matching(&url, &format!("{prefix}{{e:*")).await;
     for version in [
         "{e:mock/embed:1}",
         "{e:mock/embed:2024-06}",
@@ -2162,16 +2144,7 @@ async fn another_embedding_model_never_compares_its_vectors_with_the_old_ones() 
     .await;
     assert_eq!(r.header("x-tollgate-cache"), Some("semantic"), "{}", r.text);
     // Two partitions, one per embedder, for the same model, tenant and context.
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let partitions: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}sc:*:items"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let partitions = keys_matching(&url, &format!("{prefix}sc:*:items")).await;
     assert_eq!(partitions.len(), 2, "{partitions:?}");
 }
 

@@ -319,6 +319,21 @@ pub fn shared_cluster() -> &'static RedisCluster {
     CLUSTER.get_or_init(|| on_long_lived_thread(|| RedisCluster::start(3)))
 }
 
+/// `i` in letters (`a`, `b`, ..., `z`, `ba`, `bb`, ...): a word that makes a text unique without a
+/// number (a number would change a question's signature in the semantic cache).
+pub fn letters(mut i: usize) -> String {
+    let mut out = Vec::new();
+    loop {
+        out.push(b'a' + (i % 26) as u8);
+        i /= 26;
+        if i == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// A fresh, unique key prefix (`t<uuid>:`), so tests sharing a server never see each other's keys.
 pub fn unique_prefix() -> String {
     format!("t{}:", uuid::Uuid::new_v4().simple())
