@@ -196,11 +196,10 @@ impl Memory {
     /// Records that `loaded` now holds `len` items.
     fn count(&self, loaded: &Loaded, len: usize) {
         let before = loaded.len.swap(len, Ordering::Relaxed);
-        self.items.fetch_add(len, Ordering::Relaxed);
         let _ = self
             .items
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(before))
+                Some((n + len).saturating_sub(before))
             });
     }
 }

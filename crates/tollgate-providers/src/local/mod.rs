@@ -254,7 +254,8 @@ pub fn weights_version(dir: &std::path::Path) -> Option<String> {
     let weights = dir.join("model.safetensors");
     let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let written = dir.join("model.safetensors.sha256");
-    let fresh = modified(&written) >= modified(&weights) && modified(&weights).is_some();
+    let weights_modified = modified(&weights);
+    let fresh = weights_modified.is_some() && modified(&written) >= weights_modified;
     let recorded = std::fs::read_to_string(&written)
         .ok()
         .filter(|_| fresh)

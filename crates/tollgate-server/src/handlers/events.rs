@@ -143,6 +143,15 @@ fn default_count() -> usize {
     10
 }
 
+/// How many entries a read asks for: 1 to 1000.
+fn entry_count(count: usize) -> Result<usize, ApiError> {
+    if (1..=1000).contains(&count) {
+        Ok(count)
+    } else {
+        Err(ApiError::bad("count must be 1 to 1000", Some("count")))
+    }
+}
+
 /// An entry as JSON: its id, fields (as text) and how many times it has been delivered.
 fn event_json(e: &tollgate_redis::Event) -> Value {
     let fields: serde_json::Map<String, Value> = e
@@ -169,9 +178,7 @@ pub async fn read_group_handler(
     let name = principal.scoped(stream_name(&stream)?);
     let group = member_name(&group, "group")?;
     let consumer = member_name(&read.consumer, "consumer")?;
-    if !(1..=1000).contains(&read.count) {
-        return Err(ApiError::bad("count must be 1 to 1000", Some("count")));
-    }
+    let count = entry_count(read.count)?;
     let most = gw.config.events.max_block_ms;
     if read.block_ms > most {
         return Err(ApiError::bad(
@@ -181,7 +188,7 @@ pub async fn read_group_handler(
     }
     let mut reader = gw.events.consumer(&name, group, consumer).await?;
     let events = reader
-        .next_up_to(read.count, Duration::from_millis(read.block_ms))
+        .next_up_to(count, Duration::from_millis(read.block_ms))
         .await
         .map_err(|e| match e {
             tollgate_redis::Error::Command(ref r) if r.code() == Some("NOGROUP") => {
@@ -251,10 +258,8 @@ pub async fn dead_letters_handler(
     Query(q): Query<DeadQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let name = principal.scoped(stream_name(&stream)?);
-    if !(1..=1000).contains(&q.count) {
-        return Err(ApiError::bad("count must be 1 to 1000", Some("count")));
-    }
-    let dead = gw.events.dead_letters(&name, q.count).await?;
+    let count = entry_count(q.count)?;
+    let dead = gw.events.dead_letters(&name, count).await?;
     Ok(axum::Json(json!({
         "object": "list",
         "data": dead.iter().map(event_json).collect::<Vec<_>>(),

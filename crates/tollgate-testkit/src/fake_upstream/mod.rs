@@ -113,7 +113,7 @@ impl FakeUpstream {
             .unwrap_or_default()
     }
 
-    /// The text every successful answer spells.
+    /// The text every successful answer spells (without `topics`).
     pub fn answer(&self) -> String {
         answer_text(self.shared.config.chunks)
     }
