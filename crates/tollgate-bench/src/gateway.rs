@@ -84,6 +84,58 @@ struct Cell {
     p50: Duration,
     p99: Duration,
     errors: u64,
+    /// CPU per answered request of the process measured and of Redis (µs), when watched.
+    cpu: Option<(f64, f64)>,
+}
+
+/// What to watch while a cell runs: the CPU of a process (the gateway or the proxy) and of Redis.
+#[derive(Clone, Copy)]
+struct Watch<'a> {
+    pid: u32,
+    redis: &'a str,
+}
+
+/// CPU time a process used so far (user + system), from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces), from the state on.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let user: u64 = rest.get(11)?.parse().ok()?;
+            let system: u64 = rest.get(12)?.parse().ok()?;
+            Some(user + system)
+        })
+        .unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU time Redis used so far (`INFO cpu`: user + system, its main thread and the others).
+async fn redis_cpu(url: &str) -> Duration {
+    let info: String = async {
+        let client = redis::Client::open(url).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut conn)
+            .await
+            .ok()
+    }
+    .await
+    .unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(':')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    Duration::from_secs_f64(field("used_cpu_user") + field("used_cpu_sys"))
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -166,10 +218,41 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     for &c in &concurrencies {
         let upstream_url = format!("{}/chat/completions", upstream.base_url());
         let tollgate_url = format!("{gateway}/v1/chat/completions");
-        let d = measure(&http, &upstream_url, direct.clone(), c, duration).await;
-        let f = measure(&http, &proxy_url, direct.clone(), c, duration).await;
-        let p = measure(&http, &tollgate_url, pass.clone(), c, duration).await;
-        let h = measure(&http, &tollgate_url, hit.clone(), c, duration).await;
+        let redis_url = redis.url();
+        let watch = |pid: u32| {
+            Some(Watch {
+                pid,
+                redis: &redis_url,
+            })
+        };
+        let d = measure(&http, &upstream_url, direct.clone(), c, duration, None).await;
+        let f = measure(
+            &http,
+            &proxy_url,
+            direct.clone(),
+            c,
+            duration,
+            watch(proxy.id()),
+        )
+        .await;
+        let p = measure(
+            &http,
+            &tollgate_url,
+            pass.clone(),
+            c,
+            duration,
+            watch(tollgate.child.id()),
+        )
+        .await;
+        let h = measure(
+            &http,
+            &tollgate_url,
+            hit.clone(),
+            c,
+            duration,
+            watch(tollgate.child.id()),
+        )
+        .await;
         rows.push((c, d, f, p, h));
     }
     // Redis work per request, counted with MONITOR after the timed cells (it would slow them).
@@ -216,12 +299,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .await?;
         anyhow::ensure!(warm.status() == 200, "semantic warm-up failed");
         for &c in &concurrencies {
+            let redis_url = redis.url();
             let off = measure(
                 &http,
                 &format!("{gateway}/v1/chat/completions"),
                 fresh.clone(),
                 c,
                 duration,
+                Some(Watch {
+                    pid: tollgate.child.id(),
+                    redis: &redis_url,
+                }),
             )
             .await;
             let on = measure(
@@ -230,6 +318,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 fresh.clone(),
                 c,
                 duration,
+                Some(Watch {
+                    pid: with_semantic.child.id(),
+                    redis: &redis_url,
+                }),
             )
             .await;
             semantic_rows.push((c, off, on));
@@ -245,45 +337,57 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "{} s per cell after a 1 s warm-up; one load generator (this process), keep-alive connections.\n",
         args.seconds
     );
-    println!("| scenario | concurrency | req/s | p50 | p99 | added p50 | added p99 | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| scenario | concurrency | req/s | p50 | p99 | added p50 | added p99 | CPU/request | Redis CPU/request | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (c, d, f, p, h) in &rows {
         let ms = |x: Duration| format!("{:.3} ms", x.as_secs_f64() * 1e3);
         let added = |x: Duration, base: Duration| {
             format!("{:+.3} ms", (x.as_secs_f64() - base.as_secs_f64()) * 1e3)
         };
+        let cpu = |cell: &Cell| match cell.cpu {
+            Some((process, redis)) => (format!("{process:.0} µs"), format!("{redis:.0} µs")),
+            None => (String::new(), String::new()),
+        };
         println!(
-            "| mock upstream, direct | {c} | {:.0} | {} | {} | | | {} |",
+            "| mock upstream, direct | {c} | {:.0} | {} | {} | | | | | {} |",
             d.rps,
             ms(d.p50),
             ms(d.p99),
             d.errors
         );
         println!(
-            "| minimal forwarding proxy (floor) | {c} | {:.0} | {} | {} | {} | {} | {} |",
+            "| minimal forwarding proxy (floor) | {c} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             f.rps,
             ms(f.p50),
             ms(f.p99),
             added(f.p50, d.p50),
             added(f.p99, d.p99),
+            cpu(&f).0,
+            cpu(&f).1,
             f.errors
         );
         println!(
-            "| tollgate pass-through | {c} | {:.0} | {} | {} | {} | {} | {} |",
+            "| tollgate pass-through | {c} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             p.rps,
             ms(p.p50),
             ms(p.p99),
             added(p.p50, d.p50),
             added(p.p99, d.p99),
+            cpu(&p).0,
+            cpu(&p).1,
             p.errors
         );
         println!(
-            "| tollgate exact-cache hit | {c} | {:.0} | {} | {} | {} | {} | {} |",
+            "| tollgate exact-cache hit | {c} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             h.rps,
             ms(h.p50),
             ms(h.p99),
             added(h.p50, d.p50),
             added(h.p99, d.p99),
+            cpu(&h).0,
+            cpu(&h).1,
             h.errors
         );
     }
@@ -292,16 +396,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "\n## Fresh temperature-0 questions (each new): semantic cache off, and the compiled-in defaults\n"
         );
         println!(
-            "| concurrency | off: req/s | off: p50 | defaults: req/s | defaults: p50 | throughput ratio | p50 added |"
+            "| concurrency | off: req/s | off: p50 | off: CPU/request | defaults: req/s | defaults: p50 | defaults: CPU/request | throughput ratio | p50 added |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let cpu = |cell: &Cell| {
+            cell.cpu
+                .map_or(String::new(), |(p, _)| format!("{p:.0} µs"))
+        };
         for (c, off, on) in &semantic_rows {
             println!(
-                "| {c} | {:.0} | {:.3} ms | {:.0} | {:.3} ms | {:.2}x | {:+.3} ms |",
+                "| {c} | {:.0} | {:.3} ms | {} | {:.0} | {:.3} ms | {} | {:.2}x | {:+.3} ms |",
                 off.rps,
                 off.p50.as_secs_f64() * 1e3,
+                cpu(off),
                 on.rps,
                 on.p50.as_secs_f64() * 1e3,
+                cpu(on),
                 on.rps / off.rps.max(1e-9),
                 (on.p50.as_secs_f64() - off.p50.as_secs_f64()) * 1e3
             );
@@ -326,6 +436,7 @@ async fn measure(
     body: Arc<Value>,
     concurrency: usize,
     duration: Duration,
+    watch: Option<Watch<'_>>,
 ) -> Cell {
     let body: Arc<str> = body.to_string().into();
     // A body with `{n}` in it is a new question every time.
@@ -371,6 +482,10 @@ async fn measure(
     for t in run(Duration::from_secs(1)) {
         let _ = t.await;
     }
+    let before = match watch {
+        Some(w) => Some((process_cpu(w.pid), redis_cpu(w.redis).await)),
+        None => None,
+    };
     let started = Instant::now();
     let mut all = Vec::new();
     let mut errors = 0;
@@ -381,6 +496,16 @@ async fn measure(
         }
     }
     let elapsed = started.elapsed();
+    let cpu = match (watch, before) {
+        (Some(w), Some((process, redis))) => {
+            let per = |d: Duration| d.as_secs_f64() * 1e6 / all.len().max(1) as f64;
+            Some((
+                per(process_cpu(w.pid).saturating_sub(process)),
+                per(redis_cpu(w.redis).await.saturating_sub(redis)),
+            ))
+        }
+        _ => None,
+    };
     all.sort_unstable();
     let pick = |q: f64| crate::percentile(&all, q);
     Cell {
@@ -388,6 +513,7 @@ async fn measure(
         p50: pick(0.5),
         p99: pick(0.99),
         errors,
+        cpu,
     }
 }
 

@@ -12,11 +12,16 @@
 //! entries are written one by one, and an entry that fails alone goes to the dead-letter stream
 //! (`tg:{ev:outbox}:dead`), so one bad record cannot hold up the rest.
 //!
+//! Records pushed while an entry is on its way to Redis go together in the next entry (group
+//! commit): one XADD per round trip however many requests end meanwhile, and no wait added to a
+//! push when nothing else is in flight.
+//!
 //! When Redis does not take an entry (down, failing over), [`Outbox::push`] writes straight to
 //! the database instead (slower, but nothing is lost).
 
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tollgate_redis::{Consumer, Event, EventBus, EventConfig, Keys, Redis, StartAt};
 
 use crate::db::Database;
@@ -29,6 +34,8 @@ pub const STREAM: &str = "outbox";
 pub const GROUP: &str = "database";
 /// Failed commits of a whole batch before its entries are written one by one.
 pub const SPLIT_AFTER: u32 = 3;
+/// Records gathered into one entry, at most.
+const ENTRY_RECORDS: usize = 256;
 
 /// Timings and sizes of the outbox.
 #[derive(Debug, Clone)]
@@ -39,6 +46,9 @@ pub struct OutboxConfig {
     pub claim_idle: Duration,
     /// How long an idle writer waits for new entries per read.
     pub block: Duration,
+    /// How long a writer that found less than a batch waits before reading again (a quiet
+    /// gateway's records are committed in batches too).
+    pub linger: Duration,
 }
 
 impl Default for OutboxConfig {
@@ -47,6 +57,7 @@ impl Default for OutboxConfig {
             batch: 500,
             claim_idle: Duration::from_secs(30),
             block: Duration::from_secs(1),
+            linger: Duration::from_millis(25),
         }
     }
 }
@@ -55,11 +66,23 @@ impl Default for OutboxConfig {
 #[derive(Debug, Clone)]
 pub struct Outbox {
     bus: EventBus,
-    direct: Option<Database>,
+    /// A writer's read, at most.
+    batch: usize,
+    linger: Duration,
+    /// To the task that gathers pushed records into entries.
+    queue: mpsc::UnboundedSender<Pushed>,
+}
+
+/// Records pushed, and their pusher waiting to hear where they went.
+#[derive(Debug)]
+struct Pushed {
+    records: Vec<Record>,
+    done: oneshot::Sender<std::result::Result<(), String>>,
 }
 
 impl Outbox {
-    /// An outbox on `redis`; `direct` takes the records when Redis cannot.
+    /// An outbox on `redis`; `direct` takes the records when Redis cannot. Starts the task that
+    /// gathers records into entries (it ends with the last clone of the outbox).
     pub fn new(redis: Redis, keys: Keys, config: &OutboxConfig, direct: Option<Database>) -> Self {
         let bus = EventBus::new(
             redis,
@@ -75,7 +98,14 @@ impl Outbox {
                 batch: config.batch.max(1),
             },
         );
-        Outbox { bus, direct }
+        let (queue, pushed) = mpsc::unbounded_channel();
+        tokio::spawn(gather(bus.clone(), direct, pushed));
+        Outbox {
+            bus,
+            batch: config.batch.max(1),
+            linger: config.linger,
+            queue,
+        }
     }
 
     /// Binds this Redis's outbox to `db`: the first database bound stands. Replicas pointed at
@@ -105,22 +135,20 @@ impl Outbox {
         }
     }
 
-    /// Queues `records` (one entry; written together).
+    /// Queues `records` (in one entry, so written together); returns once they are in the
+    /// outbox, or in the database when Redis did not take them.
     pub async fn push(&self, records: Vec<Record>) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
-        let json = serde_json::to_vec(&records).map_err(|e| Error::Config(e.to_string()))?;
-        match self.bus.publish(STREAM, &[("r", &json)]).await {
-            Ok(_) => Ok(()),
-            // Whatever Redis's trouble (down, failing over, refusing), the records are kept.
-            Err(e) => match &self.direct {
-                Some(db) => {
-                    tracing::warn!(error = %e, "outbox unavailable; writing records straight to the database");
-                    db.write(records).await
-                }
-                None => Err(e.into()),
-            },
+        let (done, outcome) = oneshot::channel();
+        self.queue
+            .send(Pushed { records, done })
+            .map_err(|_| Error::Config("the outbox has stopped".into()))?;
+        match outcome.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Config(e)),
+            Err(_) => Err(Error::Config("the outbox has stopped".into())),
         }
     }
 
@@ -135,7 +163,56 @@ impl Outbox {
             .create_group(STREAM, GROUP, StartAt::Beginning)
             .await?;
         let consumer = self.bus.consumer(STREAM, GROUP, name).await?;
-        Ok(Writer { consumer, db })
+        Ok(Writer {
+            consumer,
+            db,
+            batch: self.batch,
+            linger: self.linger,
+        })
+    }
+}
+
+/// Gathers what is pushed into entries: the first records waiting, and every other push queued
+/// by then (up to [`ENTRY_RECORDS`]), in one XADD; then tells each pusher.
+async fn gather(
+    bus: EventBus,
+    direct: Option<Database>,
+    mut pushed: mpsc::UnboundedReceiver<Pushed>,
+) {
+    while let Some(first) = pushed.recv().await {
+        let mut records = first.records;
+        let mut waiting = vec![first.done];
+        while records.len() < ENTRY_RECORDS {
+            match pushed.try_recv() {
+                Ok(more) => {
+                    records.extend(more.records);
+                    waiting.push(more.done);
+                }
+                Err(_) => break,
+            }
+        }
+        let outcome = enqueue(&bus, direct.as_ref(), records)
+            .await
+            .map_err(|e| e.to_string());
+        for done in waiting {
+            let _ = done.send(outcome.clone());
+        }
+    }
+}
+
+/// Adds one entry of `records`; straight to the database when Redis does not take it.
+async fn enqueue(bus: &EventBus, direct: Option<&Database>, records: Vec<Record>) -> Result<()> {
+    let json = serde_json::to_vec(&records).map_err(|e| Error::Config(e.to_string()))?;
+    match bus.publish(STREAM, &[("r", &json)]).await {
+        Ok(_) => Ok(()),
+        // Whatever Redis's trouble (down, failing over, refusing), the records are kept.
+        Err(e) => match direct {
+            Some(db) => {
+                tracing::warn!(error = %e, "outbox unavailable; writing records straight to the database");
+                db.write(records).await
+            }
+            None => Err(e.into()),
+        },
     }
 }
 
@@ -161,6 +238,9 @@ impl Batch {
 pub struct Writer {
     consumer: Consumer,
     db: Database,
+    /// Entries a read takes at most.
+    batch: usize,
+    linger: Duration,
 }
 
 impl Writer {
@@ -174,11 +254,7 @@ impl Writer {
                 .and_then(|b| serde_json::from_slice::<Vec<Record>>(b).ok())
             {
                 Some(records) => batch.entries.push((event, records)),
-                None => {
-                    self.consumer
-                        .dead_letter(&event, "not a list of records")
-                        .await?
-                }
+                None => self.bury(&event, "not a list of records").await?,
             }
         }
         Ok(batch)
@@ -217,7 +293,27 @@ impl Writer {
             match self.db.write(records.clone()).await {
                 Ok(()) => kept.push((event, records)),
                 Err(e) if e.is_refused() => {
-                    self.consumer.dead_letter(&event, &e.to_string()).await?;
+                    // An entry holds the records of many requests: the others land, and the
+                    // entry goes to the dead letters whole (writing a record twice changes
+                    // nothing, so replaying it is safe).
+                    let (mut written, mut refused) = (Vec::new(), Vec::new());
+                    for record in records {
+                        match self.db.write(vec![record.clone()]).await {
+                            Ok(()) => written.push(record),
+                            Err(e) if e.is_refused() => {
+                                refused.push(format!("{}: {e}", record.key()));
+                            }
+                            Err(e) => {
+                                batch.entries = kept;
+                                return Err(e);
+                            }
+                        }
+                    }
+                    if refused.is_empty() {
+                        kept.push((event, written));
+                    } else {
+                        self.bury(&event, &refused.join("; ")).await?;
+                    }
                 }
                 // The database itself is failing: leave the rest pending for a later attempt.
                 Err(e) => {
@@ -230,6 +326,15 @@ impl Writer {
         Ok(())
     }
 
+    /// Moves an entry to the dead letters and out of the outbox (it is not backlog any more).
+    async fn bury(&self, event: &Event, reason: &str) -> Result<()> {
+        self.consumer.dead_letter(event, reason).await?;
+        self.consumer
+            .ack_and_delete(std::slice::from_ref(&event.id))
+            .await?;
+        Ok(())
+    }
+
     /// Acknowledges and deletes the batch's entries (after [`Writer::commit`]).
     pub async fn ack(&self, batch: Batch) -> Result<()> {
         let ids: Vec<String> = batch.entries.into_iter().map(|(e, _)| e.id).collect();
@@ -237,24 +342,34 @@ impl Writer {
         Ok(())
     }
 
-    /// One read, commit and acknowledgement; returns the records written.
-    pub async fn step(&mut self) -> Result<usize> {
+    /// One read, commit and acknowledgement; returns the entries and the records written.
+    async fn step_entries(&mut self) -> Result<(usize, usize)> {
         let mut batch = self.take().await?;
         if batch.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         self.commit(&mut batch).await?;
-        let n = batch.records();
+        let (entries, records) = (batch.entries.len(), batch.records());
         self.ack(batch).await?;
-        Ok(n)
+        Ok((entries, records))
+    }
+
+    /// One read, commit and acknowledgement; returns the records written.
+    pub async fn step(&mut self) -> Result<usize> {
+        Ok(self.step_entries().await?.1)
     }
 
     /// Writes until an error, which it returns (Redis away, or the group gone with a flushed or
-    /// restarted Redis): the caller makes a new writer, recreating the group.
+    /// restarted Redis): the caller makes a new writer, recreating the group. After a read of
+    /// less than a batch it lingers, so records arriving one by one are committed together.
     pub async fn run(mut self) -> Error {
         loop {
-            if let Err(e) = self.step().await {
-                return e;
+            match self.step_entries().await {
+                Err(e) => return e,
+                Ok((entries, _)) if entries > 0 && entries < self.batch => {
+                    tokio::time::sleep(self.linger).await;
+                }
+                Ok(_) => {}
             }
         }
     }

@@ -137,6 +137,7 @@ async fn writers_killed_before_and_after_their_commit_leave_every_record_exactly
             batch: 50,
             claim_idle: Duration::from_millis(300),
             block: Duration::from_millis(100),
+            linger: Duration::ZERO,
         };
         let outbox = Outbox::new(redis, keys, &config, None);
         // 600 requests' records, 3 records each (some rows repeat across entries, as retried
@@ -180,6 +181,70 @@ async fn writers_killed_before_and_after_their_commit_leave_every_record_exactly
             .collect();
         assert_eq!(ids, expected);
     }
+}
+
+/// Pushes made while an entry is on its way to Redis go together in the next one: fewer entries
+/// than pushes, each push's records in one entry, every record written once.
+#[tokio::test]
+async fn concurrent_pushes_share_entries_and_every_record_lands_once() {
+    let sqlite = TestDatabase::sqlite();
+    let db = Database::connect(&sqlite.url()).await.unwrap();
+    let (redis, keys) = redis().await;
+    let outbox = Outbox::new(redis, keys, &OutboxConfig::default(), None);
+    let mut pushes = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let outbox = outbox.clone();
+        pushes.spawn(async move { outbox.push(vec![usage(2 * i), usage(2 * i + 1)]).await });
+    }
+    while let Some(push) = pushes.join_next().await {
+        push.unwrap().unwrap();
+    }
+    let entries = outbox.backlog().await.unwrap();
+    assert!(
+        (1..400).contains(&entries),
+        "400 concurrent pushes made {entries} entries"
+    );
+    let mut writer = outbox.writer(db.clone(), "w").await.unwrap();
+    let mut written = 0;
+    while outbox.backlog().await.unwrap() > 0 {
+        written += writer.step().await.unwrap();
+    }
+    assert_eq!(written, 800);
+    assert_eq!(count(&db, "usage_records").await, 800);
+}
+
+/// A record the database refuses does not take the others of its entry with it: they land, and
+/// the entry goes to the dead letters with the refused record named.
+#[tokio::test]
+async fn a_refused_record_is_dead_lettered_and_the_rest_of_its_entry_lands() {
+    let postgres = TestDatabase::Postgres(tollgate_testkit::PostgresDb::create());
+    let db = Database::connect(&postgres.url()).await.unwrap();
+    let (redis, keys) = redis().await;
+    let config = OutboxConfig {
+        block: Duration::from_millis(100),
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::new(redis.clone(), keys.clone(), &config, None);
+    // PostgreSQL refuses a NUL byte in text.
+    let mut bad = usage(5);
+    if let Record::Usage(row) = &mut bad {
+        row.model = "m/\0bad".into();
+    }
+    outbox
+        .push(vec![usage(1), usage(2), bad, usage(3)])
+        .await
+        .unwrap();
+    let mut writer = outbox.writer(db.clone(), "w").await.unwrap();
+    let mut taken = writer.take().await.unwrap();
+    writer.commit(&mut taken).await.unwrap();
+    writer.ack(taken).await.unwrap();
+    assert_eq!(outbox.backlog().await.unwrap(), 0);
+    assert_eq!(count(&db, "usage_records").await, 3);
+    let bus = tollgate_redis::EventBus::new(redis, keys, tollgate_redis::EventConfig::default());
+    let dead = bus.dead_letters("outbox", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let reason = String::from_utf8_lossy(dead[0].field("tg_reason").unwrap_or_default()).into_owned();
+    assert!(reason.contains("u:u5"), "{reason}");
 }
 
 #[tokio::test]

@@ -84,6 +84,8 @@ pub struct OutboxSection {
     pub batch: usize,
     /// An entry a writer left unacknowledged this long is written by another.
     pub claim_idle_seconds: u64,
+    /// A writer that found less than a batch waits this long before reading again.
+    pub linger_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -258,6 +258,7 @@ impl Gateway {
         tollgate_db::OutboxConfig {
             batch: self.config.outbox.batch,
             claim_idle: Duration::from_secs(self.config.outbox.claim_idle_seconds),
+            linger: Duration::from_millis(self.config.outbox.linger_ms),
             ..tollgate_db::OutboxConfig::default()
         }
     }
