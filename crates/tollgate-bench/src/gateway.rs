@@ -364,8 +364,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             ms(f.p99),
             added(f.p50, d.p50),
             added(f.p99, d.p99),
-            cpu(&f).0,
-            cpu(&f).1,
+            cpu(f).0,
+            cpu(f).1,
             f.errors
         );
         println!(
@@ -375,8 +375,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             ms(p.p99),
             added(p.p50, d.p50),
             added(p.p99, d.p99),
-            cpu(&p).0,
-            cpu(&p).1,
+            cpu(p).0,
+            cpu(p).1,
             p.errors
         );
         println!(
@@ -386,8 +386,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             ms(h.p99),
             added(h.p50, d.p50),
             added(h.p99, d.p99),
-            cpu(&h).0,
-            cpu(&h).1,
+            cpu(h).0,
+            cpu(h).1,
             h.errors
         );
     }

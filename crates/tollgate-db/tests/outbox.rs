@@ -243,7 +243,8 @@ async fn a_refused_record_is_dead_lettered_and_the_rest_of_its_entry_lands() {
     let bus = tollgate_redis::EventBus::new(redis, keys, tollgate_redis::EventConfig::default());
     let dead = bus.dead_letters("outbox", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    let reason = String::from_utf8_lossy(dead[0].field("tg_reason").unwrap_or_default()).into_owned();
+    let reason =
+        String::from_utf8_lossy(dead[0].field("tg_reason").unwrap_or_default()).into_owned();
     assert!(reason.contains("u:u5"), "{reason}");
 }
 

@@ -50,7 +50,9 @@ pub use events::{Consumer, Event, EventBus, EventConfig, StartAt};
 pub use features::{EntityRef, FeatureGroup, FeatureStore};
 pub use keys::{Id, Keys};
 pub use pubsub::{Channels, Subscription};
-pub use rate_limit::{Check, Decision, Lease, Limit, LimitKey, MultiDecision, RateLimiter};
+pub use rate_limit::{
+    Check, Decision, Lease, Limit, LimitKey, MultiDecision, PreparedChecks, RateLimiter,
+};
 pub use registry::{Arm, DeploymentEntry, DeploymentStatus, Experiment, ModelEntry, Registry};
 pub use response_cache::{
     CacheConfig, CacheKey, CacheStats, ComputeError, Lead, Outcome, ResponseCache, Stored,

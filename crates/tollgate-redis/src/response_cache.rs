@@ -26,6 +26,7 @@ use crate::conn::Redis;
 use crate::error::{Error, Result};
 use crate::keys::{Id, Keys};
 use crate::millis;
+use crate::rate_limit::{MultiDecision, PreparedChecks};
 use crate::scripts;
 
 /// Limits of the response cache.
@@ -182,6 +183,37 @@ struct Lookup {
     generation: String,
 }
 
+impl Lookup {
+    /// The lookup script's reply: a status, a value, the model's generation.
+    fn of(status: &str, value: Vec<u8>, generation: String) -> Result<Lookup> {
+        let status = match status {
+            "hit" => LookupStatus::Hit(decode(&value)?),
+            "miss" => LookupStatus::Miss,
+            "lead" => LookupStatus::Lead,
+            "wait" => LookupStatus::Wait(String::from_utf8_lossy(&value).into_owned()),
+            other => {
+                return Err(Error::reply(
+                    "cache_lookup",
+                    format!("unknown status {other:?}"),
+                ));
+            }
+        };
+        Ok(Lookup { status, generation })
+    }
+
+    /// What a lookup that asked for the lease found.
+    fn into_lead(self) -> Result<Lead> {
+        Ok(match self.status {
+            LookupStatus::Hit(v) => Lead::Hit(v),
+            LookupStatus::Lead => Lead::Leader {
+                generation: self.generation,
+            },
+            LookupStatus::Wait(holder) => Lead::Follower { holder },
+            LookupStatus::Miss => return Err(Error::reply("cache_lookup", "miss without a lease")),
+        })
+    }
+}
+
 impl ResponseCache {
     /// A cache under `keys`' prefix.
     pub fn new(redis: Redis, keys: Keys, config: CacheConfig) -> Self {
@@ -219,15 +251,7 @@ impl ResponseCache {
                 "a lease token must not be empty".into(),
             ));
         }
-        let lookup = self.lookup(key, token, count).await?;
-        Ok(match lookup.status {
-            LookupStatus::Hit(v) => Lead::Hit(v),
-            LookupStatus::Lead => Lead::Leader {
-                generation: lookup.generation,
-            },
-            LookupStatus::Wait(holder) => Lead::Follower { holder },
-            LookupStatus::Miss => return Err(Error::reply("cache_lookup", "miss without a lease")),
-        })
+        self.lookup(key, token, count).await?.into_lead()
     }
 
     /// Stores the leader's value (unless the model was invalidated meanwhile) and releases its
@@ -449,8 +473,16 @@ impl ResponseCache {
         }
     }
 
-    async fn lookup(&self, key: &CacheKey, token: &str, count: bool) -> Result<Lookup> {
-        let reply: Value = scripts::CACHE_LOOKUP
+    /// The lookup script's keys and arguments for `key`.
+    fn lookup_invocation(
+        &self,
+        script: &'static redis::Script,
+        key: &CacheKey,
+        token: &str,
+        count: bool,
+    ) -> redis::ScriptInvocation<'static> {
+        let mut invocation = script.prepare_invoke();
+        invocation
             .key(self.keys.cache_gen(&key.model))
             .key(self.keys.cache_entry(&key.model, &key.tenant, &key.hash))
             .key(self.keys.cache_stats(&key.model))
@@ -458,24 +490,58 @@ impl ResponseCache {
             .arg(token)
             .arg(millis(self.config.lease))
             .arg(if count { "1" } else { "0" })
-            .arg(millis(STATS_TTL))
+            .arg(millis(STATS_TTL));
+        invocation
+    }
+
+    async fn lookup(&self, key: &CacheKey, token: &str, count: bool) -> Result<Lookup> {
+        let reply: Value = self
+            .lookup_invocation(&scripts::CACHE_LOOKUP, key, token, count)
             .invoke_async(&mut self.redis.conn())
             .await?;
         let (status, value, generation): (String, Vec<u8>, String) = redis::from_redis_value(reply)
             .map_err(|e| Error::reply("cache_lookup", e.to_string()))?;
-        let status = match status.as_str() {
-            "hit" => LookupStatus::Hit(decode(&value)?),
-            "miss" => LookupStatus::Miss,
-            "lead" => LookupStatus::Lead,
-            "wait" => LookupStatus::Wait(String::from_utf8_lossy(&value).into_owned()),
-            other => {
-                return Err(Error::reply(
-                    "cache_lookup",
-                    format!("unknown status {other:?}"),
-                ));
-            }
+        Lookup::of(&status, value, generation)
+    }
+
+    /// [`ResponseCache::lead`], and on a hit the request's `limits` checked and charged in the
+    /// same script: one round trip for a hit. The decision is `None` when the lookup was not a
+    /// hit (nothing was charged: the caller admits the request itself) and on a cluster, where
+    /// the cache's keys and the limits' are in different slots (then the lookup alone runs).
+    pub async fn lead_admitting(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        count: bool,
+        limits: &PreparedChecks,
+    ) -> Result<(Lead, Option<MultiDecision>)> {
+        if self.redis.is_cluster() {
+            return Ok((self.lead(key, token, count).await?, None));
+        }
+        if token.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a lease token must not be empty".into(),
+            ));
+        }
+        let mut invocation =
+            self.lookup_invocation(&scripts::CACHE_LOOKUP_ADMIT, key, token, count);
+        limits.add_to(&mut invocation);
+        let reply: Value = invocation.invoke_async(&mut self.redis.conn()).await?;
+        let mut fields: Vec<Value> = redis::from_redis_value(reply)
+            .map_err(|e| Error::reply("cache_lookup_admit", e.to_string()))?;
+        if fields.len() < 3 {
+            return Err(Error::reply("cache_lookup_admit", "a short reply"));
+        }
+        let rest = fields.split_off(3);
+        let (status, value, generation): (String, Vec<u8>, String) =
+            redis::from_redis_value(Value::Array(fields))
+                .map_err(|e| Error::reply("cache_lookup_admit", e.to_string()))?;
+        let lookup = Lookup::of(&status, value, generation)?;
+        let decision = match &lookup.status {
+            LookupStatus::Hit(_) => Some(limits.decision(Value::Array(rest))?),
+            _ => None,
         };
-        Ok(Lookup { status, generation })
+        Ok((lookup.into_lead()?, decision))
     }
 
     async fn store(

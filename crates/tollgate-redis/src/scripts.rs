@@ -34,3 +34,16 @@ script!(EVENT_PUBLISH, "event_publish.lua");
 script!(EVENT_DONE, "event_done.lua");
 script!(STREAM_APPEND, "stream_append.lua");
 script!(SEMANTIC_CHECK, "semantic_check.lua");
+
+/// `cache_lookup.lua` and `rate_limit.lua` as functions of their own KEYS and ARGV, then
+/// `cache_lookup_admit.lua`, which calls them.
+pub(crate) static CACHE_LOOKUP_ADMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        "local function lookup(KEYS, ARGV)\n",
+        include_str!("../lua/cache_lookup.lua"),
+        "\nend\nlocal function admit(KEYS, ARGV)\n",
+        include_str!("../lua/rate_limit.lua"),
+        "\nend\n",
+        include_str!("../lua/cache_lookup_admit.lua"),
+    ))
+});

@@ -101,6 +101,19 @@ pub enum Charge {
     RequestOnly,
 }
 
+/// The limits of one request, before they are checked.
+pub struct Planned {
+    /// What to check, all or nothing.
+    pub checks: Vec<Check>,
+    /// The token buckets charged (settled with the real usage).
+    tokens: Vec<(LimitKey, u64)>,
+    /// Which decisions feed the request and the token headers.
+    requests_at: Vec<usize>,
+    tokens_at: Vec<usize>,
+    estimate: u64,
+    lease_len: Duration,
+}
+
 /// Checks and charges the limits of one request for `model`.
 pub async fn admit(
     gw: &Arc<Gateway>,
@@ -108,6 +121,22 @@ pub async fn admit(
     model: &str,
     charge: Charge,
 ) -> Result<Admission, ApiError> {
+    let planned = plan(gw, principal, model, charge)?;
+    if planned.checks.is_empty() {
+        return Ok(Admission::free());
+    }
+    let decision = gw.limiter.check_all(&planned.checks).await;
+    decide(gw, principal, planned, decision)
+}
+
+/// The limits `charge` takes of `principal`'s for `model` (a request that could never pass,
+/// more tokens than a whole minute's, is refused here).
+pub fn plan(
+    gw: &Gateway,
+    principal: &Principal,
+    model: &str,
+    charge: Charge,
+) -> Result<Planned, ApiError> {
     let (estimate, full) = match charge {
         Charge::Full { estimated_tokens } => (estimated_tokens, true),
         Charge::RequestOnly => (0, false),
@@ -181,10 +210,37 @@ pub async fn admit(
             cost: 1,
         });
     }
+    Ok(Planned {
+        checks,
+        tokens,
+        requests_at,
+        tokens_at,
+        estimate,
+        lease_len,
+    })
+}
+
+/// The admission of a request whose `planned` limits were checked, to `decision`: its headers,
+/// its lease kept alive; or the 429 naming what refused it. Redis failed: the policy for Redis
+/// being away.
+pub fn decide(
+    gw: &Arc<Gateway>,
+    principal: &Principal,
+    planned: Planned,
+    decision: tollgate_redis::Result<tollgate_redis::MultiDecision>,
+) -> Result<Admission, ApiError> {
+    let Planned {
+        checks,
+        tokens,
+        requests_at,
+        tokens_at,
+        estimate,
+        lease_len,
+    } = planned;
     if checks.is_empty() {
         return Ok(Admission::free());
     }
-    let decision = match gw.limiter.check_all(&checks).await {
+    let decision = match decision {
         Ok(d) => d,
         // Whatever failed (unreachable, full, read-only, a reply not understood), the limits
         // follow their policy for Redis being away.

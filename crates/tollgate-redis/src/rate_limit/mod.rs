@@ -250,107 +250,11 @@ impl RateLimiter {
                 lease: None,
             });
         }
-        let tag = keys::hash_tag(checks[0].key.as_str());
-        if checks.iter().any(|c| keys::hash_tag(c.key.as_str()) != tag) {
-            return Err(Error::InvalidArgument(
-                "limits checked together must belong to one subject (one hash tag)".into(),
-            ));
-        }
-        if checks
-            .iter()
-            .filter(|c| matches!(c.limit, Limit::Concurrency { .. }))
-            .count()
-            > 1
-        {
-            return Err(Error::InvalidArgument(
-                "at most one concurrency limit per check".into(),
-            ));
-        }
-        // Only leases need a unique member; skip the randomness otherwise.
-        let needs_id = checks
-            .iter()
-            .any(|c| matches!(c.limit, Limit::Concurrency { .. }));
-        let request_id = if needs_id {
-            uuid::Uuid::new_v4().simple().to_string()
-        } else {
-            String::new()
-        };
+        let prepared = PreparedChecks::of(checks)?;
         let mut invocation = scripts::RATE_LIMIT.prepare_invoke();
-        invocation.arg(checks.len());
-        let mut lease = None;
-        for check in checks {
-            check.limit.validate(check.cost)?;
-            invocation.key(check.key.as_str());
-            match check.limit {
-                Limit::Gcra {
-                    limit,
-                    period,
-                    burst,
-                } => {
-                    invocation
-                        .arg("gcra")
-                        .arg(limit)
-                        .arg(millis(period))
-                        .arg(burst)
-                        .arg(check.cost);
-                }
-                Limit::SlidingLog { limit, window } => {
-                    invocation
-                        .arg("swlog")
-                        .arg(limit)
-                        .arg(millis(window))
-                        .arg(check.cost)
-                        .arg(0);
-                }
-                Limit::SlidingCounter { limit, window } => {
-                    invocation
-                        .arg("swcounter")
-                        .arg(limit)
-                        .arg(millis(window))
-                        .arg(check.cost)
-                        .arg(0);
-                }
-                Limit::FixedWindow { limit, window } => {
-                    invocation
-                        .arg("fixed")
-                        .arg(limit)
-                        .arg(millis(window))
-                        .arg(check.cost)
-                        .arg(0);
-                }
-                Limit::TokenBucket { capacity, period } => {
-                    invocation
-                        .arg("tokens")
-                        .arg(capacity)
-                        .arg(millis(period))
-                        .arg(check.cost)
-                        .arg(0);
-                }
-                Limit::Concurrency {
-                    limit,
-                    lease: duration,
-                } => {
-                    invocation
-                        .arg("lease")
-                        .arg(limit)
-                        .arg(millis(duration))
-                        .arg(&request_id)
-                        .arg(0);
-                    lease = Some(Lease {
-                        key: check.key.clone(),
-                        id: request_id.clone(),
-                        duration,
-                    });
-                }
-            }
-        }
+        prepared.add_to(&mut invocation);
         let reply: Value = invocation.invoke_async(&mut self.redis.conn()).await?;
-        let (allowed, decisions) = parse_multi(reply, checks.len())?;
-        Ok(MultiDecision {
-            allowed,
-            decisions,
-            lease: if allowed { lease } else { None },
-        })
+        prepared.decision(reply)
     }
 
     /// Extends a held lease by its duration; `false` when it was already lost (expired).
@@ -434,6 +338,135 @@ impl RateLimiter {
         }
         let left: Vec<i64> = invocation.invoke_async(&mut self.redis.conn()).await?;
         Ok(left)
+    }
+}
+
+/// The limits of one request as `rate_limit.lua` takes them (its keys, then its arguments), and
+/// the lease it would take: checked alone ([`RateLimiter::check_all`]) or inside another script
+/// ([`crate::ResponseCache::lead_admitting`]).
+#[derive(Debug, Clone)]
+pub struct PreparedChecks {
+    keys: Vec<String>,
+    args: Vec<String>,
+    lease: Option<Lease>,
+    n: usize,
+}
+
+impl PreparedChecks {
+    /// Validates `checks` (one hash tag, at most one concurrency limit, sane costs).
+    pub fn of(checks: &[Check]) -> Result<PreparedChecks> {
+        let tag = checks.first().map(|c| keys::hash_tag(c.key.as_str()));
+        if checks
+            .iter()
+            .any(|c| Some(keys::hash_tag(c.key.as_str())) != tag)
+        {
+            return Err(Error::InvalidArgument(
+                "limits checked together must belong to one subject (one hash tag)".into(),
+            ));
+        }
+        if checks
+            .iter()
+            .filter(|c| matches!(c.limit, Limit::Concurrency { .. }))
+            .count()
+            > 1
+        {
+            return Err(Error::InvalidArgument(
+                "at most one concurrency limit per check".into(),
+            ));
+        }
+        let mut prepared = PreparedChecks {
+            keys: Vec::with_capacity(checks.len()),
+            args: vec![checks.len().to_string()],
+            lease: None,
+            n: checks.len(),
+        };
+        for check in checks {
+            check.limit.validate(check.cost)?;
+            let cost = check.cost.to_string();
+            let [kind, a, b, c, d] = match check.limit {
+                Limit::Gcra {
+                    limit,
+                    period,
+                    burst,
+                } => [
+                    "gcra".into(),
+                    limit.to_string(),
+                    millis(period).to_string(),
+                    burst.to_string(),
+                    cost,
+                ],
+                Limit::SlidingLog { limit, window } => [
+                    "swlog".into(),
+                    limit.to_string(),
+                    millis(window).to_string(),
+                    cost,
+                    "0".into(),
+                ],
+                Limit::SlidingCounter { limit, window } => [
+                    "swcounter".into(),
+                    limit.to_string(),
+                    millis(window).to_string(),
+                    cost,
+                    "0".into(),
+                ],
+                Limit::FixedWindow { limit, window } => [
+                    "fixed".into(),
+                    limit.to_string(),
+                    millis(window).to_string(),
+                    cost,
+                    "0".into(),
+                ],
+                Limit::TokenBucket { capacity, period } => [
+                    "tokens".into(),
+                    capacity.to_string(),
+                    millis(period).to_string(),
+                    cost,
+                    "0".into(),
+                ],
+                Limit::Concurrency {
+                    limit,
+                    lease: duration,
+                } => {
+                    // Only a lease needs a unique member.
+                    let id = uuid::Uuid::new_v4().simple().to_string();
+                    prepared.lease = Some(Lease {
+                        key: check.key.clone(),
+                        id: id.clone(),
+                        duration,
+                    });
+                    [
+                        "lease".into(),
+                        limit.to_string(),
+                        millis(duration).to_string(),
+                        id,
+                        "0".into(),
+                    ]
+                }
+            };
+            prepared.keys.push(check.key.as_str().to_owned());
+            prepared.args.extend([kind, a, b, c, d]);
+        }
+        Ok(prepared)
+    }
+
+    /// Adds the keys and then the arguments to `invocation`.
+    pub(crate) fn add_to(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        for key in &self.keys {
+            invocation.key(key);
+        }
+        for arg in &self.args {
+            invocation.arg(arg);
+        }
+    }
+
+    /// The decision in `reply` (the script's flat reply).
+    pub(crate) fn decision(&self, reply: Value) -> Result<MultiDecision> {
+        let (allowed, decisions) = parse_multi(reply, self.n)?;
+        Ok(MultiDecision {
+            allowed,
+            decisions,
+            lease: if allowed { self.lease.clone() } else { None },
+        })
     }
 }
 

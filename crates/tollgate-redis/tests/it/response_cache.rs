@@ -2,7 +2,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tollgate_redis::{CacheConfig, CacheKey, ComputeError, Outcome, ResponseCache, Stored};
+use tollgate_redis::{
+    CacheConfig, CacheKey, Check, ComputeError, Id, Lead, Limit, Outcome, PreparedChecks,
+    RateLimiter, ResponseCache, Stored,
+};
 
 use crate::{Backend, Ctx, pattern_suite};
 
@@ -277,7 +280,60 @@ async fn entries_expire_with_their_ttl(b: Backend) {
     assert_eq!(cache.get(&k).await.unwrap(), None);
 }
 
-pattern_suite!(followers_learn_the_leaders_token_and_then_hit);
+pattern_suite!(
+    followers_learn_the_leaders_token_and_then_hit,
+    a_hit_is_admitted_by_its_lookup_on_one_redis_and_left_to_the_caller_on_a_cluster
+);
+
+/// On one Redis a hit's limits are checked and charged by the lookup's own script (all or
+/// nothing, as `check_all` would); anything but a hit charges nothing. A cluster keeps the two
+/// apart (their keys are in different slots): the decision is the caller's.
+async fn a_hit_is_admitted_by_its_lookup_on_one_redis_and_left_to_the_caller_on_a_cluster(
+    b: Backend,
+) {
+    let ctx = Ctx::new(b, 1).await;
+    let cache = cache(&ctx, 0, CacheConfig::default());
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    let rpm = limiter.key(&Id::new("key_1").unwrap(), "rpm").unwrap();
+    let checks = [Check {
+        key: rpm.clone(),
+        limit: Limit::SlidingLog {
+            limit: 2,
+            window: Duration::from_secs(60),
+        },
+        cost: 1,
+    }];
+    let limits = PreparedChecks::of(&checks).unwrap();
+    let k = key("t", "0a");
+    // A miss takes the lease and charges nothing.
+    let (lead, decided) = cache
+        .lead_admitting(&k, "tok", true, &limits)
+        .await
+        .unwrap();
+    assert!(matches!(lead, Lead::Leader { .. }), "{lead:?}");
+    assert!(decided.is_none());
+    cache.put(&k, b"answer", None).await.unwrap();
+    let single = matches!(b, Backend::Single);
+    for n in 1..=3 {
+        let (lead, decided) = cache
+            .lead_admitting(&k, "tok2", true, &limits)
+            .await
+            .unwrap();
+        assert!(matches!(&lead, Lead::Hit(v) if v == b"answer"), "{lead:?}");
+        match (single, decided) {
+            (true, Some(d)) => {
+                assert_eq!(d.allowed, n <= 2, "hit {n}: {d:?}");
+                assert_eq!(d.decisions[0].remaining, 2u64.saturating_sub(n));
+            }
+            (false, None) => {}
+            (_, other) => panic!("hit {n}: decision {other:?}"),
+        }
+    }
+    // What the hits charged is what check_all sees: two requests on one Redis (the refused
+    // third charged nothing), none on a cluster.
+    let seen = limiter.check_all(&checks).await.unwrap();
+    assert_eq!(seen.allowed, !single);
+}
 
 async fn followers_learn_the_leaders_token_and_then_hit(b: Backend) {
     use tollgate_redis::Lead;

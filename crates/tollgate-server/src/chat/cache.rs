@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tollgate_core::{ChatRequest, request_hash};
-use tollgate_redis::{CacheKey, Lead};
+use tollgate_redis::{CacheKey, Lead, PreparedChecks};
 
 use super::generation::Caching;
 use super::plan::{ChatOptions, Plan};
@@ -23,15 +23,15 @@ use super::replay::{Attached, Leader, attach};
 use super::semantic::SemanticContext;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::limits::Charge;
+use crate::limits::{Admission, Charge};
 use crate::metrics::CacheResult;
 use crate::state::Gateway;
 use crate::task::AbortOnDrop;
 
 /// Where a request's answer comes from.
 pub(super) enum Route {
-    /// The exact cache's answer.
-    Hit(Vec<u8>),
+    /// The exact cache's answer, and its admission when the lookup's script charged it.
+    Hit(Vec<u8>, Option<Admission>),
     /// A similar question's answer.
     Semantic { bytes: Vec<u8>, similarity: f32 },
     /// An identical request in flight, whose token stream this one reads.
@@ -54,7 +54,15 @@ impl Route {
             Route::Generate { .. } => Charge::Full {
                 estimated_tokens: estimate(),
             },
-            Route::Hit(_) | Route::Semantic { .. } | Route::Follow { .. } => Charge::RequestOnly,
+            Route::Hit(..) | Route::Semantic { .. } | Route::Follow { .. } => Charge::RequestOnly,
+        }
+    }
+
+    /// The admission already charged with the lookup (a hit on a single Redis), taken out.
+    pub(super) fn admitted(&mut self) -> Option<Admission> {
+        match self {
+            Route::Hit(_, admission) => admission.take(),
+            _ => None,
         }
     }
 
@@ -156,8 +164,25 @@ pub(super) async fn route(
     let mut semantic = lookup.semantic;
     let deadline = Instant::now() + Duration::from_secs(gw.config.cache.coalesce_wait_seconds);
     let mut first = true;
+    // A hit's limits (one request) are checked in the lookup's own script: one round trip.
+    let mut hit_limits = Some(crate::limits::plan(
+        gw,
+        principal,
+        &plan.req.model,
+        Charge::RequestOnly,
+    )?);
+    let prepared = hit_limits
+        .as_ref()
+        .filter(|l| !l.checks.is_empty())
+        .and_then(|l| PreparedChecks::of(&l.checks).ok());
     loop {
-        let mut lead = gw.cache.lead(&key, token, first).await;
+        let (mut lead, decided) = match &prepared {
+            Some(limits) => match gw.cache.lead_admitting(&key, token, first, limits).await {
+                Ok((lead, decided)) => (Ok(lead), decided),
+                Err(e) => (Err(e), None),
+            },
+            None => (gw.cache.lead(&key, token, first).await, None),
+        };
         if let Ok(Lead::Follower { holder }) = &lead {
             match attach(gw, holder).await? {
                 Leader::Attached(attached) => {
@@ -183,7 +208,13 @@ pub(super) async fn route(
         match lead {
             Ok(Lead::Hit(bytes)) => {
                 gw.metrics.cache(CacheResult::Hit);
-                return Ok(Route::Hit(bytes));
+                let admission = match (decided, hit_limits.take()) {
+                    (Some(decision), Some(limits)) => {
+                        Some(crate::limits::decide(gw, principal, limits, Ok(decision))?)
+                    }
+                    _ => None,
+                };
+                return Ok(Route::Hit(bytes, admission));
             }
             Ok(Lead::Leader { generation }) => {
                 // Held from now on: kept while the semantic lookup, the limits and the

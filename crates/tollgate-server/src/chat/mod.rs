@@ -89,9 +89,9 @@ pub async fn chat_completions(
     };
 
     // Route.
-    let route = cache::route(gw, principal, &plan, lookup, &opts).await?;
+    let mut route = cache::route(gw, principal, &plan, lookup, &opts).await?;
 
-    // One admission.
+    // One admission (a hit's may have come with its lookup).
     // Tokens are counted only for a request that goes upstream: a hit or a follower costs none.
     let estimate = || {
         gw.counter.count_prompt(&plan.req)
@@ -100,17 +100,20 @@ pub async fn chat_completions(
                 .max_output_tokens()
                 .map_or(ASSUMED_OUTPUT_TOKENS, u64::from)
     };
-    let admission = match admit(gw, principal, &plan.req.model, route.charge(estimate)).await {
-        Ok(a) => a,
-        Err(e) => {
-            route.abandon(gw, &plan.stream_id).await;
-            return Err(e);
-        }
+    let admission = match route.admitted() {
+        Some(admission) => admission,
+        None => match admit(gw, principal, &plan.req.model, route.charge(estimate)).await {
+            Ok(a) => a,
+            Err(e) => {
+                route.abandon(gw, &plan.stream_id).await;
+                return Err(e);
+            }
+        },
     };
 
     // Answer.
     match route {
-        Route::Hit(bytes) => plan.hit(admission, &bytes, None).await,
+        Route::Hit(bytes, _) => plan.hit(admission, &bytes, None).await,
         Route::Semantic { bytes, similarity } => {
             plan.hit(admission, &bytes, Some(similarity)).await
         }
