@@ -14,6 +14,7 @@ run: deps
 
 ## The whole test suite against real redis-server processes and a real Redis Cluster.
 test: deps
+	@scripts/install-test-deps.sh
 	@scripts/ensure-postgres.sh
 	cargo test --workspace --locked
 

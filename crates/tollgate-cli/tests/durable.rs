@@ -45,7 +45,7 @@ fn python(replica: &Replica, phase: &str, env: &[(&str, &str)]) -> String {
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/python/responses_chain.py"
     );
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(tollgate_testkit::python_tool("python3"));
     cmd.arg(script)
         .arg(phase)
         .env("OPENAI_BASE_URL", replica.url("/v1"))
@@ -58,7 +58,7 @@ fn python(replica: &Replica, phase: &str, env: &[(&str, &str)]) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !stderr.contains("No module named 'openai'"),
-        "install the client: pip install -r tests/python/requirements.txt"
+        "install the client: scripts/install-test-deps.sh"
     );
     assert!(
         output.status.success(),

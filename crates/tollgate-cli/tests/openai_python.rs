@@ -1,6 +1,5 @@
 //! The official `openai` and `anthropic` Python packages against real `tollgate` processes
-//! (install them with `pip install -r tests/python/requirements.txt`; `scripts/install-deps.sh`
-//! does).
+//! (in the test environment `scripts/install-test-deps.sh` makes; `make test` runs it).
 
 #![allow(clippy::unwrap_used, reason = "tests panic on failure")]
 
@@ -15,7 +14,7 @@ use tollgate_testkit::{FakeUpstream, FakeUpstreamConfig, RedisServer};
 /// Runs `tests/python/SCRIPT` with `env`; asserts it ran every check and `passed` passed.
 fn run_python(script: &str, env: &[(&str, String)], passed: usize) {
     let path = format!("{}/../../tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new("python3")
+    let output = Command::new(tollgate_testkit::python_tool("python3"))
         .arg(path)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
@@ -24,7 +23,7 @@ fn run_python(script: &str, env: &[(&str, String)], passed: usize) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !stderr.contains("No module named"),
-        "install the clients: pip install -r tests/python/requirements.txt\n{stderr}"
+        "install the clients: scripts/install-test-deps.sh\n{stderr}"
     );
     assert!(
         output.status.success(),

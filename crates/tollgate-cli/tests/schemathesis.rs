@@ -17,7 +17,7 @@ fn generated_requests_get_no_server_error_and_answers_match_the_openapi_document
     // Group reads wait at most 50 ms here: generated cases must not each block for seconds.
     let (_dir, path) = config_file("[events]\nmax_block_ms = 50\n");
     let replica = Replica::start(&redis.url(), &path, &[]);
-    let output = Command::new("schemathesis")
+    let output = Command::new(tollgate_testkit::python_tool("schemathesis"))
         .current_dir(tempfile::tempdir().unwrap().path())
         .args([
             "run",
@@ -32,7 +32,7 @@ fn generated_requests_get_no_server_error_and_answers_match_the_openapi_document
         ])
         .env("NO_COLOR", "1")
         .output()
-        .expect("schemathesis runs (pip install -r tests/python/requirements.txt)");
+        .expect("schemathesis runs (scripts/install-test-deps.sh)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

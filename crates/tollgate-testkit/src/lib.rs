@@ -307,6 +307,21 @@ fn start_cluster_node() -> RedisServer {
     RedisServer::start_on_free_port(extra.iter().map(|s| s.to_string()).collect(), true)
 }
 
+/// A Python tool the end-to-end tests run (`python3`, `schemathesis`): from the test environment
+/// `make test` makes (`scripts/install-test-deps.sh`: `.venv` at the workspace root, or
+/// `TOLLGATE_TEST_VENV`), else from `PATH`.
+pub fn python_tool(name: &str) -> PathBuf {
+    let venv = std::env::var_os("TOLLGATE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
+    let tool = venv.join("bin").join(name);
+    if tool.exists() {
+        tool
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 /// A standalone server shared by every test of this test binary (started on first use).
 pub fn shared_redis() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
