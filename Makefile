@@ -1,5 +1,5 @@
 # The two commands of the README are `make run` and `make test`; each installs what it needs.
-.PHONY: run test bench deps models lint ci fuzz
+.PHONY: run install test bench deps models lint ci fuzz
 
 deps:
 	@scripts/install-deps.sh
@@ -11,6 +11,14 @@ models:
 ## Run tollgate (an embedded redis-server in the data dir unless TOLLGATE_REDIS_URL is set).
 run: deps
 	cargo run --release --locked -p tollgate-cli -- serve
+
+## The `tollgate` command on PATH: the release binary copied to BIN_DIR (rustup puts
+## ~/.cargo/bin on PATH).
+BIN_DIR ?= $(HOME)/.cargo/bin
+install: deps
+	cargo build --release --locked -p tollgate-cli
+	install -D -m 0755 $(or $(CARGO_TARGET_DIR),target)/release/tollgate $(BIN_DIR)/tollgate
+	@echo "tollgate installed in $(BIN_DIR)"
 
 ## The whole test suite against real redis-server processes and a real Redis Cluster.
 test: deps

@@ -533,7 +533,16 @@ async fn serve_gateway(config: Config, data_dir: &Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
-    tracing::info!(%listen, "tollgate is serving");
+    let models: Vec<String> = tollgate_server::handlers::models::listed(&gateway)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    tracing::info!(
+        %listen,
+        data_dir = %data_dir.display(),
+        models = %models.join(", "),
+        "tollgate is serving"
+    );
     let result = serve::serve(listener, gateway, shutdown_signal(), drain).await;
     if let Some(server) = embedded {
         server.stop().await;

@@ -173,16 +173,24 @@ impl Outbox {
 }
 
 /// Gathers what is pushed into entries: the first records waiting, and every other push queued
-/// by then (up to [`ENTRY_RECORDS`]), in one XADD; then tells each pusher.
+/// by then (up to [`ENTRY_RECORDS`]), in one XADD; then tells each pusher. Once Redis has failed
+/// to take an entry, everything queued goes to the database at once until Redis takes one again:
+/// records wait one failed attempt, however many arrive meanwhile.
 async fn gather(
     bus: EventBus,
     direct: Option<Database>,
     mut pushed: mpsc::UnboundedReceiver<Pushed>,
 ) {
+    let mut redis_failed = false;
     while let Some(first) = pushed.recv().await {
+        let most = if redis_failed {
+            usize::MAX
+        } else {
+            ENTRY_RECORDS
+        };
         let mut records = first.records;
         let mut waiting = vec![first.done];
-        while records.len() < ENTRY_RECORDS {
+        while records.len() < most {
             match pushed.try_recv() {
                 Ok(more) => {
                     records.extend(more.records);
@@ -191,28 +199,29 @@ async fn gather(
                 Err(_) => break,
             }
         }
-        let outcome = enqueue(&bus, direct.as_ref(), records)
-            .await
-            .map_err(|e| e.to_string());
+        let outcome = match serde_json::to_vec(&records) {
+            Ok(json) => match bus.publish(STREAM, &[("r", &json)]).await {
+                Ok(_) => {
+                    redis_failed = false;
+                    Ok(())
+                }
+                // Whatever Redis's trouble (down, failing over, refusing), the records are kept.
+                Err(e) => {
+                    redis_failed = true;
+                    match &direct {
+                        Some(db) => {
+                            tracing::warn!(error = %e, "outbox unavailable; writing records straight to the database");
+                            db.write(records).await.map_err(|e| e.to_string())
+                        }
+                        None => Err(Error::from(e).to_string()),
+                    }
+                }
+            },
+            Err(e) => Err(e.to_string()),
+        };
         for done in waiting {
             let _ = done.send(outcome.clone());
         }
-    }
-}
-
-/// Adds one entry of `records`; straight to the database when Redis does not take it.
-async fn enqueue(bus: &EventBus, direct: Option<&Database>, records: Vec<Record>) -> Result<()> {
-    let json = serde_json::to_vec(&records).map_err(|e| Error::Config(e.to_string()))?;
-    match bus.publish(STREAM, &[("r", &json)]).await {
-        Ok(_) => Ok(()),
-        // Whatever Redis's trouble (down, failing over, refusing), the records are kept.
-        Err(e) => match direct {
-            Some(db) => {
-                tracing::warn!(error = %e, "outbox unavailable; writing records straight to the database");
-                db.write(records).await
-            }
-            None => Err(e.into()),
-        },
     }
 }
 

@@ -268,6 +268,17 @@ async fn with_redis_gone_records_go_straight_to_the_database() {
     server.kill();
     outbox.push(vec![usage(7)]).await.unwrap();
     assert_eq!(count(&db, "usage_records").await, 1);
+    // Many at once: whatever queued behind a failed attempt goes to the database together, so
+    // none waits for more than one more failed attempt.
+    let mut pushes = tokio::task::JoinSet::new();
+    for i in 0..600 {
+        let outbox = outbox.clone();
+        pushes.spawn(async move { outbox.push(vec![usage(100 + i)]).await });
+    }
+    while let Some(push) = pushes.join_next().await {
+        push.unwrap().unwrap();
+    }
+    assert_eq!(count(&db, "usage_records").await, 601);
 }
 
 #[tokio::test]

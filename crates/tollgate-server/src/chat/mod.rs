@@ -5,7 +5,8 @@
 //!    cache key;
 //! 2. route ([`cache`]): one exact-cache lookup either hits, makes this request the leader (then
 //!    the semantic cache may still answer), or names the leader's token stream to follow;
-//! 3. one admission ([`crate::limits`]): what the route costs, charged in one script;
+//! 3. one admission ([`crate::limits`]): what the route costs, charged in one script (a hit's,
+//!    on a single Redis, in its lookup's script);
 //! 4. answer: a replay of what is already known ([`replay`]: hits, followers), or a
 //!    generation ([`generation`]) written to a token stream ([`stream_writer`]).
 //!

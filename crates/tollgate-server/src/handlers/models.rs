@@ -8,23 +8,34 @@ use serde_json::{Value, json};
 use crate::auth::{Admin, Principal};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
-use crate::state::AppState;
+use crate::state::{AppState, Gateway};
 
 /// `GET /v1/models`.
 pub async fn models_handler(
     State(gw): State<AppState>,
     _: Principal,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let mut data = Vec::new();
-    for alias in gw.router().aliases() {
-        data.push(json!({"id": alias, "object": "model", "created": 0, "owned_by": "tollgate"}));
-    }
+    let data: Vec<Value> = listed(&gw)
+        .into_iter()
+        .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})))
+}
+
+/// The models a key may ask for, each with who serves it: the aliases (`tollgate`), then each
+/// provider's models.
+pub fn listed(gw: &Gateway) -> Vec<(String, String)> {
+    let mut models: Vec<(String, String)> = gw
+        .router()
+        .aliases()
+        .map(|alias| (alias.to_owned(), "tollgate".to_owned()))
+        .collect();
     for (name, provider) in &gw.config.providers {
         for model in &provider.models {
-            data.push(json!({"id": model, "object": "model", "created": 0, "owned_by": name}));
+            models.push((model.clone(), name.clone()));
         }
     }
-    Ok(axum::Json(json!({"object": "list", "data": data})))
+    models
 }
 
 /// `GET /admin/models`: the registry's models and its version.
