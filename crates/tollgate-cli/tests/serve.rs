@@ -329,7 +329,12 @@ fn keys_are_created_listed_and_revoked_from_the_cli() {
     let missing = keys(&["revoke", "key_nope"]);
     assert!(one_line_error(&missing).contains("key_nope"));
     let bad_tier = keys(&["create", "--name", "x", "--tier", "platinum"]);
-    assert!(one_line_error(&bad_tier).contains("no tier named \"platinum\""));
+    let said = one_line_error(&bad_tier);
+    assert!(said.contains("no tier named \"platinum\""), "{said}");
+    assert!(
+        said.contains("tiers: default") && said.contains("[tiers.platinum]"),
+        "{said}"
+    );
 }
 
 #[test]

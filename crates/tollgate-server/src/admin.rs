@@ -20,8 +20,12 @@ pub async fn create_key(
     }
     let tier = tier.unwrap_or_else(|| gw.config.limits.default_tier.clone());
     if !gw.config.tiers.contains_key(&tier) {
+        let known: Vec<&str> = gw.config.tiers.keys().map(String::as_str).collect();
         return Err(ApiError::bad(
-            format!("no tier named {tier:?}"),
+            format!(
+                "no tier named {tier:?} (tiers: {}); define it as [tiers.{tier}] in the configuration",
+                known.join(", ")
+            ),
             Some("tier"),
         ));
     }
