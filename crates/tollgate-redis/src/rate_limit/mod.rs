@@ -383,6 +383,16 @@ impl PreparedChecks {
         for check in checks {
             check.limit.validate(check.cost)?;
             let cost = check.cost.to_string();
+            // The kinds measured over a window: limit, window, cost.
+            let windowed = |kind: &str, limit: u64, window: Duration| {
+                [
+                    kind.to_owned(),
+                    limit.to_string(),
+                    millis(window).to_string(),
+                    cost.clone(),
+                    "0".to_owned(),
+                ]
+            };
             let [kind, a, b, c, d] = match check.limit {
                 Limit::Gcra {
                     limit,
@@ -393,36 +403,12 @@ impl PreparedChecks {
                     limit.to_string(),
                     millis(period).to_string(),
                     burst.to_string(),
-                    cost,
+                    cost.clone(),
                 ],
-                Limit::SlidingLog { limit, window } => [
-                    "swlog".into(),
-                    limit.to_string(),
-                    millis(window).to_string(),
-                    cost,
-                    "0".into(),
-                ],
-                Limit::SlidingCounter { limit, window } => [
-                    "swcounter".into(),
-                    limit.to_string(),
-                    millis(window).to_string(),
-                    cost,
-                    "0".into(),
-                ],
-                Limit::FixedWindow { limit, window } => [
-                    "fixed".into(),
-                    limit.to_string(),
-                    millis(window).to_string(),
-                    cost,
-                    "0".into(),
-                ],
-                Limit::TokenBucket { capacity, period } => [
-                    "tokens".into(),
-                    capacity.to_string(),
-                    millis(period).to_string(),
-                    cost,
-                    "0".into(),
-                ],
+                Limit::SlidingLog { limit, window } => windowed("swlog", limit, window),
+                Limit::SlidingCounter { limit, window } => windowed("swcounter", limit, window),
+                Limit::FixedWindow { limit, window } => windowed("fixed", limit, window),
+                Limit::TokenBucket { capacity, period } => windowed("tokens", capacity, period),
                 Limit::Concurrency {
                     limit,
                     lease: duration,
