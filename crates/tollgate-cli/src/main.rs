@@ -393,17 +393,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .context("events")?
                 {
-                    let fields: serde_json::Map<String, serde_json::Value> = event
-                        .fields
-                        .iter()
-                        .map(|(k, v)| {
-                            (
-                                k.clone(),
-                                serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
-                            )
-                        })
-                        .collect();
-                    println!("{}", serde_json::json!({"id": event.id, "fields": fields}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": event.id, "fields": event.text_fields()})
+                    );
                     after = event.id;
                     printed += 1;
                     if count.is_some_and(|c| printed >= c) {

@@ -71,6 +71,20 @@ impl Event {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_slice())
     }
+
+    /// The fields as a JSON object of text (bytes that are not UTF-8 replaced), as the HTTP API
+    /// and the CLI show an entry.
+    pub fn text_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.fields
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
+                )
+            })
+            .collect()
+    }
 }
 
 /// Where a new group starts reading.

@@ -154,17 +154,7 @@ fn entry_count(count: usize) -> Result<usize, ApiError> {
 
 /// An entry as JSON: its id, fields (as text) and how many times it has been delivered.
 fn event_json(e: &tollgate_redis::Event) -> Value {
-    let fields: serde_json::Map<String, Value> = e
-        .fields
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                Value::String(String::from_utf8_lossy(v).into_owned()),
-            )
-        })
-        .collect();
-    json!({"id": e.id, "fields": fields, "deliveries": e.deliveries})
+    json!({"id": e.id, "fields": e.text_fields(), "deliveries": e.deliveries})
 }
 
 /// `POST /v1/events/{stream}/groups/{group}/read`: entries for this consumer, those another
