@@ -378,6 +378,71 @@ async fn scenarios(redis: &Redis, keys: &Keys) -> anyhow::Result<Vec<Scenario>> 
             }),
         });
     }
+    // A request that goes upstream: its admission and its settling, with and without a model's
+    // capacity (shared by every key) checked in the same script.
+    for (name, capacity) in [
+        ("admit + settle: a key's rpm, tpm, slot", false),
+        ("admit + settle: + the model's rpm, tpm, slot", true),
+    ] {
+        let l = limiter.clone();
+        let model = Id::new("openai/gpt-4o")?;
+        let mut checks = vec![
+            Check {
+                key: limiter.key(&subject, "a-rpm")?,
+                limit: Limit::SlidingLog {
+                    limit: big,
+                    window: minute,
+                },
+                cost: 1,
+            },
+            Check {
+                key: limiter.key(&subject, "a-tpm")?,
+                limit: Limit::TokenBucket {
+                    capacity: big,
+                    period: minute,
+                },
+                cost: 500,
+            },
+            Check {
+                key: limiter.key(&subject, "a-conc")?,
+                limit: Limit::Concurrency {
+                    limit: big,
+                    lease: minute,
+                },
+                cost: 1,
+            },
+        ];
+        if capacity {
+            let mut model_checks: Vec<Check> = checks
+                .iter()
+                .zip(["rpm", "tpm", "conc"])
+                .map(|(c, n)| {
+                    Ok(Check {
+                        key: limiter.model_key(&model, n)?,
+                        ..c.clone()
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            checks.append(&mut model_checks);
+        }
+        let buckets: Vec<_> = checks
+            .iter()
+            .filter(|c| matches!(c.limit, Limit::TokenBucket { .. }))
+            .map(|c| (c.key.clone(), big))
+            .collect();
+        out.push(Scenario {
+            name,
+            round_trips: "2",
+            op: op(move |_| {
+                let (l, checks, buckets) = (l.clone(), checks.clone(), buckets.clone());
+                async move {
+                    let d = l.check_all(&checks).await?;
+                    l.settle(&d.leases, &buckets, minute, -100).await?;
+                    Ok(())
+                }
+            }),
+        });
+    }
     let cache = ResponseCache::new(redis.clone(), keys.clone(), CacheConfig::default());
     let answer = br#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Paris is the capital of France."},"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":8,"total_tokens":22}}"#;
     let hit_key = CacheKey::new("openai/gpt-4o-mini", "tenant-1", &"ab".repeat(32))?;

@@ -193,3 +193,75 @@ async fn a_master_failed_over_under_load_loses_no_request_and_never_crosses_slot
         assert!(!log.contains("CROSSSLOT"), "{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_capacity_holds_across_slots_keys_and_processes_on_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap();
+    // Each key's limits live in its own slot, the model's capacity in another.
+    let (_dir, path) = config_file(
+        "[server]\nmaster_key = \"mk\"\n[tiers.default]\nrpm = 10\n[capacity.\"mock/echo\"]\nrpm = 9\ntpm = 1000000\nmax_concurrency = 40\n",
+    );
+    let gateways: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&cluster.url(), &path, &[]))
+        .collect();
+    let http = common::client(Duration::from_secs(30));
+    let mut keys = Vec::new();
+    for i in 0..4 {
+        let created: Value = http
+            .post(gateways[0].url("/admin/keys"))
+            .bearer_auth("mk")
+            .json(&json!({"name": format!("k{i}")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys.push(created["key"].as_str().unwrap().to_owned());
+    }
+    // 40 fresh questions, 10 per key over both processes: the keys would take them all, the
+    // model takes 9.
+    let asks = (0..40).map(|i| {
+        let request = http
+            .post(gateways[i % 2].url("/v1/chat/completions"))
+            .bearer_auth(&keys[i % 4])
+            .json(&json!({"model": "mock/echo", "temperature": 0.9, "messages": [{"role": "user", "content": format!("q{i}")}]}));
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    });
+    let answers = futures::future::join_all(asks).await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        9,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{answers:?}"
+    );
+    // What the model refused was given back to each key's own limit (charged in its slot before
+    // the model's refused): each key, having used 10 without that, is now refused by the model
+    // alone.
+    for (k, key) in keys.iter().enumerate() {
+        let r = http
+            .post(gateways[k % 2].url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": "mock/echo", "temperature": 0.9, "messages": [{"role": "user", "content": "more"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+        let body: Value = r.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("(mock/echo's capacity in requests per minute)"),
+            "k{k}: {message}"
+        );
+    }
+}

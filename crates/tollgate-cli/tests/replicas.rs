@@ -71,6 +71,84 @@ async fn a_keys_rpm_limit_holds_exactly_across_three_processes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_capacity_holds_across_processes_and_keys_and_cache_hits_do_not_use_it() {
+    let redis = RedisServer::start();
+    let (_dir, path) = config_file(
+        "[server]\nmaster_key = \"mk\"\n[capacity.\"mock/echo\"]\nrpm = 12\nmax_concurrency = 50\n",
+    );
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let mut keys = Vec::new();
+    for i in 0..3 {
+        let created: Value = http
+            .post(replicas[0].url("/admin/keys"))
+            .bearer_auth("mk")
+            .json(&json!({"name": format!("team-{i}"), "tenant": "acme"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys.push(created["key"].as_str().unwrap().to_owned());
+    }
+    let ask = |replica: usize, key: usize, body: Value| {
+        let request = http
+            .post(replicas[replica].url("/v1/chat/completions"))
+            .bearer_auth(&keys[key])
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    // One cacheable question goes upstream (one of the 12) and is cached for the tenant.
+    let cached = json!({"model": "mock/echo", "temperature": 0, "messages": [{"role": "user", "content": "cached"}]});
+    assert_eq!(ask(0, 0, cached.clone()).await.status(), 200);
+    // 36 fresh questions from 3 keys over 2 processes: the other 11 pass.
+    let asks = (0..36).map(|i| {
+        let body = json!({"model": "mock/echo", "temperature": 0.9, "messages": [{"role": "user", "content": format!("q{i}")}]});
+        ask(i % 2, i % 3, body)
+    });
+    let answers = futures::future::join_all(asks).await;
+    let ok = answers.iter().filter(|r| r.status() == 200).count();
+    assert_eq!(
+        ok,
+        11,
+        "{:?}",
+        answers.iter().map(|r| r.status()).collect::<Vec<_>>()
+    );
+    let key_2_answered = (2..36)
+        .step_by(3)
+        .filter(|&i| answers[i].status() == 200)
+        .count() as u64;
+    for refused in answers.into_iter().filter(|r| r.status() != 200) {
+        assert_eq!(refused.status(), 429);
+        assert!(refused.headers().contains_key("retry-after"));
+        let body: Value = refused.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("mock/echo's capacity in requests per minute"),
+            "{message}"
+        );
+    }
+    // The capacity is spent, yet the cached answer is served to every key on every process.
+    for i in 0..6 {
+        let r = ask(i % 2, i % 3, cached.clone()).await;
+        assert_eq!(r.status(), 200, "{i}: {:?}", r.text().await);
+        assert_eq!(r.headers()["x-tollgate-cache"], "hit", "{i}");
+    }
+    // The keys' own limits were not charged for what the model refused: of its 600 a minute,
+    // key 2 has used its fresh questions answered, its 2 hits and this one.
+    let r = ask(1, 2, cached).await;
+    let remaining: u64 = r.headers()["x-ratelimit-remaining-requests"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(remaining, 600 - key_2_answered - 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_identical_requests_over_three_processes_make_one_upstream_call() {
     let redis = RedisServer::start();
     let upstream = FakeUpstream::start(FakeUpstreamConfig {

@@ -13,6 +13,7 @@
 //! | `tg:{st:STREAM}` | stream | a generation's token stream |
 //! | `tg:{st:STREAM}:alive` | string | present while the stream's producer lives (`producer_timeout`) |
 //! | `tg:{k:SUBJECT}:rl:NAME` | various | a rate limit of a subject (an API key, a user...) |
+//! | `tg:{m:MODEL}:rl:NAME` | various | a model's capacity, shared by every key that calls it |
 //! | `tg:{e:MODEL:VERSION}:SHA256` | string | a cached embedding |
 //! | `tg:{f:TYPE:ID}:GROUP` | hash | a feature group of an entity (`@ts`: update time) |
 //! | `tg:ch:NAME` | pub/sub channel | fire-and-forget fan-out |
@@ -145,6 +146,10 @@ impl Keys {
 
     pub(crate) fn rate_limit(&self, subject: &Id, name: &Id) -> String {
         format!("{}{{k:{subject}}}:rl:{name}", self.prefix)
+    }
+
+    pub(crate) fn model_limit(&self, model: &Id, name: &Id) -> String {
+        format!("{}{{m:{model}}}:rl:{name}", self.prefix)
     }
 
     pub(crate) fn embedding(&self, model: &Id, version: &Id, sha256_hex: &str) -> String {

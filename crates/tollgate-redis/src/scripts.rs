@@ -14,6 +14,7 @@ macro_rules! script {
 }
 
 script!(RATE_LIMIT, "rate_limit.lua");
+script!(RATE_REFUND, "rate_refund.lua");
 script!(SETTLE, "settle.lua");
 script!(LEASE_RENEW, "lease_renew.lua");
 script!(LEASE_TOKEN, "lease_token.lua");

@@ -55,6 +55,8 @@ sections! {
     cache: CacheSection,
     limits: LimitsSection,
     tiers: BTreeMap<String, Limits>,
+    /// A model's capacity, shared by every key that calls it.
+    capacity: BTreeMap<String, Capacity>,
     sessions: SessionsSection,
     streams: StreamsSection,
     embeddings: EmbeddingsSection,
@@ -192,6 +194,20 @@ pub struct Limits {
     /// Dollars a key may spend per UTC month.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_budget_usd: Option<f64>,
+}
+
+/// What a model (`provider/model` or an alias, as requests name it) can take across every
+/// replica and every key: requests that go upstream, their tokens and the slots they hold.
+/// Answers from the cache cost the upstream nothing and are not counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub max_concurrency: Option<u64>,
 }
 
 /// Per-model limits.
@@ -661,6 +677,28 @@ impl Config {
                 }
             }
         }
+        for (model, capacity) in &self.capacity {
+            let known = self.aliases.contains_key(model)
+                || model
+                    .split_once('/')
+                    .is_some_and(|(provider, _)| self.providers.contains_key(provider));
+            if !known {
+                p.push(format!(
+                    "capacity.{model:?}: neither provider/model of a configured provider nor an alias"
+                ));
+            }
+            for (what, v) in [
+                ("rpm", capacity.rpm),
+                ("tpm", capacity.tpm),
+                ("max_concurrency", capacity.max_concurrency),
+            ] {
+                if v == Some(0) {
+                    p.push(format!(
+                        "capacity.{model:?}.{what}: must be at least 1 (leave it out for no limit)"
+                    ));
+                }
+            }
+        }
         for (name, provider) in &self.providers {
             if name.contains('/') || name.is_empty() {
                 p.push(format!(
@@ -864,10 +902,21 @@ mod tests {
             kind = "openai"
             [aliases.smart]
             deployments = [{ model = "ghost/x", weight = 1 }]
+            [capacity."ghost/x"]
+            rpm = 0
+            [capacity.smart]
+            tpm = 100
             "#,
         )
         .unwrap_err();
-        assert_eq!(err.0.len(), 4, "{err:?}");
+        assert_eq!(err.0.len(), 6, "{err:?}");
+        let all = err.0.join("\n");
+        for expected in [
+            r#"capacity."ghost/x": neither provider/model"#,
+            r#"capacity."ghost/x".rpm: must be at least 1"#,
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
     }
 
     #[test]

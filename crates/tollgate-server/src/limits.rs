@@ -1,7 +1,9 @@
 //! Rate limits in the request path.
 //!
 //! One script call checks and charges every limit of a request (requests and tokens per minute,
-//! concurrency, per-model requests and tokens), all or nothing. Tokens are reserved from an
+//! concurrency, per-model requests and tokens, and the model's capacity shared by every key),
+//! all or nothing. On a cluster a model's capacity lives in its own slot: that is one more
+//! script, sent at the same time (see [`tollgate_redis::RateLimiter::check_all`]). Tokens are reserved from an
 //! estimate and settled with the real usage when the request ends; the [`Admission`] settles
 //! itself when dropped, so a request that ends any way at all (a client gone mid-stream
 //! included) gives back what it did not use and its concurrency slot.
@@ -32,7 +34,7 @@ pub const ASSUMED_OUTPUT_TOKENS: u64 = 512;
 #[derive(Debug)]
 pub struct Admission {
     gw: Option<Arc<Gateway>>,
-    lease: Option<Lease>,
+    leases: Vec<Lease>,
     renewal: Option<crate::task::AbortOnDrop>,
     tokens: Vec<(LimitKey, u64)>,
     reserved: u64,
@@ -47,7 +49,7 @@ impl Admission {
     pub fn free() -> Self {
         Admission {
             gw: None,
-            lease: None,
+            leases: Vec::new(),
             renewal: None,
             tokens: Vec::new(),
             reserved: 0,
@@ -73,19 +75,20 @@ impl Drop for Admission {
     fn drop(&mut self) {
         drop(self.renewal.take());
         let Some(gw) = self.gw.take() else { return };
-        let lease = self.lease.take();
+        let leases = std::mem::take(&mut self.leases);
         let tokens = std::mem::take(&mut self.tokens);
         let delta = self.used.load(Ordering::Relaxed) as i64 - self.reserved as i64;
-        if lease.is_none() && (tokens.is_empty() || delta == 0) {
+        if leases.is_empty() && (tokens.is_empty() || delta == 0) {
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
         handle.spawn(async move {
-            // One round trip: the slot back, the reservation settled.
+            // One round trip (one per slot on a cluster): the slots back, the reservations
+            // settled.
             let buckets = if delta == 0 { Vec::new() } else { tokens };
-            if let Err(e) = gw.limiter.settle(lease.as_ref(), &buckets, MINUTE, delta).await {
+            if let Err(e) = gw.limiter.settle(&leases, &buckets, MINUTE, delta).await {
                 tracing::debug!(error = %e, "could not settle a request's limits; leases expire, reservations stand");
             }
         });
@@ -105,6 +108,8 @@ pub enum Charge {
 pub struct Planned {
     /// What to check, all or nothing.
     pub checks: Vec<Check>,
+    /// What each check is, for a refusal's message.
+    names: Vec<String>,
     /// The token buckets charged (settled with the real usage).
     tokens: Vec<(LimitKey, u64)>,
     /// Which decisions feed the request and the token headers.
@@ -150,6 +155,7 @@ pub fn plan(
             .map_err(|e| ApiError::Internal(e.to_string()))
     };
     let mut checks = Vec::new();
+    let mut names = Vec::new();
     let mut tokens = Vec::new();
     // Which decision feeds which header family.
     let (mut requests_at, mut tokens_at) = (Vec::new(), Vec::new());
@@ -167,6 +173,7 @@ pub fn plan(
         };
         if let Some(rpm) = rpm {
             requests_at.push(checks.len());
+            names.push("requests per minute".to_owned());
             checks.push(Check {
                 key: key(&scoped("rpm"))?,
                 // At most `rpm` in any 60 seconds, as users read a per-minute limit.
@@ -188,6 +195,7 @@ pub fn plan(
                 });
             }
             tokens_at.push(checks.len());
+            names.push("tokens per minute".to_owned());
             let k = key(&scoped("tpm"))?;
             tokens.push((k.clone(), tpm));
             checks.push(Check {
@@ -201,6 +209,7 @@ pub fn plan(
         }
     }
     if let Some(max) = limits.max_concurrency.filter(|_| full) {
+        names.push("concurrent requests".to_owned());
         checks.push(Check {
             key: key("conc")?,
             limit: Limit::Concurrency {
@@ -210,8 +219,64 @@ pub fn plan(
             cost: 1,
         });
     }
+    // The model's capacity, shared by every key: only what goes upstream uses it.
+    if let Some(capacity) = gw.config.capacity.get(model).filter(|_| full) {
+        let id = Id::new(model).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let key = |name: &str| {
+            gw.limiter
+                .model_key(&id, name)
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        };
+        if let Some(rpm) = capacity.rpm {
+            requests_at.push(checks.len());
+            names.push(format!("{model}'s capacity in requests per minute"));
+            checks.push(Check {
+                key: key("rpm")?,
+                limit: Limit::SlidingLog {
+                    limit: rpm,
+                    window: MINUTE,
+                },
+                cost: 1,
+            });
+        }
+        if let Some(tpm) = capacity.tpm {
+            if estimate > tpm {
+                return Err(ApiError::RateLimited {
+                    message: format!(
+                        "request too large: it may use {estimate} tokens (prompt + max_tokens), more than {model}'s capacity of {tpm} tokens per minute; lower max_tokens"
+                    ),
+                    retry_after: MINUTE,
+                    headers: Vec::new(),
+                });
+            }
+            tokens_at.push(checks.len());
+            names.push(format!("{model}'s capacity in tokens per minute"));
+            let k = key("tpm")?;
+            tokens.push((k.clone(), tpm));
+            checks.push(Check {
+                key: k,
+                limit: Limit::TokenBucket {
+                    capacity: tpm,
+                    period: MINUTE,
+                },
+                cost: estimate,
+            });
+        }
+        if let Some(max) = capacity.max_concurrency {
+            names.push(format!("{model}'s capacity in concurrent requests"));
+            checks.push(Check {
+                key: key("conc")?,
+                limit: Limit::Concurrency {
+                    limit: max,
+                    lease: lease_len,
+                },
+                cost: 1,
+            });
+        }
+    }
     Ok(Planned {
         checks,
+        names,
         tokens,
         requests_at,
         tokens_at,
@@ -231,6 +296,7 @@ pub fn decide(
 ) -> Result<Admission, ApiError> {
     let Planned {
         checks,
+        names,
         tokens,
         requests_at,
         tokens_at,
@@ -266,15 +332,11 @@ pub fn decide(
     }
     if !decision.allowed {
         gw.metrics.limiter(LimiterDecision::Denied);
-        let which: Vec<&str> = checks
+        let which: Vec<&str> = names
             .iter()
             .zip(&decision.decisions)
             .filter(|(_, d)| !d.allowed)
-            .map(|(c, _)| match c.limit {
-                Limit::Concurrency { .. } => "concurrent requests",
-                Limit::TokenBucket { .. } => "tokens per minute",
-                _ => "requests per minute",
-            })
+            .map(|(name, _)| name.as_str())
             .collect();
         return Err(ApiError::RateLimited {
             message: format!(
@@ -286,21 +348,23 @@ pub fn decide(
         });
     }
     gw.metrics.limiter(LimiterDecision::Allowed);
-    // The concurrency slot is renewed while the request runs.
-    let renewal = decision.lease.clone().map(|lease| {
-        let gw = gw.clone();
+    // The concurrency slots are renewed while the request runs.
+    let renewal = (!decision.leases.is_empty()).then(|| {
+        let (gw, leases) = (gw.clone(), decision.leases.clone());
         crate::task::every(lease_len / 3, move || {
-            let (gw, lease) = (gw.clone(), lease.clone());
+            let (gw, leases) = (gw.clone(), leases.clone());
             async move {
-                if !matches!(gw.limiter.renew(&lease).await, Ok(true)) {
-                    tracing::debug!("concurrency lease could not be renewed");
+                for lease in &leases {
+                    if !matches!(gw.limiter.renew(lease).await, Ok(true)) {
+                        tracing::debug!("concurrency lease could not be renewed");
+                    }
                 }
             }
         })
     });
     Ok(Admission {
         gw: Some(gw.clone()),
-        lease: decision.lease,
+        leases: decision.leases,
         renewal,
         tokens,
         reserved: estimate,

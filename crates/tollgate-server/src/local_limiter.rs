@@ -16,20 +16,22 @@ pub struct LocalLimiter {
     concurrency: Arc<Mutex<HashMap<String, u64>>>,
 }
 
-/// Holds a local concurrency slot.
+/// Holds local concurrency slots (a key's own, a model's capacity).
 #[derive(Debug)]
 pub struct LocalGuard {
-    key: Option<String>,
+    keys: Vec<String>,
     concurrency: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Drop for LocalGuard {
     fn drop(&mut self) {
-        if let Some(k) = &self.key
-            && let Ok(mut c) = self.concurrency.lock()
-            && let Some(n) = c.get_mut(k)
-        {
-            *n = n.saturating_sub(1);
+        let Ok(mut c) = self.concurrency.lock() else {
+            return;
+        };
+        for k in &self.keys {
+            if let Some(n) = c.get_mut(k) {
+                *n = n.saturating_sub(1);
+            }
         }
     }
 }
@@ -47,13 +49,13 @@ impl LocalLimiter {
             return Err(Duration::from_secs(1));
         };
         let mut plan = Vec::new();
-        let mut concurrency = None;
+        let mut concurrency = Vec::new();
         for c in checks {
             let (capacity, cost) = match c.limit {
                 Limit::Gcra { limit, .. } | Limit::SlidingLog { limit, .. } => (limit, 1),
                 Limit::TokenBucket { capacity, .. } => (capacity, estimate),
                 Limit::Concurrency { limit, .. } => {
-                    concurrency = Some((
+                    concurrency.push((
                         format!("{subject}:{}", c.key.as_str()),
                         (limit / share).max(1),
                     ));
@@ -75,19 +77,24 @@ impl LocalLimiter {
             plan.push((c.key.as_str().to_owned(), level - cost));
         }
         let mut guard = LocalGuard {
-            key: None,
+            keys: Vec::new(),
             concurrency: self.concurrency.clone(),
         };
-        if let Some((key, limit)) = concurrency {
+        if !concurrency.is_empty() {
             let Ok(mut held) = self.concurrency.lock() else {
                 return Err(Duration::from_secs(1));
             };
-            let n = held.entry(key.clone()).or_insert(0);
-            if *n >= limit {
+            // All slots or none.
+            if concurrency
+                .iter()
+                .any(|(key, limit)| held.get(key).copied().unwrap_or(0) >= *limit)
+            {
                 return Err(Duration::from_secs(1));
             }
-            *n += 1;
-            guard.key = Some(key);
+            for (key, _) in concurrency {
+                *held.entry(key.clone()).or_insert(0) += 1;
+                guard.keys.push(key);
+            }
         }
         for (key, level) in plan {
             state.insert(key, (level, now));

@@ -2,7 +2,11 @@
 //!
 //! Every algorithm lives once, in `lua/rate_limit.lua`, as a check and a commit; a single check
 //! is the one-limit case of [`RateLimiter::check_all`], which checks several limits of one
-//! request and charges them all or none. The algorithms:
+//! request and charges them all or none. The limits of one request may belong to several
+//! subjects (a key's own, and a model's capacity shared by every key): on a single Redis they are
+//! checked in one script all the same; on a cluster, where one script touches one slot, each
+//! subject's are checked in its slot at once, and a refusal in one slot gives back what the others
+//! charged (`lua/rate_refund.lua`). The algorithms:
 //!
 //! | [`Limit`] | exact? | memory | use |
 //! |---|---|---|---|
@@ -151,8 +155,8 @@ pub struct MultiDecision {
     pub allowed: bool,
     /// One decision per check, in order.
     pub decisions: Vec<Decision>,
-    /// The concurrency lease taken, when a check was a [`Limit::Concurrency`] and all allowed.
-    pub lease: Option<Lease>,
+    /// The concurrency leases taken (one per [`Limit::Concurrency`] check), when all allowed.
+    pub leases: Vec<Lease>,
 }
 
 impl MultiDecision {
@@ -201,6 +205,11 @@ impl RateLimiter {
         Ok(LimitKey(self.keys.rate_limit(subject, &Id::new(name)?)))
     }
 
+    /// The key of limit `name` of `model`'s capacity, shared by every subject that calls it.
+    pub fn model_key(&self, model: &Id, name: &str) -> Result<LimitKey> {
+        Ok(LimitKey(self.keys.model_limit(model, &Id::new(name)?)))
+    }
+
     /// Checks one limit and charges `cost` if it allows. For [`Limit::Concurrency`] use
     /// [`RateLimiter::acquire`], which hands back the lease.
     pub async fn check(&self, key: &LimitKey, limit: Limit, cost: u64) -> Result<Decision> {
@@ -237,24 +246,75 @@ impl RateLimiter {
             .first()
             .copied()
             .ok_or_else(|| Error::reply("rate_limit", "no decision"))?;
-        Ok((decision, multi.lease))
+        Ok((decision, multi.leases.into_iter().next()))
     }
 
-    /// Checks every limit; charges all of them only if all allow (one script, one round trip).
-    /// The keys must share one hash tag (true of all limits of one subject).
+    /// Checks every limit; charges all of them only if all allow. One script, one round trip,
+    /// on a single Redis or for limits of one subject (one hash tag); on a cluster, one script
+    /// per subject's slot, sent together, and what was charged is given back if any refused.
     pub async fn check_all(&self, checks: &[Check]) -> Result<MultiDecision> {
         if checks.is_empty() {
             return Ok(MultiDecision {
                 allowed: true,
                 decisions: vec![],
-                lease: None,
+                leases: Vec::new(),
             });
         }
-        let prepared = PreparedChecks::of(checks)?;
-        let mut invocation = scripts::RATE_LIMIT.prepare_invoke();
-        prepared.add_to(&mut invocation);
-        let reply: Value = invocation.invoke_async(&mut self.redis.conn()).await?;
-        prepared.decision(reply)
+        let slots = by_slot(checks.iter().map(|c| c.key.as_str()));
+        if slots.len() == 1 || !self.redis.is_cluster() {
+            let prepared = PreparedChecks::build(checks)?;
+            let mut invocation = scripts::RATE_LIMIT.prepare_invoke();
+            prepared.add_to(&mut invocation);
+            let reply: Value = invocation.invoke_async(&mut self.redis.conn()).await?;
+            return prepared.decision(reply);
+        }
+        let groups = slots
+            .iter()
+            .map(|at| {
+                let group: Vec<Check> = at.iter().map(|&i| checks[i].clone()).collect();
+                PreparedChecks::build(&group)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let replies = futures::future::join_all(groups.iter().map(|prepared| async move {
+            let mut invocation = scripts::RATE_LIMIT.prepare_invoke();
+            prepared.add_to(&mut invocation);
+            let reply: Value = invocation.invoke_async(&mut self.redis.conn()).await?;
+            prepared.decision(reply)
+        }))
+        .await;
+        let allowed = replies.iter().all(|r| matches!(r, Ok(d) if d.allowed));
+        if !allowed {
+            // All or nothing: what the other slots charged goes back.
+            for (prepared, reply) in groups.iter().zip(&replies) {
+                if matches!(reply, Ok(d) if d.allowed) {
+                    let mut invocation = scripts::RATE_REFUND.prepare_invoke();
+                    prepared.add_to(&mut invocation);
+                    let refunded: Result<i64> = invocation
+                        .invoke_async(&mut self.redis.conn())
+                        .await
+                        .map_err(Error::from);
+                    if let Err(e) = refunded {
+                        tracing::warn!(error = %e, "could not give back limits charged in another slot; they run out by themselves");
+                    }
+                }
+            }
+        }
+        let mut decisions = vec![None; checks.len()];
+        let mut leases = Vec::new();
+        for (at, reply) in slots.iter().zip(replies) {
+            let multi = reply?;
+            for (&i, d) in at.iter().zip(multi.decisions) {
+                decisions[i] = Some(d);
+            }
+            if allowed {
+                leases.extend(multi.leases);
+            }
+        }
+        Ok(MultiDecision {
+            allowed,
+            decisions: decisions.into_iter().flatten().collect(),
+            leases,
+        })
     }
 
     /// Extends a held lease by its duration; `false` when it was already lost (expired).
@@ -288,24 +348,25 @@ impl RateLimiter {
         delta: i64,
     ) -> Result<i64> {
         let left = self
-            .settle(None, &[(key.clone(), capacity)], period, delta)
+            .settle(&[], &[(key.clone(), capacity)], period, delta)
             .await?;
         left.first()
             .copied()
             .ok_or_else(|| Error::reply("settle", "no bucket in the reply"))
     }
 
-    /// Ends a request's charges in one round trip: releases `lease` (if any) and settles each
-    /// token bucket `(key, capacity)` with `delta = actual - reserved`. The keys must belong to
-    /// one subject. Returns the tokens left in each bucket.
+    /// Ends a request's charges: releases its `leases` and settles each token bucket
+    /// `(key, capacity)` with `delta = actual - reserved`. One round trip on a single Redis or
+    /// for one subject's; on a cluster, one per subject's slot. Returns the tokens left in each
+    /// bucket, in order.
     pub async fn settle(
         &self,
-        lease: Option<&Lease>,
+        leases: &[Lease],
         buckets: &[(LimitKey, u64)],
         period: Duration,
         delta: i64,
     ) -> Result<Vec<i64>> {
-        if lease.is_none() && buckets.is_empty() {
+        if leases.is_empty() && buckets.is_empty() {
             return Ok(Vec::new());
         }
         for (_, capacity) in buckets {
@@ -315,69 +376,92 @@ impl RateLimiter {
             }
             .validate(0)?;
         }
-        let tag = lease
-            .map(|l| l.key.as_str())
-            .or_else(|| buckets.first().map(|(k, _)| k.as_str()))
-            .and_then(keys::hash_tag);
-        if buckets
+        let keys = leases
             .iter()
-            .any(|(k, _)| keys::hash_tag(k.as_str()) != tag)
-        {
-            return Err(Error::InvalidArgument(
-                "a lease and buckets settled together must belong to one subject".into(),
-            ));
-        }
-        let mut invocation = scripts::SETTLE.prepare_invoke();
-        match lease {
-            Some(l) => invocation.key(l.key.as_str()).arg(&l.id),
-            None => invocation.arg(""),
+            .map(|l| l.key.as_str())
+            .chain(buckets.iter().map(|(k, _)| k.as_str()));
+        let slots = if self.redis.is_cluster() {
+            by_slot(keys)
+        } else {
+            vec![(0..leases.len() + buckets.len()).collect()]
         };
-        invocation.arg(millis(period)).arg(delta);
-        for (key, capacity) in buckets {
-            invocation.key(key.as_str()).arg(*capacity);
+        let mut left = vec![0; buckets.len()];
+        for at in slots {
+            let (held, settled): (Vec<usize>, Vec<usize>) =
+                at.into_iter().partition(|&i| i < leases.len());
+            let mut invocation = scripts::SETTLE.prepare_invoke();
+            invocation.arg(held.len());
+            for &i in &held {
+                invocation.key(leases[i].key.as_str()).arg(&leases[i].id);
+            }
+            invocation.arg(millis(period)).arg(delta);
+            for &i in &settled {
+                let (key, capacity) = &buckets[i - leases.len()];
+                invocation.key(key.as_str()).arg(*capacity);
+            }
+            let slot_left: Vec<i64> = invocation.invoke_async(&mut self.redis.conn()).await?;
+            for (&i, tokens) in settled.iter().zip(slot_left) {
+                left[i - leases.len()] = tokens;
+            }
         }
-        let left: Vec<i64> = invocation.invoke_async(&mut self.redis.conn()).await?;
         Ok(left)
     }
 }
 
+/// The positions of `keys` grouped by hash tag (a cluster slot), in order of first appearance.
+fn by_slot<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
+    let mut tags: Vec<Option<&str>> = Vec::new();
+    let mut slots: Vec<Vec<usize>> = Vec::new();
+    for (i, key) in keys.enumerate() {
+        let tag = keys::hash_tag(key);
+        match tags.iter().position(|t| *t == tag) {
+            Some(s) => slots[s].push(i),
+            None => {
+                tags.push(tag);
+                slots.push(vec![i]);
+            }
+        }
+    }
+    slots
+}
+
 /// The limits of one request as `rate_limit.lua` takes them (its keys, then its arguments), and
-/// the lease it would take: checked alone ([`RateLimiter::check_all`]) or inside another script
+/// the leases it would take: checked alone ([`RateLimiter::check_all`]) or inside another script
 /// ([`crate::ResponseCache::lead_admitting`]).
 #[derive(Debug, Clone)]
 pub struct PreparedChecks {
     keys: Vec<String>,
     args: Vec<String>,
-    lease: Option<Lease>,
+    leases: Vec<Lease>,
     n: usize,
 }
 
 impl PreparedChecks {
-    /// Validates `checks` (one hash tag, at most one concurrency limit, sane costs).
+    /// Validates `checks` for one script in any deployment: one hash tag, each key once, sane
+    /// costs.
     pub fn of(checks: &[Check]) -> Result<PreparedChecks> {
-        let tag = checks.first().map(|c| keys::hash_tag(c.key.as_str()));
-        if checks
-            .iter()
-            .any(|c| Some(keys::hash_tag(c.key.as_str())) != tag)
-        {
+        if by_slot(checks.iter().map(|c| c.key.as_str())).len() > 1 {
             return Err(Error::InvalidArgument(
                 "limits checked together must belong to one subject (one hash tag)".into(),
             ));
         }
-        if checks
-            .iter()
-            .filter(|c| matches!(c.limit, Limit::Concurrency { .. }))
-            .count()
-            > 1
-        {
-            return Err(Error::InvalidArgument(
-                "at most one concurrency limit per check".into(),
-            ));
+        Self::build(checks)
+    }
+
+    /// Validates `checks` (each key once, sane costs), whatever their hash tags.
+    fn build(checks: &[Check]) -> Result<PreparedChecks> {
+        for (i, check) in checks.iter().enumerate() {
+            if checks[..i].iter().any(|c| c.key == check.key) {
+                return Err(Error::InvalidArgument(format!(
+                    "limit {} is checked twice",
+                    check.key.as_str()
+                )));
+            }
         }
         let mut prepared = PreparedChecks {
             keys: Vec::with_capacity(checks.len()),
             args: vec![checks.len().to_string()],
-            lease: None,
+            leases: Vec::new(),
             n: checks.len(),
         };
         for check in checks {
@@ -415,7 +499,7 @@ impl PreparedChecks {
                 } => {
                     // Only a lease needs a unique member.
                     let id = uuid::Uuid::new_v4().simple().to_string();
-                    prepared.lease = Some(Lease {
+                    prepared.leases.push(Lease {
                         key: check.key.clone(),
                         id: id.clone(),
                         duration,
@@ -451,7 +535,11 @@ impl PreparedChecks {
         Ok(MultiDecision {
             allowed,
             decisions,
-            lease: if allowed { self.lease.clone() } else { None },
+            leases: if allowed {
+                self.leases.clone()
+            } else {
+                Vec::new()
+            },
         })
     }
 }

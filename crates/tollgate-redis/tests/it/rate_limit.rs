@@ -199,10 +199,10 @@ async fn multi_limit_is_all_or_nothing_under_concurrency(b: Backend) {
             let d = limiter.check_all(&checks).await.unwrap();
             assert_eq!(d.decisions.len(), 3);
             if d.allowed {
-                assert!(d.lease.is_some());
+                assert_eq!(d.leases.len(), 1);
                 admitted.fetch_add(1, Ordering::SeqCst);
             } else {
-                assert!(d.lease.is_none());
+                assert!(d.leases.is_empty());
                 assert!(d.retry_after() > Duration::ZERO);
             }
         }));
@@ -482,27 +482,150 @@ async fn rejects_limits_that_cannot_be_met() {
 }
 
 #[tokio::test]
-async fn limits_of_different_subjects_cannot_be_checked_together() {
-    let ctx = Ctx::new(Backend::Cluster, 1).await;
+async fn one_limit_checked_twice_in_a_request_is_refused_before_redis() {
+    let ctx = Ctx::new(Backend::Single, 1).await;
     let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
-    let limit = Limit::per(5, Duration::from_secs(1));
-    let checks = [
-        Check {
-            key: limiter.key(&Id::new("a").unwrap(), "rpm").unwrap(),
-            limit,
-            cost: 1,
-        },
-        Check {
-            key: limiter.key(&Id::new("b").unwrap(), "rpm").unwrap(),
-            limit,
-            cost: 1,
-        },
-    ];
-    // Refused before it reaches Redis, so never a CROSSSLOT error.
+    let check = Check {
+        key: limiter.key(&Id::new("a").unwrap(), "rpm").unwrap(),
+        limit: Limit::per(5, Duration::from_secs(1)),
+        cost: 1,
+    };
     assert!(matches!(
-        limiter.check_all(&checks).await,
+        limiter.check_all(&[check.clone(), check]).await,
         Err(Error::InvalidArgument(_))
     ));
+}
+
+pattern_suite!(a_models_capacity_and_each_keys_limits_are_charged_all_or_nothing);
+
+/// A model's capacity (its own hash tag) checked with keys' own limits: on a cluster they live
+/// in different slots, so a refusal in one gives back what the other charged.
+async fn a_models_capacity_and_each_keys_limits_are_charged_all_or_nothing(b: Backend) {
+    let ctx = Ctx::new(b, CONNS).await;
+    let minute = Duration::from_secs(60);
+    let model = Id::new("openai/gpt-4o").unwrap();
+    // 10 keys of 10 requests a minute each, sharing a model that takes 25 a minute.
+    let checks = |limiter: &RateLimiter, key: usize| {
+        let subject = Id::new(format!("key-{key}")).unwrap();
+        vec![
+            Check {
+                key: limiter.key(&subject, "rpm").unwrap(),
+                limit: Limit::SlidingLog {
+                    limit: 10,
+                    window: minute,
+                },
+                cost: 1,
+            },
+            Check {
+                key: limiter.model_key(&model, "rpm").unwrap(),
+                limit: Limit::SlidingLog {
+                    limit: 25,
+                    window: minute,
+                },
+                cost: 1,
+            },
+            Check {
+                key: limiter.model_key(&model, "tpm").unwrap(),
+                limit: Limit::TokenBucket {
+                    capacity: 100_000,
+                    period: minute,
+                },
+                cost: 100,
+            },
+        ]
+    };
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let limiter = RateLimiter::new(ctx.conn_for(i), ctx.keys.clone());
+        let checks = checks(&limiter, i % 10);
+        tasks.push(tokio::spawn(async move {
+            let d = limiter.check_all(&checks).await.unwrap();
+            (i % 10, d.allowed)
+        }));
+    }
+    let mut per_key = [0u64; 10];
+    for t in tasks {
+        let (key, allowed) = t.await.unwrap();
+        per_key[key] += u64::from(allowed);
+    }
+    // The model's 25 bind (the keys would take 60): exactly 25 pass.
+    assert_eq!(per_key.iter().sum::<u64>(), 25, "{per_key:?}");
+    // Nothing refused stayed charged: each key has exactly 10 - its admitted left, and the
+    // model's tokens hold exactly 25 requests' worth (plus the refill since).
+    let limiter = RateLimiter::new(ctx.redis(), ctx.keys.clone());
+    for (key, admitted) in per_key.iter().enumerate() {
+        let subject = Id::new(format!("key-{key}")).unwrap();
+        let probe = Check {
+            key: limiter.key(&subject, "rpm").unwrap(),
+            limit: Limit::SlidingLog {
+                limit: 10,
+                window: minute,
+            },
+            cost: 0,
+        };
+        let d = limiter.check_all(&[probe]).await.unwrap();
+        assert_eq!(d.decisions[0].remaining, 10 - admitted, "key-{key}");
+    }
+    let mut probe = checks(&limiter, 0);
+    probe.retain(|c| matches!(c.limit, Limit::TokenBucket { .. }));
+    probe[0].cost = 0;
+    let left = limiter.check_all(&probe).await.unwrap().decisions[0].remaining;
+    let refill = start.elapsed().as_millis() as u64 * 100_000 / 60_000 + 1;
+    assert!((97_500..=97_500 + refill).contains(&left), "{left}");
+
+    // Slots: the model's 2 are shared; what one side refuses, the other gives back.
+    let slots = |limiter: &RateLimiter, key: &str| {
+        [
+            Check {
+                key: limiter.key(&Id::new(key).unwrap(), "conc").unwrap(),
+                limit: Limit::Concurrency {
+                    limit: 1,
+                    lease: minute,
+                },
+                cost: 1,
+            },
+            Check {
+                key: limiter.model_key(&model, "conc").unwrap(),
+                limit: Limit::Concurrency {
+                    limit: 2,
+                    lease: minute,
+                },
+                cost: 1,
+            },
+        ]
+    };
+    let a = limiter.check_all(&slots(&limiter, "a")).await.unwrap();
+    let b = limiter.check_all(&slots(&limiter, "b")).await.unwrap();
+    assert!(a.allowed && b.allowed);
+    assert_eq!(a.leases.len(), 2);
+    // The model refuses c: c's own slot is given back, so c gets in once the model has room.
+    let c = limiter.check_all(&slots(&limiter, "c")).await.unwrap();
+    assert!(!c.allowed && c.decisions[0].allowed && !c.decisions[1].allowed);
+    assert!(c.leases.is_empty());
+    limiter.settle(&a.leases, &[], minute, 0).await.unwrap();
+    let c = limiter.check_all(&slots(&limiter, "c")).await.unwrap();
+    assert!(c.allowed, "{c:?}");
+    // c's own slot refuses a second request of c: the model's slot it took is given back, so
+    // d gets the one b leaves.
+    limiter.settle(&b.leases, &[], minute, 0).await.unwrap();
+    let again = limiter.check_all(&slots(&limiter, "c")).await.unwrap();
+    assert!(!again.allowed && !again.decisions[0].allowed && again.decisions[1].allowed);
+    let d = limiter.check_all(&slots(&limiter, "d")).await.unwrap();
+    assert!(d.allowed, "{d:?}");
+    // Settled across slots in one call: every lease back.
+    for leases in [&c.leases, &d.leases] {
+        limiter.settle(leases, &[], minute, 0).await.unwrap();
+    }
+    for key in ["a", "b"] {
+        assert!(
+            limiter
+                .check_all(&slots(&limiter, key))
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
 }
 
 pattern_suite!(settle_gives_back_the_slot_and_settles_every_bucket_in_one_call);
@@ -552,7 +675,7 @@ async fn settle_gives_back_the_slot_and_settles_every_bucket_in_one_call(b: Back
     // The request used 100 of the 800 reserved.
     let left = limiter
         .settle(
-            d.lease.as_ref(),
+            &d.leases,
             &[(tpm, 1000), (model_tpm, 900)],
             period,
             100 - 800,
@@ -567,13 +690,4 @@ async fn settle_gives_back_the_slot_and_settles_every_bucket_in_one_call(b: Back
         limiter.check_all(&checks).await.unwrap().allowed,
         "slot free and tokens back"
     );
-    let other = limiter
-        .key(&Id::new("someone-else").unwrap(), "tpm")
-        .unwrap();
-    assert!(matches!(
-        limiter
-            .settle(d.lease.as_ref(), &[(other, 10)], period, 1)
-            .await,
-        Err(Error::InvalidArgument(_))
-    ));
 }
