@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tollgate_core::ChatMessage;
 use tollgate_redis::{
     CacheConfig, CacheKey, Check, EmbeddingCache, Id, Keys, Limit, RateLimiter, Redis, RedisConfig,
-    ResponseCache, SessionConfig, SessionStore, StreamConfig, TokenStreams, Window,
+    ResponseCache, SessionConfig, SessionStore, StreamConfig, TokenStreams, Waiter, Window,
 };
 
 /// Options of `tollgate-bench patterns`.
@@ -379,10 +379,12 @@ async fn scenarios(redis: &Redis, keys: &Keys) -> anyhow::Result<Vec<Scenario>> 
         });
     }
     // A request that goes upstream: its admission and its settling, with and without a model's
-    // capacity (shared by every key) checked in the same script.
-    for (name, capacity) in [
-        ("admit + settle: a key's rpm, tpm, slot", false),
-        ("admit + settle: + the model's rpm, tpm, slot", true),
+    // capacity (shared by every key) checked in the same script, and as a request that would
+    // queue for its slot (one is free).
+    for (name, capacity, waiting) in [
+        ("admit + settle: a key's rpm, tpm, slot", false, false),
+        ("admit + settle: + the model's rpm, tpm, slot", true, false),
+        ("admit + settle: a key's, queueing (slot free)", false, true),
     ] {
         let l = limiter.clone();
         let model = Id::new("openai/gpt-4o")?;
@@ -436,7 +438,12 @@ async fn scenarios(redis: &Redis, keys: &Keys) -> anyhow::Result<Vec<Scenario>> 
             op: op(move |_| {
                 let (l, checks, buckets) = (l.clone(), checks.clone(), buckets.clone());
                 async move {
-                    let d = l.check_all(&checks).await?;
+                    let d = if waiting {
+                        let waiter = Waiter::new(Duration::from_secs(2));
+                        l.check_all_waiting(&checks, &waiter).await?
+                    } else {
+                        l.check_all(&checks).await?
+                    };
                     l.settle(&d.leases, &buckets, minute, -100).await?;
                     Ok(())
                 }

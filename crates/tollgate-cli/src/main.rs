@@ -115,6 +115,9 @@ enum KeysCommand {
         tpm: Option<u64>,
         #[arg(long)]
         max_concurrency: Option<u64>,
+        /// Seconds a request waits for a concurrency slot before it is refused.
+        #[arg(long)]
+        queue_wait_seconds: Option<f64>,
         /// Dollars the key may spend per UTC day.
         #[arg(long)]
         daily_budget_usd: Option<f64>,
@@ -222,6 +225,60 @@ fn init_logs() {
     }
 }
 
+/// Where a configured Redis's `maxmemory-policy` contradicts what a concern on it keeps (the
+/// embedded Redis, one server for every concern, is left out).
+async fn redis_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let main = config.redis.url.as_str();
+    let mut policies: HashMap<&str, Option<String>> = HashMap::new();
+    for (name, url, eviction) in config.redis.concerns() {
+        let url = if url.is_empty() { main } else { url };
+        if url.is_empty() {
+            continue;
+        }
+        if !policies.contains_key(url) {
+            let redis = tollgate_redis::Redis::connect(&tollgate_redis::RedisConfig {
+                url: url.to_owned(),
+                command_timeout: Duration::from_secs(2),
+            })
+            .await;
+            let policy = match redis {
+                Ok(r) => r.maxmemory_policy().await,
+                Err(e) => Err(e),
+            };
+            let policy = match policy {
+                Ok(p) => p,
+                Err(e) => {
+                    warnings.push(format!(
+                        "redis.{name}: could not be reached to check its eviction policy: {e}"
+                    ));
+                    None
+                }
+            };
+            policies.insert(url, policy);
+        }
+        if let Some(Some(policy)) = policies.get(url)
+            && let Some(why) = eviction.contradiction(policy)
+        {
+            warnings.push(format!(
+                "redis.{name} ({}): maxmemory-policy {policy}: {why}",
+                redact(url)
+            ));
+        }
+    }
+    warnings
+}
+
+/// A Redis URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
     let env: HashMap<String, String> = std::env::vars().collect();
     Config::load(file, &env).map_err(|e| anyhow::anyhow!("configuration: {}", e.0.join("; ")))
@@ -235,8 +292,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let env: HashMap<String, String> = std::env::vars().collect();
             match Config::load(cli.config.as_deref(), &env) {
-                Ok(_) => {
-                    println!("configuration ok");
+                Ok(config) => {
+                    let warnings = redis_warnings(&config).await;
+                    for warning in &warnings {
+                        println!("warning: {warning}");
+                    }
+                    match warnings.len() {
+                        0 => println!("configuration ok"),
+                        n => println!("configuration ok, {n} warning(s)"),
+                    }
                     Ok(())
                 }
                 Err(e) => {
@@ -264,6 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     rpm,
                     tpm,
                     max_concurrency,
+                    queue_wait_seconds,
                     daily_budget_usd,
                     monthly_budget_usd,
                 } => {
@@ -271,6 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         rpm,
                         tpm,
                         max_concurrency,
+                        queue_wait_seconds,
                         daily_budget_usd,
                         monthly_budget_usd,
                         ..Limits::default()

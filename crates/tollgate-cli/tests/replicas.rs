@@ -149,6 +149,110 @@ async fn a_models_capacity_holds_across_processes_and_keys_and_cache_hits_do_not
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queue_for_a_slot_first_come_first_served_across_processes() {
+    let redis = RedisServer::start();
+    // One slot, answers that take 300 ms.
+    let (_dir, path) = config_file(
+        "[server]\nmaster_key = \"mk\"\n[providers.slow]\nkind = \"mock\"\nmodels = [\"slow/m\"]\nfirst_token_latency_ms = 300\n",
+    );
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let created: Value = http
+        .post(replicas[0].url("/admin/keys"))
+        .bearer_auth("mk")
+        .json(&json!({"name": "gpu", "limits": {"max_concurrency": 1, "queue_wait_seconds": 20}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let ask = |i: usize, wait: Option<&str>| {
+        let mut request = http
+            .post(replicas[i % 2].url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "slow/m", "temperature": 0.9, "messages": [{"role": "user", "content": format!("q{i}")}]}));
+        if let Some(w) = wait {
+            request = request.header("x-tollgate-queue-wait", w);
+        }
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            let position = r
+                .headers()
+                .get("x-tollgate-queue-position")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (status, position, Instant::now())
+        }
+    };
+    // Four requests arrive 50 ms apart, alternating processes: the first takes the slot, the
+    // others wait in order of arrival and are answered one after another, in that order.
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        tasks.push(tokio::spawn(ask(i, None)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One that will not wait is refused at once, while the others hold or wait for the slot.
+    let (status, position, refused_at) = ask(9, Some("0")).await;
+    assert_eq!((status, position), (429, None));
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.unwrap());
+    }
+    assert!(refused_at < done[1].2, "refused without waiting its turn");
+    assert!(done.iter().all(|(s, ..)| *s == 200), "{done:?}");
+    assert_eq!(
+        done.iter().map(|(_, p, _)| *p).collect::<Vec<_>>(),
+        [None, Some(1), Some(2), Some(3)]
+    );
+    for pair in done.windows(2) {
+        assert!(pair[0].2 < pair[1].2, "answered in order of arrival");
+    }
+    // One slot for answers of 300 ms each: four take at least 1.2 s.
+    assert!(done[3].2 - start >= Duration::from_millis(1200));
+
+    // A client that leaves while it waits gives its place up; one whose wait runs out is
+    // refused, told how long it waited.
+    let holder = tokio::spawn(ask(20, None));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let leaving = http
+        .post(replicas[1].url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .timeout(Duration::from_millis(100))
+        .json(&json!({"model": "slow/m", "temperature": 0.9, "messages": [{"role": "user", "content": "gone"}]}))
+        .send()
+        .await;
+    assert!(leaving.is_err(), "the client gave up");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = http
+        .post(replicas[0].url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("x-tollgate-queue-wait", "0.05")
+        .json(&json!({"model": "slow/m", "temperature": 0.9, "messages": [{"role": "user", "content": "impatient"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers()["x-tollgate-queue-position"],
+        "1",
+        "first: the one that left is gone"
+    );
+    assert!(r.headers().contains_key("x-tollgate-queue-wait-ms"));
+    let body: Value = r.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("concurrent requests") && message.contains("in the queue"),
+        "{message}"
+    );
+    assert_eq!(holder.await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_identical_requests_over_three_processes_make_one_upstream_call() {
     let redis = RedisServer::start();
     let upstream = FakeUpstream::start(FakeUpstreamConfig {
@@ -475,6 +579,125 @@ async fn the_cache_can_live_on_a_redis_of_its_own() {
     assert!(
         in_main.iter().any(|k| k.starts_with("tg:{s:")),
         "sessions stay on the main Redis: {in_main:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn features_vectors_events_and_the_outbox_each_live_on_a_redis_of_their_own() {
+    let main = RedisServer::start();
+    let own: Vec<RedisServer> = (0..4).map(|_| RedisServer::start()).collect();
+    let (_dir, path) = config_file(&format!(
+        "[redis]\nfeatures_url = \"{}\"\nvectors_url = \"{}\"\nevents_url = \"{}\"\noutbox_url = \"{}\"\n[vectors]\nembedding_model = \"mock/embed\"\n",
+        own[0].url(),
+        own[1].url(),
+        own[2].url(),
+        own[3].url()
+    ));
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&main.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let send = |r: usize, method: reqwest::Method, path: &str, body: Value| {
+        let request = http.request(method, replicas[r].url(path)).json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status();
+            let body = r.json::<Value>().await.unwrap();
+            assert!(status.is_success(), "{status}: {body}");
+            body
+        }
+    };
+    // Written through one process, read through the other.
+    send(
+        0,
+        reqwest::Method::PUT,
+        "/v1/features/user/u1/profile",
+        json!({"features": {"age": 41}}),
+    )
+    .await;
+    let got = send(
+        1,
+        reqwest::Method::GET,
+        "/v1/features/user/u1?groups=profile",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(got["groups"]["profile"]["features"]["age"], 41, "{got}");
+    send(
+        0,
+        reqwest::Method::PUT,
+        "/v1/vectors/docs/cat",
+        json!({"text": "the cat sat on the mat"}),
+    )
+    .await;
+    let found = send(
+        1,
+        reqwest::Method::POST,
+        "/v1/vectors/docs/search",
+        json!({"text": "cat on a mat", "k": 1}),
+    )
+    .await;
+    assert_eq!(found["data"][0]["id"], "cat");
+    send(
+        0,
+        reqwest::Method::POST,
+        "/v1/events/orders/groups",
+        json!({"group": "billing"}),
+    )
+    .await;
+    send(
+        0,
+        reqwest::Method::POST,
+        "/v1/events/orders",
+        json!({"order": "o1"}),
+    )
+    .await;
+    let read = send(
+        1,
+        reqwest::Method::POST,
+        "/v1/events/orders/groups/billing/read",
+        json!({"consumer": "c1", "count": 10}),
+    )
+    .await;
+    assert_eq!(read["data"].as_array().map(Vec::len), Some(1), "{read}");
+    // A chat request's usage record goes through the outbox.
+    send(
+        1,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    let keys = |url: String| {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        redis::cmd("KEYS")
+            .arg("tg:*")
+            .query::<Vec<String>>(&mut c)
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while keys(own[3].url()).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let in_main = keys(main.url());
+    for (server, prefix) in own
+        .iter()
+        .zip(["tg:{f:", "tg:{v:", "tg:{ev:", "tg:{ev:outbox}"])
+    {
+        let held = keys(server.url());
+        assert!(
+            held.iter().any(|k| k.starts_with(prefix)),
+            "{prefix}: {held:?}"
+        );
+        assert!(
+            !in_main.iter().any(|k| k.starts_with(prefix)),
+            "{prefix} leaked into the main Redis: {in_main:?}"
+        );
+    }
+    assert!(
+        !keys(own[2].url())
+            .iter()
+            .any(|k| k.starts_with("tg:{ev:outbox}"))
     );
 }
 

@@ -292,6 +292,71 @@ fn config_check_lists_every_problem() {
 }
 
 #[test]
+fn config_check_warns_where_a_redis_evicts_what_its_concern_must_keep() {
+    let (evicting, keeping) = (
+        tollgate_testkit::RedisServer::start(),
+        tollgate_testkit::RedisServer::start(),
+    );
+    for (server, policy) in [(&evicting, "allkeys-lru"), (&keeping, "noeviction")] {
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut c = client.get_connection().unwrap();
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .exec(&mut c)
+            .unwrap();
+    }
+    // Everything on the evicting one but limits (fine on noeviction) and the cache (not: a full
+    // cache that never evicts refuses writes).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("split.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[redis]\nurl = \"{}\"\nlimits_url = \"{}\"\ncache_url = \"{}\"\n",
+            evicting.url(),
+            keeping.url(),
+            keeping.url()
+        ),
+    )
+    .unwrap();
+    let out = tollgate()
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "warnings do not fail the check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let warned: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("warning: redis."))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            "url",
+            "cache_url",
+            "streams_url",
+            "features_url",
+            "vectors_url",
+            "events_url",
+            "outbox_url"
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("redis.features_url") && stdout.contains("noeviction advised"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("configuration ok, 7 warning(s)"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn keys_are_created_listed_and_revoked_from_the_cli() {
     let redis = tollgate_testkit::RedisServer::start();
     let keys = |args: &[&str]| {

@@ -1,6 +1,8 @@
 -- rate_limit.lua: check, and if every limit allows it, charge N rate limits atomically.
 --
--- KEYS[i]   the key of limit i (all keys share one hash tag; the caller checks)
+-- KEYS[i]   the key of limit i (all keys share one hash tag; the caller checks); after the N
+--           limits' keys, two per queued lease limit, in order: its queue (zset: waiter id ->
+--           arrival us) and its waiters' deadlines (zset: waiter id -> us)
 -- ARGV[1]   N, the number of limits
 -- ARGV[2 + 5*(i-1) .. 6 + 5*(i-1)]   limit i: kind, a, b, c, d
 --   'gcra'      a=limit  b=period_ms  c=burst  d=cost             (string: theoretical arrival time, us)
@@ -8,11 +10,16 @@
 --   'swcounter' a=limit  b=window_ms  c=cost   d=unused           (hash: window index -> count)
 --   'fixed'     a=limit  b=window_ms  c=cost   d=unused           (hash: w=window index, n=count)
 --   'tokens'    a=capacity b=period_ms c=cost  d=unused           (hash: tokens, ts us; may go negative: debt)
---   'lease'     a=limit  b=lease_ms   c=lease id d=unused         (sorted set: lease id -> expiry us)
--- Reply: {allowed, then for each limit: allowed, limit, remaining, reset_ms, retry_ms} (flat: nested
---   reply tables cost the server measurably more)
+--   'lease'     a=limit  b=lease_ms   c=lease id d=queue grace ms (sorted set: lease id -> expiry us)
+--               d > 0: the slots are given in order of arrival. A request refused only for want of
+--               slots waits in the queue under its lease id (as waiter) and asks again within
+--               `d` ms, or loses its place; a slot is free for it only once every waiter ahead
+--               of it has one.
+-- Reply: {allowed, then for each limit: allowed, limit, remaining, reset_ms, retry_ms, queued}
+--   (flat: nested reply tables cost the server measurably more)
 --   allowed 1|0; reset_ms: until the limit is whole again; retry_ms: until this request could pass
---   (0 when allowed).
+--   (0 when allowed); queued: the request's place in the limit's queue (1 first), 0 when not in
+--   one.
 -- Uses the server's TIME (microseconds) so every gateway replica shares one clock. Every write
 -- sets an expiry. Nothing is written unless all limits allow, except dropping expired entries.
 
@@ -42,10 +49,10 @@ local function gcra(key, limit, period_ms, burst, cost)
   if allow_at > now then
     local remaining = math.floor((tolerance - (tat - now)) / interval)
     if remaining < 0 then remaining = 0 end
-    return {0, burst, remaining, ms(tat - now), ms(allow_at - now)}, noop
+    return {0, burst, remaining, ms(tat - now), ms(allow_at - now), 0}, noop
   end
   local remaining = math.floor((tolerance - (new_tat - now)) / interval)
-  return {1, burst, remaining, ms(new_tat - now), 0}, function()
+  return {1, burst, remaining, ms(new_tat - now), 0, 0}, function()
     redis.call('SET', key, fmt(new_tat), 'PX', ms(new_tat - now) + 1)
   end
 end
@@ -108,9 +115,9 @@ local function swlog(key, limit, window_ms, cost)
     -- have left.
     local reset = at(n - 1) - edge
     local retry = at(n + cost - limit - 1) - edge
-    return {0, limit, math.max(limit - n, 0), ms(reset), ms(retry)}, noop
+    return {0, limit, math.max(limit - n, 0), ms(reset), ms(retry), 0}, noop
   end
-  return {1, limit, limit - n - cost, window_ms, 0}, function()
+  return {1, limit, limit - n - cost, window_ms, 0, 0}, function()
     if cost == 0 then return end
     local stamps = string.rep(struct.pack('>d', now), cost)
     local need = n + cost
@@ -163,9 +170,9 @@ local function swcounter(key, limit, window_ms, cost)
     end
     local remaining = math.floor(limit - est)
     if remaining < 0 then remaining = 0 end
-    return {0, limit, remaining, ms(reset), ms(retry)}, noop
+    return {0, limit, remaining, ms(reset), ms(retry), 0}, noop
   end
-  return {1, limit, math.floor(limit - est - cost), ms(reset), 0}, function()
+  return {1, limit, math.floor(limit - est - cost), ms(reset), 0, 0}, function()
     redis.call('HINCRBY', key, fmt(cur), cost)
     redis.call('HDEL', key, fmt(cur - 2))
     redis.call('PEXPIRE', key, 2 * window_ms + 1)
@@ -181,9 +188,9 @@ local function fixed(key, limit, window_ms, cost)
   if tonumber(v[1]) == cur then n = tonumber(v[2]) or 0 end
   local reset = (cur + 1) * window - now
   if n + cost > limit then
-    return {0, limit, limit - n, ms(reset), ms(reset)}, noop
+    return {0, limit, limit - n, ms(reset), ms(reset), 0}, noop
   end
-  return {1, limit, limit - n - cost, ms(reset), 0}, function()
+  return {1, limit, limit - n - cost, ms(reset), 0, 0}, function()
     redis.call('HSET', key, 'w', fmt(cur), 'n', n + cost)
     redis.call('PEXPIRE', key, ms(reset) + 1)
   end
@@ -204,10 +211,10 @@ local function tokens(key, capacity, period_ms, cost)
   if level < cost then
     local remaining = math.floor(level)
     if remaining < 0 then remaining = 0 end
-    return {0, capacity, remaining, ms((capacity - level) / rate), ms((cost - level) / rate)}, noop
+    return {0, capacity, remaining, ms((capacity - level) / rate), ms((cost - level) / rate), 0}, noop
   end
   local after = level - cost
-  return {1, capacity, math.floor(after), ms((capacity - after) / rate), 0}, function()
+  return {1, capacity, math.floor(after), ms((capacity - after) / rate), 0, 0}, function()
     redis.call('HSET', key, 'tokens', tostring(after), 'ts', fmt(now))
     -- A missing bucket is a full one, so the key may go once it would have refilled.
     redis.call('PEXPIRE', key, ms((capacity - after) / rate) + 1000)
@@ -218,35 +225,67 @@ end
 -- dead holder's slot comes back by itself. Acquiring a lease id already held renews it (looked up
 -- only at the limit, where it decides). Every lease lasts `lease_ms`, so the newest expiry is the
 -- key's: set on a new key, pushed later (GT) on one that has expiring members.
-local function lease(key, limit, lease_ms, id)
+-- With a queue (`q`, `qd`), waiters that stopped asking go first; then a request is admitted only
+-- if the free slots outnumber the waiters ahead of it (all of them, for one not yet waiting).
+local function lease(key, limit, lease_ms, id, grace_ms, q, qd)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local used = redis.call('ZCARD', key)
-  if used >= limit and redis.call('ZSCORE', key, id) then used = used - 1 end
-  if used >= limit then
-    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    local retry = tonumber(first[2]) - now
-    return {0, limit, 0, ms(retry), ms(retry)}, noop
+  local ahead, waiting = 0, false
+  if q then
+    local gone = redis.call('ZRANGEBYSCORE', qd, '-inf', now, 'LIMIT', 0, 64)
+    for _, w in ipairs(gone) do
+      redis.call('ZREM', q, w)
+      redis.call('ZREM', qd, w)
+    end
+    local rank = redis.call('ZRANK', q, id)
+    waiting = rank ~= false and rank ~= nil
+    if waiting then ahead = rank else ahead = redis.call('ZCARD', q) end
+  end
+  if used + ahead >= limit and redis.call('ZSCORE', key, id) then
+    -- It holds a slot already: this renews it.
+    used, ahead = used - 1, 0
+  end
+  if used + ahead >= limit then
+    local retry = 0
+    if used >= limit then
+      local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      retry = tonumber(first[2]) - now
+    end
+    if not q then return {0, limit, 0, ms(retry), ms(retry), 0}, noop, nil end
+    return {0, limit, 0, ms(retry), ms(retry), ahead + 1}, noop, function()
+      -- Joins the queue (its arrival kept while it asks again in time).
+      if not waiting then redis.call('ZADD', q, fmt(now), id) end
+      redis.call('ZADD', qd, fmt(now + grace_ms * 1000), id)
+      redis.call('PEXPIRE', q, grace_ms + 1000)
+      redis.call('PEXPIRE', qd, grace_ms + 1000)
+    end
   end
   local expiry = now + lease_ms * 1000
-  return {1, limit, math.max(limit - used - 1, 0), lease_ms, 0}, function()
+  return {1, limit, math.max(limit - used - ahead - 1, 0), lease_ms, 0, 0}, function()
     redis.call('ZADD', key, fmt(expiry), id)
     if used == 0 then
       redis.call('PEXPIRE', key, lease_ms + 1)
     else
       redis.call('PEXPIRE', key, lease_ms + 1, 'GT')
     end
-  end
+    if waiting then
+      redis.call('ZREM', q, id)
+      redis.call('ZREM', qd, id)
+    end
+  end, nil
 end
 
 local n = tonumber(ARGV[1])
 local decisions = {}
 local commits = {}
+local waits = {}
 local all = 1
+local queues = n
 for i = 1, n do
   local o = 2 + 5 * (i - 1)
   local kind = ARGV[o]
   local key = KEYS[i]
-  local d, commit
+  local d, commit, wait
   if kind == 'gcra' then
     d, commit = gcra(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]))
   elseif kind == 'swlog' then
@@ -258,20 +297,39 @@ for i = 1, n do
   elseif kind == 'tokens' then
     d, commit = tokens(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]))
   elseif kind == 'lease' then
-    d, commit = lease(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), ARGV[o + 3])
+    local grace, q, qd = tonumber(ARGV[o + 4]), nil, nil
+    if grace > 0 then
+      q, qd = KEYS[queues + 1], KEYS[queues + 2]
+      queues = queues + 2
+    end
+    d, commit, wait = lease(key, tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), ARGV[o + 3], grace, q, qd)
   else
     return redis.error_reply('unknown limit kind ' .. tostring(kind))
   end
   if d[1] == 0 then all = 0 end
   decisions[i] = d
   commits[i] = commit
+  waits[i] = wait
 end
 if all == 1 then
   for i = 1, n do commits[i]() end
+else
+  -- Refused only for want of slots that queue: it waits in those queues.
+  local queue = true
+  for i = 1, n do
+    if decisions[i][1] == 0 and not waits[i] then queue = false end
+  end
+  for i = 1, n do
+    if decisions[i][1] == 0 and waits[i] and queue then
+      waits[i]()
+    else
+      decisions[i][6] = 0
+    end
+  end
 end
 local reply = {all}
 for i = 1, n do
   local d = decisions[i]
-  for j = 1, 5 do reply[#reply + 1] = d[j] end
+  for j = 1, 6 do reply[#reply + 1] = d[j] end
 end
 return reply

@@ -195,6 +195,22 @@ impl Redis {
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
         Ok(())
     }
+
+    /// The server's `maxmemory-policy`; `None` where `CONFIG` is not allowed (managed
+    /// services often rename or refuse it).
+    pub async fn maxmemory_policy(&self) -> Result<Option<String>> {
+        let mut c = self.conn();
+        let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut c)
+            .await;
+        match reply {
+            Ok(pair) => Ok(pair.into_iter().nth(1)),
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 fn manager_config(timeout: Duration) -> ConnectionManagerConfig {

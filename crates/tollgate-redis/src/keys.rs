@@ -14,6 +14,7 @@
 //! | `tg:{st:STREAM}:alive` | string | present while the stream's producer lives (`producer_timeout`) |
 //! | `tg:{k:SUBJECT}:rl:NAME` | various | a rate limit of a subject (an API key, a user...) |
 //! | `tg:{m:MODEL}:rl:NAME` | various | a model's capacity, shared by every key that calls it |
+//! | `...:rl:NAME:q`, `...:rl:NAME:qd` | zset, zset | the queue of a concurrency limit: waiters by arrival, and by deadline |
 //! | `tg:{e:MODEL:VERSION}:SHA256` | string | a cached embedding |
 //! | `tg:{f:TYPE:ID}:GROUP` | hash | a feature group of an entity (`@ts`: update time) |
 //! | `tg:ch:NAME` | pub/sub channel | fire-and-forget fan-out |
@@ -146,6 +147,12 @@ impl Keys {
 
     pub(crate) fn rate_limit(&self, subject: &Id, name: &Id) -> String {
         format!("{}{{k:{subject}}}:rl:{name}", self.prefix)
+    }
+
+    /// The queue of the concurrency limit at `limit` (a key this module built): its waiters by
+    /// arrival, and by the time they must ask again by. Same hash tag as the limit.
+    pub(crate) fn limit_queue(limit: &str) -> [String; 2] {
+        [format!("{limit}:q"), format!("{limit}:qd")]
     }
 
     pub(crate) fn model_limit(&self, model: &Id, name: &Id) -> String {

@@ -51,7 +51,7 @@ pub use features::{EntityRef, FeatureGroup, FeatureStore};
 pub use keys::{Id, Keys};
 pub use pubsub::{Channels, Subscription};
 pub use rate_limit::{
-    Check, Decision, Lease, Limit, LimitKey, MultiDecision, PreparedChecks, RateLimiter,
+    Check, Decision, Lease, Limit, LimitKey, MultiDecision, PreparedChecks, RateLimiter, Waiter,
 };
 pub use registry::{Arm, DeploymentEntry, DeploymentStatus, Experiment, ModelEntry, Registry};
 pub use response_cache::{

@@ -42,6 +42,15 @@ pub async fn create_key(
             ));
         }
     }
+    if limits
+        .queue_wait_seconds
+        .is_some_and(|w| !(0.0..=3600.0).contains(&w))
+    {
+        return Err(ApiError::bad(
+            "limits.queue_wait_seconds must be between 0 and 3600",
+            Some("limits"),
+        ));
+    }
     for (what, v) in [
         ("daily_budget_usd", limits.daily_budget_usd),
         ("monthly_budget_usd", limits.monthly_budget_usd),

@@ -131,6 +131,58 @@ pub struct RedisSection {
     pub limits_url: String,
     pub sessions_url: String,
     pub streams_url: String,
+    pub features_url: String,
+    pub vectors_url: String,
+    pub events_url: String,
+    pub outbox_url: String,
+}
+
+/// What a concern's Redis should do when full, after the seed's five deployments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// Anything may go (an evicting cache: `allkeys-lfu`).
+    Any,
+    /// Only keys with a TTL may go (`volatile-lru`): what has none must stay.
+    VolatileOnly,
+    /// Nothing may go (`noeviction`): what it holds is the only copy, or must answer at once.
+    None,
+}
+
+impl RedisSection {
+    /// Each concern's Redis URL as configured (empty: the main one), with what it must keep.
+    pub fn concerns(&self) -> [(&'static str, &str, Eviction); 9] {
+        [
+            ("url", &self.url, Eviction::None),
+            ("cache_url", &self.cache_url, Eviction::Any),
+            ("limits_url", &self.limits_url, Eviction::VolatileOnly),
+            ("sessions_url", &self.sessions_url, Eviction::Any),
+            ("streams_url", &self.streams_url, Eviction::VolatileOnly),
+            ("features_url", &self.features_url, Eviction::None),
+            ("vectors_url", &self.vectors_url, Eviction::None),
+            ("events_url", &self.events_url, Eviction::None),
+            ("outbox_url", &self.outbox_url, Eviction::None),
+        ]
+    }
+}
+
+impl Eviction {
+    /// Why `policy` (a `maxmemory-policy`) contradicts what a concern needs, if it does.
+    pub fn contradiction(self, policy: &str) -> Option<&'static str> {
+        let evicts_any = policy.starts_with("allkeys-");
+        let evicts = evicts_any || policy.starts_with("volatile-");
+        match self {
+            Eviction::None if evicts => Some(
+                "it evicts when full, and what this concern holds must stay (noeviction advised)",
+            ),
+            Eviction::VolatileOnly if evicts_any => Some(
+                "it evicts keys without a TTL when full, and this concern has some that must stay (volatile-lru advised)",
+            ),
+            Eviction::Any if policy == "noeviction" => Some(
+                "it never evicts, so a full cache refuses writes instead of making room (allkeys-lfu advised)",
+            ),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +238,11 @@ pub struct Limits {
     pub tpm: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u64>,
+    /// How long a request refused only for want of concurrency slots (its own, or its model's
+    /// capacity) waits for one, in order of arrival across replicas (0: refused at once). A
+    /// request may ask for less with `x-tollgate-queue-wait`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_wait_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ModelLimits>,
     /// Dollars a key may spend per UTC day (the request that finds it spent is refused).
@@ -238,6 +295,7 @@ impl Limits {
             rpm: self.rpm.or(base.rpm),
             tpm: self.tpm.or(base.tpm),
             max_concurrency: self.max_concurrency.or(base.max_concurrency),
+            queue_wait_seconds: self.queue_wait_seconds.or(base.queue_wait_seconds),
             models,
             daily_budget_usd: self.daily_budget_usd.or(base.daily_budget_usd),
             monthly_budget_usd: self.monthly_budget_usd.or(base.monthly_budget_usd),
@@ -593,13 +651,7 @@ impl Config {
                 self.vectors.embedding_model
             ));
         }
-        for (name, url) in [
-            ("redis.url", &self.redis.url),
-            ("redis.cache_url", &self.redis.cache_url),
-            ("redis.limits_url", &self.redis.limits_url),
-            ("redis.sessions_url", &self.redis.sessions_url),
-            ("redis.streams_url", &self.redis.streams_url),
-        ] {
+        for (name, url, _) in self.redis.concerns() {
             if !url.is_empty()
                 && ![
                     "redis://",
@@ -611,7 +663,7 @@ impl Config {
                 .iter()
                 .any(|s| url.starts_with(s))
             {
-                p.push(format!("{name}: {url:?} must start with redis://, rediss://, unix:// or redis+cluster://"));
+                p.push(format!("redis.{name}: {url:?} must start with redis://, rediss://, unix:// or redis+cluster://"));
             }
         }
         if self.redis.command_timeout_ms == 0 {
@@ -655,6 +707,14 @@ impl Config {
             p.push("limits.concurrency_lease_seconds: must be at least 1".into());
         }
         for (tier, limits) in &self.tiers {
+            if limits
+                .queue_wait_seconds
+                .is_some_and(|w| !(0.0..=3600.0).contains(&w))
+            {
+                p.push(format!(
+                    "tiers.{tier}.queue_wait_seconds: must be between 0 and 3600"
+                ));
+            }
             for (what, v) in [
                 ("daily_budget_usd", limits.daily_budget_usd),
                 ("monthly_budget_usd", limits.monthly_budget_usd),
@@ -925,6 +985,7 @@ mod tests {
             rpm: Some(60),
             tpm: Some(1000),
             max_concurrency: Some(4),
+            queue_wait_seconds: Some(10.0),
             models: BTreeMap::new(),
             daily_budget_usd: Some(5.0),
             monthly_budget_usd: Some(50.0),
@@ -939,6 +1000,7 @@ mod tests {
             (merged.rpm, merged.tpm, merged.max_concurrency),
             (Some(10), Some(1000), Some(4))
         );
+        assert_eq!(merged.queue_wait_seconds, Some(10.0));
         assert_eq!(
             (merged.daily_budget_usd, merged.monthly_budget_usd),
             (Some(1.0), Some(50.0))

@@ -100,6 +100,7 @@ pub async fn embed_texts(
                     Charge::Full {
                         estimated_tokens: estimate,
                     },
+                    None,
                 )
                 .await?,
             ),

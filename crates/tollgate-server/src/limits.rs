@@ -8,27 +8,41 @@
 //! itself when dropped, so a request that ends any way at all (a client gone mid-stream
 //! included) gives back what it did not use and its concurrency slot.
 //!
+//! A request refused only for want of concurrency slots waits for one, up to its tier's
+//! `queue_wait_seconds` (or less, `x-tollgate-queue-wait`): it takes its place in the slots'
+//! queues in Redis and asks again (at once when this instance frees a slot, else within
+//! [`QUEUE_POLL`]); slots go to waiters in order of arrival, whichever replica they ask from. A
+//! waiter that stops asking (its client left, its gateway died) loses its place within
+//! [`QUEUE_GRACE`].
+//!
 //! Redis unreachable: with `on_redis_error = "open"` an in-process limiter enforces this
 //! instance's share (1 / `expected_instances`) of each limit; with `"closed"`, 503.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderName, HeaderValue};
-use tollgate_redis::{Check, Decision, Id, Lease, Limit, LimitKey};
+use tollgate_redis::{Check, Decision, Id, Lease, Limit, LimitKey, MultiDecision, Waiter};
 
 use crate::auth::Principal;
 use crate::config::FailPolicy;
 use crate::error::ApiError;
 use crate::local_limiter::LocalGuard;
-use crate::metrics::LimiterDecision;
+use crate::metrics::{LimiterDecision, QueueOutcome};
 use crate::state::Gateway;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 /// Tokens assumed for the answer when a request sets no `max_tokens`.
 pub const ASSUMED_OUTPUT_TOKENS: u64 = 512;
+
+/// The longest a queued request goes without asking again (a slot freed by another instance
+/// reaches it within this).
+pub const QUEUE_POLL: Duration = Duration::from_millis(100);
+
+/// A waiter that has not asked again for this long loses its place in the queue.
+pub const QUEUE_GRACE: Duration = Duration::from_secs(2);
 
 /// What was charged for a request; settles on drop.
 #[derive(Debug)]
@@ -91,6 +105,9 @@ impl Drop for Admission {
             if let Err(e) = gw.limiter.settle(&leases, &buckets, MINUTE, delta).await {
                 tracing::debug!(error = %e, "could not settle a request's limits; leases expire, reservations stand");
             }
+            if !leases.is_empty() {
+                gw.slots_freed.notify_waiters();
+            }
         });
     }
 }
@@ -119,19 +136,160 @@ pub struct Planned {
     lease_len: Duration,
 }
 
-/// Checks and charges the limits of one request for `model`.
+/// Checks and charges the limits of one request for `model`; refused only for want of
+/// concurrency slots, it waits for them up to its tier's `queue_wait_seconds` (at most `wait`,
+/// when the request asks for less).
 pub async fn admit(
     gw: &Arc<Gateway>,
     principal: &Principal,
     model: &str,
     charge: Charge,
+    wait: Option<Duration>,
 ) -> Result<Admission, ApiError> {
     let planned = plan(gw, principal, model, charge)?;
     if planned.checks.is_empty() {
         return Ok(Admission::free());
     }
-    let decision = gw.limiter.check_all(&planned.checks).await;
-    decide(gw, principal, planned, decision)
+    let tier_wait = principal
+        .limits
+        .queue_wait_seconds
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or_default();
+    let wait = wait.map_or(tier_wait, |w| w.min(tier_wait));
+    let slots = planned
+        .checks
+        .iter()
+        .any(|c| matches!(c.limit, Limit::Concurrency { .. }));
+    if wait.is_zero() || !slots {
+        let decision = gw.limiter.check_all(&planned.checks).await;
+        return decide(gw, principal, planned, decision);
+    }
+    let (decision, queued) = queue(gw, &planned.checks, wait).await;
+    let mut admitted = decide(gw, principal, planned, decision);
+    if let Some(q) = queued {
+        let waited = q.waited.as_millis().to_string();
+        let headers = match &mut admitted {
+            Ok(a) => &mut a.headers,
+            Err(ApiError::RateLimited {
+                message, headers, ..
+            }) => {
+                message.push_str(&format!(
+                    "; waited {:.1} s in the queue for a slot",
+                    q.waited.as_secs_f64()
+                ));
+                headers
+            }
+            Err(_) => return admitted,
+        };
+        for (name, value) in [
+            ("x-tollgate-queue-position", q.position.to_string()),
+            ("x-tollgate-queue-wait-ms", waited),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.push((HeaderName::from_static(name), v));
+            }
+        }
+    }
+    admitted
+}
+
+/// How a request waited in the queue.
+struct Queued {
+    /// Its place when it joined (1: first).
+    position: u64,
+    waited: Duration,
+}
+
+/// Checks `checks`, waiting in the slots' queues while only they refuse, up to `wait`. The
+/// decision is the last one; `Queued` when the request waited.
+async fn queue(
+    gw: &Gateway,
+    checks: &[Check],
+    wait: Duration,
+) -> (tollgate_redis::Result<MultiDecision>, Option<Queued>) {
+    let waiter = Waiter::new(QUEUE_GRACE);
+    let start = Instant::now();
+    let deadline = start + wait;
+    let mut queued: Option<Queued> = None;
+    let mut _waiting: Option<WaitingGauge> = None;
+    let mut pause = Duration::from_millis(5);
+    // Leaves the queue if the request goes away while it waits (its client disconnected).
+    let mut leave = LeaveOnDrop(Some((gw.limiter.clone(), checks.to_vec(), waiter.clone())));
+    loop {
+        // Registered before asking, so a slot freed meanwhile on this instance is not missed.
+        let freed = gw.slots_freed.notified();
+        let decision = gw.limiter.check_all_waiting(checks, &waiter).await;
+        let place = match &decision {
+            Ok(d) if !d.allowed => d.decisions.iter().map(|d| d.queued).max().unwrap_or(0),
+            _ => 0,
+        };
+        if let Some(q) = &mut queued {
+            q.waited = start.elapsed();
+        }
+        let now = Instant::now();
+        if place == 0 || now >= deadline {
+            let outcome = match &decision {
+                Ok(d) if d.allowed => QueueOutcome::Admitted,
+                _ if place > 0 => QueueOutcome::TimedOut,
+                _ => QueueOutcome::Refused,
+            };
+            if outcome == QueueOutcome::Admitted {
+                // Its place went with the slot it took.
+                leave.0 = None;
+            }
+            if queued.is_some() {
+                gw.metrics.queue_waited(outcome, start.elapsed());
+            }
+            return (decision, queued);
+        }
+        if queued.is_none() {
+            queued = Some(Queued {
+                position: place,
+                waited: Duration::ZERO,
+            });
+            _waiting = Some(WaitingGauge::new(&gw.metrics));
+        }
+        let pause_until = (now + pause).min(deadline);
+        tokio::select! {
+            () = freed => {}
+            () = tokio::time::sleep_until(pause_until.into()) => {}
+        }
+        pause = (pause * 2).min(QUEUE_POLL);
+    }
+}
+
+/// Counts a request in `tollgate_queue_waiting` while it lives.
+struct WaitingGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl WaitingGauge {
+    fn new(metrics: &crate::metrics::Metrics) -> Self {
+        metrics.queue_waiting.inc();
+        WaitingGauge(metrics.queue_waiting.clone())
+    }
+}
+
+impl Drop for WaitingGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Takes a waiter out of its queues when dropped still holding it.
+struct LeaveOnDrop(Option<(tollgate_redis::RateLimiter, Vec<Check>, Waiter)>);
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        let Some((limiter, checks, waiter)) = self.0.take() else {
+            return;
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = limiter.leave(&checks, &waiter).await {
+                    tracing::debug!(error = %e, "could not leave a queue; the place lapses by itself");
+                }
+            });
+        }
+    }
 }
 
 /// The limits `charge` takes of `principal`'s for `model` (a request that could never pass,

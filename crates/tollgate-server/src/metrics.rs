@@ -112,6 +112,22 @@ pub struct LimiterLabels {
     pub decision: LimiterDecision,
 }
 
+/// How a wait in a concurrency queue ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum QueueOutcome {
+    /// A slot was its.
+    Admitted,
+    /// Its wait ran out first.
+    TimedOut,
+    /// Another limit refused it, or Redis failed.
+    Refused,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub outcome: QueueOutcome,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub kind: UpstreamErrorKind,
@@ -156,6 +172,8 @@ pub struct Metrics {
     pub saved_tokens: Counter,
     pub saved_dollars: Counter<f64, AtomicU64>,
     pub limiter: Family<LimiterLabels, Counter>,
+    pub queue_waits: Family<QueueLabels, Histogram>,
+    pub queue_waiting: Gauge,
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     pub semantic_skipped: Family<SemanticSkipLabels, Counter>,
     pub semantic_checks: Family<SemanticCheckLabels, Counter>,
@@ -201,6 +219,20 @@ impl Default for Metrics {
         );
         let limiter = Family::<LimiterLabels, Counter>::default();
         registry.register("limiter_decisions", "Rate-limit decisions", limiter.clone());
+        let queue_waits = Family::<QueueLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "queue_wait_seconds",
+            "Time requests waited in a concurrency queue, by how the wait ended",
+            queue_waits.clone(),
+        );
+        let queue_waiting = Gauge::default();
+        registry.register(
+            "queue_waiting",
+            "Requests of this instance waiting in a concurrency queue now",
+            queue_waiting.clone(),
+        );
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         registry.register(
             "upstream_errors",
@@ -237,6 +269,8 @@ impl Default for Metrics {
             saved_tokens,
             saved_dollars,
             limiter,
+            queue_waits,
+            queue_waiting,
             upstream_errors,
         }
     }
@@ -288,6 +322,13 @@ impl Metrics {
                 kind: UpstreamErrorKind::of(e),
             })
             .inc();
+    }
+
+    /// Records one wait in a concurrency queue.
+    pub fn queue_waited(&self, outcome: QueueOutcome, waited: Duration) {
+        self.queue_waits
+            .get_or_create(&QueueLabels { outcome })
+            .observe(waited.as_secs_f64());
     }
 
     /// Counts one limiter decision.

@@ -62,9 +62,14 @@ pub struct Gateway {
     pub summarizing: Mutex<std::collections::HashSet<String>>,
     /// The cache's Redis, which also holds the embedding cache.
     pub embedding_redis: Redis,
+    /// The outbox's Redis (`redis.outbox_url`).
+    pub outbox_redis: Redis,
     pub keys: Keys,
     pub metrics: Metrics,
     pub local_limits: LocalLimiter,
+    /// Woken when this instance gives concurrency slots back, so its queued requests ask again
+    /// at once (those of other instances ask again within their polling interval).
+    pub slots_freed: tokio::sync::Notify,
     /// Counts prompt tokens for limit estimates and session windows.
     pub counter: Arc<dyn TokenCounter>,
     key_cache: Mutex<HashMap<String, (Instant, Option<ApiKeyRecord>)>>,
@@ -121,6 +126,10 @@ impl Gateway {
         let limits_redis = connect(own(&config.redis.limits_url), "limits").await?;
         let sessions_redis = connect(own(&config.redis.sessions_url), "sessions").await?;
         let streams_redis = connect(own(&config.redis.streams_url), "streams").await?;
+        let features_redis = connect(own(&config.redis.features_url), "features").await?;
+        let vectors_redis = connect(own(&config.redis.vectors_url), "vectors").await?;
+        let events_redis = connect(own(&config.redis.events_url), "events").await?;
+        let outbox_redis = connect(own(&config.redis.outbox_url), "outbox").await?;
         let keys =
             Keys::new(config.redis.key_prefix.clone()).map_err(|source| BuildError::Redis {
                 what: "key prefix",
@@ -176,7 +185,7 @@ impl Gateway {
             limiter: RateLimiter::new(limits_redis.clone(), keys.clone()),
             api_keys: ApiKeys::new(limits_redis, keys.clone()),
             events: EventBus::new(
-                redis.clone(),
+                events_redis,
                 keys.clone(),
                 EventConfig {
                     max_deliveries: config.events.max_deliveries,
@@ -185,13 +194,13 @@ impl Gateway {
                     ..EventConfig::default()
                 },
             ),
-            features: FeatureStore::new(redis.clone(), keys.clone()).with_default_ttl(
+            features: FeatureStore::new(features_redis, keys.clone()).with_default_ttl(
                 Some(config.features.default_ttl_seconds)
                     .filter(|&s| s > 0)
                     .map(Duration::from_secs),
             ),
             vectors: VectorCollections::new(
-                redis.clone(),
+                vectors_redis,
                 keys.clone(),
                 VectorConfig {
                     log_max_len: config.vectors.log_max_len,
@@ -218,6 +227,7 @@ impl Gateway {
                 source,
             })?,
             embedding_redis: cache_redis,
+            outbox_redis,
             responses: ResponseStore::new(
                 sessions_redis_for_responses,
                 keys.clone(),
@@ -234,17 +244,18 @@ impl Gateway {
             metrics: Metrics::default(),
             counter,
             local_limits: LocalLimiter::default(),
+            slots_freed: tokio::sync::Notify::new(),
             key_cache: Mutex::new(HashMap::new()),
             keys_version: std::sync::atomic::AtomicU64::new(u64::MAX),
             config,
         })
     }
 
-    /// Keeps durable records in `db`, through an outbox on the main Redis (written by
+    /// Keeps durable records in `db`, through an outbox on its Redis (written by
     /// the writer every `tollgate serve` runs, in this process or another).
     pub fn with_database(mut self, db: tollgate_db::Database) -> Self {
         let outbox = tollgate_db::Outbox::new(
-            self.redis.clone(),
+            self.outbox_redis.clone(),
             self.keys.clone(),
             &self.outbox_config(),
             Some(db.clone()),

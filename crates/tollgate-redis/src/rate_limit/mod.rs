@@ -146,6 +146,9 @@ pub struct Decision {
     pub reset: Duration,
     /// Until this request could pass; zero when allowed (`retry-after`).
     pub retry_after: Duration,
+    /// A refused concurrency limit with a queue: the request's place in it (1 first); 0 when
+    /// it is not waiting in one.
+    pub queued: u64,
 }
 
 /// The answer to [`RateLimiter::check_all`].
@@ -168,6 +171,25 @@ impl MultiDecision {
             .map(|d| d.retry_after)
             .max()
             .unwrap_or_default()
+    }
+}
+
+/// A request waiting for concurrency slots, in order of arrival, in the queue of each
+/// concurrency limit it is checked against ([`RateLimiter::check_all_waiting`]). It keeps its
+/// place while it asks again within `grace`; its lease, once admitted, has its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiter {
+    id: String,
+    grace: Duration,
+}
+
+impl Waiter {
+    /// A new waiter that asks again at least every `grace`.
+    pub fn new(grace: Duration) -> Self {
+        Waiter {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            grace: grace.max(Duration::from_millis(1)),
+        }
     }
 }
 
@@ -253,6 +275,36 @@ impl RateLimiter {
     /// on a single Redis or for limits of one subject (one hash tag); on a cluster, one script
     /// per subject's slot, sent together, and what was charged is given back if any refused.
     pub async fn check_all(&self, checks: &[Check]) -> Result<MultiDecision> {
+        self.check_many(checks, None).await
+    }
+
+    /// [`RateLimiter::check_all`] for a request that waits for its concurrency slots: refused
+    /// only for want of slots, it takes (or keeps) its place in their queues ([`Decision::queued`])
+    /// and should ask again, with the same `waiter`, within its grace; a slot freed goes to the
+    /// waiters in order of arrival, whichever replica they ask from.
+    pub async fn check_all_waiting(
+        &self,
+        checks: &[Check],
+        waiter: &Waiter,
+    ) -> Result<MultiDecision> {
+        self.check_many(checks, Some(waiter)).await
+    }
+
+    /// Takes `waiter` out of the queues of `checks`' concurrency limits (it stopped waiting).
+    pub async fn leave(&self, checks: &[Check], waiter: &Waiter) -> Result<()> {
+        for check in checks {
+            if matches!(check.limit, Limit::Concurrency { .. }) {
+                let [q, qd] = Keys::limit_queue(check.key.as_str());
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZREM").arg(&q).arg(&waiter.id).ignore();
+                pipe.cmd("ZREM").arg(&qd).arg(&waiter.id).ignore();
+                pipe.query_async::<()>(&mut self.redis.conn()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_many(&self, checks: &[Check], waiter: Option<&Waiter>) -> Result<MultiDecision> {
         if checks.is_empty() {
             return Ok(MultiDecision {
                 allowed: true,
@@ -262,7 +314,7 @@ impl RateLimiter {
         }
         let slots = by_slot(checks.iter().map(|c| c.key.as_str()));
         if slots.len() == 1 || !self.redis.is_cluster() {
-            let prepared = PreparedChecks::build(checks)?;
+            let prepared = PreparedChecks::build(checks, waiter)?;
             let mut invocation = scripts::RATE_LIMIT.prepare_invoke();
             prepared.add_to(&mut invocation);
             let reply: Value = invocation.invoke_async(&mut self.redis.conn()).await?;
@@ -272,7 +324,7 @@ impl RateLimiter {
             .iter()
             .map(|at| {
                 let group: Vec<Check> = at.iter().map(|&i| checks[i].clone()).collect();
-                PreparedChecks::build(&group)
+                PreparedChecks::build(&group, waiter)
             })
             .collect::<Result<Vec<_>>>()?;
         let replies = futures::future::join_all(groups.iter().map(|prepared| async move {
@@ -431,6 +483,8 @@ fn by_slot<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
 #[derive(Debug, Clone)]
 pub struct PreparedChecks {
     keys: Vec<String>,
+    /// The queues of the concurrency limits a waiter waits for, after the limits' keys.
+    queues: Vec<String>,
     args: Vec<String>,
     leases: Vec<Lease>,
     n: usize,
@@ -445,11 +499,11 @@ impl PreparedChecks {
                 "limits checked together must belong to one subject (one hash tag)".into(),
             ));
         }
-        Self::build(checks)
+        Self::build(checks, None)
     }
 
     /// Validates `checks` (each key once, sane costs), whatever their hash tags.
-    fn build(checks: &[Check]) -> Result<PreparedChecks> {
+    fn build(checks: &[Check], waiter: Option<&Waiter>) -> Result<PreparedChecks> {
         for (i, check) in checks.iter().enumerate() {
             if checks[..i].iter().any(|c| c.key == check.key) {
                 return Err(Error::InvalidArgument(format!(
@@ -460,6 +514,7 @@ impl PreparedChecks {
         }
         let mut prepared = PreparedChecks {
             keys: Vec::with_capacity(checks.len()),
+            queues: Vec::new(),
             args: vec![checks.len().to_string()],
             leases: Vec::new(),
             n: checks.len(),
@@ -497,8 +552,16 @@ impl PreparedChecks {
                     limit,
                     lease: duration,
                 } => {
-                    // Only a lease needs a unique member.
-                    let id = uuid::Uuid::new_v4().simple().to_string();
+                    // Only a lease needs a unique member: a waiter's, when one waits for it.
+                    let (id, grace) = match waiter {
+                        Some(w) => {
+                            prepared
+                                .queues
+                                .extend(Keys::limit_queue(check.key.as_str()));
+                            (w.id.clone(), millis(w.grace))
+                        }
+                        None => (uuid::Uuid::new_v4().simple().to_string(), 0),
+                    };
                     prepared.leases.push(Lease {
                         key: check.key.clone(),
                         id: id.clone(),
@@ -509,7 +572,7 @@ impl PreparedChecks {
                         limit.to_string(),
                         millis(duration).to_string(),
                         id,
-                        "0".into(),
+                        grace.to_string(),
                     ]
                 }
             };
@@ -521,7 +584,7 @@ impl PreparedChecks {
 
     /// Adds the keys and then the arguments to `invocation`.
     pub(crate) fn add_to(&self, invocation: &mut redis::ScriptInvocation<'_>) {
-        for key in &self.keys {
+        for key in self.keys.iter().chain(&self.queues) {
             invocation.key(key);
         }
         for arg in &self.args {
@@ -547,20 +610,21 @@ impl PreparedChecks {
 fn parse_multi(reply: Value, n: usize) -> Result<(bool, Vec<Decision>)> {
     let fields: Vec<i64> =
         redis::from_redis_value(reply).map_err(|e| Error::reply("rate_limit", e.to_string()))?;
-    if fields.len() != 1 + 5 * n {
+    if fields.len() != 1 + 6 * n {
         return Err(Error::reply(
             "rate_limit",
             format!("{} fields for {n} limits", fields.len()),
         ));
     }
     let decisions = fields[1..]
-        .chunks_exact(5)
+        .chunks_exact(6)
         .map(|d| Decision {
             allowed: d[0] == 1,
             limit: d[1].max(0) as u64,
             remaining: d[2].max(0) as u64,
             reset: Duration::from_millis(d[3].max(0) as u64),
             retry_after: Duration::from_millis(d[4].max(0) as u64),
+            queued: d[5].max(0) as u64,
         })
         .collect();
     Ok((fields[0] == 1, decisions))

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tollgate_redis::{Check, Error, Id, Limit, RateLimiter};
+use tollgate_redis::{Check, Error, Id, Limit, RateLimiter, Waiter};
 
 use crate::{Backend, Ctx, pattern_suite};
 
@@ -690,4 +690,88 @@ async fn settle_gives_back_the_slot_and_settles_every_bucket_in_one_call(b: Back
         limiter.check_all(&checks).await.unwrap().allowed,
         "slot free and tokens back"
     );
+}
+
+pattern_suite!(slots_go_to_waiters_in_order_of_arrival_and_a_silent_waiter_loses_its_place);
+
+async fn slots_go_to_waiters_in_order_of_arrival_and_a_silent_waiter_loses_its_place(b: Backend) {
+    let ctx = Ctx::new(b, CONNS).await;
+    let minute = Duration::from_secs(60);
+    // Each waiter asks through its own connection, as replicas would.
+    let limiters: Vec<RateLimiter> = (0..CONNS)
+        .map(|i| RateLimiter::new(ctx.conn_for(i), ctx.keys.clone()))
+        .collect();
+    let slot = |limiter: &RateLimiter| {
+        vec![Check {
+            key: limiter.key(&Id::new("gpu").unwrap(), "conc").unwrap(),
+            limit: Limit::Concurrency {
+                limit: 1,
+                lease: minute,
+            },
+            cost: 1,
+        }]
+    };
+    let checks = slot(&limiters[0]);
+    let holder = limiters[0].check_all(&checks).await.unwrap();
+    assert!(holder.allowed);
+    // Three waiters join in order; the one that will go silent asks with a short grace.
+    let grace = Duration::from_secs(30);
+    let (first, silent, third) = (
+        Waiter::new(grace),
+        Waiter::new(Duration::from_millis(300)),
+        Waiter::new(grace),
+    );
+    for (i, w) in [&first, &silent, &third].into_iter().enumerate() {
+        let d = limiters[i].check_all_waiting(&checks, w).await.unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.decisions[0].queued, i as u64 + 1);
+    }
+    // A request that does not wait is refused and takes no place.
+    let d = limiters[1].check_all(&checks).await.unwrap();
+    assert!(!d.allowed && d.decisions[0].queued == 0);
+    // The slot is freed: the third asks first but is not first; the first gets it.
+    limiters[0]
+        .settle(&holder.leases, &[], minute, 0)
+        .await
+        .unwrap();
+    let d = limiters[2]
+        .check_all_waiting(&checks, &third)
+        .await
+        .unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.decisions[0].queued, 3, "behind two waiters still");
+    let d = limiters[0]
+        .check_all_waiting(&checks, &first)
+        .await
+        .unwrap();
+    assert!(d.allowed, "{d:?}");
+    let first_lease = d.leases;
+    // Asking again while holding the slot renews it, waiters or not.
+    let d = limiters[0]
+        .check_all_waiting(&checks, &first)
+        .await
+        .unwrap();
+    assert!(d.allowed && d.leases == first_lease, "{d:?}");
+    // A newcomer joins behind those waiting, not ahead of them.
+    let late = Waiter::new(grace);
+    let d = limiters[1].check_all_waiting(&checks, &late).await.unwrap();
+    assert_eq!(d.decisions[0].queued, 3);
+    // The silent waiter stops asking; once its grace is over it is gone and the third is next.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    limiters[0]
+        .settle(&first_lease, &[], minute, 0)
+        .await
+        .unwrap();
+    let d = limiters[2]
+        .check_all_waiting(&checks, &third)
+        .await
+        .unwrap();
+    assert!(d.allowed, "{d:?}");
+    // A waiter that leaves gives its place up at once.
+    limiters[1].leave(&checks, &late).await.unwrap();
+    let d = limiters[1]
+        .check_all_waiting(&checks, &Waiter::new(grace))
+        .await
+        .unwrap();
+    assert_eq!(d.decisions[0].queued, 1);
 }

@@ -103,7 +103,15 @@ pub async fn chat_completions(
     };
     let admission = match route.admitted() {
         Some(admission) => admission,
-        None => match admit(gw, principal, &plan.req.model, route.charge(estimate)).await {
+        None => match admit(
+            gw,
+            principal,
+            &plan.req.model,
+            route.charge(estimate),
+            opts.queue_wait,
+        )
+        .await
+        {
             Ok(a) => a,
             Err(e) => {
                 route.abandon(gw, &plan.stream_id).await;

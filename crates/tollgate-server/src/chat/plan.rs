@@ -28,6 +28,9 @@ pub struct ChatOptions {
     /// `x-tollgate-resumable: true`: write the token stream (readable at `/v1/streams/{id}`)
     /// even when nothing else would read it (a non-streamed request nobody is waiting on).
     pub resumable: bool,
+    /// `x-tollgate-queue-wait`: the longest this request waits for a concurrency slot (at most
+    /// its tier's `queue_wait_seconds`).
+    pub queue_wait: Option<Duration>,
 }
 
 impl ChatOptions {
@@ -68,6 +71,20 @@ impl ChatOptions {
                     ));
                 }
             };
+        }
+        if let Some(v) = headers.get("x-tollgate-queue-wait") {
+            let secs = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .filter(|s| (0.0..=3600.0).contains(s))
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "x-tollgate-queue-wait must be a number of seconds from 0 to 3600",
+                        Some("x-tollgate-queue-wait"),
+                    )
+                })?;
+            opts.queue_wait = Some(Duration::from_secs_f64(secs));
         }
         opts.user = short_header(headers, "x-tollgate-user")?;
         opts.session_id = short_header(headers, "x-tollgate-session-id")?;
