@@ -121,7 +121,6 @@ pub(crate) async fn start_tollgate(
         .env("TOLLGATE_REDIS_URL", redis_url)
         .env("TOLLGATE_DATA_DIR", dir)
         .env_remove("TOLLGATE_MASTER_KEY")
-        .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;

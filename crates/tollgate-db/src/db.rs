@@ -184,6 +184,7 @@ impl Database {
         let mut tx = self.pool.begin().await?;
         for chunk in pieces(&responses) {
             let sql = insert_sql(
+                self.backend,
                 "responses (id, owner, version, created_ms, body)",
                 5,
                 chunk.len(),
@@ -204,6 +205,7 @@ impl Database {
         }
         for chunk in pieces(&sessions) {
             let sql = insert_sql(
+                self.backend,
                 "sessions (id, owner, system, summary, summary_seq, created_ms, version, deleted)",
                 8,
                 chunk.len(),
@@ -241,6 +243,7 @@ impl Database {
         }
         for chunk in pieces(&messages) {
             let sql = insert_sql(
+                self.backend,
                 "session_messages (session_id, seq, owner, created_ms, tokens, message)",
                 6,
                 chunk.len(),
@@ -260,6 +263,7 @@ impl Database {
         }
         for chunk in pieces(&usage) {
             let sql = insert_sql(
+                self.backend,
                 "usage_records (id, key_id, tenant, model, prompt_tokens, completion_tokens, \
                  cost_nanos, cached, created_ms)",
                 9,
@@ -493,8 +497,16 @@ fn pieces<T>(rows: &[T]) -> Vec<&[T]> {
     out
 }
 
-/// `INSERT INTO {table} VALUES ($1, ...), (...) {conflict}` for `rows` rows of `columns`.
-fn insert_sql(table: &str, columns: usize, rows: usize, conflict: &str) -> String {
+/// `INSERT INTO {table} VALUES ($1, ...), (...) {conflict}` for `rows` rows of `columns`. On
+/// SQLite the parameters are anonymous (`?`, bound in order): binding a numbered one makes the
+/// driver look its name up, a walk of every parameter, so a statement of N took N² steps.
+fn insert_sql(
+    backend: Backend,
+    table: &str,
+    columns: usize,
+    rows: usize,
+    conflict: &str,
+) -> String {
     let mut sql = format!("INSERT INTO {table} VALUES ");
     let mut n = 0;
     for row in 0..rows {
@@ -507,7 +519,10 @@ fn insert_sql(table: &str, columns: usize, rows: usize, conflict: &str) -> Strin
                 sql.push_str(", ");
             }
             n += 1;
-            sql.push_str(&format!("${n}"));
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => sql.push_str(&format!("${n}")),
+            }
         }
         sql.push(')');
     }
@@ -528,13 +543,23 @@ mod tests {
         assert!(super::pieces::<u32>(&[]).is_empty());
     }
 
-    use super::insert_sql;
+    use super::{Backend, insert_sql};
 
     #[test]
     fn insert_sql_numbers_every_parameter_in_order() {
         assert_eq!(
-            insert_sql("t (a, b)", 2, 2, "ON CONFLICT (a) DO NOTHING"),
+            insert_sql(
+                Backend::Postgres,
+                "t (a, b)",
+                2,
+                2,
+                "ON CONFLICT (a) DO NOTHING"
+            ),
             "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) ON CONFLICT (a) DO NOTHING"
+        );
+        assert_eq!(
+            insert_sql(Backend::Sqlite, "t (a, b)", 2, 2, ""),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?) "
         );
     }
 }

@@ -77,7 +77,8 @@ pub struct Outbox {
 #[derive(Debug)]
 struct Pushed {
     records: Vec<Record>,
-    done: oneshot::Sender<std::result::Result<(), String>>,
+    /// Who waits to hear where they went (none: [`Outbox::send`]).
+    done: Option<oneshot::Sender<std::result::Result<(), String>>>,
 }
 
 impl Outbox {
@@ -143,12 +144,33 @@ impl Outbox {
         }
         let (done, outcome) = oneshot::channel();
         self.queue
-            .send(Pushed { records, done })
+            .send(Pushed {
+                records,
+                done: Some(done),
+            })
             .map_err(|_| Error::Config("the outbox has stopped".into()))?;
         match outcome.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Config(e)),
             Err(_) => Err(Error::Config("the outbox has stopped".into())),
+        }
+    }
+
+    /// [`Outbox::push`] without waiting: the records go with the next entry, and a failure to
+    /// keep them anywhere is logged. For records whose caller has nothing to do either way.
+    pub fn send(&self, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        if self
+            .queue
+            .send(Pushed {
+                records,
+                done: None,
+            })
+            .is_err()
+        {
+            tracing::error!("durable records lost: the outbox has stopped");
         }
     }
 
@@ -219,7 +241,12 @@ async fn gather(
             },
             Err(e) => Err(e.to_string()),
         };
-        for done in waiting {
+        if let Err(e) = &outcome
+            && waiting.iter().any(Option::is_none)
+        {
+            tracing::error!(error = %e, "durable records lost: neither the outbox nor the database took them");
+        }
+        for done in waiting.into_iter().flatten() {
             let _ = done.send(outcome.clone());
         }
     }

@@ -231,7 +231,7 @@ local function lease(key, limit, lease_ms, id, grace_ms, q, qd)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local used = redis.call('ZCARD', key)
   local ahead, waiting = 0, false
-  if q then
+  if q and redis.call('ZCARD', q) > 0 then
     local gone = redis.call('ZRANGEBYSCORE', qd, '-inf', now, 'LIMIT', 0, 64)
     for _, w in ipairs(gone) do
       redis.call('ZREM', q, w)

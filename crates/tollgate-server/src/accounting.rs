@@ -180,6 +180,13 @@ impl Spend {
     }
 }
 
+/// [`submit`] without waiting (for records whose cost is nothing: no spend to charge).
+pub fn send(gw: &Gateway, records: Vec<Record>) {
+    if let Some(durable) = &gw.durable {
+        durable.outbox.send(records);
+    }
+}
+
 /// Sends durable records to the database (through the outbox); without a database, drops them.
 pub async fn submit(gw: &Gateway, records: Vec<Record>) {
     let Some(durable) = &gw.durable else { return };

@@ -197,13 +197,12 @@ fn usage_only(json: &str) -> bool {
 }
 
 /// Records the usage of an answer that cost the upstream nothing (a cache hit, a coalesced
-/// follower), off the request path.
-fn record_cached(gw: &Arc<Gateway>, payer: &Payer, model: &str, completion: &ChatCompletion) {
-    let (gw, payer, model) = (gw.clone(), payer.clone(), model.to_owned());
+/// follower): no spend to charge, and its record goes with the outbox's next entry, off the
+/// request path.
+fn record_cached(gw: &Gateway, payer: &Payer, model: &str, completion: &ChatCompletion) {
     let usage = completion.usage.unwrap_or_default();
-    tokio::spawn(async move {
-        crate::accounting::record_usage(&gw, &payer, &model, None, &usage, true).await;
-    });
+    let used = crate::accounting::Used::of(gw, payer, model, None, &usage, true);
+    crate::accounting::send(gw, vec![used.record]);
 }
 
 impl Plan {

@@ -91,6 +91,8 @@ impl ReplyMeta {
     /// Adds the headers that describe how the request was answered to `response`.
     pub fn add_headers(self, response: &mut Response) {
         let h = response.headers_mut();
+        // Room for every header at once: growing the map header by header cost a hit measurably.
+        h.reserve(self.headers.len() + 3);
         let cache = match self.cache {
             CacheResult::Hit => "hit",
             CacheResult::Semantic => "semantic",
