@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tollgate_core::ChatMessage;
 use tollgate_redis::{
     CacheConfig, CacheKey, Check, EmbeddingCache, Id, Keys, Limit, RateLimiter, Redis, RedisConfig,
-    ResponseCache, SessionConfig, SessionStore, StreamConfig, TokenStreams, Waiter, Window,
+    ResponseCache, ResultCache, SessionConfig, SessionStore, StreamConfig, TokenStreams, Waiter,
+    Window,
 };
 
 /// Options of `tollgate-bench patterns`.
@@ -445,6 +446,28 @@ async fn scenarios(redis: &Redis, keys: &Keys) -> anyhow::Result<Vec<Scenario>> 
                         l.check_all(&checks).await?
                     };
                     l.settle(&d.leases, &buckets, minute, -100).await?;
+                    Ok(())
+                }
+            }),
+        });
+    }
+    {
+        // The seed's tiers: exact (user and context), precomputed (user), popular (category);
+        // only the last is held, so every tier is read.
+        let results = ResultCache::new(redis.clone(), keys.clone());
+        results
+            .put("recs", "popular:books", b"[1,2,3]", minute)
+            .await?;
+        out.push(Scenario {
+            name: "result cache: 3-tier lookup (the last tier answers)",
+            round_trips: "1",
+            op: op(move |_| {
+                let results = results.clone();
+                async move {
+                    let hit = results
+                        .lookup("recs", &["u1:ctx9", "precomp:u1", "popular:books"])
+                        .await?;
+                    anyhow::ensure!(hit.is_some_and(|h| h.tier == 2), "expected the last tier");
                     Ok(())
                 }
             }),

@@ -252,6 +252,130 @@ async fn requests_queue_for_a_slot_first_come_first_served_across_processes() {
     assert_eq!(holder.await.unwrap().0, 200);
 }
 
+/// An HTTP endpoint that answers 200 to every POST and keeps the bodies.
+struct Webhook {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Webhook {
+    fn start() -> Webhook {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_ok() {
+                    kept.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Webhook { url, bodies }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_per_hour_holds_across_processes_and_its_alert_goes_out_once() {
+    let redis = RedisServer::start();
+    let hook = Webhook::start();
+    // A dollar a token: each answer costs some ten dollars.
+    let (_dir, path) = config_file(&format!(
+        "[server]\nmaster_key = \"mk\"\n[prices.\"mock/echo\"]\ninput_per_million = 1000000.0\noutput_per_million = 1000000.0\n[alerts]\nwebhook_url = \"{}\"\n",
+        hook.url
+    ));
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let created: Value = http
+        .post(replicas[0].url("/admin/keys"))
+        .bearer_auth("mk")
+        .json(&json!({"name": "spender", "tenant": "acme", "limits": {"budgets": [{"window": "1h", "usd": 100, "alert_at": [0.5]}]}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    // Its alerts, read through the bus like any event (the stream is the tenant's).
+    let group = http
+        .post(replicas[1].url("/v1/events/budget-alerts/groups"))
+        .bearer_auth(&key)
+        .json(&json!({"group": "ops", "start": "beginning"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(group.status().is_success(), "{}", group.status());
+    // Questions alternate between the processes until the budget refuses one.
+    let mut answered = 0;
+    let refused = loop {
+        let r = http
+            .post(replicas[answered % 2].url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "mock/echo", "temperature": 0.9, "messages": [{"role": "user", "content": format!("question number {answered}")}]}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 200 {
+            break r;
+        }
+        answered += 1;
+        assert!(answered < 50, "the budget never refused");
+    };
+    assert!(answered >= 3, "{answered}");
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("$100.00 per 1h"), "{message}");
+    // One alert at half the budget, however many requests and processes charged past it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hook.bodies.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let alerts = hook.bodies.lock().unwrap().clone();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["window"], "1h");
+    assert_eq!(alerts[0]["share"], 0.5);
+    assert_eq!(alerts[0]["tenant"], "acme");
+    assert!(alerts[0]["spent_usd"].as_f64().unwrap() >= 50.0);
+    let read: Value = http
+        .post(replicas[0].url("/v1/events/budget-alerts/groups/ops/read"))
+        .bearer_auth(&key)
+        .json(&json!({"consumer": "c1", "count": 10}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = read["data"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{read}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_identical_requests_over_three_processes_make_one_upstream_call() {
     let redis = RedisServer::start();

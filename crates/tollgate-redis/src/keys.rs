@@ -25,7 +25,9 @@
 //! | `tg:{ak}:index` | hash | API key id -> hash (no TTL) |
 //! | `tg:{ak}:version` | string | bumped by every revocation, so replicas drop cached lookups (no TTL) |
 //! | `tg:{r:ID}` | string | a stored response of the Responses API (or its tombstone) |
+//! | `tg:{res:CACHE:KEY}` | string | a model result in a tiered result cache (each key its own slot) |
 //! | `tg:{k:SUBJECT}:spend:d:YYYYMMDD`, `:spend:m:YYYYMM` | hash | spend of an API key per model and in all (`*`), in billionths of a dollar |
+//! | `tg:{k:SUBJECT}:spend:w:SECONDS` | hash | spend of an API key over a sliding window: per sixtieth of it, and when each alert last went out |
 //! | `tg:{ev:outbox}` | stream | durable records on their way to the database |
 //! | `tg:cache-models` | set | models with cache stats |
 //! | `tg:{v:COLL}:meta`, `:items`, `:log`, `:exp` | hash, hash, stream, zset | a vector collection (no TTL unless all its items expire) |
@@ -153,6 +155,10 @@ impl Keys {
     /// arrival, and by the time they must ask again by. Same hash tag as the limit.
     pub(crate) fn limit_queue(limit: &str) -> [String; 2] {
         [format!("{limit}:q"), format!("{limit}:qd")]
+    }
+
+    pub(crate) fn result(&self, cache: &Id, key: &Id) -> String {
+        format!("{}{{res:{cache}:{key}}}", self.prefix)
     }
 
     pub(crate) fn model_limit(&self, model: &Id, name: &Id) -> String {

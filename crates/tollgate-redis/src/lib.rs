@@ -35,6 +35,7 @@ pub mod rate_limit;
 pub mod registry;
 pub mod response_cache;
 pub mod responses;
+pub mod results;
 mod scripts;
 pub mod semantic_cache;
 pub mod session;
@@ -58,9 +59,12 @@ pub use response_cache::{
     CacheConfig, CacheKey, CacheStats, ComputeError, Lead, Outcome, ResponseCache, Stored,
 };
 pub use responses::{ResponseStore, StoredResponse};
+pub use results::{ResultCache, TierHit};
 pub use semantic_cache::{CheckPolicy, CheckStats, SemanticCache, SemanticHit};
 pub use session::{Appended, SessionConfig, SessionInfo, SessionStore, Unsummarized, Window};
-pub use spend::{Budget, Exhausted, Spend, SpendLedger, SpendPeriod};
+pub use spend::{
+    Budget, BudgetAlert, Exhausted, Spend, SpendLedger, SpendPeriod, WindowBudget, WindowSpend,
+};
 pub use stream::{
     EventKind, Follower, Producer, StreamConfig, StreamEvent, StreamReader, TokenStreams,
 };

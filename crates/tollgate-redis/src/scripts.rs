@@ -16,6 +16,7 @@ macro_rules! script {
 script!(RATE_LIMIT, "rate_limit.lua");
 script!(RATE_REFUND, "rate_refund.lua");
 script!(SETTLE, "settle.lua");
+script!(SPEND_WINDOW, "spend_window.lua");
 script!(LEASE_RENEW, "lease_renew.lua");
 script!(LEASE_TOKEN, "lease_token.lua");
 script!(CACHE_LOOKUP, "cache_lookup.lua");

@@ -6,13 +6,18 @@
 //! upstream: the request that finds the period's total at or over the budget is refused. Requests
 //! already in flight when the budget is reached still finish, so spend can pass a budget by at most
 //! what the key's concurrent requests cost (bound it with `max_concurrency`).
+//!
+//! Budgets over any window ([`WindowBudget`]: a minute to a month, e.g. dollars per hour) count
+//! the spend of the last window, sliding in sixtieths of it (`lua/spend_window.lua`), and set off
+//! alerts at shares of the budget, once per window whichever replica charges.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::conn::Redis;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys::{Id, Keys};
+use crate::scripts;
 
 /// A budget's period (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +57,33 @@ pub struct Exhausted {
     pub spent_nanos: i64,
     /// Until the period ends.
     pub resets_in: Duration,
+}
+
+/// A budget over a sliding window: at most `limit_nanos` spent within any `window`; an alert
+/// at each of `alert_at` (shares of the budget, at most once per window).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowBudget {
+    pub window: Duration,
+    /// Billionths of a dollar.
+    pub limit_nanos: i64,
+    pub alert_at: Vec<f64>,
+}
+
+/// A window budget's state after a read or a charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpend {
+    /// Spent within the window, billionths of a dollar.
+    pub spent_nanos: i64,
+    /// Until the oldest spend counted leaves the window.
+    pub frees_in: Duration,
+}
+
+/// An alert a charge set off: `budget` (its index) crossed `share` of its limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetAlert {
+    pub budget: usize,
+    pub share: f64,
+    pub spent_nanos: i64,
 }
 
 /// Spend counters on one Redis.
@@ -104,6 +136,61 @@ impl SpendLedger {
         }
         pipe.query_async::<()>(&mut self.redis.conn()).await?;
         Ok(())
+    }
+
+    /// `subject`'s spend in each of `budgets`' windows, and, with `nanos` > 0, that much charged
+    /// to each first (one script call): the spend after, and the alerts the charge set off.
+    pub async fn windows(
+        &self,
+        subject: &str,
+        budgets: &[WindowBudget],
+        nanos: i64,
+    ) -> Result<(Vec<WindowSpend>, Vec<BudgetAlert>)> {
+        if budgets.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let subject = Id::new(subject)?;
+        let mut invocation = scripts::SPEND_WINDOW.prepare_invoke();
+        invocation.arg(nanos.max(0)).arg(budgets.len());
+        for b in budgets {
+            let window = crate::millis(b.window).max(60_000);
+            invocation
+                .key(self.keys.spend(&subject, &format!("w:{}", window / 1000)))
+                .arg(window)
+                .arg(b.limit_nanos)
+                .arg(b.alert_at.len());
+            for share in &b.alert_at {
+                invocation.arg(format!("{share}"));
+            }
+        }
+        let reply: Vec<redis::Value> = invocation.invoke_async(&mut self.redis.conn()).await?;
+        let int = |v: &redis::Value| -> Result<i64> {
+            redis::from_redis_value_ref(v).map_err(|e| Error::reply("spend_window", e.to_string()))
+        };
+        if reply.len() < 2 * budgets.len() {
+            return Err(Error::reply("spend_window", "a short reply"));
+        }
+        let spends = reply[..2 * budgets.len()]
+            .chunks_exact(2)
+            .map(|pair| {
+                Ok(WindowSpend {
+                    spent_nanos: int(&pair[0])?,
+                    frees_in: Duration::from_millis(int(&pair[1])?.max(0) as u64),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut alerts = Vec::new();
+        for pair in reply[2 * budgets.len()..].chunks_exact(2) {
+            let budget = usize::try_from(int(&pair[0])? - 1).unwrap_or(0);
+            let share: String = redis::from_redis_value_ref(&pair[1])
+                .map_err(|e| Error::reply("spend_window", e.to_string()))?;
+            alerts.push(BudgetAlert {
+                budget,
+                share: share.parse().unwrap_or(0.0),
+                spent_nanos: spends.get(budget).map_or(0, |s| s.spent_nanos),
+            });
+        }
+        Ok((spends, alerts))
     }
 
     /// `subject`'s spend in the period containing `now_ms`.

@@ -5,12 +5,18 @@
 //! against), and a usage record goes through the outbox to the database (what reports read).
 //! Prices come from `[prices."MODEL"]`, for the model asked for, else the deployment that
 //! answered; a model without a price costs nothing.
+//!
+//! Budgets: per UTC day and month, and over any window (`budgets`, e.g. dollars per hour),
+//! checked before a request goes upstream; a charge that takes a window's spend past a share of
+//! its budget (`alert_at`) sets off one alert, whichever replica charged: an event on the key's
+//! tenant's `budget-alerts` stream and a POST to `alerts.webhook_url`.
 
 use std::sync::Arc;
 
+use serde_json::json;
 use tollgate_core::Usage;
 use tollgate_db::{Record, UsageRow};
-use tollgate_redis::{Budget, SpendPeriod};
+use tollgate_redis::{Budget, BudgetAlert, SpendPeriod, WindowBudget};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -22,6 +28,8 @@ pub struct Payer {
     /// The API key id (`open`, `master` without one).
     pub subject: String,
     pub tenant: String,
+    /// Its budgets over windows (the key's own, else its tier's).
+    pub budgets: Arc<[(WindowBudget, String)]>,
 }
 
 impl From<&Principal> for Payer {
@@ -29,8 +37,29 @@ impl From<&Principal> for Payer {
         Payer {
             subject: p.subject.clone(),
             tenant: p.tenant.clone(),
+            budgets: window_budgets(p),
         }
     }
+}
+
+/// `principal`'s budgets over windows, with each window as written (`1h`).
+fn window_budgets(principal: &Principal) -> Arc<[(WindowBudget, String)]> {
+    principal
+        .limits
+        .budgets
+        .iter()
+        .flatten()
+        .filter_map(|b| {
+            Some((
+                WindowBudget {
+                    window: b.duration()?,
+                    limit_nanos: nanos(b.usd),
+                    alert_at: b.alert_at.clone(),
+                },
+                b.window.trim().to_owned(),
+            ))
+        })
+        .collect()
 }
 
 /// The cost of `usage` on `model` (or on `route`, the deployment that served it), in billionths
@@ -66,6 +95,10 @@ pub async fn check_budget(gw: &Gateway, principal: &Principal) -> Result<(), Api
         })
     })
     .collect();
+    let windows = window_budgets(principal);
+    if !windows.is_empty() {
+        check_windows(gw, principal, &windows).await?;
+    }
     if budgets.is_empty() {
         return Ok(());
     }
@@ -92,6 +125,36 @@ pub async fn check_budget(gw: &Gateway, principal: &Principal) -> Result<(), Api
     }
 }
 
+/// Refuses the request if one of `windows` is spent (one round trip).
+async fn check_windows(
+    gw: &Gateway,
+    principal: &Principal,
+    windows: &[(WindowBudget, String)],
+) -> Result<(), ApiError> {
+    let budgets: Vec<WindowBudget> = windows.iter().map(|(b, _)| b.clone()).collect();
+    let spends = match gw.spend.windows(&principal.subject, &budgets, 0).await {
+        Ok((spends, _)) => spends,
+        Err(e) => {
+            tracing::warn!(error = %e, "budget unreadable (Redis); letting the request through");
+            return Ok(());
+        }
+    };
+    for ((budget, window), spend) in windows.iter().zip(spends) {
+        if spend.spent_nanos >= budget.limit_nanos {
+            return Err(ApiError::BudgetExceeded {
+                message: format!(
+                    "the budget of ${:.2} per {window} for this key is spent (${:.4} within the last {window}); spend starts leaving the window in {} s",
+                    budget.limit_nanos as f64 / 1e9,
+                    spend.spent_nanos as f64 / 1e9,
+                    spend.frees_in.as_secs().max(1)
+                ),
+                retry_after: spend.frees_in.max(std::time::Duration::from_secs(1)),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Records what a request used: its cost added to the key's spend and its usage record to the
 /// outbox, concurrently (one round trip's wait for both).
 pub async fn record_usage(
@@ -115,9 +178,11 @@ pub struct Used {
 /// A cost to add to a key's spend.
 pub struct Spend {
     subject: String,
+    tenant: String,
     model: String,
     cost_nanos: i64,
     at_ms: i64,
+    budgets: Arc<[(WindowBudget, String)]>,
 }
 
 impl Used {
@@ -152,9 +217,11 @@ impl Used {
             }),
             spend: Spend {
                 subject: payer.subject.clone(),
+                tenant: payer.tenant.clone(),
                 model: model.to_owned(),
                 cost_nanos: cost,
                 at_ms: now,
+                budgets: payer.budgets.clone(),
             },
         }
     }
@@ -164,6 +231,23 @@ impl Spend {
     /// Adds the cost to the key's spend (what costs nothing sends nothing). Awaited before an
     /// answer ends, so the key's next request sees it.
     pub async fn charge(&self, gw: &Gateway) {
+        if self.cost_nanos > 0 && !self.budgets.is_empty() {
+            let budgets: Vec<WindowBudget> = self.budgets.iter().map(|(b, _)| b.clone()).collect();
+            match gw
+                .spend
+                .windows(&self.subject, &budgets, self.cost_nanos)
+                .await
+            {
+                Ok((_, alerts)) => {
+                    for alert in alerts {
+                        self.alert(gw, alert).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not add a request's cost to its key's budget windows");
+                }
+            }
+        }
         if self.cost_nanos > 0
             && let Err(e) = gw
                 .spend
@@ -176,6 +260,55 @@ impl Spend {
                 .await
         {
             tracing::warn!(error = %e, "could not add a request's cost to its key's spend");
+        }
+    }
+}
+
+impl Spend {
+    /// Sends `alert` out: an event on the tenant's `budget-alerts` stream, and the webhook.
+    async fn alert(&self, gw: &Gateway, alert: BudgetAlert) {
+        let Some((budget, window)) = self.budgets.get(alert.budget) else {
+            return;
+        };
+        let body = json!({
+            "object": "budget.alert",
+            "key_id": self.subject,
+            "tenant": self.tenant,
+            "window": window,
+            "budget_usd": budget.limit_nanos as f64 / 1e9,
+            "spent_usd": alert.spent_nanos as f64 / 1e9,
+            "share": alert.share,
+            "at_ms": self.at_ms,
+        });
+        tracing::warn!(key_id = %self.subject, window = %window, share = alert.share, "budget alert");
+        let stream = crate::auth::tenant_scoped(&self.tenant, "budget-alerts");
+        let text = body.to_string();
+        if let Err(e) = gw
+            .events
+            .publish(&stream, &[("alert", text.as_bytes())])
+            .await
+        {
+            tracing::warn!(error = %e, "could not publish a budget alert");
+        }
+        let url = &gw.config.alerts.webhook_url;
+        if !url.is_empty() {
+            let request = gw
+                .webhooks
+                .post(url)
+                .header("content-type", "application/json")
+                .body(text)
+                .send();
+            tokio::spawn(async move {
+                match request.await {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => {
+                        tracing::warn!(status = %r.status(), "the alert webhook refused a budget alert")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not send a budget alert to the webhook")
+                    }
+                }
+            });
         }
     }
 }

@@ -42,6 +42,14 @@ pub async fn create_key(
             ));
         }
     }
+    for b in limits.budgets.iter().flatten() {
+        if let Some(problem) = b.problem() {
+            return Err(ApiError::bad(
+                format!("limits.budgets: {problem}"),
+                Some("limits"),
+            ));
+        }
+    }
     if limits
         .queue_wait_seconds
         .is_some_and(|w| !(0.0..=3600.0).contains(&w))

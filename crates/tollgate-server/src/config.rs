@@ -72,6 +72,7 @@ sections! {
     outbox: OutboxSection,
     responses: ResponsesSection,
     summaries: SummariesSection,
+    alerts: AlertsSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +95,14 @@ pub struct OutboxSection {
 pub struct ResponsesSection {
     /// How long a stored response stays in Redis (the database keeps it after).
     pub ttl_seconds: u64,
+}
+
+/// Where budget alerts go besides the event bus (`budget-alerts`, in the key's tenant).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    /// Each alert is POSTed here as JSON (empty: none).
+    pub webhook_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +260,56 @@ pub struct Limits {
     /// Dollars a key may spend per UTC month.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_budget_usd: Option<f64>,
+    /// Dollars a key may spend within any window (a minute to a month), with alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<Vec<WindowBudget>>,
+}
+
+/// At most `usd` spent within any `window`; an alert (an event and the webhook) when spend
+/// reaches each share in `alert_at`, at most once per window.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowBudget {
+    /// `30m`, `1h`, `6h`, `1d`, `7d`, `30d`: a number and a unit (m, h, d), one minute to 31 days.
+    pub window: String,
+    pub usd: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_at: Vec<f64>,
+}
+
+impl WindowBudget {
+    /// The window as a duration; `None` when it is not one from a minute to 31 days.
+    pub fn duration(&self) -> Option<Duration> {
+        let w = self.window.trim();
+        let (number, unit) = w.split_at(w.len().checked_sub(1)?);
+        let n: u64 = number.parse().ok()?;
+        let secs = n.checked_mul(match unit {
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return None,
+        })?;
+        (60..=31 * 86_400)
+            .contains(&secs)
+            .then(|| Duration::from_secs(secs))
+    }
+
+    /// What is wrong with it, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if self.duration().is_none() {
+            return Some(format!(
+                "window {:?} must be a number and m, h or d, from 1m to 31d",
+                self.window
+            ));
+        }
+        if !(self.usd >= 0.0 && self.usd.is_finite()) {
+            return Some("usd must be a number of dollars, 0 or more".into());
+        }
+        if self.alert_at.iter().any(|s| !(*s > 0.0 && *s <= 1.0)) {
+            return Some("alert_at shares must be above 0 and at most 1".into());
+        }
+        None
+    }
 }
 
 /// What a model (`provider/model` or an alias, as requests name it) can take across every
@@ -299,6 +358,7 @@ impl Limits {
             models,
             daily_budget_usd: self.daily_budget_usd.or(base.daily_budget_usd),
             monthly_budget_usd: self.monthly_budget_usd.or(base.monthly_budget_usd),
+            budgets: self.budgets.clone().or_else(|| base.budgets.clone()),
         }
     }
 }
@@ -707,6 +767,11 @@ impl Config {
             p.push("limits.concurrency_lease_seconds: must be at least 1".into());
         }
         for (tier, limits) in &self.tiers {
+            for b in limits.budgets.iter().flatten() {
+                if let Some(problem) = b.problem() {
+                    p.push(format!("tiers.{tier}.budgets: {problem}"));
+                }
+            }
             if limits
                 .queue_wait_seconds
                 .is_some_and(|w| !(0.0..=3600.0).contains(&w))
@@ -980,6 +1045,35 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_window_is_a_minute_to_a_month() {
+        let budget = |window: &str| WindowBudget {
+            window: window.into(),
+            usd: 5.0,
+            alert_at: vec![0.8],
+        };
+        for (window, secs) in [
+            ("1m", 60),
+            ("90m", 5400),
+            ("1h", 3600),
+            ("7d", 604_800),
+            ("31d", 2_678_400),
+        ] {
+            assert_eq!(
+                budget(window).duration(),
+                Some(Duration::from_secs(secs)),
+                "{window}"
+            );
+        }
+        for bad in ["", "h", "30s", "0m", "32d", "1w", "-1h", "1.5h", "1 h"] {
+            assert!(budget(bad).problem().is_some(), "{bad:?}");
+        }
+        assert!(budget("1h").problem().is_none());
+        let mut over = budget("1h");
+        over.alert_at = vec![1.5];
+        assert!(over.problem().unwrap().contains("alert_at"));
+    }
+
+    #[test]
     fn key_limits_override_their_tier_field_by_field() {
         let tier = Limits {
             rpm: Some(60),
@@ -989,6 +1083,7 @@ mod tests {
             models: BTreeMap::new(),
             daily_budget_usd: Some(5.0),
             monthly_budget_usd: Some(50.0),
+            budgets: None,
         };
         let own = Limits {
             rpm: Some(10),

@@ -112,6 +112,12 @@ pub struct LimiterLabels {
     pub decision: LimiterDecision,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    /// The tier that answered (`0` the most specific), or `miss`.
+    pub tier: String,
+}
+
 /// How a wait in a concurrency queue ended.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum QueueOutcome {
@@ -174,6 +180,7 @@ pub struct Metrics {
     pub limiter: Family<LimiterLabels, Counter>,
     pub queue_waits: Family<QueueLabels, Histogram>,
     pub queue_waiting: Gauge,
+    pub result_lookups: Family<TierLabels, Counter>,
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     pub semantic_skipped: Family<SemanticSkipLabels, Counter>,
     pub semantic_checks: Family<SemanticCheckLabels, Counter>,
@@ -227,6 +234,12 @@ impl Default for Metrics {
             "Time requests waited in a concurrency queue, by how the wait ended",
             queue_waits.clone(),
         );
+        let result_lookups = Family::<TierLabels, Counter>::default();
+        registry.register(
+            "result_lookups",
+            "Tiered result-cache lookups by the tier that answered (0: the most specific), or miss",
+            result_lookups.clone(),
+        );
         let queue_waiting = Gauge::default();
         registry.register(
             "queue_waiting",
@@ -271,6 +284,7 @@ impl Default for Metrics {
             limiter,
             queue_waits,
             queue_waiting,
+            result_lookups,
             upstream_errors,
         }
     }
@@ -329,6 +343,14 @@ impl Metrics {
         self.queue_waits
             .get_or_create(&QueueLabels { outcome })
             .observe(waited.as_secs_f64());
+    }
+
+    /// Counts one tiered result-cache lookup: the tier that answered, or none.
+    pub fn result_lookup(&self, tier: Option<usize>) {
+        let tier = tier.map_or_else(|| "miss".to_owned(), |t| t.to_string());
+        self.result_lookups
+            .get_or_create(&TierLabels { tier })
+            .inc();
     }
 
     /// Counts one limiter decision.

@@ -5,8 +5,8 @@ use axum::Router;
 use axum::routing::{delete, get, post, put};
 
 use crate::handlers::{
-    cache, chat, embeddings, events, features, keys, messages, models, ops, responses, sessions,
-    streams, vectors,
+    cache, chat, embeddings, events, features, keys, messages, models, ops, responses, results,
+    sessions, streams, vectors,
 };
 use crate::state::AppState;
 
@@ -63,6 +63,14 @@ pub(crate) fn tenant_routes() -> Router<AppState> {
             get(events::dead_letters_handler),
         )
         .route("/v1/features/batch", post(features::features_batch_handler))
+        .route(
+            "/v1/results/{cache}/lookup",
+            post(results::lookup_results_handler),
+        )
+        .route(
+            "/v1/results/{cache}/{key}",
+            put(results::put_result_handler).delete(results::delete_result_handler),
+        )
         .route(
             "/v1/features/{entity_type}/{entity_id}",
             get(features::get_features_handler),

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub api_keys: ApiKeys,
     pub events: EventBus,
     pub features: FeatureStore,
+    /// Tiered caches of model results (`/v1/results`), on the cache's Redis.
+    pub results: tollgate_redis::ResultCache,
     pub vectors: VectorCollections,
     pub semantic: SemanticCache,
     /// Embeddings the semantic cache may run at once (`semantic_cache.embedding_slots`).
@@ -70,6 +72,8 @@ pub struct Gateway {
     /// Woken when this instance gives concurrency slots back, so its queued requests ask again
     /// at once (those of other instances ask again within their polling interval).
     pub slots_freed: tokio::sync::Notify,
+    /// The client budget alerts are POSTed with (`alerts.webhook_url`).
+    pub webhooks: reqwest::Client,
     /// Counts prompt tokens for limit estimates and session windows.
     pub counter: Arc<dyn TokenCounter>,
     key_cache: Mutex<HashMap<String, (Instant, Option<ApiKeyRecord>)>>,
@@ -226,6 +230,7 @@ impl Gateway {
                 what: "semantic cache",
                 source,
             })?,
+            results: tollgate_redis::ResultCache::new(cache_redis.clone(), keys.clone()),
             embedding_redis: cache_redis,
             outbox_redis,
             responses: ResponseStore::new(
@@ -245,6 +250,16 @@ impl Gateway {
             counter,
             local_limits: LocalLimiter::default(),
             slots_freed: tokio::sync::Notify::new(),
+            webhooks: {
+                tollgate_providers::init_tls();
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| BuildError::Provider {
+                        name: "alerts.webhook_url".into(),
+                        message: e.to_string(),
+                    })?
+            },
             key_cache: Mutex::new(HashMap::new()),
             keys_version: std::sync::atomic::AtomicU64::new(u64::MAX),
             config,

@@ -2727,3 +2727,127 @@ async fn redis_commands_per_request_stay_within_their_budget() {
     );
     assert!(per_hit <= 6.0, "{per_hit} commands per exact hit: {hits:?}");
 }
+
+#[tokio::test]
+async fn tiered_results_answer_from_the_most_specific_tier_per_tenant() {
+    let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
+    let keys = tenant_keys(&gw, &["acme", "globex"]).await;
+    let (acme, globex) = (
+        [("authorization", keys[0].as_str())],
+        [("authorization", keys[1].as_str())],
+    );
+    let lookup = json!({"keys": ["u1:ctx9", "precomp:u1", "popular:books"]});
+    let put = |key: &str, value: Value| {
+        let path = format!("/v1/results/recs/{key}");
+        let (gw, acme) = (gw.clone(), acme);
+        async move {
+            call(
+                &gw,
+                "PUT",
+                &path,
+                &acme,
+                Some(json!({"value": value, "ttl_seconds": 600})),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        put("popular:books", json!(["b1", "b2"])).await.status,
+        StatusCode::OK
+    );
+    let found = call(
+        &gw,
+        "POST",
+        "/v1/results/recs/lookup",
+        &acme,
+        Some(lookup.clone()),
+    )
+    .await
+    .json();
+    assert_eq!(
+        (
+            found["hit"].clone(),
+            found["tier"].clone(),
+            found["key"].clone()
+        ),
+        (json!(true), json!(2), json!("popular:books"))
+    );
+    assert_eq!(found["value"], json!(["b1", "b2"]));
+    put("precomp:u1", json!({"items": ["b7"]})).await;
+    let found = call(
+        &gw,
+        "POST",
+        "/v1/results/recs/lookup",
+        &acme,
+        Some(lookup.clone()),
+    )
+    .await
+    .json();
+    assert_eq!(
+        (found["tier"].clone(), found["value"]["items"][0].clone()),
+        (json!(1), json!("b7"))
+    );
+    // Another tenant sees none of it.
+    let theirs = call(
+        &gw,
+        "POST",
+        "/v1/results/recs/lookup",
+        &globex,
+        Some(lookup.clone()),
+    )
+    .await
+    .json();
+    assert_eq!(theirs["hit"], false);
+    // Deleted, the next tier answers again.
+    let deleted = call(&gw, "DELETE", "/v1/results/recs/precomp:u1", &acme, None)
+        .await
+        .json();
+    assert_eq!(deleted["deleted"], true);
+    let found = call(&gw, "POST", "/v1/results/recs/lookup", &acme, Some(lookup))
+        .await
+        .json();
+    assert_eq!(found["tier"], 2);
+    // Bad input: named, OpenAI-shaped.
+    for (method, path, body, param) in [
+        (
+            "POST",
+            "/v1/results/recs/lookup",
+            json!({"keys": []}),
+            "keys",
+        ),
+        (
+            "PUT",
+            "/v1/results/recs/k",
+            json!({"value": 1, "ttl_seconds": 0}),
+            "ttl_seconds",
+        ),
+    ] {
+        let r = call(&gw, method, path, &acme, Some(body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+        assert_eq!(r.json()["error"]["param"], param);
+    }
+    let r = call(
+        &gw,
+        "PUT",
+        "/v1/results/recs/k",
+        &acme,
+        Some(json!({"ttl_seconds": 5})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let metrics = call(
+        &gw,
+        "GET",
+        "/metrics",
+        &[("authorization", "Bearer mk")],
+        None,
+    )
+    .await;
+    assert!(
+        metrics
+            .text
+            .contains("tollgate_result_lookups_total{tier=\"2\"}"),
+        "{}",
+        metrics.text
+    );
+}

@@ -16,6 +16,7 @@ mod rate_limit;
 mod registry;
 mod response_cache;
 mod responses;
+mod results;
 mod session;
 mod stream;
 mod vectors;

@@ -1,12 +1,15 @@
 use std::time::Duration;
 
-use tollgate_redis::{Budget, ResponseStore, SpendLedger, SpendPeriod, StoredResponse};
+use tollgate_redis::{
+    Budget, ResponseStore, SpendLedger, SpendPeriod, StoredResponse, WindowBudget,
+};
 
 use crate::{Backend, Ctx, pattern_suite};
 
 pattern_suite!(
     a_deleted_response_stays_deleted_and_a_restore_never_overwrites,
     spend_adds_up_per_model_and_budgets_refuse_once_spent,
+    spend_over_a_window_adds_up_across_replicas_and_each_alert_goes_out_once,
 );
 
 async fn a_deleted_response_stays_deleted_and_a_restore_never_overwrites(b: Backend) {
@@ -119,4 +122,60 @@ async fn spend_adds_up_per_model_and_budgets_refuse_once_spent(b: Backend) {
             .total_nanos,
         0
     );
+}
+
+async fn spend_over_a_window_adds_up_across_replicas_and_each_alert_goes_out_once(b: Backend) {
+    let ctx = Ctx::new(b, 3).await;
+    let ledgers: Vec<SpendLedger> = (0..3)
+        .map(|i| SpendLedger::new(ctx.conn_for(i), ctx.keys.clone()))
+        .collect();
+    let budgets = [
+        WindowBudget {
+            window: Duration::from_secs(3600),
+            limit_nanos: 10_000,
+            alert_at: vec![0.5, 0.9],
+        },
+        WindowBudget {
+            window: Duration::from_secs(60),
+            limit_nanos: 1_000_000,
+            alert_at: vec![],
+        },
+    ];
+    // 30 charges of 300 from three connections at once, as three replicas would: 9,000 spent,
+    // past half the hourly budget (one alert, whoever crossed it) and at 0.9 of it (another).
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let (ledger, budgets) = (ledgers[i % 3].clone(), budgets.clone());
+        tasks.push(tokio::spawn(async move {
+            ledger.windows("key-w", &budgets, 300).await.unwrap().1
+        }));
+    }
+    let mut alerts = Vec::new();
+    for t in tasks {
+        alerts.extend(t.await.unwrap());
+    }
+    let mut shares: Vec<f64> = alerts.iter().map(|a| a.share).collect();
+    shares.sort_by(f64::total_cmp);
+    assert_eq!(shares, [0.5, 0.9], "{alerts:?}");
+    assert!(alerts.iter().all(|a| a.budget == 0));
+    let (spends, none) = ledgers[0].windows("key-w", &budgets, 0).await.unwrap();
+    assert!(none.is_empty(), "a read sets nothing off");
+    assert_eq!(spends[0].spent_nanos, 9_000);
+    assert_eq!(spends[1].spent_nanos, 9_000);
+    assert!(spends[0].frees_in <= Duration::from_secs(3600));
+    assert!(spends[1].frees_in <= Duration::from_secs(60));
+    // Further charges cross nothing new: no alert repeats within the window.
+    for ledger in &ledgers {
+        assert!(
+            ledger
+                .windows("key-w", &budgets, 10)
+                .await
+                .unwrap()
+                .1
+                .is_empty()
+        );
+    }
+    // Another key's windows are its own.
+    let (other, _) = ledgers[1].windows("key-x", &budgets, 0).await.unwrap();
+    assert_eq!(other[0].spent_nanos, 0);
 }

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod models;
 pub mod ops;
 pub mod responses;
+pub mod results;
 pub mod sessions;
 pub mod streams;
 pub mod vectors;
