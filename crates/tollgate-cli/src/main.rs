@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tollgate_server::telemetry::Telemetry;
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tollgate_server::config::Limits;
@@ -187,7 +189,6 @@ enum CacheCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -198,7 +199,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let telemetry = match init_logs(runtime.handle().clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(run(cli));
+    // The spans not sent yet go before the process does.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One plain line: the error and its causes.
@@ -209,20 +222,43 @@ fn main() -> ExitCode {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`: one line per request); as JSON lines
-/// with `TOLLGATE_LOG_FORMAT=json`.
-fn init_logs() {
+/// with `TOLLGATE_LOG_FORMAT=json`. With an OTLP endpoint in the environment, the request spans
+/// go to it as OpenTelemetry traces (`tollgate_server::telemetry`); the logs never show them.
+fn init_logs(runtime: tokio::runtime::Handle) -> Result<Option<Telemetry>, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,redis=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().init();
+    let not_traces =
+        tracing_subscriber::filter::filter_fn(|m| m.target() != tollgate_server::telemetry::TARGET);
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"))
+    {
+        logs.json().boxed()
     } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed()
+    };
+    let (telemetry, traces) = match Telemetry::from_env(runtime)? {
+        Some((telemetry, tracer)) => {
+            let only_traces = tracing_subscriber::filter::filter_fn(|m| {
+                m.target() == tollgate_server::telemetry::TARGET
+            });
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_location(false)
+                .with_tracked_inactivity(false)
+                .with_filter(only_traces);
+            (Some(telemetry), Some(layer))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter).with_filter(not_traces))
+        .with(traces)
+        .init();
+    Ok(telemetry)
 }
 
 /// Where a configured Redis's `maxmemory-policy` contradicts what a concern on it keeps (the

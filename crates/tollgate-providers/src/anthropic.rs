@@ -545,13 +545,14 @@ impl Provider for Anthropic {
         Box::pin(async move {
             let body = to_messages_request(&request)?;
             let structured = body.pointer("/tool_choice/name") == Some(&json!(FORMAT_TOOL));
-            let call = this
-                .client
-                .post(&this.url)
-                .header("x-api-key", &this.api_key)
-                .header("anthropic-version", "2023-06-01")
-                .header("content-type", "application/json")
-                .body(body.to_string());
+            let call = crate::with_trace_context(
+                this.client
+                    .post(&this.url)
+                    .header("x-api-key", &this.api_key)
+                    .header("anthropic-version", "2023-06-01")
+                    .header("content-type", "application/json")
+                    .body(body.to_string()),
+            );
             let response = send(call, this.timeouts.first_byte).await?;
             let mut parse = event_parser(request.model.clone(), structured);
             let mut ended = false;

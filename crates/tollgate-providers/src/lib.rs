@@ -101,6 +101,18 @@ pub fn init_tls() {
     });
 }
 
+/// `call` with the trace context of the current span (`traceparent`, `tracestate`) when traces
+/// are on, so the upstream's spans join the request's trace.
+pub(crate) fn with_trace_context(call: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    let mut fields = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut fields));
+    fields
+        .into_iter()
+        .fold(call, |call, (name, value)| call.header(name, value))
+}
+
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -76,11 +76,12 @@ impl Provider for OpenAiCompat {
             let expected = texts.len();
             let body =
                 serde_json::json!({"model": model, "input": texts, "encoding_format": "float"});
-            let mut call = this
-                .client
-                .post(&this.embeddings_url)
-                .header("content-type", "application/json")
-                .body(body.to_string());
+            let mut call = crate::with_trace_context(
+                this.client
+                    .post(&this.embeddings_url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string()),
+            );
             if let Some(key) = &this.api_key {
                 call = call.bearer_auth(key);
             }
@@ -183,11 +184,12 @@ impl OpenAiCompat {
             fields.remove("stream");
             fields.remove("stream_options");
         }
-        let mut call = self
-            .client
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .body(body.to_string());
+        let mut call = crate::with_trace_context(
+            self.client
+                .post(&self.url)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        );
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use tollgate_core::{ChatCompletion, ChatRequest};
+use tracing::Instrument;
 
 use crate::{ChunkStream, Embeddings, Provider, ProviderError};
 
@@ -401,7 +402,24 @@ impl Router {
             for retry in 0..=self.retry.max_retries {
                 attempts += 1;
                 let started = std::time::Instant::now();
-                match call(&deployment).await {
+                // Until the upstream's answer starts (a stream's chunks come after).
+                let span = tracing::info_span!(
+                    target: "otel",
+                    "upstream",
+                    "otel.name" = format!("upstream {}", deployment.name),
+                    "otel.kind" = "client",
+                    "gen_ai.request.model" = %deployment.upstream_model,
+                    "tollgate.deployment" = %deployment.name,
+                    "tollgate.attempt" = attempts,
+                    "error.type" = tracing::field::Empty,
+                    "otel.status_code" = tracing::field::Empty,
+                );
+                let answered = call(&deployment).instrument(span.clone()).await;
+                if let Err(e) = &answered {
+                    span.record("error.type", e.kind());
+                    span.record("otel.status_code", "ERROR");
+                }
+                match answered {
                     Ok(answer) => {
                         self.health.record(&deployment.name, true);
                         self.health

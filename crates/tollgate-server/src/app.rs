@@ -82,7 +82,8 @@ fn next_request_id() -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// Counts, times and logs every request (to its response head: streams when they start).
+/// Counts, times, logs and traces every request (to its response head: streams when they
+/// start).
 async fn measure(State(gw): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -91,10 +92,30 @@ async fn measure(State(gw): State<AppState>, request: Request, next: Next) -> Re
         .to_owned();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let span = tracing::info_span!(
+        target: "otel",
+        "HTTP request",
+        "otel.name" = format!("{method} {route}"),
+        "otel.kind" = "server",
+        "http.request.method" = %method,
+        "http.route" = %route,
+        "http.response.status_code" = tracing::field::Empty,
+        "otel.status_code" = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+            &span,
+            crate::telemetry::remote_context(request.headers()),
+        );
+    }
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
     let took = started.elapsed();
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     gw.metrics.request(route, status, took);
     let header = |name: &str| {
         response

@@ -139,7 +139,8 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> Option<&'static str> {
+    /// The error's `code` in its body, when it has one.
+    pub fn code(&self) -> Option<&'static str> {
         match self {
             ApiError::UnknownModel(_) | ApiError::Provider(ProviderError::UnknownModel(_)) => {
                 Some("model_not_found")

@@ -46,6 +46,7 @@ pub mod sse;
 pub mod state;
 pub mod summaries;
 pub mod task;
+pub mod telemetry;
 pub mod tokens;
 
 pub use app::app;

@@ -44,6 +44,20 @@ pub enum CacheResult {
     Error,
 }
 
+impl CacheResult {
+    /// The name traces and logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Semantic => "semantic",
+            CacheResult::Miss => "miss",
+            CacheResult::Coalesced => "coalesced",
+            CacheResult::Bypass => "bypass",
+            CacheResult::Error => "error",
+        }
+    }
+}
+
 /// Why a request went on without the semantic cache, or a question was not indexed.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum SemanticSkip {

@@ -9,9 +9,11 @@
 //! killed early, and they exit with the test binary because they watch its pid (see `watchdog`).
 
 mod fake_upstream;
+mod otlp;
 mod postgres;
 
 pub use fake_upstream::{FakeUpstream, FakeUpstreamConfig};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::{PostgresDb, TestDatabase, postgres_admin_url};
 
 use std::net::TcpListener;

@@ -133,6 +133,23 @@ impl Plan {
     }
 }
 
+/// The answer's GenAI attributes, on the request's `chat` span (the current one).
+fn record_answer(completion: &ChatCompletion, usage: &tollgate_core::Usage) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    span.record("gen_ai.response.model", completion.model.as_str());
+    span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+    span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+    let reasons: Vec<&str> = completion
+        .choices
+        .iter()
+        .filter_map(|c| c.finish_reason.as_deref())
+        .collect();
+    span.record("gen_ai.response.finish_reasons", reasons.join(",").as_str());
+}
+
 fn stored_error(e: &ApiError) -> Vec<u8> {
     json!({"status": e.status().as_u16(), "body": e.body()})
         .to_string()
@@ -284,6 +301,7 @@ impl Generation {
                 if let Some(session) = self.session.take() {
                     session.record(&gw, &completion).await;
                 }
+                record_answer(&completion, &usage);
                 // Spend is charged before the answer ends: the key's next request sees it.
                 let used = crate::accounting::Used::of(
                     &gw,
@@ -303,7 +321,9 @@ impl Generation {
                 }
                 let _ = self.events.send(GenEvent::Done(Arc::new(completion)));
                 // The usage record follows the answer (this task outlives the client's wait).
-                crate::accounting::submit(&gw, vec![used.record]).await;
+                crate::accounting::submit(&gw, vec![used.record])
+                    .instrument(tracing::info_span!(target: "otel", "usage record"))
+                    .await;
             }
         }
     }

@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tollgate_core::ChatRequest;
+use tracing::Instrument;
 
 use crate::accounting::Payer;
 use crate::auth::Principal;
@@ -45,13 +46,72 @@ pub use plan::ChatOptions;
 use plan::Plan;
 pub use reply::{ChatReply, ReplyBody, ReplyMeta, StreamItem, sse_response};
 
-/// Answers a chat request.
-///
+/// Answers a chat request, in a `chat MODEL` span (see [`crate::telemetry`]): the GenAI
+/// attributes of the request, and once answered how it was (cache, similarity, route; the
+/// tokens and finish reasons are recorded by the generation, which may outlive this call).
+pub async fn chat_completions(
+    gw: &Arc<Gateway>,
+    principal: &Principal,
+    req: ChatRequest,
+    opts: ChatOptions,
+) -> Result<ChatReply, ApiError> {
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
+        target: "otel",
+        "chat",
+        "otel.name" = format!("chat {}", req.model),
+        "gen_ai.operation.name" = "chat",
+        "gen_ai.request.model" = %req.model,
+        "gen_ai.request.max_tokens" = req.max_output_tokens(),
+        "gen_ai.request.temperature" = req.temperature,
+        "gen_ai.response.model" = Empty,
+        "gen_ai.response.finish_reasons" = Empty,
+        "gen_ai.usage.input_tokens" = Empty,
+        "gen_ai.usage.output_tokens" = Empty,
+        "tollgate.key_id" = %principal.subject,
+        "tollgate.cache" = Empty,
+        "tollgate.similarity" = Empty,
+        "tollgate.route" = Empty,
+        "tollgate.stream_id" = Empty,
+        "error.type" = Empty,
+        "otel.status_code" = Empty,
+    );
+    let reply = answer(gw, principal, req, opts)
+        .instrument(span.clone())
+        .await;
+    if !span.is_disabled() {
+        match &reply {
+            Ok(r) => {
+                span.record("tollgate.cache", r.meta.cache.name());
+                if let Some(route) = &r.meta.route {
+                    span.record("tollgate.route", route.as_str());
+                }
+                if let Some(id) = &r.meta.stream_id {
+                    span.record("tollgate.stream_id", id.as_str());
+                }
+                if let Some((_, v)) = r
+                    .meta
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == "x-tollgate-cache-similarity")
+                {
+                    span.record("tollgate.similarity", v.to_str().unwrap_or(""));
+                }
+            }
+            Err(e) => {
+                span.record("error.type", e.code().unwrap_or("error"));
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+    }
+    reply
+}
+
 /// The cache is asked before the limits, so that what a request is charged fits what it
 /// costs: a hit or a coalesced follower is charged one request (no tokens, no concurrency slot:
 /// it costs the upstream nothing); a request that goes upstream is charged in full before it
 /// does.
-pub async fn chat_completions(
+async fn answer(
     gw: &Arc<Gateway>,
     principal: &Principal,
     mut req: ChatRequest,
@@ -90,7 +150,9 @@ pub async fn chat_completions(
     };
 
     // Route.
-    let mut route = cache::route(gw, principal, &plan, lookup, &opts).await?;
+    let mut route = cache::route(gw, principal, &plan, lookup, &opts)
+        .instrument(tracing::info_span!(target: "otel", "cache lookup"))
+        .await?;
 
     // One admission (a hit's may have come with its lookup).
     // Tokens are counted only for a request that goes upstream: a hit or a follower costs none.
@@ -110,6 +172,7 @@ pub async fn chat_completions(
             route.charge(estimate),
             opts.queue_wait,
         )
+        .instrument(tracing::info_span!(target: "otel", "limits"))
         .await
         {
             Ok(a) => a,

@@ -54,6 +54,7 @@ struct Shared {
     config: FakeUpstreamConfig,
     calls: AtomicU64,
     requests: std::sync::Mutex<Vec<Value>>,
+    traceparents: std::sync::Mutex<Vec<String>>,
 }
 
 /// A running fake upstream; stops when dropped.
@@ -71,6 +72,7 @@ impl FakeUpstream {
             config,
             calls: AtomicU64::new(0),
             requests: std::sync::Mutex::new(Vec::new()),
+            traceparents: std::sync::Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(chat))
@@ -108,6 +110,15 @@ impl FakeUpstream {
     pub fn requests(&self) -> Vec<Value> {
         self.shared
             .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// The `traceparent` headers of the chat requests received so far, in order.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.shared
+            .traceparents
             .lock()
             .map(|r| r.clone())
             .unwrap_or_default()
@@ -202,6 +213,11 @@ async fn chat(
     headers: HeaderMap,
     Json(request): Json<Value>,
 ) -> Response {
+    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok())
+        && let Ok(mut seen) = shared.traceparents.lock()
+    {
+        seen.push(parent.to_owned());
+    }
     let key = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

@@ -1,0 +1,178 @@
+//! OpenTelemetry end to end: a real `tollgate serve` configured by the standard `OTEL_*`
+//! environment sends its spans over OTLP/HTTP to a receiver that decodes them, and passes the
+//! trace on to the upstream in `traceparent`.
+
+#![allow(clippy::unwrap_used, reason = "tests panic on failure")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Replica, config_file};
+use serde_json::json;
+use tollgate_testkit::{FakeUpstream, FakeUpstreamConfig, OtlpReceiver, ReceivedSpan, RedisServer};
+
+/// Waits until `done` holds of the spans received (or 10 s went by), and returns them.
+async fn spans_until(
+    receiver: &OtlpReceiver,
+    done: impl Fn(&[ReceivedSpan]) -> bool,
+) -> Vec<ReceivedSpan> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let spans = receiver.spans();
+        if done(&spans) || Instant::now() > deadline {
+            return spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_request_is_one_trace_with_genai_attributes_and_its_upstream_joins_it() {
+    let redis = RedisServer::start();
+    let receiver = OtlpReceiver::start();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig::default()).await;
+    let (_dir, path) = config_file(&format!(
+        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up/m\"]\n",
+        upstream.base_url()
+    ));
+    let endpoint = receiver.endpoint();
+    let replica = Replica::start(
+        &redis.url(),
+        &path,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "gateway-under-test"),
+        ],
+    );
+    let http = common::client(Duration::from_secs(30));
+    let secret = "the secret prompt text";
+    let body = json!({"model": "up/m", "temperature": 0, "max_tokens": 20, "messages": [{"role": "user", "content": secret}]});
+    // The caller's own trace: tollgate's spans join it.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for _ in 0..2 {
+        let r = http
+            .post(replica.url("/v1/chat/completions"))
+            .header(
+                "traceparent",
+                format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+            )
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let chats = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.name == "chat up/m")
+            .cloned()
+            .collect()
+    };
+    let spans = spans_until(&receiver, |s| {
+        chats(s).len() == 2 && s.iter().any(|x| x.name == "usage record")
+    })
+    .await;
+    let chat = chats(&spans);
+    assert_eq!(chat.len(), 2, "{spans:#?}");
+    let (miss, hit) = if chat[0].attributes["tollgate.cache"] == "miss" {
+        (&chat[0], &chat[1])
+    } else {
+        (&chat[1], &chat[0])
+    };
+    assert_eq!(miss.attributes["tollgate.cache"], "miss");
+    assert_eq!(hit.attributes["tollgate.cache"], "hit");
+    // The GenAI semantic conventions, and tollgate's own.
+    for (name, value) in [
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.request.model", "up/m"),
+        ("gen_ai.request.max_tokens", "20"),
+        ("tollgate.key_id", "open"),
+        ("tollgate.route", "up/m"),
+    ] {
+        assert_eq!(
+            miss.attributes.get(name).map(String::as_str),
+            Some(value),
+            "{name}: {miss:#?}"
+        );
+    }
+    for name in [
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "gen_ai.response.finish_reasons",
+        "gen_ai.response.model",
+    ] {
+        assert!(miss.attributes.contains_key(name), "{name}: {miss:#?}");
+    }
+    assert_eq!(miss.service, "gateway-under-test");
+    // One trace: the caller's. The HTTP span is the chat span's parent, and the cache lookup,
+    // the limits, the upstream attempt and the usage record are the chat span's children.
+    // (The readiness probes of the test's start are traces of their own.)
+    let requests: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| !s.name.starts_with("GET "))
+        .collect();
+    assert!(
+        requests.iter().all(|s| s.trace_id == caller_trace),
+        "{requests:#?}"
+    );
+    let http_span = spans
+        .iter()
+        .find(|s| s.span_id == miss.parent_span_id)
+        .unwrap();
+    assert_eq!(http_span.name, "POST /v1/chat/completions");
+    assert_eq!(http_span.parent_span_id, "00f067aa0ba902b7");
+    assert_eq!(http_span.attributes["http.response.status_code"], "200");
+    for child in ["cache lookup", "limits", "upstream up/m", "usage record"] {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.name == child && s.parent_span_id == miss.span_id),
+            "no {child:?} under the miss: {spans:#?}"
+        );
+    }
+    // A hit goes nowhere upstream.
+    assert!(
+        !spans
+            .iter()
+            .any(|s| s.name.starts_with("upstream") && s.parent_span_id == hit.span_id)
+    );
+    // The upstream was called within the trace.
+    let parents = upstream.traceparents();
+    assert_eq!(parents.len(), 1, "{parents:?}");
+    assert!(
+        parents[0].starts_with(&format!("00-{caller_trace}-")),
+        "{parents:?}"
+    );
+    // Prompts and answers are never attributes.
+    for s in &spans {
+        assert!(
+            !s.attributes
+                .values()
+                .any(|v| v.contains(secret) || v.contains(&upstream.answer())),
+            "{s:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_endpoint_nothing_is_sent_and_nothing_is_passed_on() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::start(FakeUpstreamConfig::default()).await;
+    let (_dir, path) = config_file(&format!(
+        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up/m\"]\n",
+        upstream.base_url()
+    ));
+    let replica = Replica::start(&redis.url(), &path, &[]);
+    let r = common::client(Duration::from_secs(30))
+        .post(replica.url("/v1/chat/completions"))
+        .json(&json!({"model": "up/m", "temperature": 0.5, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(upstream.calls(), 1);
+    assert!(upstream.traceparents().is_empty());
+}
