@@ -228,10 +228,14 @@ fn init_logs(runtime: tokio::runtime::Handle) -> Result<Option<Telemetry>, Strin
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    // Static directives only: each callsite is decided once, not at every call (a filter
+    // function would be asked at every event of every dependency).
+    let traces_off = format!("{}=off", tollgate_server::telemetry::TARGET)
+        .parse()
+        .map_err(|e| format!("log filter: {e}"))?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,redis=warn".into());
-    let not_traces =
-        tracing_subscriber::filter::filter_fn(|m| m.target() != tollgate_server::telemetry::TARGET);
+        .unwrap_or_else(|_| "info,redis=warn".into())
+        .add_directive(traces_off);
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = if std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"))
     {
@@ -242,9 +246,10 @@ fn init_logs(runtime: tokio::runtime::Handle) -> Result<Option<Telemetry>, Strin
     };
     let (telemetry, traces) = match Telemetry::from_env(runtime)? {
         Some((telemetry, tracer)) => {
-            let only_traces = tracing_subscriber::filter::filter_fn(|m| {
-                m.target() == tollgate_server::telemetry::TARGET
-            });
+            let only_traces = tracing_subscriber::EnvFilter::new(format!(
+                "{}=info",
+                tollgate_server::telemetry::TARGET
+            ));
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_location(false)
@@ -255,7 +260,7 @@ fn init_logs(runtime: tokio::runtime::Handle) -> Result<Option<Telemetry>, Strin
         None => (None, None),
     };
     tracing_subscriber::registry()
-        .with(logs.with_filter(filter).with_filter(not_traces))
+        .with(logs.with_filter(filter))
         .with(traces)
         .init();
     Ok(telemetry)
