@@ -312,70 +312,41 @@ pub fn plan(
             .key(&subject, name)
             .map_err(|e| ApiError::Internal(e.to_string()))
     };
-    let mut checks = Vec::new();
-    let mut names = Vec::new();
-    let mut tokens = Vec::new();
-    // Which decision feeds which header family.
-    let (mut requests_at, mut tokens_at) = (Vec::new(), Vec::new());
     let lease_len = Duration::from_secs(gw.config.limits.concurrency_lease_seconds);
-    for (name, rpm, tpm) in [
-        ("rpm", limits.rpm, limits.tpm),
+    let mut planned = Planned {
+        checks: Vec::new(),
+        names: Vec::new(),
+        tokens: Vec::new(),
+        requests_at: Vec::new(),
+        tokens_at: Vec::new(),
+        estimate,
+        lease_len,
+    };
+    for (scope, rpm, tpm) in [
+        ("", limits.rpm, limits.tpm),
         ("model", model_limits.rpm, model_limits.tpm),
     ] {
         let scoped = |what: &str| {
-            if name == "rpm" {
+            if scope.is_empty() {
                 what.to_owned()
             } else {
                 format!("m:{model}:{what}")
             }
         };
         if let Some(rpm) = rpm {
-            requests_at.push(checks.len());
-            names.push("requests per minute".to_owned());
-            checks.push(Check {
-                key: key(&scoped("rpm"))?,
-                // At most `rpm` in any 60 seconds, as users read a per-minute limit.
-                limit: Limit::SlidingLog {
-                    limit: rpm,
-                    window: MINUTE,
-                },
-                cost: 1,
-            });
+            planned.requests(key(&scoped("rpm"))?, rpm, "requests per minute".into());
         }
         if let Some(tpm) = tpm.filter(|_| full) {
-            if estimate > tpm {
-                return Err(ApiError::RateLimited {
-                    message: format!(
-                        "request too large: it may use {estimate} tokens (prompt + max_tokens), more than the limit of {tpm} tokens per minute; lower max_tokens"
-                    ),
-                    retry_after: MINUTE,
-                    headers: Vec::new(),
-                });
-            }
-            tokens_at.push(checks.len());
-            names.push("tokens per minute".to_owned());
-            let k = key(&scoped("tpm"))?;
-            tokens.push((k.clone(), tpm));
-            checks.push(Check {
-                key: k,
-                limit: Limit::TokenBucket {
-                    capacity: tpm,
-                    period: MINUTE,
-                },
-                cost: estimate,
-            });
+            planned.tokens(
+                key(&scoped("tpm"))?,
+                tpm,
+                "tokens per minute".into(),
+                format!("the limit of {tpm} tokens per minute"),
+            )?;
         }
     }
     if let Some(max) = limits.max_concurrency.filter(|_| full) {
-        names.push("concurrent requests".to_owned());
-        checks.push(Check {
-            key: key("conc")?,
-            limit: Limit::Concurrency {
-                limit: max,
-                lease: lease_len,
-            },
-            cost: 1,
-        });
+        planned.slots(key("conc")?, max, "concurrent requests".into());
     }
     // The model's capacity, shared by every key: only what goes upstream uses it.
     if let Some(capacity) = gw.config.capacity.get(model).filter(|_| full) {
@@ -386,61 +357,85 @@ pub fn plan(
                 .map_err(|e| ApiError::Internal(e.to_string()))
         };
         if let Some(rpm) = capacity.rpm {
-            requests_at.push(checks.len());
-            names.push(format!("{model}'s capacity in requests per minute"));
-            checks.push(Check {
-                key: key("rpm")?,
-                limit: Limit::SlidingLog {
-                    limit: rpm,
-                    window: MINUTE,
-                },
-                cost: 1,
-            });
+            let name = format!("{model}'s capacity in requests per minute");
+            planned.requests(key("rpm")?, rpm, name);
         }
         if let Some(tpm) = capacity.tpm {
-            if estimate > tpm {
-                return Err(ApiError::RateLimited {
-                    message: format!(
-                        "request too large: it may use {estimate} tokens (prompt + max_tokens), more than {model}'s capacity of {tpm} tokens per minute; lower max_tokens"
-                    ),
-                    retry_after: MINUTE,
-                    headers: Vec::new(),
-                });
-            }
-            tokens_at.push(checks.len());
-            names.push(format!("{model}'s capacity in tokens per minute"));
-            let k = key("tpm")?;
-            tokens.push((k.clone(), tpm));
-            checks.push(Check {
-                key: k,
-                limit: Limit::TokenBucket {
-                    capacity: tpm,
-                    period: MINUTE,
-                },
-                cost: estimate,
-            });
+            planned.tokens(
+                key("tpm")?,
+                tpm,
+                format!("{model}'s capacity in tokens per minute"),
+                format!("{model}'s capacity of {tpm} tokens per minute"),
+            )?;
         }
         if let Some(max) = capacity.max_concurrency {
-            names.push(format!("{model}'s capacity in concurrent requests"));
-            checks.push(Check {
-                key: key("conc")?,
-                limit: Limit::Concurrency {
-                    limit: max,
-                    lease: lease_len,
-                },
-                cost: 1,
-            });
+            let name = format!("{model}'s capacity in concurrent requests");
+            planned.slots(key("conc")?, max, name);
         }
     }
-    Ok(Planned {
-        checks,
-        names,
-        tokens,
-        requests_at,
-        tokens_at,
-        estimate,
-        lease_len,
-    })
+    Ok(planned)
+}
+
+impl Planned {
+    /// At most `rpm` requests in any 60 seconds, as users read a per-minute limit.
+    fn requests(&mut self, key: LimitKey, rpm: u64, name: String) {
+        self.requests_at.push(self.checks.len());
+        self.names.push(name);
+        self.checks.push(Check {
+            key,
+            limit: Limit::SlidingLog {
+                limit: rpm,
+                window: MINUTE,
+            },
+            cost: 1,
+        });
+    }
+
+    /// `tpm` tokens a minute, the request's estimate reserved (settled with the real usage).
+    /// A request that could never pass (`more_than` names what it exceeds) is refused here.
+    fn tokens(
+        &mut self,
+        key: LimitKey,
+        tpm: u64,
+        name: String,
+        more_than: String,
+    ) -> Result<(), ApiError> {
+        let estimate = self.estimate;
+        if estimate > tpm {
+            return Err(ApiError::RateLimited {
+                message: format!(
+                    "request too large: it may use {estimate} tokens (prompt + max_tokens), more than {more_than}; lower max_tokens"
+                ),
+                retry_after: MINUTE,
+                headers: Vec::new(),
+            });
+        }
+        self.tokens_at.push(self.checks.len());
+        self.names.push(name);
+        self.tokens.push((key.clone(), tpm));
+        self.checks.push(Check {
+            key,
+            limit: Limit::TokenBucket {
+                capacity: tpm,
+                period: MINUTE,
+            },
+            cost: estimate,
+        });
+        Ok(())
+    }
+
+    /// At most `max` requests at once: a lease, renewed while the request runs.
+    fn slots(&mut self, key: LimitKey, max: u64, name: String) {
+        self.names.push(name);
+        self.checks.push(Check {
+            key,
+            limit: Limit::Concurrency {
+                limit: max,
+                lease: self.lease_len,
+            },
+            cost: 1,
+        });
+    }
 }
 
 /// The admission of a request whose `planned` limits were checked, to `decision`: its headers,

@@ -2851,3 +2851,30 @@ async fn tiered_results_answer_from_the_most_specific_tier_per_tenant() {
         metrics.text
     );
 }
+
+#[tokio::test]
+async fn a_request_that_could_never_fit_a_token_limit_is_refused_naming_it() {
+    let gw = gateway("[tiers.default]\ntpm = 100000\n[capacity.\"mock/echo\"]\ntpm = 300\n").await;
+    let mut req = chat("far too long an answer");
+    req["temperature"] = json!(0.7);
+    req["max_tokens"] = json!(500);
+    let r = call(&gw, "POST", "/v1/chat/completions", &[], Some(req.clone())).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("more than mock/echo's capacity of 300 tokens per minute"),
+        "{message}"
+    );
+    // Within the capacity, the key's own limit is the one named.
+    let gw = gateway("[tiers.default]\ntpm = 200\n").await;
+    let r = call(&gw, "POST", "/v1/chat/completions", &[], Some(req)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than the limit of 200 tokens per minute"),
+        "{}",
+        r.text
+    );
+}
