@@ -377,6 +377,92 @@ async fn a_budget_per_hour_holds_across_processes_and_its_alert_goes_out_once() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_budget_binds_its_keys_together_and_a_models_binds_everyone() {
+    let redis = RedisServer::start();
+    let hook = Webhook::start();
+    // A dollar a token; acme's keys together get $40 an hour, everyone together $100 an hour
+    // of mock/echo.
+    let (_dir, path) = config_file(&format!(
+        "[server]\nmaster_key = \"mk\"\n[prices.\"mock/echo\"]\ninput_per_million = 1000000.0\noutput_per_million = 1000000.0\n[alerts]\nwebhook_url = \"{}\"\n[tenants.acme]\nbudgets = [{{ window = \"1h\", usd = 40, alert_at = [0.5] }}]\n[capacity.\"mock/echo\"]\nbudgets = [{{ window = \"1h\", usd = 100, alert_at = [0.5] }}]\n",
+        hook.url
+    ));
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let mut keys = Vec::new();
+    for (name, tenant) in [("a1", "acme"), ("a2", "acme"), ("g1", "globex")] {
+        let created: Value = http
+            .post(replicas[0].url("/admin/keys"))
+            .bearer_auth("mk")
+            .json(&json!({"name": name, "tenant": tenant}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys.push(created["key"].as_str().unwrap().to_owned());
+    }
+    // Asks with the keys in turn, over both processes, until one is refused; its message.
+    let spend = |keys: Vec<String>| {
+        let (http, urls) = (
+            http.clone(),
+            [
+                replicas[0].url("/v1/chat/completions"),
+                replicas[1].url("/v1/chat/completions"),
+            ],
+        );
+        async move {
+            for i in 0..60 {
+                let r = http
+                    .post(&urls[i % 2])
+                    .bearer_auth(&keys[i % keys.len()])
+                    .json(&json!({"model": "mock/echo", "temperature": 0.9, "messages": [{"role": "user", "content": format!("question number {i}")}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() != 200 {
+                    assert_eq!(r.status(), 429);
+                    let body: Value = r.json().await.unwrap();
+                    return (i, body["error"]["message"].as_str().unwrap().to_owned());
+                }
+            }
+            panic!("no budget refused");
+        }
+    };
+    let (answered, message) = spend(keys[..2].to_vec()).await;
+    assert!(answered >= 2, "both of acme's keys spent: {answered}");
+    assert!(
+        message.contains("$40.00 per 1h for tenant acme"),
+        "{message}"
+    );
+    let (_, message) = spend(keys[2..].to_vec()).await;
+    assert!(
+        message.contains("$100.00 per 1h for model mock/echo"),
+        "{message}"
+    );
+    // One alert per budget: the tenant's (with its tenant), the model's (with none).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hook.bodies.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut alerts = hook.bodies.lock().unwrap().clone();
+    alerts.sort_by_key(|a| a["scope"].as_str().unwrap_or("").to_owned());
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert_eq!(
+        (alerts[0]["scope"].as_str(), alerts[0]["name"].as_str()),
+        (Some("model"), Some("mock/echo"))
+    );
+    assert!(alerts[0].get("tenant").is_none(), "{alerts:?}");
+    assert_eq!(
+        (alerts[1]["scope"].as_str(), alerts[1]["tenant"].as_str()),
+        (Some("tenant"), Some("acme"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_identical_requests_over_three_processes_make_one_upstream_call() {
     let redis = RedisServer::start();
     let upstream = FakeUpstream::start(FakeUpstreamConfig {

@@ -42,7 +42,7 @@ impl From<&Principal> for Payer {
     }
 }
 
-/// `principal`'s budgets over windows, with each window as written (`1h`).
+/// `principal`'s own budgets over windows (its key's, else its tier's), each window as written.
 fn window_budgets(principal: &Principal) -> Arc<[(WindowBudget, String)]> {
     principal
         .limits
@@ -82,7 +82,11 @@ pub fn nanos(usd: f64) -> i64 {
 
 /// Refuses the request when one of the principal's budgets is spent. Redis unreachable: the
 /// budget cannot be read and the request goes on (spend is still recorded in the database).
-pub async fn check_budget(gw: &Gateway, principal: &Principal) -> Result<(), ApiError> {
+pub async fn check_budget(
+    gw: &Gateway,
+    principal: &Principal,
+    model: &str,
+) -> Result<(), ApiError> {
     let budgets: Vec<Budget> = [
         (SpendPeriod::Day, principal.limits.daily_budget_usd),
         (SpendPeriod::Month, principal.limits.monthly_budget_usd),
@@ -95,9 +99,9 @@ pub async fn check_budget(gw: &Gateway, principal: &Principal) -> Result<(), Api
         })
     })
     .collect();
-    let windows = window_budgets(principal);
+    let windows = scoped_budgets(gw, &Payer::from(principal), model);
     if !windows.is_empty() {
-        check_windows(gw, principal, &windows).await?;
+        check_windows(gw, &windows).await?;
     }
     if budgets.is_empty() {
         return Ok(());
@@ -125,31 +129,121 @@ pub async fn check_budget(gw: &Gateway, principal: &Principal) -> Result<(), Api
     }
 }
 
-/// Refuses the request if one of `windows` is spent (one round trip).
-async fn check_windows(
-    gw: &Gateway,
-    principal: &Principal,
-    windows: &[(WindowBudget, String)],
-) -> Result<(), ApiError> {
-    let budgets: Vec<WindowBudget> = windows.iter().map(|(b, _)| b.clone()).collect();
-    let spends = match gw.spend.windows(&principal.subject, &budgets, 0).await {
-        Ok((spends, _)) => spends,
-        Err(e) => {
-            tracing::warn!(error = %e, "budget unreadable (Redis); letting the request through");
-            return Ok(());
+/// Whose spend a budget over a window limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetScope {
+    /// An API key's (its own budgets, else its tier's).
+    Key,
+    /// Every key of a tenant (`[tenants.NAME] budgets`).
+    Tenant,
+    /// Every request to a model (`[capacity."MODEL"] budgets`).
+    Model,
+}
+
+/// The budgets over windows of one scope, and whose spend they count.
+#[derive(Debug, Clone)]
+pub struct ScopedBudgets {
+    pub scope: BudgetScope,
+    /// The key id, tenant or model.
+    pub name: String,
+    /// Its spend's subject in the ledger (the key id; `tenant:NAME`, `model:NAME`).
+    subject: String,
+    /// Each budget, with its window as written (`1h`).
+    budgets: Vec<(WindowBudget, String)>,
+}
+
+impl ScopedBudgets {
+    fn windows(&self) -> Vec<WindowBudget> {
+        self.budgets.iter().map(|(b, _)| b.clone()).collect()
+    }
+
+    /// "for this key", "for tenant acme", "for model gpt-4o".
+    fn whose(&self) -> String {
+        match self.scope {
+            BudgetScope::Key => "for this key".to_owned(),
+            BudgetScope::Tenant => format!("for tenant {}", self.name),
+            BudgetScope::Model => format!("for model {}", self.name),
         }
+    }
+}
+
+/// The budgets over windows a request of `payer` to `model` counts against: its key's, its
+/// tenant's and the model's (those that have any).
+pub fn scoped_budgets(gw: &Gateway, payer: &Payer, model: &str) -> Vec<ScopedBudgets> {
+    let parsed = |budgets: &[crate::config::WindowBudget]| -> Vec<(WindowBudget, String)> {
+        budgets
+            .iter()
+            .filter_map(|b| {
+                Some((
+                    WindowBudget {
+                        window: b.duration()?,
+                        limit_nanos: nanos(b.usd),
+                        alert_at: b.alert_at.clone(),
+                    },
+                    b.window.trim().to_owned(),
+                ))
+            })
+            .collect()
     };
-    for ((budget, window), spend) in windows.iter().zip(spends) {
-        if spend.spent_nanos >= budget.limit_nanos {
-            return Err(ApiError::BudgetExceeded {
-                message: format!(
-                    "the budget of ${:.2} per {window} for this key is spent (${:.4} within the last {window}); spend starts leaving the window in {} s",
-                    budget.limit_nanos as f64 / 1e9,
-                    spend.spent_nanos as f64 / 1e9,
-                    spend.frees_in.as_secs().max(1)
-                ),
-                retry_after: spend.frees_in.max(std::time::Duration::from_secs(1)),
-            });
+    let tenant = gw.config.tenants.get(&payer.tenant);
+    let capacity = gw.config.capacity.get(model);
+    [
+        (
+            BudgetScope::Key,
+            payer.subject.clone(),
+            payer.subject.clone(),
+            payer.budgets.to_vec(),
+        ),
+        (
+            BudgetScope::Tenant,
+            payer.tenant.clone(),
+            format!("tenant:{}", payer.tenant),
+            tenant.map(|t| parsed(&t.budgets)).unwrap_or_default(),
+        ),
+        (
+            BudgetScope::Model,
+            model.to_owned(),
+            format!("model:{model}"),
+            capacity.map(|c| parsed(&c.budgets)).unwrap_or_default(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(.., budgets)| !budgets.is_empty())
+    .map(|(scope, name, subject, budgets)| ScopedBudgets {
+        scope,
+        name,
+        subject,
+        budgets,
+    })
+    .collect()
+}
+
+/// Refuses the request if a budget of `scopes` is spent (their reads sent at once).
+async fn check_windows(gw: &Gateway, scopes: &[ScopedBudgets]) -> Result<(), ApiError> {
+    let reads = scopes
+        .iter()
+        .map(|s| async move { gw.spend.windows(&s.subject, &s.windows(), 0).await });
+    for (scoped, read) in scopes.iter().zip(futures::future::join_all(reads).await) {
+        let spends = match read {
+            Ok((spends, _)) => spends,
+            Err(e) => {
+                tracing::warn!(error = %e, "budget unreadable (Redis); letting the request through");
+                continue;
+            }
+        };
+        for ((budget, window), spend) in scoped.budgets.iter().zip(spends) {
+            if spend.spent_nanos >= budget.limit_nanos {
+                return Err(ApiError::BudgetExceeded {
+                    message: format!(
+                        "the budget of ${:.2} per {window} {} is spent (${:.4} within the last {window}); spend starts leaving the window in {} s",
+                        budget.limit_nanos as f64 / 1e9,
+                        scoped.whose(),
+                        spend.spent_nanos as f64 / 1e9,
+                        spend.frees_in.as_secs().max(1)
+                    ),
+                    retry_after: spend.frees_in.max(std::time::Duration::from_secs(1)),
+                });
+            }
         }
     }
     Ok(())
@@ -182,7 +276,7 @@ pub struct Spend {
     model: String,
     cost_nanos: i64,
     at_ms: i64,
-    budgets: Arc<[(WindowBudget, String)]>,
+    budgets: Vec<ScopedBudgets>,
 }
 
 impl Used {
@@ -221,7 +315,11 @@ impl Used {
                 model: model.to_owned(),
                 cost_nanos: cost,
                 at_ms: now,
-                budgets: payer.budgets.clone(),
+                budgets: if cost > 0 {
+                    scoped_budgets(gw, payer, model)
+                } else {
+                    Vec::new()
+                },
             },
         }
     }
@@ -232,19 +330,25 @@ impl Spend {
     /// answer ends, so the key's next request sees it.
     pub async fn charge(&self, gw: &Gateway) {
         if self.cost_nanos > 0 && !self.budgets.is_empty() {
-            let budgets: Vec<WindowBudget> = self.budgets.iter().map(|(b, _)| b.clone()).collect();
-            match gw
-                .spend
-                .windows(&self.subject, &budgets, self.cost_nanos)
-                .await
+            let charges = self.budgets.iter().map(|s| async move {
+                gw.spend
+                    .windows(&s.subject, &s.windows(), self.cost_nanos)
+                    .await
+            });
+            for (scoped, charged) in self
+                .budgets
+                .iter()
+                .zip(futures::future::join_all(charges).await)
             {
-                Ok((_, alerts)) => {
-                    for alert in alerts {
-                        self.alert(gw, alert).await;
+                match charged {
+                    Ok((_, alerts)) => {
+                        for alert in alerts {
+                            self.alert(gw, scoped, alert).await;
+                        }
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not add a request's cost to its key's budget windows");
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not add a request's cost to its budget windows");
+                    }
                 }
             }
         }
@@ -265,30 +369,43 @@ impl Spend {
 }
 
 impl Spend {
-    /// Sends `alert` out: an event on the tenant's `budget-alerts` stream, and the webhook.
-    async fn alert(&self, gw: &Gateway, alert: BudgetAlert) {
-        let Some((budget, window)) = self.budgets.get(alert.budget) else {
+    /// Sends `alert` (of `scoped`'s budgets) out: the webhook, and for a key's or a tenant's
+    /// budget an event on the tenant's `budget-alerts` stream (a model's budget is the
+    /// operator's business, not a tenant's).
+    async fn alert(&self, gw: &Gateway, scoped: &ScopedBudgets, alert: BudgetAlert) {
+        let Some((budget, window)) = scoped.budgets.get(alert.budget) else {
             return;
         };
-        let body = json!({
+        let scope = match scoped.scope {
+            BudgetScope::Key => "key",
+            BudgetScope::Tenant => "tenant",
+            BudgetScope::Model => "model",
+        };
+        let mut body = json!({
             "object": "budget.alert",
-            "key_id": self.subject,
-            "tenant": self.tenant,
+            "scope": scope,
+            "name": scoped.name,
             "window": window,
             "budget_usd": budget.limit_nanos as f64 / 1e9,
             "spent_usd": alert.spent_nanos as f64 / 1e9,
             "share": alert.share,
             "at_ms": self.at_ms,
         });
-        tracing::warn!(key_id = %self.subject, window = %window, share = alert.share, "budget alert");
-        let stream = crate::auth::tenant_scoped(&self.tenant, "budget-alerts");
+        if scoped.scope != BudgetScope::Model {
+            body["tenant"] = json!(self.tenant);
+            body["key_id"] = json!(self.subject);
+        }
+        tracing::warn!(scope, name = %scoped.name, window = %window, share = alert.share, "budget alert");
         let text = body.to_string();
-        if let Err(e) = gw
-            .events
-            .publish(&stream, &[("alert", text.as_bytes())])
-            .await
-        {
-            tracing::warn!(error = %e, "could not publish a budget alert");
+        if scoped.scope != BudgetScope::Model {
+            let stream = crate::auth::tenant_scoped(&self.tenant, "budget-alerts");
+            if let Err(e) = gw
+                .events
+                .publish(&stream, &[("alert", text.as_bytes())])
+                .await
+            {
+                tracing::warn!(error = %e, "could not publish a budget alert");
+            }
         }
         let url = &gw.config.alerts.webhook_url;
         if !url.is_empty() {

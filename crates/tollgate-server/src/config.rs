@@ -57,6 +57,8 @@ sections! {
     tiers: BTreeMap<String, Limits>,
     /// A model's capacity, shared by every key that calls it.
     capacity: BTreeMap<String, Capacity>,
+    /// A tenant's own settings (its budgets, for all its keys together).
+    tenants: BTreeMap<String, TenantSection>,
     sessions: SessionsSection,
     streams: StreamsSection,
     embeddings: EmbeddingsSection,
@@ -315,7 +317,7 @@ impl WindowBudget {
 /// What a model (`provider/model` or an alias, as requests name it) can take across every
 /// replica and every key: requests that go upstream, their tokens and the slots they hold.
 /// Answers from the cache cost the upstream nothing and are not counted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capacity {
     #[serde(default)]
@@ -324,6 +326,18 @@ pub struct Capacity {
     pub tpm: Option<u64>,
     #[serde(default)]
     pub max_concurrency: Option<u64>,
+    /// Dollars spent on the model within any window, by every key together, with alerts.
+    #[serde(default)]
+    pub budgets: Vec<WindowBudget>,
+}
+
+/// A tenant's own settings (`[tenants.NAME]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSection {
+    /// Dollars its keys together may spend within any window, with alerts.
+    #[serde(default)]
+    pub budgets: Vec<WindowBudget>,
 }
 
 /// Per-model limits.
@@ -802,7 +816,19 @@ impl Config {
                 }
             }
         }
+        for (tenant, section) in &self.tenants {
+            for b in &section.budgets {
+                if let Some(problem) = b.problem() {
+                    p.push(format!("tenants.{tenant:?}.budgets: {problem}"));
+                }
+            }
+        }
         for (model, capacity) in &self.capacity {
+            for b in &capacity.budgets {
+                if let Some(problem) = b.problem() {
+                    p.push(format!("capacity.{model:?}.budgets: {problem}"));
+                }
+            }
             let known = self.aliases.contains_key(model)
                 || model
                     .split_once('/')

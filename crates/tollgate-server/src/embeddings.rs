@@ -89,7 +89,7 @@ pub async fn embed_texts(
             .map(|t| u64::from(gw.counter.count_text(t)))
             .sum();
         if let Some(p) = principal {
-            crate::accounting::check_budget(gw, p).await?;
+            crate::accounting::check_budget(gw, p, model).await?;
         }
         let admission = match principal {
             Some(p) => Some(

@@ -122,7 +122,7 @@ async fn answer(
     if !gw.router().knows(&req.model) {
         return Err(ApiError::UnknownModel(req.model));
     }
-    crate::accounting::check_budget(gw, principal).await?;
+    crate::accounting::check_budget(gw, principal, &req.model).await?;
     let include_usage = req
         .stream_options
         .as_ref()
