@@ -463,6 +463,51 @@ async fn a_tenants_budget_binds_its_keys_together_and_a_models_binds_everyone() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_goes_to_the_deployment_with_room_and_each_deployments_capacity_holds() {
+    let redis = RedisServer::start();
+    // Two deployments behind one alias, 3 and 2 requests a minute each.
+    let (_dir, path) = config_file(
+        "[aliases.smart]\ndeployments = [{ model = \"mock/a\", weight = 1 }, { model = \"mock/b\", weight = 1 }]\n[capacity.\"mock/a\"]\nrpm = 3\n[capacity.\"mock/b\"]\nrpm = 2\n",
+    );
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&redis.url(), &path, &[]))
+        .collect();
+    let http = client();
+    let mut routes = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..8 {
+        let r = http
+            .post(replicas[i % 2].url("/v1/chat/completions"))
+            .json(&json!({"model": "smart", "temperature": 0.9, "messages": [{"role": "user", "content": format!("q{i}")}]}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            routes.push(r.headers()["x-tollgate-route"].to_str().unwrap().to_owned());
+        } else {
+            assert_eq!(r.status(), 429);
+            let body: Value = r.json().await.unwrap();
+            refused.push(body["error"]["message"].as_str().unwrap().to_owned());
+        }
+    }
+    // Whichever the router picks first, a full deployment hands the request to the other: all
+    // five slots of the minute are used, none over.
+    routes.sort();
+    assert_eq!(
+        routes,
+        ["mock/a", "mock/a", "mock/a", "mock/b", "mock/b"],
+        "{refused:?}"
+    );
+    assert_eq!(refused.len(), 3);
+    assert!(
+        refused
+            .iter()
+            .all(|m| m.contains("'s capacity in requests per minute")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_identical_requests_over_three_processes_make_one_upstream_call() {
     let redis = RedisServer::start();
     let upstream = FakeUpstream::start(FakeUpstreamConfig {

@@ -193,6 +193,59 @@ pub async fn admit(
     admitted
 }
 
+/// A request to an alias whose deployments have capacities of their own: admitted to the first
+/// deployment in `order` (the router's, by weight) that has room, its capacity checked with
+/// the request's other limits in one admission. The route it returns starts with that
+/// deployment, followed by those without a capacity (a fallback must not overrun one); `None`
+/// when no deployment of `order` has a capacity (then [`admit`] as usual). Refused by every
+/// deployment's capacity, the 429 names the last one's.
+pub async fn admit_to_deployment(
+    gw: &Arc<Gateway>,
+    principal: &Principal,
+    model: &str,
+    charge: Charge,
+    wait: Option<Duration>,
+    order: Vec<tollgate_providers::Deployment>,
+) -> Result<(Admission, Option<Vec<tollgate_providers::Deployment>>), ApiError> {
+    let capped = |d: &tollgate_providers::Deployment| gw.config.capacity.contains_key(&d.name);
+    if !matches!(charge, Charge::Full { .. }) || !order.iter().any(capped) {
+        return Ok((admit(gw, principal, model, charge, wait).await?, None));
+    }
+    let uncapped: Vec<_> = order.iter().filter(|d| !capped(d)).cloned().collect();
+    let mut refused = None;
+    for deployment in &order {
+        let mut planned = plan(gw, principal, model, charge)?;
+        let own = planned.checks.len();
+        planned.capacity(gw, &deployment.name)?;
+        if planned.checks.is_empty() {
+            return Ok((Admission::free(), Some(order)));
+        }
+        let decision = gw.limiter.check_all(&planned.checks).await;
+        // Refused only by this deployment's capacity: the next one may have room.
+        let only_its_own = matches!(&decision, Ok(d) if !d.allowed
+            && d.decisions[..own].iter().all(|d| d.allowed));
+        if only_its_own {
+            refused = Some((planned, decision));
+            continue;
+        }
+        let admission = decide(gw, principal, planned, decision)?;
+        let mut route = vec![deployment.clone()];
+        route.extend(
+            uncapped
+                .iter()
+                .filter(|d| d.name != deployment.name)
+                .cloned(),
+        );
+        return Ok((admission, Some(route)));
+    }
+    match refused {
+        Some((planned, decision)) => Err(decide(gw, principal, planned, decision)
+            .err()
+            .unwrap_or_else(|| ApiError::Internal("a refused admission was admitted".into()))),
+        None => Ok((admit(gw, principal, model, charge, wait).await?, None)),
+    }
+}
+
 /// How a request waited in the queue.
 struct Queued {
     /// Its place when it joined (1: first).
@@ -349,7 +402,19 @@ pub fn plan(
         planned.slots(key("conc")?, max, "concurrent requests".into());
     }
     // The model's capacity, shared by every key: only what goes upstream uses it.
-    if let Some(capacity) = gw.config.capacity.get(model).filter(|_| full) {
+    if full {
+        planned.capacity(gw, model)?;
+    }
+    Ok(planned)
+}
+
+impl Planned {
+    /// `model`'s capacity (a model asked for, or a deployment an alias routes to), if it has
+    /// one configured.
+    fn capacity(&mut self, gw: &Gateway, model: &str) -> Result<(), ApiError> {
+        let Some(capacity) = gw.config.capacity.get(model) else {
+            return Ok(());
+        };
         let id = Id::new(model).map_err(|e| ApiError::Internal(e.to_string()))?;
         let key = |name: &str| {
             gw.limiter
@@ -358,10 +423,10 @@ pub fn plan(
         };
         if let Some(rpm) = capacity.rpm {
             let name = format!("{model}'s capacity in requests per minute");
-            planned.requests(key("rpm")?, rpm, name);
+            self.requests(key("rpm")?, rpm, name);
         }
         if let Some(tpm) = capacity.tpm {
-            planned.tokens(
+            self.tokens(
                 key("tpm")?,
                 tpm,
                 format!("{model}'s capacity in tokens per minute"),
@@ -370,13 +435,11 @@ pub fn plan(
         }
         if let Some(max) = capacity.max_concurrency {
             let name = format!("{model}'s capacity in concurrent requests");
-            planned.slots(key("conc")?, max, name);
+            self.slots(key("conc")?, max, name);
         }
+        Ok(())
     }
-    Ok(planned)
-}
 
-impl Planned {
     /// At most `rpm` requests in any 60 seconds, as users read a per-minute limit.
     fn requests(&mut self, key: LimitKey, rpm: u64, name: String) {
         self.requests_at.push(self.checks.len());

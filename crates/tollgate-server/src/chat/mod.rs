@@ -39,7 +39,7 @@ use tracing::Instrument;
 use crate::accounting::Payer;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::limits::{ASSUMED_OUTPUT_TOKENS, admit};
+use crate::limits::{ASSUMED_OUTPUT_TOKENS, admit, admit_to_deployment};
 use crate::state::Gateway;
 use cache::Route;
 pub use plan::ChatOptions;
@@ -136,7 +136,7 @@ async fn answer(
     // An experiment pins the user's arm; arms may answer differently, so the arm is in the key.
     let pinned = gw.pinned_route(&req.model, opts.user.as_deref());
     let lookup = cache::Lookup::of(gw, principal, &req, pinned.as_ref().map(|(arm, _)| arm))?;
-    let plan = Plan {
+    let mut plan = Plan {
         gw: gw.clone(),
         owner: principal.subject.clone(),
         payer: Payer::from(principal),
@@ -165,22 +165,41 @@ async fn answer(
     };
     let admission = match route.admitted() {
         Some(admission) => admission,
-        None => match admit(
-            gw,
-            principal,
-            &plan.req.model,
-            route.charge(estimate),
-            opts.queue_wait,
-        )
-        .instrument(tracing::info_span!(target: "otel", "limits"))
-        .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                route.abandon(gw, &plan.stream_id).await;
-                return Err(e);
+        None => {
+            let charge = route.charge(estimate);
+            let model = plan.req.model.clone();
+            let router = gw.router();
+            // An alias routed by the router (no experiment pinned it): its deployments may
+            // have capacities of their own, and the request goes to one with room.
+            let admitted = match (&plan.route, router.alias_map().contains_key(&model)) {
+                (None, true) => match router.resolve(&model) {
+                    Ok(order) => {
+                        admit_to_deployment(gw, principal, &model, charge, opts.queue_wait, order)
+                            .instrument(tracing::info_span!(target: "otel", "limits"))
+                            .await
+                            .map(|(admission, route)| {
+                                if route.is_some() {
+                                    plan.route = route;
+                                }
+                                admission
+                            })
+                    }
+                    Err(e) => Err(ApiError::Provider(e)),
+                },
+                _ => {
+                    admit(gw, principal, &model, charge, opts.queue_wait)
+                        .instrument(tracing::info_span!(target: "otel", "limits"))
+                        .await
+                }
+            };
+            match admitted {
+                Ok(a) => a,
+                Err(e) => {
+                    route.abandon(gw, &plan.stream_id).await;
+                    return Err(e);
+                }
             }
-        },
+        }
     };
 
     // Answer.
