@@ -176,3 +176,54 @@ async fn without_an_endpoint_nothing_is_sent_and_nothing_is_passed_on() {
     assert_eq!(upstream.calls(), 1);
     assert!(upstream.traceparents().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embeddings_request_is_traced_with_its_inputs_and_what_the_cache_held() {
+    let redis = RedisServer::start();
+    let receiver = OtlpReceiver::start();
+    let (_dir, path) = config_file("");
+    let endpoint = receiver.endpoint();
+    let replica = Replica::start(
+        &redis.url(),
+        &path,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let http = common::client(Duration::from_secs(30));
+    for _ in 0..2 {
+        let r = http
+            .post(replica.url("/v1/embeddings"))
+            .json(&json!({"model": "mock/embed", "input": ["first text", "second text"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let named = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.name == "embeddings mock/embed")
+            .cloned()
+            .collect()
+    };
+    let spans = spans_until(&receiver, |s| named(s).len() == 2).await;
+    let mut embeddings = named(&spans);
+    embeddings.sort_by_key(|s| s.attributes["tollgate.cached_inputs"].clone());
+    assert_eq!(embeddings.len(), 2, "{spans:#?}");
+    assert_eq!(embeddings[0].attributes["tollgate.cached_inputs"], "0");
+    assert_eq!(embeddings[1].attributes["tollgate.cached_inputs"], "2");
+    for s in &embeddings {
+        assert_eq!(s.attributes["gen_ai.operation.name"], "embeddings");
+        assert_eq!(s.attributes["tollgate.inputs"], "2");
+        assert!(s.attributes.contains_key("gen_ai.usage.input_tokens"));
+    }
+    // Only what went upstream was: one attempt, under the first request's span.
+    let upstream: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("upstream"))
+        .collect();
+    assert_eq!(upstream.len(), 1, "{spans:#?}");
+    assert_eq!(upstream[0].parent_span_id, embeddings[0].span_id);
+}

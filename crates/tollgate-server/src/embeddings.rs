@@ -12,6 +12,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tollgate_redis::EmbeddingCache;
+use tracing::Instrument;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -54,6 +55,32 @@ pub struct Embedded {
 /// upstream (`None`: the gateway's own use, such as semantic-cache lookups, which no key is
 /// charged for).
 pub async fn embed_texts(
+    gw: &AppState,
+    principal: Option<&Principal>,
+    model: &str,
+    texts: &[String],
+) -> Result<Embedded, ApiError> {
+    let span = tracing::info_span!(
+        target: "otel",
+        "embeddings",
+        "otel.name" = format!("embeddings {model}"),
+        "gen_ai.operation.name" = "embeddings",
+        "gen_ai.request.model" = model,
+        "gen_ai.usage.input_tokens" = tracing::field::Empty,
+        "tollgate.inputs" = texts.len(),
+        "tollgate.cached_inputs" = tracing::field::Empty,
+    );
+    let embedded = embed(gw, principal, model, texts)
+        .instrument(span.clone())
+        .await;
+    if let Ok(e) = &embedded {
+        span.record("gen_ai.usage.input_tokens", e.prompt_tokens);
+        span.record("tollgate.cached_inputs", e.cached);
+    }
+    embedded
+}
+
+async fn embed(
     gw: &AppState,
     principal: Option<&Principal>,
     model: &str,
@@ -102,6 +129,7 @@ pub async fn embed_texts(
                     },
                     None,
                 )
+                .instrument(tracing::info_span!(target: "otel", "limits"))
                 .await?,
             ),
             None => None,
