@@ -99,9 +99,23 @@ pub async fn check_budget(
         })
     })
     .collect();
-    let windows = scoped_budgets(gw, &Payer::from(principal), model);
-    if !windows.is_empty() {
-        check_windows(gw, &windows).await?;
+    let any_window = principal
+        .limits
+        .budgets
+        .as_ref()
+        .is_some_and(|b| !b.is_empty())
+        || gw
+            .config
+            .tenants
+            .get(&principal.tenant)
+            .is_some_and(|t| !t.budgets.is_empty())
+        || gw
+            .config
+            .capacity
+            .get(model)
+            .is_some_and(|c| !c.budgets.is_empty());
+    if any_window {
+        check_windows(gw, &scoped_budgets(gw, &Payer::from(principal), model)).await?;
     }
     if budgets.is_empty() {
         return Ok(());
