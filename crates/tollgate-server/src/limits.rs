@@ -3,10 +3,10 @@
 //! One script call checks and charges every limit of a request (requests and tokens per minute,
 //! concurrency, per-model requests and tokens, and the model's capacity shared by every key),
 //! all or nothing. On a cluster a model's capacity lives in its own slot: that is one more
-//! script, sent at the same time (see [`tollgate_redis::RateLimiter::check_all`]). Tokens are reserved from an
-//! estimate and settled with the real usage when the request ends; the [`Admission`] settles
-//! itself when dropped, so a request that ends any way at all (a client gone mid-stream
-//! included) gives back what it did not use and its concurrency slot.
+//! script, sent at the same time (see [`tollgate_redis::RateLimiter::check_all`]). Tokens are
+//! reserved from an estimate and settled with the real usage when the request ends; the
+//! [`Admission`] settles itself when dropped, so a request that ends any way at all (a client
+//! gone mid-stream included) gives back what it did not use and its concurrency slot.
 //!
 //! A request refused only for want of concurrency slots waits for one, up to its tier's
 //! `queue_wait_seconds` (or less, `x-tollgate-queue-wait`): it takes its place in the slots'
@@ -198,7 +198,8 @@ pub async fn admit(
 /// the request's other limits in one admission. The route it returns starts with that
 /// deployment, followed by those without a capacity (a fallback must not overrun one); `None`
 /// when no deployment of `order` has a capacity (then [`admit`] as usual). Refused by every
-/// deployment's capacity, the 429 names the last one's.
+/// deployment's capacity, the 429 names the last one's: such a request does not queue (it
+/// would have to wait in every deployment's queue at once).
 pub async fn admit_to_deployment(
     gw: &Arc<Gateway>,
     principal: &Principal,
