@@ -189,10 +189,11 @@ enum CacheCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = serving_threads(&cli) {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: could not start the async runtime: {e}");
@@ -219,6 +220,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The threads `tollgate serve` serves with (`server.worker_threads`, else its cores less one
+/// for a Redis on this machine); `None` for the other commands, and when `TOKIO_WORKER_THREADS`
+/// is set (the runtime reads it) or the configuration does not load (`run` reports why).
+fn serving_threads(cli: &Cli) -> Option<usize> {
+    if !matches!(cli.command, Command::Serve { .. })
+        || std::env::var_os("TOKIO_WORKER_THREADS").is_some()
+    {
+        return None;
+    }
+    let config = load_config(cli.config.as_deref()).ok()?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    Some(config.server.threads(cores, &config.redis.url))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`: one line per request); as JSON lines
@@ -641,6 +656,7 @@ async fn serve_gateway(config: Config, data_dir: &Path) -> anyhow::Result<()> {
         %listen,
         data_dir = %data_dir.display(),
         models = %models.join(", "),
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "tollgate is serving"
     );
     let result = serve::serve(listener, gateway, shutdown_signal(), drain).await;

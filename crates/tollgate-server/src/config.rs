@@ -131,6 +131,38 @@ pub struct ServerConfig {
     /// Connections open at once.
     pub max_connections: usize,
     pub master_key: String,
+    /// Threads serving requests (0: [`ServerConfig::threads`] decides).
+    pub worker_threads: usize,
+}
+
+impl ServerConfig {
+    /// Threads serving requests: `worker_threads`, else the machine's `cores`, less one when
+    /// Redis (`redis_url`, empty for the embedded one) runs on this machine: it is one busy
+    /// thread of its own, and on a small machine a thread more than there are cores to run them
+    /// costs every request its wakeups (measured on 2 cores: CPU per cache hit 34 µs with one
+    /// thread against 37-72 µs with two).
+    pub fn threads(&self, cores: usize, redis_url: &str) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        let local = redis_url.is_empty()
+            || redis_url.starts_with("unix:")
+            || redis_url.starts_with("redis+unix:")
+            || redis_url
+                .split("://")
+                .nth(1)
+                .map(|rest| rest.rsplit('@').next().unwrap_or(rest))
+                .is_some_and(|host| {
+                    ["localhost", "127.", "[::1]"]
+                        .iter()
+                        .any(|local| host.starts_with(local))
+                });
+        if local {
+            cores.saturating_sub(1).max(1)
+        } else {
+            cores.max(1)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1068,6 +1100,33 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn worker_threads_leave_a_local_redis_a_core() {
+        let server = |n: usize| ServerConfig {
+            listen: String::new(),
+            max_body_bytes: 0,
+            shutdown_drain_seconds: 0,
+            idle_timeout_seconds: 0,
+            max_connections: 0,
+            master_key: String::new(),
+            worker_threads: n,
+        };
+        let auto = server(0);
+        for (url, cores, threads) in [
+            ("", 2, 1),
+            ("", 1, 1),
+            ("unix:///tmp/redis.sock", 8, 7),
+            ("redis://127.0.0.1:6379", 4, 3),
+            ("redis://:secret@localhost:6379/0", 4, 3),
+            ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", 4, 3),
+            ("redis://cache.internal:6379", 4, 4),
+            ("rediss://user:pw@10.0.0.5:6380", 2, 2),
+        ] {
+            assert_eq!(auto.threads(cores, url), threads, "{url} on {cores}");
+        }
+        assert_eq!(server(3).threads(2, ""), 3, "a number set wins");
     }
 
     #[test]
