@@ -29,7 +29,7 @@ pub struct Payer {
     pub subject: String,
     pub tenant: String,
     /// Its budgets over windows (the key's own, else its tier's).
-    pub budgets: Arc<[(WindowBudget, String)]>,
+    pub budgets: Vec<crate::config::WindowBudget>,
 }
 
 impl From<&Principal> for Payer {
@@ -37,18 +37,15 @@ impl From<&Principal> for Payer {
         Payer {
             subject: p.subject.clone(),
             tenant: p.tenant.clone(),
-            budgets: window_budgets(p),
+            budgets: p.limits.budgets.clone().unwrap_or_default(),
         }
     }
 }
 
-/// `principal`'s own budgets over windows (its key's, else its tier's), each window as written.
-fn window_budgets(principal: &Principal) -> Arc<[(WindowBudget, String)]> {
-    principal
-        .limits
-        .budgets
+/// Budgets of the configuration as the ledger takes them, each with its window as written.
+fn ledger_windows(budgets: &[crate::config::WindowBudget]) -> Vec<(WindowBudget, String)> {
+    budgets
         .iter()
-        .flatten()
         .filter_map(|b| {
             Some((
                 WindowBudget {
@@ -99,23 +96,15 @@ pub async fn check_budget(
         })
     })
     .collect();
-    let any_window = principal
-        .limits
-        .budgets
-        .as_ref()
-        .is_some_and(|b| !b.is_empty())
-        || gw
-            .config
-            .tenants
-            .get(&principal.tenant)
-            .is_some_and(|t| !t.budgets.is_empty())
-        || gw
-            .config
-            .capacity
-            .get(model)
-            .is_some_and(|c| !c.budgets.is_empty());
-    if any_window {
-        check_windows(gw, &scoped_budgets(gw, &Payer::from(principal), model)).await?;
+    let windows = scoped_budgets(
+        gw,
+        &principal.subject,
+        &principal.tenant,
+        principal.limits.budgets.as_deref().unwrap_or_default(),
+        model,
+    );
+    if !windows.is_empty() {
+        check_windows(gw, &windows).await?;
     }
     if budgets.is_empty() {
         return Ok(());
@@ -181,55 +170,50 @@ impl ScopedBudgets {
     }
 }
 
-/// The budgets over windows a request of `payer` to `model` counts against: its key's, its
-/// tenant's and the model's (those that have any).
-pub fn scoped_budgets(gw: &Gateway, payer: &Payer, model: &str) -> Vec<ScopedBudgets> {
-    let parsed = |budgets: &[crate::config::WindowBudget]| -> Vec<(WindowBudget, String)> {
-        budgets
-            .iter()
-            .filter_map(|b| {
-                Some((
-                    WindowBudget {
-                        window: b.duration()?,
-                        limit_nanos: nanos(b.usd),
-                        alert_at: b.alert_at.clone(),
-                    },
-                    b.window.trim().to_owned(),
-                ))
-            })
-            .collect()
-    };
-    let tenant = gw.config.tenants.get(&payer.tenant);
-    let capacity = gw.config.capacity.get(model);
-    [
-        (
-            BudgetScope::Key,
-            payer.subject.clone(),
-            payer.subject.clone(),
-            payer.budgets.to_vec(),
-        ),
+/// The budgets over windows a request of key `subject` (with its `own` budgets) of `tenant` to
+/// `model` counts against: its key's, its tenant's and the model's, those that have any
+/// (nothing is built for the others: this runs for every request).
+pub fn scoped_budgets(
+    gw: &Gateway,
+    subject: &str,
+    tenant: &str,
+    own: &[crate::config::WindowBudget],
+    model: &str,
+) -> Vec<ScopedBudgets> {
+    let sources: [(BudgetScope, &[crate::config::WindowBudget]); 3] = [
+        (BudgetScope::Key, own),
         (
             BudgetScope::Tenant,
-            payer.tenant.clone(),
-            format!("tenant:{}", payer.tenant),
-            tenant.map(|t| parsed(&t.budgets)).unwrap_or_default(),
+            gw.config
+                .tenants
+                .get(tenant)
+                .map_or(&[][..], |t| &t.budgets),
         ),
         (
             BudgetScope::Model,
-            model.to_owned(),
-            format!("model:{model}"),
-            capacity.map(|c| parsed(&c.budgets)).unwrap_or_default(),
+            gw.config
+                .capacity
+                .get(model)
+                .map_or(&[][..], |c| &c.budgets),
         ),
-    ]
-    .into_iter()
-    .filter(|(.., budgets)| !budgets.is_empty())
-    .map(|(scope, name, subject, budgets)| ScopedBudgets {
-        scope,
-        name,
-        subject,
-        budgets,
-    })
-    .collect()
+    ];
+    sources
+        .into_iter()
+        .filter(|(_, budgets)| !budgets.is_empty())
+        .map(|(scope, budgets)| {
+            let (name, subject) = match scope {
+                BudgetScope::Key => (subject.to_owned(), subject.to_owned()),
+                BudgetScope::Tenant => (tenant.to_owned(), format!("tenant:{tenant}")),
+                BudgetScope::Model => (model.to_owned(), format!("model:{model}")),
+            };
+            ScopedBudgets {
+                scope,
+                name,
+                subject,
+                budgets: ledger_windows(budgets),
+            }
+        })
+        .collect()
 }
 
 /// Refuses the request if a budget of `scopes` is spent (their reads sent at once).
@@ -330,7 +314,7 @@ impl Used {
                 cost_nanos: cost,
                 at_ms: now,
                 budgets: if cost > 0 {
-                    scoped_budgets(gw, payer, model)
+                    scoped_budgets(gw, &payer.subject, &payer.tenant, &payer.budgets, model)
                 } else {
                     Vec::new()
                 },
