@@ -209,17 +209,11 @@ async fn a_models_capacity_holds_across_slots_keys_and_processes_on_a_cluster() 
     let http = common::client(Duration::from_secs(30));
     let mut keys = Vec::new();
     for i in 0..4 {
-        let created: Value = http
-            .post(gateways[0].url("/admin/keys"))
-            .bearer_auth("mk")
-            .json(&json!({"name": format!("k{i}")}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        keys.push(created["key"].as_str().unwrap().to_owned());
+        keys.push(
+            gateways[0]
+                .create_key(&http, json!({"name": format!("k{i}")}))
+                .await,
+        );
     }
     // 40 fresh questions, 10 per key over both processes: the keys would take them all, the
     // model takes 9.

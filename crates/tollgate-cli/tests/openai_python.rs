@@ -44,17 +44,11 @@ async fn the_openai_python_client_works_against_tollgate() {
     let http = reqwest::Client::new();
     let mut keys = Vec::new();
     for limits in [json!({}), json!({"rpm": 1})] {
-        let created: Value = http
-            .post(replica.url("/admin/keys"))
-            .bearer_auth("mk")
-            .json(&json!({"name": "python", "limits": limits}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        keys.push(created["key"].as_str().unwrap().to_owned());
+        keys.push(
+            replica
+                .create_key(&http, json!({"name": "python", "limits": limits}))
+                .await,
+        );
     }
     run_python(
         "openai_client.py",

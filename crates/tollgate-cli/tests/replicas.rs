@@ -31,17 +31,9 @@ async fn a_keys_rpm_limit_holds_exactly_across_three_processes() {
         .map(|_| Replica::start(&redis.url(), &path, &[]))
         .collect();
     let http = client();
-    let created: Value = http
-        .post(replicas[0].url("/admin/keys"))
-        .bearer_auth("mk")
-        .json(&json!({"name": "load", "limits": {"rpm": 20}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["key"].as_str().unwrap().to_owned();
+    let key = replicas[0]
+        .create_key(&http, json!({"name": "load", "limits": {"rpm": 20}}))
+        .await;
     let mut tasks = Vec::new();
     for i in 0..60 {
         let (http, url, key) = (
@@ -82,17 +74,14 @@ async fn a_models_capacity_holds_across_processes_and_keys_and_cache_hits_do_not
     let http = client();
     let mut keys = Vec::new();
     for i in 0..3 {
-        let created: Value = http
-            .post(replicas[0].url("/admin/keys"))
-            .bearer_auth("mk")
-            .json(&json!({"name": format!("team-{i}"), "tenant": "acme"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        keys.push(created["key"].as_str().unwrap().to_owned());
+        keys.push(
+            replicas[0]
+                .create_key(
+                    &http,
+                    json!({"name": format!("team-{i}"), "tenant": "acme"}),
+                )
+                .await,
+        );
     }
     let ask = |replica: usize, key: usize, body: Value| {
         let request = http
@@ -159,17 +148,12 @@ async fn requests_queue_for_a_slot_first_come_first_served_across_processes() {
         .map(|_| Replica::start(&redis.url(), &path, &[]))
         .collect();
     let http = client();
-    let created: Value = http
-        .post(replicas[0].url("/admin/keys"))
-        .bearer_auth("mk")
-        .json(&json!({"name": "gpu", "limits": {"max_concurrency": 1, "queue_wait_seconds": 20}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["key"].as_str().unwrap().to_owned();
+    let key = replicas[0]
+        .create_key(
+            &http,
+            json!({"name": "gpu", "limits": {"max_concurrency": 1, "queue_wait_seconds": 20}}),
+        )
+        .await;
     let ask = |i: usize, wait: Option<&str>| {
         let mut request = http
             .post(replicas[i % 2].url("/v1/chat/completions"))
@@ -307,17 +291,7 @@ async fn a_budget_per_hour_holds_across_processes_and_its_alert_goes_out_once() 
         .map(|_| Replica::start(&redis.url(), &path, &[]))
         .collect();
     let http = client();
-    let created: Value = http
-        .post(replicas[0].url("/admin/keys"))
-        .bearer_auth("mk")
-        .json(&json!({"name": "spender", "tenant": "acme", "limits": {"budgets": [{"window": "1h", "usd": 100, "alert_at": [0.5]}]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["key"].as_str().unwrap().to_owned();
+    let key = replicas[0].create_key(&http, json!({"name": "spender", "tenant": "acme", "limits": {"budgets": [{"window": "1h", "usd": 100, "alert_at": [0.5]}]}})).await;
     // Its alerts, read through the bus like any event (the stream is the tenant's).
     let group = http
         .post(replicas[1].url("/v1/events/budget-alerts/groups"))
@@ -392,17 +366,11 @@ async fn a_tenants_budget_binds_its_keys_together_and_a_models_binds_everyone() 
     let http = client();
     let mut keys = Vec::new();
     for (name, tenant) in [("a1", "acme"), ("a2", "acme"), ("g1", "globex")] {
-        let created: Value = http
-            .post(replicas[0].url("/admin/keys"))
-            .bearer_auth("mk")
-            .json(&json!({"name": name, "tenant": tenant}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        keys.push(created["key"].as_str().unwrap().to_owned());
+        keys.push(
+            replicas[0]
+                .create_key(&http, json!({"name": name, "tenant": tenant}))
+                .await,
+        );
     }
     // Asks with the keys in turn, over both processes, until one is refused; its message.
     let spend = |keys: Vec<String>| {

@@ -12,6 +12,11 @@ use common::{Replica, config_file};
 use serde_json::json;
 use tollgate_testkit::{FakeUpstream, FakeUpstreamConfig, OtlpReceiver, ReceivedSpan, RedisServer};
 
+/// The spans called `name`.
+fn named(spans: &[ReceivedSpan], name: &str) -> Vec<ReceivedSpan> {
+    spans.iter().filter(|s| s.name == name).cloned().collect()
+}
+
 /// Waits until `done` holds of the spans received (or 10 s went by), and returns them.
 async fn spans_until(
     receiver: &OtlpReceiver,
@@ -64,13 +69,7 @@ async fn a_chat_request_is_one_trace_with_genai_attributes_and_its_upstream_join
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let chats = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
-        spans
-            .iter()
-            .filter(|s| s.name == "chat up/m")
-            .cloned()
-            .collect()
-    };
+    let chats = |spans: &[ReceivedSpan]| named(spans, "chat up/m");
     let spans = spans_until(&receiver, |s| {
         chats(s).len() == 2 && s.iter().any(|x| x.name == "usage record")
     })
@@ -201,15 +200,9 @@ async fn an_embeddings_request_is_traced_with_its_inputs_and_what_the_cache_held
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let named = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
-        spans
-            .iter()
-            .filter(|s| s.name == "embeddings mock/embed")
-            .cloned()
-            .collect()
-    };
-    let spans = spans_until(&receiver, |s| named(s).len() == 2).await;
-    let mut embeddings = named(&spans);
+    let name = "embeddings mock/embed";
+    let spans = spans_until(&receiver, |s| named(s, name).len() == 2).await;
+    let mut embeddings = named(&spans, name);
     embeddings.sort_by_key(|s| s.attributes["tollgate.cached_inputs"].clone());
     assert_eq!(embeddings.len(), 2, "{spans:#?}");
     assert_eq!(embeddings[0].attributes["tollgate.cached_inputs"], "0");

@@ -88,6 +88,26 @@ impl Replica {
         format!("{}{path}", self.base)
     }
 
+    /// Creates an API key (`body` as `POST /admin/keys` takes it) with the master key `mk`;
+    /// the key itself.
+    pub(crate) async fn create_key(
+        &self,
+        http: &reqwest::Client,
+        body: serde_json::Value,
+    ) -> String {
+        let created: serde_json::Value = http
+            .post(self.url("/admin/keys"))
+            .bearer_auth("mk")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        created["key"].as_str().unwrap().to_owned()
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
