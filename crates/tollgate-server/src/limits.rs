@@ -122,6 +122,7 @@ pub enum Charge {
 }
 
 /// The limits of one request, before they are checked.
+#[derive(Clone)]
 pub struct Planned {
     /// What to check, all or nothing.
     pub checks: Vec<Check>,
@@ -213,10 +214,12 @@ pub async fn admit_to_deployment(
         return Ok((admit(gw, principal, model, charge, wait).await?, None));
     }
     let uncapped: Vec<_> = order.iter().filter(|d| !capped(d)).cloned().collect();
+    // The request's own limits, the same whichever deployment takes it.
+    let own_limits = plan(gw, principal, model, charge)?;
+    let own = own_limits.checks.len();
     let mut refused = None;
     for deployment in &order {
-        let mut planned = plan(gw, principal, model, charge)?;
-        let own = planned.checks.len();
+        let mut planned = own_limits.clone();
         planned.capacity(gw, &deployment.name)?;
         if planned.checks.is_empty() {
             return Ok((Admission::free(), Some(order)));
