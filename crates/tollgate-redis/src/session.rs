@@ -193,7 +193,10 @@ impl SessionStore {
     }
 
     /// Puts a session read from elsewhere (the database) back, unless Redis has one by that id;
-    /// `messages` are the stored message JSON and token counts, oldest first. True if restored.
+    /// `messages` are the stored message JSON and token counts, oldest first. It stays the idle
+    /// TTL, or `lives` if that is shorter (what is left of the conversation's life). True if
+    /// restored.
+    #[allow(clippy::too_many_arguments)]
     pub async fn restore(
         &self,
         id: &str,
@@ -202,6 +205,7 @@ impl SessionStore {
         created_ms: u64,
         appended: u64,
         messages: &[(String, u32)],
+        lives: Duration,
     ) -> Result<bool> {
         let id = Id::new(id)?;
         let mut invocation = scripts::SESSION_RESTORE.prepare_invoke();
@@ -209,7 +213,7 @@ impl SessionStore {
             .key(self.keys.session_meta(&id))
             .key(self.keys.session_messages(&id))
             .arg(owner)
-            .arg(millis(self.config.idle_ttl))
+            .arg(millis(self.config.idle_ttl.min(lives)))
             .arg(system.unwrap_or(""))
             .arg(created_ms)
             .arg(appended)
@@ -219,6 +223,12 @@ impl SessionStore {
         }
         let restored: i64 = invocation.invoke_async(&mut self.redis.conn()).await?;
         Ok(restored == 1)
+    }
+
+    /// The same store with sessions leaving Redis `idle_ttl` after their last write.
+    pub fn with_idle_ttl(mut self, idle_ttl: Duration) -> Self {
+        self.config.idle_ttl = idle_ttl;
+        self
     }
 
     /// Messages kept per session.

@@ -411,6 +411,11 @@ impl Limits {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SessionsSection {
+    /// A conversation with no message for this long is over: gone from Redis and the database
+    /// (its id stays its owner's).
+    pub ttl_seconds: u64,
+    /// A session with no message for this long leaves Redis (memory); the database keeps it and
+    /// its next use reads it back. Without a database, Redis keeps it for `ttl_seconds`.
     pub idle_ttl_seconds: u64,
     pub max_messages: u64,
     pub history_token_budget: u32,
@@ -780,6 +785,15 @@ impl Config {
         }
         if self.cache.default_ttl_seconds == 0 || self.cache.max_ttl_seconds == 0 {
             p.push("cache: TTLs must be at least 1 second".into());
+        }
+        if self.sessions.ttl_seconds == 0 || self.sessions.idle_ttl_seconds == 0 {
+            p.push("sessions: TTLs must be at least 1 second".into());
+        }
+        if self.sessions.idle_ttl_seconds > self.sessions.ttl_seconds {
+            p.push(format!(
+                "sessions.idle_ttl_seconds: {} is longer than sessions.ttl_seconds ({}); a session idle in Redis would outlive the conversation",
+                self.sessions.idle_ttl_seconds, self.sessions.ttl_seconds
+            ));
         }
         if self.limits.expected_instances == 0 {
             p.push("limits.expected_instances: must be at least 1".into());

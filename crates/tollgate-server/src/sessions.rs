@@ -4,6 +4,12 @@
 //! (expired, evicted, flushed) is read back from the database and put back into Redis,
 //! numbering and all, so it goes on where it stopped. A session belongs to the key that created
 //! it: to any other key it does not exist.
+//!
+//! A conversation lives `sessions.ttl_seconds` after its last message. With a database, Redis
+//! holds only the sessions in use (`sessions.idle_ttl_seconds`), and the database the rest until
+//! their life ends; without one, Redis holds each for its whole life.
+
+use std::time::Duration;
 
 use tollgate_core::ChatMessage;
 use tollgate_db::{Record, SessionMessageRow, SessionRow};
@@ -194,9 +200,58 @@ pub async fn record_delete(gw: &Gateway, id: &str, owner: &str) {
     .await;
 }
 
+/// What is left of the life of a session the database holds: `sessions.ttl_seconds` after its
+/// last write (its claim, if it was never written). `None` once the conversation is over.
+fn left_to_live(gw: &Gateway, session: &SessionRow) -> Option<Duration> {
+    let last = session.version.max(session.created_ms);
+    let ends = last.saturating_add(ttl_ms(gw));
+    let left = ends.saturating_sub(tollgate_db::now_ms());
+    (left > 0).then(|| Duration::from_millis(left as u64))
+}
+
+fn ttl_ms(gw: &Gateway) -> i64 {
+    i64::try_from(gw.config.sessions.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// Ends a conversation that outlived `sessions.ttl_seconds`: a tombstone dated the moment it
+/// ended takes its messages from the database. The id stays its owner's, and a session the
+/// owner starts again under it (written after that moment) is not touched.
+async fn expire(gw: &Gateway, session: &SessionRow) {
+    let ended = session
+        .version
+        .max(session.created_ms)
+        .saturating_add(ttl_ms(gw));
+    crate::accounting::submit(
+        gw,
+        vec![Record::Session(SessionRow {
+            id: session.id.clone(),
+            owner: session.owner.clone(),
+            system: None,
+            summary: None,
+            summary_seq: 0,
+            created_ms: 0,
+            version: ended,
+            deleted: true,
+        })],
+    )
+    .await;
+}
+
 /// Puts session `id` back into Redis from the database, if the database has it for `owner`.
-/// True when Redis has it now.
+/// True when Redis has it now. A conversation that is over is not put back.
 pub async fn restore(gw: &Gateway, id: &str, owner: &str) -> Result<bool, ApiError> {
+    restore_or_restart(gw, id, owner, None).await
+}
+
+/// [`restore`]; with `restart`, a conversation that is over starts afresh in Redis with that
+/// system prompt (empty: none). Its messages are numbered after the old ones, so no write of
+/// the new conversation can collide with a message of the old one the database still has.
+async fn restore_or_restart(
+    gw: &Gateway,
+    id: &str,
+    owner: &str,
+    restart: Option<Option<&str>>,
+) -> Result<bool, ApiError> {
     let Some(durable) = &gw.durable else {
         return Ok(false);
     };
@@ -206,22 +261,45 @@ pub async fn restore(gw: &Gateway, id: &str, owner: &str) -> Result<bool, ApiErr
     if session.deleted || session.owner != owner {
         return Ok(false);
     }
-    let limit = i64::try_from(gw.sessions.max_messages()).unwrap_or(i64::MAX);
-    let rows = durable.db.session_messages(id, limit).await?;
-    let appended = rows.last().map_or(0, |m| m.seq.max(0) as u64);
-    let messages: Vec<(String, u32)> = rows
-        .into_iter()
-        .map(|m| (m.message, u32::try_from(m.tokens).unwrap_or(0)))
-        .collect();
+    let numbered =
+        |rows: &[tollgate_db::SessionMessageRow]| rows.last().map_or(0, |m| m.seq.max(0) as u64);
+    let (system, created_ms, appended, messages, lives) = match left_to_live(gw, &session) {
+        Some(lives) => {
+            let limit = i64::try_from(gw.sessions.max_messages()).unwrap_or(i64::MAX);
+            let rows = durable.db.session_messages(id, limit).await?;
+            let messages: Vec<(String, u32)> = rows
+                .iter()
+                .map(|m| (m.message.clone(), u32::try_from(m.tokens).unwrap_or(0)))
+                .collect();
+            let system = session.system.as_deref();
+            (system, session.created_ms, numbered(&rows), messages, lives)
+        }
+        None => {
+            expire(gw, &session).await;
+            let Some(system) = restart else {
+                return Ok(false);
+            };
+            let last = durable.db.session_messages(id, 1).await?;
+            let lives = Duration::from_secs(gw.config.sessions.ttl_seconds);
+            (
+                system,
+                tollgate_db::now_ms(),
+                numbered(&last),
+                Vec::new(),
+                lives,
+            )
+        }
+    };
     match gw
         .sessions
         .restore(
             id,
             owner,
-            session.system.as_deref(),
-            session.created_ms.max(0) as u64,
+            system,
+            created_ms.max(0) as u64,
             appended,
             &messages,
+            lives,
         )
         .await
     {
@@ -254,7 +332,7 @@ pub async fn history_for_request(
             if !claim(gw, id, owner).await? {
                 return Err(taken(id, header));
             }
-            if restore(gw, id, owner).await? {
+            if restore_or_restart(gw, id, owner, Some(system)).await? {
                 return Ok(gw
                     .sessions
                     .history(id, owner, budget)
@@ -290,7 +368,7 @@ pub async fn history_from_db(
 ) -> Option<Vec<ChatMessage>> {
     let durable = gw.durable.as_ref()?;
     let session = durable.db.session(id).await.ok()??;
-    if session.deleted || session.owner != owner {
+    if session.deleted || session.owner != owner || left_to_live(gw, &session).is_none() {
         return None;
     }
     let limit = i64::try_from(gw.sessions.max_messages()).unwrap_or(i64::MAX);

@@ -163,7 +163,8 @@ impl Gateway {
             sessions_redis,
             keys.clone(),
             SessionConfig {
-                idle_ttl: Duration::from_secs(config.sessions.idle_ttl_seconds),
+                // Without a database, Redis is a session's only copy.
+                idle_ttl: Duration::from_secs(config.sessions.ttl_seconds),
                 max_messages: config.sessions.max_messages,
             },
             counter.clone(),
@@ -276,6 +277,13 @@ impl Gateway {
             Some(db.clone()),
         );
         self.durable = Some(Durable { db, outbox });
+        // The database keeps sessions; Redis keeps the ones in use.
+        let idle = self
+            .config
+            .sessions
+            .idle_ttl_seconds
+            .min(self.config.sessions.ttl_seconds);
+        self.sessions = self.sessions.with_idle_ttl(Duration::from_secs(idle));
         self
     }
 

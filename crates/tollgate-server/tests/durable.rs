@@ -956,6 +956,129 @@ async fn a_session_id_never_changes_hands_even_after_redis_forgets_it() {
     }
 }
 
+/// Keys on Redis that hold `part` in their name.
+async fn redis_keys(redis: &RedisServer, part: &str) -> Vec<String> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("KEYS")
+        .arg(format!("*{part}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Waits until the database holds `n` messages of session `id`.
+async fn stored_messages(gw: &AppState, id: &str, n: usize) -> Vec<tollgate_db::SessionMessageRow> {
+    let db = &gw.durable.as_ref().unwrap().db;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        drained(gw).await;
+        let rows = db.session_messages(id, 100).await.unwrap();
+        if rows.len() == n {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} messages of {id} in the database, not {n}",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sessions as the design sets their lives (`ttl_seconds`, `idle_ttl_seconds`): an idle
+/// session leaves Redis but not the database, and its next use on any replica reads it back;
+/// once the conversation's life is over it is gone everywhere, its messages too, while its id
+/// stays its owner's, who starts afresh under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_leaves_redis_and_an_ended_one_leaves_the_database() {
+    for fresh in TestDatabase::both() {
+        let redis = RedisServer::start();
+        let upstream = FakeUpstream::start(FakeUpstreamConfig {
+            chunks: 1,
+            ..Default::default()
+        })
+        .await;
+        let extra = format!(
+            "[server]\nmaster_key = \"mk\"\n[sessions]\nttl_seconds = 3\nidle_ttl_seconds = 1\n{}",
+            fake_provider(&upstream)
+        );
+        let prefix = unique_prefix();
+        let gw = gateway(&redis.url(), &fresh.url(), &prefix, &extra).await;
+        let other = gateway(&redis.url(), &fresh.url(), &prefix, &extra).await;
+        let owner = create_key(&gw, json!({})).await;
+        let intruder = create_key(&gw, json!({})).await;
+        let id = "trip-plans";
+
+        let turn = session_turn_as(&gw, Some(&owner), id, "we land at 9").await;
+        assert_eq!(turn.status, StatusCode::OK, "{}", turn.text);
+        stored_messages(&gw, id, 2).await;
+        let turn = session_turn_as(&gw, Some(&owner), "packing", "two bags").await;
+        assert_eq!(turn.status, StatusCode::OK, "{}", turn.text);
+        stored_messages(&gw, "packing", 2).await;
+        assert!(!redis_keys(&redis, id).await.is_empty());
+
+        // Idle for longer than idle_ttl_seconds: out of Redis, still in the database.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(redis_keys(&redis, id).await, Vec::<String>::new());
+        let read = call(
+            &other,
+            "GET",
+            &format!("/v1/sessions/{id}/messages"),
+            Some(&owner),
+            None,
+        )
+        .await;
+        assert_eq!(read.status, StatusCode::OK, "{}", read.text);
+        assert_eq!(read.json()["data"][0]["content"], "we land at 9");
+        let turn = session_turn_as(&other, Some(&owner), id, "and leave at 5").await;
+        assert_eq!(turn.status, StatusCode::OK, "{}", turn.text);
+        assert_eq!(
+            last_turns(&upstream)[0],
+            ("user".to_owned(), "we land at 9".to_owned())
+        );
+        stored_messages(&gw, id, 4).await;
+
+        // Past ttl_seconds since the last message: the conversation is over on every replica.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        for replica in [&gw, &other] {
+            let read = call(
+                replica,
+                "GET",
+                &format!("/v1/sessions/{id}"),
+                Some(&owner),
+                None,
+            )
+            .await;
+            assert_eq!(read.status, StatusCode::NOT_FOUND, "{}", read.text);
+        }
+        // Its id is still the owner's.
+        let probe = session_turn_as(&other, Some(&intruder), id, "what time?").await;
+        assert_eq!(probe.status, StatusCode::BAD_REQUEST, "{}", probe.text);
+        assert_eq!(probe.json()["error"]["param"], "x-tollgate-session-id");
+        // The owner starts afresh under it: no old history is sent, and the database holds
+        // only the new conversation.
+        let turn = session_turn_as(&gw, Some(&owner), id, "a new trip").await;
+        assert_eq!(turn.status, StatusCode::OK, "{}", turn.text);
+        assert_eq!(last_turns(&upstream), turns(&[("user", "a new trip")]));
+        let rows = stored_messages(&gw, id, 2).await;
+        assert!(
+            rows[0].message.contains("a new trip"),
+            "{}",
+            rows[0].message
+        );
+        // A conversation over whose end nobody has read yet starts afresh the same way, its
+        // messages numbered after the old ones (so none can collide with an old message that a
+        // slower replica's outbox writer has not deleted yet).
+        let turn = session_turn_as(&other, Some(&owner), "packing", "one bag").await;
+        assert_eq!(turn.status, StatusCode::OK, "{}", turn.text);
+        assert_eq!(last_turns(&upstream), turns(&[("user", "one bag")]));
+        let rows = stored_messages(&gw, "packing", 2).await;
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+        assert!(rows[0].message.contains("one bag"), "{}", rows[0].message);
+    }
+}
+
 /// A key revoked on one replica stops working on another within a second or so, well before
 /// the other's cached lookup would expire (10 s): revocations are announced, and polled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

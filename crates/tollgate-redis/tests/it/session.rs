@@ -5,6 +5,8 @@ use tollgate_redis::{Error, SessionConfig, SessionStore, Window};
 
 use crate::{Backend, Ctx, pattern_suite};
 
+const HOUR: Duration = Duration::from_secs(3600);
+
 fn store(ctx: &Ctx, i: usize, config: SessionConfig) -> SessionStore {
     SessionStore::new(ctx.conn_for(i), ctx.keys.clone(), config)
 }
@@ -25,6 +27,7 @@ pattern_suite!(
     writes_from_several_connections_all_land,
     a_summary_takes_the_place_of_the_messages_it_covers_in_prompts,
     a_session_restored_from_elsewhere_goes_on_with_its_numbering,
+    a_restored_session_stays_no_longer_than_its_conversation_lives,
 );
 
 async fn a_summary_takes_the_place_of_the_messages_it_covers_in_prompts(b: Backend) {
@@ -122,12 +125,16 @@ async fn a_session_restored_from_elsewhere_goes_on_with_its_numbering(b: Backend
         .map(|m| (serde_json::to_string(m).unwrap(), 5))
         .collect();
     assert!(
-        s.restore("r", "key-a", Some("sys"), 1_000, 12, &stored)
+        s.restore("r", "key-a", Some("sys"), 1_000, 12, &stored, HOUR)
             .await
             .unwrap()
     );
     // Redis has it now: a second restore (another instance) changes nothing.
-    assert!(!s.restore("r", "key-a", None, 1, 1, &[]).await.unwrap());
+    assert!(
+        !s.restore("r", "key-a", None, 1, 1, &[], HOUR)
+            .await
+            .unwrap()
+    );
     let h = s.history("r", "key-a", Window::All).await.unwrap();
     assert_eq!(h[0], ChatMessage::text("system", "sys"));
     assert_eq!(&h[1..], &turn(7));
@@ -325,4 +332,36 @@ async fn writes_from_several_connections_all_land(b: Backend) {
             pair[0].text_content().replace("question", "answer")
         );
     }
+}
+
+async fn a_restored_session_stays_no_longer_than_its_conversation_lives(b: Backend) {
+    let ctx = Ctx::new(b, 1).await;
+    let s = store(&ctx, 0, SessionConfig::default());
+    let stored = vec![(serde_json::to_string(&turn(0)[0]).unwrap(), 5)];
+    // Idle TTL a day, but the conversation has 400 ms left: Redis keeps it 400 ms.
+    assert!(
+        s.restore(
+            "short",
+            "o",
+            None,
+            1,
+            1,
+            &stored,
+            Duration::from_millis(400)
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.restore("long", "o", None, 1, 1, &stored, HOUR)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.history("short", "o", Window::All).await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(matches!(
+        s.history("short", "o", Window::All).await,
+        Err(Error::NotFound)
+    ));
+    assert_eq!(s.history("long", "o", Window::All).await.unwrap().len(), 1);
 }
