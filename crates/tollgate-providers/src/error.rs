@@ -8,6 +8,10 @@ pub enum ProviderError {
     /// The upstream refused the request itself (4xx other than 429): retrying will not help.
     #[error("upstream rejected the request ({status}): {message}")]
     Rejected { status: u16, message: String },
+    /// The upstream's content filter refused the prompt (a 400 to the client, code
+    /// `content_filter`); another attempt would be refused the same way.
+    #[error("the upstream's content filter refused the request: {message}")]
+    ContentFiltered { message: String },
     /// The upstream is rate limiting us.
     #[error("upstream rate limited the request")]
     RateLimited { retry_after: Option<Duration> },
@@ -41,6 +45,7 @@ impl ProviderError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Rejected { .. } => "rejected",
+            Self::ContentFiltered { .. } => "content_filter",
             Self::RateLimited { .. } => "rate_limited",
             Self::Upstream { .. } => "upstream_5xx",
             Self::Timeout => "timeout",

@@ -8,12 +8,14 @@
 //! - [`openai_compat`]: any OpenAI-compatible `/chat/completions` and `/embeddings` (OpenAI, vLLM,
 //!   Ollama, llama.cpp).
 //! - [`anthropic`]: the Anthropic Messages API, translated both ways.
+//! - [`azure`]: Azure OpenAI deployments, with an `api-key` or Microsoft Entra ID tokens.
 //! - `local` (feature `local`): models in this process with candle: MiniLM embeddings, SmolLM2
 //!   chat.
 //! - [`router`]: aliases to weighted deployments, retries with jittered backoff, fallback.
 //! - [`sse`]: a server-sent-events parser for upstream streams.
 
 pub mod anthropic;
+pub mod azure;
 pub mod error;
 #[cfg(feature = "local")]
 pub mod local;
@@ -21,6 +23,7 @@ pub mod mock;
 pub mod openai_compat;
 pub mod router;
 pub mod sse;
+mod token;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;

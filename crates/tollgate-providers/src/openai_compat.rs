@@ -86,46 +86,7 @@ impl Provider for OpenAiCompat {
                 call = call.bearer_auth(key);
             }
             let response = send(call, this.timeouts.first_byte).await?;
-            let bytes = tokio::time::timeout(this.timeouts.idle, response.bytes())
-                .await
-                .map_err(|_| ProviderError::Timeout)?
-                .map_err(http_error)?;
-            #[derive(serde::Deserialize)]
-            struct Item {
-                index: usize,
-                embedding: Vec<f32>,
-            }
-            #[derive(serde::Deserialize)]
-            struct Reply {
-                data: Vec<Item>,
-                #[serde(default)]
-                usage: Option<serde_json::Value>,
-            }
-            let reply: Reply = serde_json::from_slice(&bytes)
-                .map_err(|e| ProviderError::Protocol(format!("embeddings: {e}")))?;
-            let mut vectors = vec![Vec::new(); expected];
-            for item in reply.data {
-                match vectors.get_mut(item.index) {
-                    Some(slot) => *slot = item.embedding,
-                    None => {
-                        return Err(ProviderError::Protocol(format!(
-                            "embedding index {} for {expected} inputs",
-                            item.index
-                        )));
-                    }
-                }
-            }
-            if vectors.iter().any(Vec::is_empty) {
-                return Err(ProviderError::Protocol("an input got no embedding".into()));
-            }
-            let prompt_tokens = reply
-                .usage
-                .and_then(|u| u.get("prompt_tokens").and_then(serde_json::Value::as_u64))
-                .unwrap_or(0);
-            Ok(Embeddings {
-                vectors,
-                prompt_tokens,
-            })
+            read_embeddings(response, expected, this.timeouts.idle).await
         })
     }
 
@@ -152,18 +113,7 @@ impl Provider for OpenAiCompat {
         let this = self.clone();
         Box::pin(async move {
             let call = this.call(&request, false)?;
-            let whole = async {
-                let response = send(call, this.timeouts.whole).await?;
-                let bytes = response.bytes().await.map_err(http_error)?;
-                serde_json::from_slice::<ChatCompletion>(&bytes).map_err(|e| {
-                    ProviderError::Protocol(format!(
-                        "the upstream's answer is not a chat completion: {e}"
-                    ))
-                })
-            };
-            tokio::time::timeout(this.timeouts.whole, whole)
-                .await
-                .map_err(|_| ProviderError::Timeout)?
+            read_completion(call, this.timeouts.whole).await
         })
     }
 }
@@ -175,26 +125,99 @@ impl OpenAiCompat {
         request: &ChatRequest,
         stream: bool,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        let mut body =
-            serde_json::to_value(request).map_err(|e| ProviderError::Protocol(e.to_string()))?;
-        if stream {
-            body["stream"] = serde_json::Value::Bool(true);
-            body["stream_options"] = serde_json::json!({"include_usage": true});
-        } else if let Some(fields) = body.as_object_mut() {
-            fields.remove("stream");
-            fields.remove("stream_options");
-        }
         let mut call = crate::with_trace_context(
             self.client
                 .post(&self.url)
                 .header("content-type", "application/json")
-                .body(body.to_string()),
+                .body(chat_body(request, stream)?),
         );
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }
         Ok(call)
     }
+}
+
+/// The body of a chat call to an OpenAI-shaped API: `request`, streamed with usage or not.
+pub(crate) fn chat_body(request: &ChatRequest, stream: bool) -> Result<String, ProviderError> {
+    let mut body =
+        serde_json::to_value(request).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+    if stream {
+        body["stream"] = serde_json::Value::Bool(true);
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    } else if let Some(fields) = body.as_object_mut() {
+        fields.remove("stream");
+        fields.remove("stream_options");
+    }
+    Ok(body.to_string())
+}
+
+/// Sends a non-streamed chat call and reads the whole answer, within `whole`.
+pub(crate) async fn read_completion(
+    call: reqwest::RequestBuilder,
+    whole: Duration,
+) -> Result<ChatCompletion, ProviderError> {
+    let answer = async {
+        let response = send(call, whole).await?;
+        let bytes = response.bytes().await.map_err(http_error)?;
+        serde_json::from_slice::<ChatCompletion>(&bytes).map_err(|e| {
+            ProviderError::Protocol(format!(
+                "the upstream's answer is not a chat completion: {e}"
+            ))
+        })
+    };
+    tokio::time::timeout(whole, answer)
+        .await
+        .map_err(|_| ProviderError::Timeout)?
+}
+
+/// Reads an OpenAI-shaped embeddings answer for `expected` inputs: one vector per input, in
+/// the inputs' order whatever order the items came in.
+pub(crate) async fn read_embeddings(
+    response: reqwest::Response,
+    expected: usize,
+    idle: Duration,
+) -> Result<Embeddings, ProviderError> {
+    let bytes = tokio::time::timeout(idle, response.bytes())
+        .await
+        .map_err(|_| ProviderError::Timeout)?
+        .map_err(http_error)?;
+    #[derive(serde::Deserialize)]
+    struct Item {
+        index: usize,
+        embedding: Vec<f32>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        data: Vec<Item>,
+        #[serde(default)]
+        usage: Option<serde_json::Value>,
+    }
+    let reply: Reply = serde_json::from_slice(&bytes)
+        .map_err(|e| ProviderError::Protocol(format!("embeddings: {e}")))?;
+    let mut vectors = vec![Vec::new(); expected];
+    for item in reply.data {
+        match vectors.get_mut(item.index) {
+            Some(slot) => *slot = item.embedding,
+            None => {
+                return Err(ProviderError::Protocol(format!(
+                    "embedding index {} for {expected} inputs",
+                    item.index
+                )));
+            }
+        }
+    }
+    if vectors.iter().any(Vec::is_empty) {
+        return Err(ProviderError::Protocol("an input got no embedding".into()));
+    }
+    let prompt_tokens = reply
+        .usage
+        .and_then(|u| u.get("prompt_tokens").and_then(serde_json::Value::as_u64))
+        .unwrap_or(0);
+    Ok(Embeddings {
+        vectors,
+        prompt_tokens,
+    })
 }
 
 /// The HTTP client of an upstream: its connect timeout, pooled keep-alive connections, no Nagle.
@@ -227,31 +250,46 @@ pub(crate) async fn send(
 
 /// Maps a non-200 answer to the error a caller can act on.
 pub(crate) async fn status_error(status: u16, response: reqwest::Response) -> ProviderError {
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(Duration::from_secs_f64);
+    let retry_after = retry_after(response.headers());
     let body = tokio::time::timeout(Duration::from_secs(5), response.bytes())
         .await
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
     let body = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
-    let message = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(|m| m.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or(body);
+    let parsed = serde_json::from_str::<serde_json::Value>(&body).ok();
+    let field = |pointer: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.pointer(pointer))
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+    };
+    let message = field("/error/message").unwrap_or(body);
+    // Azure OpenAI's content filter refuses the prompt with a 400 and this code.
+    if status == 400 && field("/error/code").as_deref() == Some("content_filter") {
+        return ProviderError::ContentFiltered { message };
+    }
     match status {
         429 => ProviderError::RateLimited { retry_after },
         500..=599 => ProviderError::Upstream { status, message },
         _ => ProviderError::Rejected { status, message },
     }
+}
+
+/// How long an upstream asks us to wait: `retry-after-ms` (Azure), else `retry-after` in
+/// seconds.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    };
+    number("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
 }
 
 pub(crate) fn http_error(e: reqwest::Error) -> ProviderError {
@@ -269,7 +307,7 @@ pub(crate) enum Parsed {
     End,
 }
 
-fn parse_openai_event(event: &SseEvent) -> Result<Parsed, ProviderError> {
+pub(crate) fn parse_openai_event(event: &SseEvent) -> Result<Parsed, ProviderError> {
     let data = event.data.trim();
     if data == "[DONE]" {
         return Ok(Parsed::End);

@@ -200,6 +200,16 @@ async fn upstream_errors_become_errors_the_router_can_act_on() {
             }),
         )
         .route(
+            "/f/chat/completions",
+            axum::routing::post(|| async {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after-ms", "1500"), ("retry-after", "2")],
+                    "slow down",
+                )
+            }),
+        )
+        .route(
             "/e/chat/completions",
             axum::routing::post(|| async {
                 (
@@ -220,6 +230,10 @@ async fn upstream_errors_become_errors_the_router_can_act_on() {
     };
     assert!(
         matches!(call("a").await, Err(ProviderError::RateLimited { retry_after: Some(d) }) if d == Duration::from_secs(3))
+    );
+    // Azure's finer `retry-after-ms` wins over `retry-after`.
+    assert!(
+        matches!(call("f").await, Err(ProviderError::RateLimited { retry_after: Some(d) }) if d == Duration::from_millis(1500))
     );
     match call("b").await {
         Err(ProviderError::Rejected {

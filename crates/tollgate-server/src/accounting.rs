@@ -4,7 +4,8 @@
 //! the cost is charged to the key's spend counters in Redis at once (what budgets are checked
 //! against), and a usage record goes through the outbox to the database (what reports read).
 //! Prices come from `[prices."MODEL"]`, for the model asked for, else the deployment that
-//! answered; a model without a price costs nothing.
+//! answered, else the compiled-in prices of common models (`config/prices.toml`, by the
+//! upstream's model name); a model without a price costs nothing.
 //!
 //! Budgets: per UTC day and month, and over any window (`budgets`, e.g. dollars per hour),
 //! checked before a request goes upstream; a charge that takes a window's spend past a share of
@@ -62,12 +63,7 @@ fn ledger_windows(budgets: &[crate::config::WindowBudget]) -> Vec<(WindowBudget,
 /// The cost of `usage` on `model` (or on `route`, the deployment that served it), in billionths
 /// of a dollar.
 pub fn cost_nanos(gw: &Gateway, model: &str, route: Option<&str>, usage: &Usage) -> i64 {
-    let price = gw
-        .config
-        .prices
-        .get(model)
-        .or_else(|| route.and_then(|r| gw.config.prices.get(r)));
-    price.map_or(0, |p| {
+    gw.config.price(model, route).map_or(0, |p| {
         (p.cost(usage.prompt_tokens, usage.completion_tokens) * 1e9).round() as i64
     })
 }

@@ -163,7 +163,7 @@ pub async fn cache_stats(gw: &Gateway) -> Result<Value, ApiError> {
     for model in gw.cache.models().await? {
         let s = gw.cache.stats(&model).await?;
         let lookups = s.hits + s.misses;
-        let price = gw.config.prices.get(&model).copied().unwrap_or_default();
+        let price = gw.config.price(&model, None).unwrap_or_default();
         data.push(json!({
             "model": model,
             "hits": s.hits,

@@ -539,6 +539,8 @@ pub enum ProviderKind {
     Anthropic,
     /// In-process models (candle): `local/all-minilm-l6-v2`, `local/smollm2-135m-instruct`.
     Local,
+    /// Azure OpenAI: `base_url` is the resource's endpoint, a model is a deployment.
+    Azure,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -580,6 +582,41 @@ pub struct ProviderSection {
     /// Local only: load the models at start instead of at their first request.
     #[serde(default)]
     pub preload: bool,
+    /// Azure only: the `api-version` (empty: a current GA version).
+    #[serde(default)]
+    pub api_version: String,
+    /// Azure only: Microsoft Entra ID tokens instead of the resource's key.
+    #[serde(default)]
+    pub entra: Option<EntraSection>,
+}
+
+/// Where a provider's Microsoft Entra ID tokens come from. The first that is set wins:
+/// `token_file`, `token_env`, then an application's credentials (`tenant_id`, `client_id` and a
+/// client secret or a federated token file; each defaults to the standard `AZURE_*` variable).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraSection {
+    /// A file holding a token that something else keeps fresh.
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// The environment variable holding a token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Default: `AZURE_TENANT_ID`.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Default: `AZURE_CLIENT_ID`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The environment variable holding the client secret. Default: `AZURE_CLIENT_SECRET`.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// A workload identity's federated token. Default: `AZURE_FEDERATED_TOKEN_FILE`.
+    #[serde(default)]
+    pub federated_token_file: Option<String>,
+    /// Default: `https://login.microsoftonline.com`.
+    #[serde(default)]
+    pub authority: Option<String>,
 }
 
 fn default_connect_ms() -> u64 {
@@ -626,6 +663,52 @@ impl Price {
     /// The cost of `prompt` + `completion` tokens.
     pub fn cost(&self, prompt: u64, completion: u64) -> f64 {
         (prompt as f64 * self.input_per_million + completion as f64 * self.output_per_million) / 1e6
+    }
+
+    /// The compiled-in price of `model` (`provider/name` or a bare name): the entry of
+    /// `config/prices.toml` its name is, or else the longest one it starts with.
+    pub fn builtin(model: &str) -> Option<Price> {
+        static PRICES: std::sync::LazyLock<BTreeMap<String, Price>> =
+            std::sync::LazyLock::new(|| {
+                let table: BTreeMap<String, [f64; 2]> =
+                    toml::from_str(include_str!("../../../config/prices.toml")).unwrap_or_default();
+                table
+                    .into_iter()
+                    .map(|(name, [input, output])| {
+                        let price = Price {
+                            input_per_million: input,
+                            output_per_million: output,
+                        };
+                        (name, price)
+                    })
+                    .collect()
+            });
+        let name = model.split_once('/').map_or(model, |(_, name)| name);
+        let name = ["us.", "eu.", "apac.", "us-gov.", "global."]
+            .iter()
+            .find_map(|region| name.strip_prefix(region))
+            .unwrap_or(name);
+        // The longest entry `name` starts with is the last one in order at or before it.
+        PRICES
+            .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(name)))
+            .rev()
+            .take_while(|(entry, _)| name.as_bytes().first() == entry.as_bytes().first())
+            .find(|(entry, _)| name.starts_with(entry.as_str()))
+            .map(|(_, price)| *price)
+    }
+}
+
+impl Config {
+    /// The price of a request for `model` answered by `route` (the deployment, when known):
+    /// `[prices]` for the model, then for the route, then the compiled-in price of the route's
+    /// model, then of the model's.
+    pub fn price(&self, model: &str, route: Option<&str>) -> Option<Price> {
+        self.prices
+            .get(model)
+            .or_else(|| route.and_then(|r| self.prices.get(r)))
+            .copied()
+            .or_else(|| route.and_then(Price::builtin))
+            .or_else(|| Price::builtin(model))
     }
 }
 
@@ -904,7 +987,7 @@ impl Config {
             }
             let remote = matches!(
                 provider.kind,
-                ProviderKind::Openai | ProviderKind::Anthropic
+                ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Azure
             );
             if remote && provider.base_url.as_deref().unwrap_or("").is_empty() {
                 p.push(format!(
@@ -918,6 +1001,20 @@ impl Config {
             {
                 p.push(format!(
                     "providers.{name}: set api_key_env (or api_key) for Anthropic"
+                ));
+            }
+            if provider.kind == ProviderKind::Azure
+                && provider.entra.is_none()
+                && provider.api_key.is_none()
+                && provider.api_key_env.is_none()
+            {
+                p.push(format!(
+                    "providers.{name}: set api_key_env (or api_key), or [providers.{name}.entra], for Azure"
+                ));
+            }
+            if provider.kind != ProviderKind::Azure && provider.entra.is_some() {
+                p.push(format!(
+                    "providers.{name}.entra: only Azure providers take Entra ID tokens"
                 ));
             }
             if !(0.0..=1.0).contains(&provider.error_rate) {
@@ -1103,17 +1200,60 @@ mod tests {
             rpm = 0
             [capacity.smart]
             tpm = 100
+            [sessions]
+            ttl_seconds = 3600
+            idle_ttl_seconds = 7200
+            [providers.az]
+            kind = "azure"
+            base_url = "https://r.openai.azure.com"
             "#,
         )
         .unwrap_err();
-        assert_eq!(err.0.len(), 6, "{err:?}");
+        assert_eq!(err.0.len(), 8, "{err:?}");
         let all = err.0.join("\n");
         for expected in [
             r#"capacity."ghost/x": neither provider/model"#,
             r#"capacity."ghost/x".rpm: must be at least 1"#,
+            "sessions.idle_ttl_seconds: 7200 is longer than sessions.ttl_seconds (3600)",
+            "providers.az: set api_key_env (or api_key), or [providers.az.entra], for Azure",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn common_models_have_prices_without_configuration() {
+        let price =
+            |m: &str| Price::builtin(m).map(|p| (p.input_per_million, p.output_per_million));
+        assert_eq!(price("openai/gpt-4o"), Some((2.5, 10.0)));
+        assert_eq!(price("azure/gpt-4o-2024-08-06"), Some((2.5, 10.0)));
+        assert_eq!(price("openai/gpt-4o-mini-2024-07-18"), Some((0.15, 0.6)));
+        assert_eq!(
+            price("anthropic/claude-3-5-sonnet-20241022"),
+            Some((3.0, 15.0))
+        );
+        assert_eq!(
+            price("bedrock/us.anthropic.claude-3-5-sonnet-20240620-v1:0"),
+            Some((3.0, 15.0))
+        );
+        assert_eq!(price("gemini/gemini-2.0-flash-001"), Some((0.1, 0.4)));
+        assert_eq!(price("gemini/gemini-2.0-flash-lite"), Some((0.075, 0.3)));
+        assert_eq!(price("mock/echo"), None);
+        assert_eq!(price("openai/omni-moderation-latest"), None);
+        // Configured prices win, for the model asked for and then for the deployment.
+        let mut config = Config::load(None, &HashMap::new()).unwrap();
+        let set = Price {
+            input_per_million: 1.0,
+            output_per_million: 1.0,
+        };
+        config.prices.insert("smart".into(), set);
+        assert_eq!(config.price("smart", Some("openai/gpt-4o")), Some(set));
+        assert_eq!(
+            config
+                .price("other", Some("openai/gpt-4o"))
+                .map(|p| p.input_per_million),
+            Some(2.5)
+        );
     }
 
     #[test]

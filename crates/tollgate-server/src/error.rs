@@ -103,6 +103,7 @@ impl ApiError {
                 ProviderError::Rejected { status, .. } => {
                     StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
                 }
+                ProviderError::ContentFiltered { .. } => StatusCode::BAD_REQUEST,
                 ProviderError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ProviderError::Upstream { .. }
                 | ProviderError::Connect(_)
@@ -130,7 +131,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limit_error",
             ApiError::BudgetExceeded { .. } => "insufficient_quota",
             ApiError::Provider(ProviderError::RateLimited { .. }) => "rate_limit_error",
-            ApiError::Provider(ProviderError::Rejected { .. }) => "invalid_request_error",
+            ApiError::Provider(
+                ProviderError::Rejected { .. } | ProviderError::ContentFiltered { .. },
+            ) => "invalid_request_error",
             ApiError::Provider(ProviderError::UnknownModel(_)) => "not_found_error",
             ApiError::Provider(_) => "upstream_error",
             ApiError::Unavailable(_) => "service_unavailable",
@@ -149,6 +152,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::BudgetExceeded { .. } => Some("budget_exceeded"),
             ApiError::Unauthorized(_) => Some("invalid_api_key"),
+            ApiError::Provider(ProviderError::ContentFiltered { .. }) => Some("content_filter"),
             _ => None,
         }
     }
@@ -175,6 +179,9 @@ impl ApiError {
         let param = match self {
             ApiError::BadRequest { param, .. } => param.clone(),
             ApiError::UnknownModel(_) => Some("model".to_owned()),
+            ApiError::Provider(ProviderError::ContentFiltered { .. }) => {
+                Some("messages".to_owned())
+            }
             _ => None,
         };
         json!({"error": {"message": self.public_message(), "type": self.kind(), "param": param, "code": self.code()}})

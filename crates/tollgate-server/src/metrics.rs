@@ -157,6 +157,7 @@ pub struct UpstreamLabels {
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum UpstreamErrorKind {
     Rejected,
+    ContentFilter,
     RateLimited,
     Upstream5xx,
     Timeout,
@@ -171,6 +172,7 @@ impl UpstreamErrorKind {
         use tollgate_providers::ProviderError as P;
         match e {
             P::Rejected { .. } => Self::Rejected,
+            P::ContentFiltered { .. } => Self::ContentFilter,
             P::RateLimited { .. } => Self::RateLimited,
             P::Upstream { .. } => Self::Upstream5xx,
             P::Timeout => Self::Timeout,

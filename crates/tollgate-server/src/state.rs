@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tollgate_providers::anthropic::Anthropic;
+use tollgate_providers::azure::{AzureAuth, AzureOpenAi, ClientSecret, EntraCredential};
 use tollgate_providers::local::{LocalConfig, LocalProvider};
 use tollgate_providers::mock::{MockConfig, MockProvider};
 use tollgate_providers::openai_compat::{OpenAiCompat, Timeouts};
@@ -16,7 +17,7 @@ use tollgate_redis::{
     VectorCollections, VectorConfig,
 };
 
-use crate::config::{Config, ProviderKind, ProviderSection};
+use crate::config::{Config, EntraSection, ProviderKind, ProviderSection};
 use crate::local_limiter::LocalLimiter;
 use crate::metrics::Metrics;
 use crate::tokens::OpenAiTokenCounter;
@@ -524,5 +525,80 @@ fn build_provider(name: &str, s: &ProviderSection) -> Result<Arc<dyn Provider>, 
                     .map_err(err)?,
             )
         }
+        ProviderKind::Azure => {
+            let auth = match (&s.entra, api_key) {
+                (Some(entra), _) => AzureAuth::Entra(entra_credential(name, entra)?),
+                (None, Some(key)) => AzureAuth::ApiKey(key),
+                (None, None) => {
+                    return Err(BuildError::Provider {
+                        name: name.to_owned(),
+                        message: format!(
+                            "no API key: set {}, or [providers.{name}.entra]",
+                            s.api_key_env.as_deref().unwrap_or("api_key")
+                        ),
+                    });
+                }
+            };
+            Arc::new(
+                AzureOpenAi::new(
+                    s.base_url.as_deref().unwrap_or_default(),
+                    &s.api_version,
+                    auth,
+                    timeouts,
+                )
+                .map_err(err)?,
+            )
+        }
+    })
+}
+
+/// The Entra ID credential a provider's `entra` section names, the standard `AZURE_*`
+/// variables filling what it leaves out.
+fn entra_credential(name: &str, e: &EntraSection) -> Result<EntraCredential, BuildError> {
+    let missing = |what: &str| BuildError::Provider {
+        name: name.to_owned(),
+        message: format!("Entra ID: {what}"),
+    };
+    let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+    if let Some(file) = &e.token_file {
+        return Ok(EntraCredential::TokenFile(file.into()));
+    }
+    if let Some(var) = &e.token_env {
+        let token = env(var).ok_or_else(|| missing(&format!("{var} is not set")))?;
+        return Ok(EntraCredential::Token(token));
+    }
+    let tenant_id = e
+        .tenant_id
+        .clone()
+        .or_else(|| env("AZURE_TENANT_ID"))
+        .ok_or_else(|| missing("set tenant_id (or AZURE_TENANT_ID)"))?;
+    let client_id = e
+        .client_id
+        .clone()
+        .or_else(|| env("AZURE_CLIENT_ID"))
+        .ok_or_else(|| missing("set client_id (or AZURE_CLIENT_ID)"))?;
+    let secret = if let Some(var) = &e.client_secret_env {
+        ClientSecret::Secret(env(var).ok_or_else(|| missing(&format!("{var} is not set")))?)
+    } else if let Some(file) = e
+        .federated_token_file
+        .clone()
+        .or_else(|| env("AZURE_FEDERATED_TOKEN_FILE"))
+    {
+        ClientSecret::FederatedTokenFile(file.into())
+    } else if let Some(secret) = env("AZURE_CLIENT_SECRET") {
+        ClientSecret::Secret(secret)
+    } else {
+        return Err(missing(
+            "set token_file, token_env, client_secret_env or federated_token_file (or AZURE_CLIENT_SECRET or AZURE_FEDERATED_TOKEN_FILE)",
+        ));
+    };
+    Ok(EntraCredential::Application {
+        authority: e
+            .authority
+            .clone()
+            .unwrap_or_else(|| tollgate_providers::azure::DEFAULT_AUTHORITY.to_owned()),
+        tenant_id,
+        client_id,
+        secret,
     })
 }

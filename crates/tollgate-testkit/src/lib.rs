@@ -12,7 +12,9 @@ mod fake_upstream;
 mod otlp;
 mod postgres;
 
-pub use fake_upstream::{FakeUpstream, FakeUpstreamConfig};
+pub use fake_upstream::{
+    AZURE_API_VERSIONS, FakeEntra, FakeUpstream, FakeUpstreamConfig, fake_vector,
+};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::{PostgresDb, TestDatabase, postgres_admin_url};
 

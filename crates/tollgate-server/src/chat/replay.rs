@@ -218,7 +218,7 @@ impl Plan {
         let usage = completion.usage.unwrap_or_default();
         let gw = self.gw.clone();
         gw.metrics.saved_tokens.inc_by(usage.total_tokens);
-        if let Some(price) = gw.config.prices.get(&self.req.model) {
+        if let Some(price) = gw.config.price(&self.req.model, None) {
             gw.metrics
                 .saved_dollars
                 .inc_by(price.cost(usage.prompt_tokens, usage.completion_tokens));

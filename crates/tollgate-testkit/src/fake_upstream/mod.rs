@@ -6,6 +6,9 @@
 //! key each API's way when given one, and can fail the first N calls with 500.
 
 mod anthropic;
+mod azure;
+
+pub use azure::{AZURE_API_VERSIONS, FakeEntra};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +38,8 @@ pub struct FakeUpstreamConfig {
     /// these words the last user message names. Questions naming the same topic get the same
     /// answer, so a test knows which questions are equivalent.
     pub topics: Vec<String>,
+    /// The Entra ID application whose tokens the Azure side takes (see [`azure`]).
+    pub entra: Option<FakeEntra>,
 }
 
 impl Default for FakeUpstreamConfig {
@@ -45,6 +50,7 @@ impl Default for FakeUpstreamConfig {
             fail_first: 0,
             api_key: None,
             topics: Vec::new(),
+            entra: None,
         }
     }
 }
@@ -55,6 +61,11 @@ struct Shared {
     calls: AtomicU64,
     requests: std::sync::Mutex<Vec<Value>>,
     traceparents: std::sync::Mutex<Vec<String>>,
+    /// The paths of the Azure calls (the deployment is in them), in order.
+    paths: std::sync::Mutex<Vec<String>>,
+    /// Entra ID tokens issued, and when each expires.
+    entra_tokens: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
+    tokens_issued: AtomicU64,
 }
 
 /// A running fake upstream; stops when dropped.
@@ -73,10 +84,26 @@ impl FakeUpstream {
             calls: AtomicU64::new(0),
             requests: std::sync::Mutex::new(Vec::new()),
             traceparents: std::sync::Mutex::new(Vec::new()),
+            paths: std::sync::Mutex::new(Vec::new()),
+            entra_tokens: std::sync::Mutex::new(Vec::new()),
+            tokens_issued: AtomicU64::new(0),
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(chat))
+            .route("/v1/embeddings", axum::routing::post(embeddings))
             .route("/v1/messages", axum::routing::post(anthropic::messages))
+            .route(
+                "/openai/deployments/{deployment}/chat/completions",
+                axum::routing::post(azure::chat),
+            )
+            .route(
+                "/openai/deployments/{deployment}/embeddings",
+                axum::routing::post(azure::embeddings),
+            )
+            .route(
+                "/{tenant}/oauth2/v2.0/token",
+                axum::routing::post(azure::token),
+            )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -99,6 +126,25 @@ impl FakeUpstream {
     /// `http://127.0.0.1:PORT`, the base URL to configure for an Anthropic provider.
     pub fn anthropic_base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`: an Azure OpenAI resource's endpoint, and the Entra ID authority.
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The paths of the Azure calls received so far, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.shared
+            .paths
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// Entra ID tokens issued so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.shared.tokens_issued.load(Ordering::SeqCst)
     }
 
     /// Calls received so far.
@@ -177,6 +223,21 @@ fn answer_text(chunks: usize) -> String {
 }
 
 impl Shared {
+    fn record_path(&self, path: &str) {
+        if let Ok(mut paths) = self.paths.lock() {
+            paths.push(path.to_owned());
+        }
+    }
+
+    /// True for a token the Entra side issued that has not expired.
+    fn token_is_live(&self, token: &str) -> bool {
+        let now = std::time::Instant::now();
+        self.entra_tokens
+            .lock()
+            .map(|live| live.iter().any(|(t, expires)| t == token && *expires > now))
+            .unwrap_or(false)
+    }
+
     /// Keeps the request and counts the call; its number, or the error to answer: 401 without
     /// the expected key (read by `key`), 500 for the first `fail_first` calls. Errors are shaped
     /// by `error(kind, message)`.
@@ -226,6 +287,13 @@ async fn chat(
         Ok(n) => n,
         Err(refused) => return refused.into_response(),
     };
+    answer_chat(&shared, n, &request, None).await
+}
+
+/// The answer to chat request number `n` in OpenAI's format; `prelude` (Azure's prompt filter
+/// results) is the first event of a stream when given.
+async fn answer_chat(shared: &Shared, n: u64, request: &Value, prelude: Option<Value>) -> Response {
+    let request = request.clone();
     let model = request
         .get("model")
         .and_then(Value::as_str)
@@ -234,7 +302,9 @@ async fn chat(
     let config = shared.config.clone();
     if let Some(answer) = tool_answer(&request) {
         let stream = request.get("stream") == Some(&Value::Bool(true));
-        return answer.respond(n, &model, stream, config.chunk_delay).await;
+        return answer
+            .respond(n, &model, stream, config.chunk_delay, prelude)
+            .await;
     }
     if request.get("stream") != Some(&Value::Bool(true)) {
         // The same pauses as a stream (one per event), then the whole answer.
@@ -255,10 +325,11 @@ async fn chat(
         json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
     };
-    let mut events = vec![chunk(
+    let mut events: Vec<Value> = prelude.into_iter().collect();
+    events.push(chunk(
         json!({"role": "assistant", "content": ""}),
         Value::Null,
-    )];
+    ));
     for text in words_for(&config, &request) {
         events.push(chunk(json!({"content": text}), Value::Null));
     }
@@ -268,6 +339,68 @@ async fn chat(
     usage["usage"] = json!({"prompt_tokens": 10, "completion_tokens": config.chunks, "total_tokens": 10 + config.chunks});
     events.push(usage);
     event_stream(openai_frames(events), config.chunk_delay)
+}
+
+async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(request): Json<Value>,
+) -> Response {
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(expected) = &shared.config.api_key
+        && key != Some(expected.as_str())
+    {
+        let body = openai_error("authentication_error", "invalid api key");
+        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    }
+    let model = request["model"].as_str().unwrap_or("fake").to_owned();
+    embeddings_answer(&shared, &request, &model)
+}
+
+/// An embeddings answer in OpenAI's format: for each input (a string or a list of them), 8
+/// numbers derived from its bytes, so equal texts get equal vectors; a word is a token.
+fn embeddings_answer(shared: &Shared, request: &Value, model: &str) -> Response {
+    let inputs: Vec<String> = match &request["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if inputs.is_empty() {
+        let body = openai_error(
+            "invalid_request_error",
+            "input: expected a string or strings",
+        );
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    if let Ok(mut requests) = shared.requests.lock() {
+        requests.push(request.clone());
+    }
+    shared.calls.fetch_add(1, Ordering::SeqCst);
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": fake_vector(text)}))
+        .collect();
+    let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();
+    Json(json!({"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    .into_response()
+}
+
+/// The fake's vector of `text`: 8 components from its bytes, normalized.
+pub fn fake_vector(text: &str) -> Vec<f32> {
+    let mut v = [1.0f32; 8];
+    for (i, b) in text.bytes().enumerate() {
+        v[i % 8] += f32::from(b) / 255.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / norm).collect()
 }
 
 /// What the fake model does in a conversation with tools (the same in either wire format): it
@@ -351,7 +484,14 @@ fn tool_answer(request: &Value) -> Option<ToolAnswer> {
 impl ToolAnswer {
     /// The answer in OpenAI's format, paced by `delay` per event as text answers are; call ids
     /// are `call_N_I` for the `n`-th request.
-    async fn respond(self, n: u64, model: &str, stream: bool, delay: Duration) -> Response {
+    async fn respond(
+        self,
+        n: u64,
+        model: &str,
+        stream: bool,
+        delay: Duration,
+        prelude: Option<Value>,
+    ) -> Response {
         let usage = json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15});
         let calls: Vec<Value> = match &self {
             ToolAnswer::Calls(names) => names
@@ -386,10 +526,11 @@ impl ToolAnswer {
             json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
                    "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
-        let mut events = vec![chunk(
+        let mut events: Vec<Value> = prelude.into_iter().collect();
+        events.push(chunk(
             json!({"role": "assistant", "content": null}),
             Value::Null,
-        )];
+        ));
         match self {
             ToolAnswer::Calls(_) => {
                 // Each call opens with its id and name, then its arguments in two fragments.

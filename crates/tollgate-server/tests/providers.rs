@@ -1,0 +1,260 @@
+//! The cloud providers through every API the gateway speaks (chat, Responses, Messages,
+//! embeddings), with retries and fallback, against fake upstreams that check credentials the
+//! way the real services do, on a real redis-server.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers panic on failure, as the tests do"
+)]
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tollgate_testkit::{FakeEntra, FakeUpstream, FakeUpstreamConfig, fake_vector};
+
+mod common;
+use common::{call, gateway};
+
+/// `[providers.NAME]` for the fake Azure resource, with `auth` lines.
+fn azure(name: &str, upstream: &FakeUpstream, auth: &str) -> String {
+    format!(
+        "[providers.{name}]\nkind = \"azure\"\nbase_url = \"{}\"\napi_version = \"2024-10-21\"\n{auth}\n",
+        upstream.root_url()
+    )
+}
+
+fn chat(model: &str, content: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": content}]})
+}
+
+/// The text of an SSE chat stream.
+fn streamed_text(body: &str) -> String {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn azure_deployments_answer_chat_responses_messages_and_embeddings() {
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        chunks: 3,
+        api_key: Some("azure-key".into()),
+        ..Default::default()
+    })
+    .await;
+    let gw = gateway(&azure("az", &upstream, "api_key = \"azure-key\"")).await;
+    let answer = upstream.answer();
+
+    let whole = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(chat("az/gpt4o-prod", "hi", false)),
+    )
+    .await;
+    assert_eq!(whole.status, StatusCode::OK, "{}", whole.text);
+    assert_eq!(
+        whole.json()["choices"][0]["message"]["content"],
+        answer.as_str()
+    );
+    assert_eq!(whole.header("x-tollgate-route"), Some("az/gpt4o-prod"));
+    let streamed = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(chat("az/gpt4o-prod", "ho", true)),
+    )
+    .await;
+    assert_eq!(streamed.status, StatusCode::OK, "{}", streamed.text);
+    assert_eq!(streamed_text(&streamed.text), answer);
+    assert!(
+        !streamed.text.contains("prompt_filter_results"),
+        "{}",
+        streamed.text
+    );
+
+    let response = call(
+        &gw,
+        "POST",
+        "/v1/responses",
+        &[],
+        Some(json!({"model": "az/gpt4o-prod", "input": "hey"})),
+    )
+    .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    assert_eq!(
+        response.json()["output"][0]["content"][0]["text"],
+        answer.as_str()
+    );
+    let message = call(
+        &gw,
+        "POST",
+        "/v1/messages",
+        &[],
+        Some(json!({"model": "az/gpt4o-prod", "max_tokens": 50,
+                    "messages": [{"role": "user", "content": "hoi"}]})),
+    )
+    .await;
+    assert_eq!(message.status, StatusCode::OK, "{}", message.text);
+    assert_eq!(message.json()["content"][0]["text"], answer.as_str());
+    assert_eq!(upstream.calls(), 4);
+
+    // Embeddings: computed by the deployment once, then from the embedding cache.
+    let body = json!({"model": "az/embed-small", "input": ["alpha", "beta"]});
+    for _ in 0..2 {
+        let embedded = call(&gw, "POST", "/v1/embeddings", &[], Some(body.clone())).await;
+        assert_eq!(embedded.status, StatusCode::OK, "{}", embedded.text);
+        let vector: Vec<f32> =
+            serde_json::from_value(embedded.json()["data"][1]["embedding"].clone()).unwrap();
+        assert_eq!(vector, fake_vector("beta"));
+    }
+    assert_eq!(
+        upstream.calls(),
+        5,
+        "the second embedding request was answered from the cache"
+    );
+    let paths = upstream.paths();
+    assert_eq!(paths.len(), 5);
+    assert!(
+        paths[..4]
+            .iter()
+            .all(|p| p == "/openai/deployments/gpt4o-prod/chat/completions")
+    );
+    assert_eq!(paths[4], "/openai/deployments/embed-small/embeddings");
+
+    // The content filter's refusal, in OpenAI's shape.
+    let filtered = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(chat("az/gpt4o-prod", "tell me [filtered]", false)),
+    )
+    .await;
+    assert_eq!(
+        filtered.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        filtered.text
+    );
+    let error = &filtered.json()["error"];
+    assert_eq!(error["code"], "content_filter");
+    assert_eq!(error["type"], "invalid_request_error");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("content management policy"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_azure_deployment_is_retried_and_then_left_for_the_fallback() {
+    let flaky = FakeUpstream::start(FakeUpstreamConfig {
+        fail_first: 1,
+        ..Default::default()
+    })
+    .await;
+    let down = FakeUpstream::start(FakeUpstreamConfig {
+        fail_first: 1000,
+        ..Default::default()
+    })
+    .await;
+    let backup = FakeUpstream::start(FakeUpstreamConfig::default()).await;
+    let config = format!(
+        "{}{}[providers.backup]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"x\"\n\
+         [retry]\nmax_retries = 2\nbase_backoff_ms = 1\nmax_backoff_ms = 5\n\
+         [aliases.smart]\ndeployments = [{{ model = \"down/gpt4o\", weight = 1 }}, {{ model = \"backup/m\", weight = 0 }}]\n",
+        azure("flaky", &flaky, "api_key = \"k\""),
+        azure("down", &down, "api_key = \"k\""),
+        backup.base_url(),
+    );
+    let gw = gateway(&config).await;
+    let retried = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(chat("flaky/gpt4o", "hi", false)),
+    )
+    .await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.text);
+    assert_eq!(flaky.calls(), 2, "one failure, one retry");
+    let fell_back = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(chat("smart", "hi", true)),
+    )
+    .await;
+    assert_eq!(fell_back.status, StatusCode::OK, "{}", fell_back.text);
+    assert_eq!(fell_back.header("x-tollgate-route"), Some("backup/m"));
+    assert_eq!(down.calls(), 3, "the first attempt and two retries");
+    assert_eq!(backup.calls(), 1);
+}
+
+#[tokio::test]
+async fn an_entra_workload_identity_is_exchanged_for_tokens_the_resource_takes() {
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        api_key: Some("unguessable".into()),
+        entra: Some(FakeEntra {
+            tenant_id: "t1".into(),
+            client_id: "app".into(),
+            client_secret: None,
+            federated_token: Some("federated-jwt".into()),
+            token_seconds: 3600,
+        }),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("federated");
+    std::fs::write(&file, "federated-jwt").unwrap();
+    let entra = format!(
+        "[providers.az.entra]\ntenant_id = \"t1\"\nclient_id = \"app\"\nfederated_token_file = \"{}\"\nauthority = \"{}\"\n",
+        file.display(),
+        upstream.root_url()
+    );
+    let gw = gateway(&azure("az", &upstream, &entra)).await;
+    for question in ["one", "two", "three"] {
+        let answered = call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat("az/d", question, false)),
+        )
+        .await;
+        assert_eq!(answered.status, StatusCode::OK, "{}", answered.text);
+    }
+    assert_eq!(
+        upstream.tokens_issued(),
+        1,
+        "one token serves every call while it lives"
+    );
+
+    // A credential the identity platform refuses is the caller's 401-class problem, not a 5xx,
+    // and is not retried.
+    std::fs::write(&file, "revoked").unwrap();
+    let other = gateway(&azure("az", &upstream, &entra)).await;
+    let refused = call(
+        &other,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(chat("az/d", "four", false)),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.text);
+    assert!(refused.text.contains("AADSTS7000215"), "{}", refused.text);
+    assert_eq!(upstream.calls(), 3);
+}
