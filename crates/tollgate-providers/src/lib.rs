@@ -9,6 +9,8 @@
 //!   Ollama, llama.cpp).
 //! - [`anthropic`]: the Anthropic Messages API, translated both ways.
 //! - [`azure`]: Azure OpenAI deployments, with an `api-key` or Microsoft Entra ID tokens.
+//! - [`gemini`]: Google Gemini (AI Studio with an API key, Vertex AI with a service account),
+//!   translated both ways.
 //! - `local` (feature `local`): models in this process with candle: MiniLM embeddings, SmolLM2
 //!   chat.
 //! - [`router`]: aliases to weighted deployments, retries with jittered backoff, fallback.
@@ -17,6 +19,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod error;
+pub mod gemini;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod mock;

@@ -541,6 +541,10 @@ pub enum ProviderKind {
     Local,
     /// Azure OpenAI: `base_url` is the resource's endpoint, a model is a deployment.
     Azure,
+    /// Google Gemini through the Generative Language API (Google AI Studio): an API key.
+    Gemini,
+    /// Google Gemini through Vertex AI: a project, a location and a service account.
+    Vertex,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -588,6 +592,16 @@ pub struct ProviderSection {
     /// Azure only: Microsoft Entra ID tokens instead of the resource's key.
     #[serde(default)]
     pub entra: Option<EntraSection>,
+    /// Vertex only: the Google Cloud project (empty: the service account's).
+    #[serde(default)]
+    pub project: String,
+    /// Vertex only: the region (`us-central1`, `europe-west4`, ...).
+    #[serde(default)]
+    pub location: String,
+    /// Vertex only: the service account's JSON key file (empty:
+    /// `GOOGLE_APPLICATION_CREDENTIALS`).
+    #[serde(default)]
+    pub credentials_file: String,
 }
 
 /// Where a provider's Microsoft Entra ID tokens come from. The first that is set wins:
@@ -989,6 +1003,19 @@ impl Config {
                 provider.kind,
                 ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Azure
             );
+            if provider.kind == ProviderKind::Gemini
+                && provider.api_key.is_none()
+                && provider.api_key_env.is_none()
+            {
+                p.push(format!(
+                    "providers.{name}: set api_key_env (or api_key) for Gemini"
+                ));
+            }
+            if provider.kind == ProviderKind::Vertex && provider.location.is_empty() {
+                p.push(format!(
+                    "providers.{name}.location: required for Vertex AI (e.g. us-central1)"
+                ));
+            }
             if remote && provider.base_url.as_deref().unwrap_or("").is_empty() {
                 p.push(format!(
                     "providers.{name}.base_url: required for {:?} providers",

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tollgate_providers::anthropic::Anthropic;
 use tollgate_providers::azure::{AzureAuth, AzureOpenAi, ClientSecret, EntraCredential};
+use tollgate_providers::gemini::{Gemini, GeminiApi, ServiceAccount};
 use tollgate_providers::local::{LocalConfig, LocalProvider};
 use tollgate_providers::mock::{MockConfig, MockProvider};
 use tollgate_providers::openai_compat::{OpenAiCompat, Timeouts};
@@ -549,6 +550,58 @@ fn build_provider(name: &str, s: &ProviderSection) -> Result<Arc<dyn Provider>, 
                 .map_err(err)?,
             )
         }
+        ProviderKind::Gemini => {
+            let api_key = api_key.ok_or_else(|| BuildError::Provider {
+                name: name.to_owned(),
+                message: format!(
+                    "no API key: set {}",
+                    s.api_key_env.as_deref().unwrap_or("api_key")
+                ),
+            })?;
+            let base_url = s
+                .base_url
+                .clone()
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| tollgate_providers::gemini::DEFAULT_BASE_URL.to_owned());
+            Arc::new(Gemini::new(GeminiApi::AiStudio { base_url, api_key }, timeouts).map_err(err)?)
+        }
+        ProviderKind::Vertex => Arc::new(Gemini::new(vertex_api(name, s)?, timeouts).map_err(err)?),
+    })
+}
+
+/// A Vertex AI provider: its service account (the configured key file, else
+/// `GOOGLE_APPLICATION_CREDENTIALS`'s), project (else the account's) and location.
+fn vertex_api(name: &str, s: &ProviderSection) -> Result<GeminiApi, BuildError> {
+    let fail = |message: String| BuildError::Provider {
+        name: name.to_owned(),
+        message,
+    };
+    let file = Some(s.credentials_file.clone())
+        .filter(|f| !f.is_empty())
+        .or_else(|| std::env::var("GOOGLE_APPLICATION_CREDENTIALS").ok())
+        .ok_or_else(|| {
+            fail(
+                "no service account: set credentials_file or GOOGLE_APPLICATION_CREDENTIALS".into(),
+            )
+        })?;
+    let text = std::fs::read_to_string(&file).map_err(|e| fail(format!("{file}: {e}")))?;
+    let account = ServiceAccount::from_json(&text).map_err(|e| fail(format!("{file}: {e}")))?;
+    let project = Some(s.project.clone())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| account.project_id.clone());
+    if project.is_empty() {
+        return Err(fail("no project: set project".into()));
+    }
+    let base_url = s
+        .base_url
+        .clone()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| format!("https://{}-aiplatform.googleapis.com", s.location));
+    Ok(GeminiApi::Vertex {
+        base_url,
+        project,
+        location: s.location.clone(),
+        account,
     })
 }
 

@@ -9,7 +9,10 @@
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tollgate_testkit::{FakeEntra, FakeUpstream, FakeUpstreamConfig, fake_vector};
+use tollgate_testkit::{
+    FakeEntra, FakeGoogle, FakeUpstream, FakeUpstreamConfig, fake_vector, service_account_json,
+    service_account_public_key,
+};
 
 mod common;
 use common::{call, gateway};
@@ -257,4 +260,163 @@ async fn an_entra_workload_identity_is_exchanged_for_tokens_the_resource_takes()
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.text);
     assert!(refused.text.contains("AADSTS7000215"), "{}", refused.text);
     assert_eq!(upstream.calls(), 3);
+}
+
+/// `[providers.NAME]` for the fake Gemini API (AI Studio).
+fn gemini(name: &str, upstream: &FakeUpstream, key: &str) -> String {
+    format!(
+        "[providers.{name}]\nkind = \"gemini\"\nbase_url = \"{}\"\napi_key = \"{key}\"\n",
+        upstream.root_url()
+    )
+}
+
+#[tokio::test]
+async fn gemini_answers_chat_responses_messages_and_embeddings_and_blocks_clearly() {
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        chunks: 3,
+        api_key: Some("g-key".into()),
+        ..Default::default()
+    })
+    .await;
+    let gw = gateway(&gemini("g", &upstream, "g-key")).await;
+    let answer = upstream.answer();
+    for stream in [false, true] {
+        let reply = call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat("g/gemini-2.0-flash", "hi", stream)),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let text = if stream {
+            streamed_text(&reply.text)
+        } else {
+            reply.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(text, answer);
+    }
+    let response = call(
+        &gw,
+        "POST",
+        "/v1/responses",
+        &[],
+        Some(json!({"model": "g/gemini-2.0-flash", "input": "hey", "instructions": "be kind"})),
+    )
+    .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    assert_eq!(
+        response.json()["output"][0]["content"][0]["text"],
+        answer.as_str()
+    );
+    let sent = upstream.requests().last().unwrap().clone();
+    assert_eq!(sent["systemInstruction"]["parts"][0]["text"], "be kind");
+    let message = call(
+        &gw,
+        "POST",
+        "/v1/messages",
+        &[],
+        Some(json!({"model": "g/gemini-2.0-flash", "max_tokens": 50,
+                    "messages": [{"role": "user", "content": "hoi"}]})),
+    )
+    .await;
+    assert_eq!(message.status, StatusCode::OK, "{}", message.text);
+    assert_eq!(message.json()["content"][0]["text"], answer.as_str());
+    assert_eq!(message.json()["usage"]["output_tokens"], 3);
+
+    let body = json!({"model": "g/text-embedding-004", "input": "alpha"});
+    let embedded = call(&gw, "POST", "/v1/embeddings", &[], Some(body)).await;
+    assert_eq!(embedded.status, StatusCode::OK, "{}", embedded.text);
+    let vector: Vec<f32> =
+        serde_json::from_value(embedded.json()["data"][0]["embedding"].clone()).unwrap();
+    assert_eq!(vector, fake_vector("alpha"));
+
+    // A prompt Gemini blocks: OpenAI's 400 content_filter, streamed or not; a field it cannot
+    // take: a 400 naming it, and nothing sent.
+    let before = upstream.calls();
+    for stream in [false, true] {
+        let blocked = call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat("g/gemini-2.0-flash", "[blocked] this", stream)),
+        )
+        .await;
+        assert_eq!(blocked.status, StatusCode::BAD_REQUEST, "{}", blocked.text);
+        assert_eq!(blocked.json()["error"]["code"], "content_filter");
+    }
+    let mut refused = chat("g/gemini-2.0-flash", "hi", false);
+    refused["logit_bias"] = json!({"50256": -100});
+    let refused = call(&gw, "POST", "/v1/chat/completions", &[], Some(refused)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.text);
+    assert!(refused.text.contains("logit_bias"), "{}", refused.text);
+    assert_eq!(
+        upstream.calls(),
+        before + 2,
+        "only the two blocked prompts were sent"
+    );
+}
+
+#[tokio::test]
+async fn vertex_serves_with_a_service_account_and_an_overloaded_model_falls_back() {
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        google: Some(FakeGoogle {
+            client_email: "gw@proj.iam.gserviceaccount.com".into(),
+            public_key_der: service_account_public_key(),
+            token_seconds: 3600,
+        }),
+        ..Default::default()
+    })
+    .await;
+    let overloaded = FakeUpstream::start(FakeUpstreamConfig {
+        fail_first: 1000,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("sa.json");
+    std::fs::write(
+        &key_file,
+        service_account_json("gw@proj.iam.gserviceaccount.com", &upstream.token_uri()),
+    )
+    .unwrap();
+    let config = format!(
+        "[providers.vertex]\nkind = \"vertex\"\nbase_url = \"{}\"\nlocation = \"us-central1\"\n\
+         credentials_file = \"{}\"\n{}\
+         [retry]\nmax_retries = 1\nbase_backoff_ms = 1\nmax_backoff_ms = 5\n\
+         [aliases.flash]\ndeployments = [{{ model = \"busy/gemini-2.0-flash\", weight = 1 }}, \
+         {{ model = \"vertex/gemini-2.0-flash\", weight = 0 }}]\n",
+        upstream.root_url(),
+        key_file.display(),
+        gemini("busy", &overloaded, "k"),
+    );
+    let gw = gateway(&config).await;
+    for question in ["one", "two"] {
+        let reply = call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat("flash", question, question == "two")),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        assert_eq!(
+            reply.header("x-tollgate-route"),
+            Some("vertex/gemini-2.0-flash")
+        );
+    }
+    assert_eq!(overloaded.calls(), 4, "two requests, each tried twice");
+    assert_eq!(upstream.tokens_issued(), 1);
+    // The project is the service account's own.
+    assert!(
+        upstream.paths()[0].starts_with("/v1/projects/test-project/locations/us-central1/"),
+        "{:?}",
+        upstream.paths()
+    );
 }

@@ -13,7 +13,8 @@ mod otlp;
 mod postgres;
 
 pub use fake_upstream::{
-    AZURE_API_VERSIONS, FakeEntra, FakeUpstream, FakeUpstreamConfig, fake_vector,
+    AZURE_API_VERSIONS, FakeEntra, FakeGoogle, FakeUpstream, FakeUpstreamConfig,
+    another_public_key, fake_vector, service_account_json, service_account_public_key,
 };
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::{PostgresDb, TestDatabase, postgres_admin_url};

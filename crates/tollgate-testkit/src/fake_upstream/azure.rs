@@ -226,7 +226,7 @@ pub(super) async fn token(
     let n = shared.tokens_issued.fetch_add(1, Ordering::SeqCst);
     let token = format!("entra-token-{n}");
     let expires = Instant::now() + Duration::from_secs(entra.token_seconds);
-    if let Ok(mut live) = shared.entra_tokens.lock() {
+    if let Ok(mut live) = shared.bearer_tokens.lock() {
         live.push((token.clone(), expires));
     }
     Json(

@@ -7,8 +7,12 @@
 
 mod anthropic;
 mod azure;
+mod gemini;
 
 pub use azure::{AZURE_API_VERSIONS, FakeEntra};
+pub use gemini::{
+    FakeGoogle, another_public_key, service_account_json, service_account_public_key,
+};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +44,8 @@ pub struct FakeUpstreamConfig {
     pub topics: Vec<String>,
     /// The Entra ID application whose tokens the Azure side takes (see [`azure`]).
     pub entra: Option<FakeEntra>,
+    /// The service account whose JWTs Google's token endpoint takes (see [`gemini`]).
+    pub google: Option<FakeGoogle>,
 }
 
 impl Default for FakeUpstreamConfig {
@@ -51,6 +57,7 @@ impl Default for FakeUpstreamConfig {
             api_key: None,
             topics: Vec::new(),
             entra: None,
+            google: None,
         }
     }
 }
@@ -63,8 +70,10 @@ struct Shared {
     traceparents: std::sync::Mutex<Vec<String>>,
     /// The paths of the Azure calls (the deployment is in them), in order.
     paths: std::sync::Mutex<Vec<String>>,
-    /// Entra ID tokens issued, and when each expires.
-    entra_tokens: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
+    /// Bearer tokens issued (Entra ID's and Google's), and when each expires.
+    bearer_tokens: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
+    /// `http://127.0.0.1:PORT/token`, the audience of a service account's JWT.
+    token_uri: std::sync::Mutex<String>,
     tokens_issued: AtomicU64,
 }
 
@@ -85,7 +94,8 @@ impl FakeUpstream {
             requests: std::sync::Mutex::new(Vec::new()),
             traceparents: std::sync::Mutex::new(Vec::new()),
             paths: std::sync::Mutex::new(Vec::new()),
-            entra_tokens: std::sync::Mutex::new(Vec::new()),
+            bearer_tokens: std::sync::Mutex::new(Vec::new()),
+            token_uri: std::sync::Mutex::new(String::new()),
             tokens_issued: AtomicU64::new(0),
         });
         let app = axum::Router::new()
@@ -104,11 +114,23 @@ impl FakeUpstream {
                 "/{tenant}/oauth2/v2.0/token",
                 axum::routing::post(azure::token),
             )
+            .route(
+                "/v1beta/models/{call}",
+                axum::routing::post(gemini::ai_studio),
+            )
+            .route(
+                "/v1/projects/{project}/locations/{location}/publishers/google/models/{call}",
+                axum::routing::post(gemini::vertex),
+            )
+            .route("/token", axum::routing::post(gemini::token))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the fake upstream");
         let addr = listener.local_addr().expect("fake upstream address");
+        if let Ok(mut uri) = shared.token_uri.lock() {
+            *uri = format!("http://{addr}/token");
+        }
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
@@ -142,7 +164,12 @@ impl FakeUpstream {
             .unwrap_or_default()
     }
 
-    /// Entra ID tokens issued so far.
+    /// `http://127.0.0.1:PORT/token`: Google's OAuth token endpoint for a service account.
+    pub fn token_uri(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    /// Bearer tokens (Entra ID's, Google's) issued so far.
     pub fn tokens_issued(&self) -> u64 {
         self.shared.tokens_issued.load(Ordering::SeqCst)
     }
@@ -229,10 +256,10 @@ impl Shared {
         }
     }
 
-    /// True for a token the Entra side issued that has not expired.
+    /// True for a bearer token this fake issued that has not expired.
     fn token_is_live(&self, token: &str) -> bool {
         let now = std::time::Instant::now();
-        self.entra_tokens
+        self.bearer_tokens
             .lock()
             .map(|live| live.iter().any(|(t, expires)| t == token && *expires > now))
             .unwrap_or(false)
