@@ -9,6 +9,7 @@
 //!   Ollama, llama.cpp).
 //! - [`anthropic`]: the Anthropic Messages API, translated both ways.
 //! - [`azure`]: Azure OpenAI deployments, with an `api-key` or Microsoft Entra ID tokens.
+//! - [`bedrock`]: AWS Bedrock's Converse API, SigV4-signed, translated both ways.
 //! - [`gemini`]: Google Gemini (AI Studio with an API key, Vertex AI with a service account),
 //!   translated both ways.
 //! - `local` (feature `local`): models in this process with candle: MiniLM embeddings, SmolLM2
@@ -18,6 +19,7 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
 pub mod error;
 pub mod gemini;
 #[cfg(feature = "local")]

@@ -545,6 +545,8 @@ pub enum ProviderKind {
     Gemini,
     /// Google Gemini through Vertex AI: a project, a location and a service account.
     Vertex,
+    /// AWS Bedrock's Converse API: a region and AWS credentials (SigV4).
+    Bedrock,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -598,10 +600,18 @@ pub struct ProviderSection {
     /// Vertex only: the region (`us-central1`, `europe-west4`, ...).
     #[serde(default)]
     pub location: String,
-    /// Vertex only: the service account's JSON key file (empty:
-    /// `GOOGLE_APPLICATION_CREDENTIALS`).
+    /// Vertex: the service account's JSON key file (empty: `GOOGLE_APPLICATION_CREDENTIALS`).
+    /// Bedrock: a shared credentials file (empty: the environment's keys, else
+    /// `AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`).
     #[serde(default)]
     pub credentials_file: String,
+    /// Bedrock only: the region (empty: `AWS_REGION`, else `AWS_DEFAULT_REGION`).
+    #[serde(default)]
+    pub region: String,
+    /// Bedrock only: the shared credentials file's profile (empty: `AWS_PROFILE`, else
+    /// `default`).
+    #[serde(default)]
+    pub profile: String,
 }
 
 /// Where a provider's Microsoft Entra ID tokens come from. The first that is set wins:

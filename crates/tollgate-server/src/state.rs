@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tollgate_providers::anthropic::Anthropic;
 use tollgate_providers::azure::{AzureAuth, AzureOpenAi, ClientSecret, EntraCredential};
+use tollgate_providers::bedrock::{AwsCredentials, Bedrock};
 use tollgate_providers::gemini::{Gemini, GeminiApi, ServiceAccount};
 use tollgate_providers::local::{LocalConfig, LocalProvider};
 use tollgate_providers::mock::{MockConfig, MockProvider};
@@ -566,7 +567,41 @@ fn build_provider(name: &str, s: &ProviderSection) -> Result<Arc<dyn Provider>, 
             Arc::new(Gemini::new(GeminiApi::AiStudio { base_url, api_key }, timeouts).map_err(err)?)
         }
         ProviderKind::Vertex => Arc::new(Gemini::new(vertex_api(name, s)?, timeouts).map_err(err)?),
+        ProviderKind::Bedrock => {
+            let (region, credentials) = bedrock_access(name, s)?;
+            let endpoint = s.base_url.clone().unwrap_or_default();
+            Arc::new(Bedrock::new(&region, &endpoint, credentials, timeouts).map_err(err)?)
+        }
     })
+}
+
+/// A Bedrock provider's region (configured, else `AWS_REGION`, else `AWS_DEFAULT_REGION`) and
+/// credentials (a configured shared credentials file at its profile, else the standard chain).
+fn bedrock_access(name: &str, s: &ProviderSection) -> Result<(String, AwsCredentials), BuildError> {
+    let fail = |message: &str| BuildError::Provider {
+        name: name.to_owned(),
+        message: message.to_owned(),
+    };
+    let env = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty());
+    let region = Some(s.region.clone())
+        .filter(|r| !r.is_empty())
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .ok_or_else(|| fail("no region: set region, or AWS_REGION"))?;
+    let credentials = if s.credentials_file.is_empty() {
+        AwsCredentials::from_environment().ok_or_else(|| {
+            fail("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or credentials_file")
+        })?
+    } else {
+        AwsCredentials::SharedFile {
+            path: s.credentials_file.clone().into(),
+            profile: Some(s.profile.clone())
+                .filter(|p| !p.is_empty())
+                .or_else(|| env("AWS_PROFILE"))
+                .unwrap_or_else(|| "default".into()),
+        }
+    };
+    Ok((region, credentials))
 }
 
 /// A Vertex AI provider: its service account (the configured key file, else

@@ -10,8 +10,8 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tollgate_testkit::{
-    FakeEntra, FakeGoogle, FakeUpstream, FakeUpstreamConfig, fake_vector, service_account_json,
-    service_account_public_key,
+    FakeAws, FakeEntra, FakeGoogle, FakeUpstream, FakeUpstreamConfig, fake_vector,
+    service_account_json, service_account_public_key,
 };
 
 mod common;
@@ -419,4 +419,116 @@ async fn vertex_serves_with_a_service_account_and_an_overloaded_model_falls_back
         "{:?}",
         upstream.paths()
     );
+}
+
+#[tokio::test]
+async fn bedrock_answers_every_api_and_a_throttled_stream_falls_back() {
+    let upstream = FakeUpstream::start(FakeUpstreamConfig {
+        chunks: 3,
+        aws: Some(FakeAws {
+            region: "us-west-2".into(),
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "secret".into(),
+            session_token: Some("token".into()),
+        }),
+        ..Default::default()
+    })
+    .await;
+    let backup = FakeUpstream::start(FakeUpstreamConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        "[prod]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = secret\naws_session_token = token\n",
+    )
+    .unwrap();
+    let config = format!(
+        "[providers.aws]\nkind = \"bedrock\"\nbase_url = \"{}\"\nregion = \"us-west-2\"\n\
+         credentials_file = \"{}\"\nprofile = \"prod\"\n\
+         [providers.backup]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"x\"\n\
+         [retry]\nmax_retries = 1\nbase_backoff_ms = 1\nmax_backoff_ms = 5\n\
+         [aliases.claude]\ndeployments = [{{ model = \"aws/anthropic.claude-3-5-sonnet-20240620-v1:0\", weight = 1 }}, \
+         {{ model = \"backup/m\", weight = 0 }}]\n",
+        upstream.root_url(),
+        credentials.display(),
+        backup.base_url(),
+    );
+    let gw = gateway(&config).await;
+    let answer = upstream.answer();
+    let model = "aws/anthropic.claude-3-5-sonnet-20240620-v1:0";
+    for stream in [false, true] {
+        let reply = call(
+            &gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat(model, "hi", stream)),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let text = if stream {
+            streamed_text(&reply.text)
+        } else {
+            reply.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(text, answer);
+    }
+    let response = call(
+        &gw,
+        "POST",
+        "/v1/responses",
+        &[],
+        Some(json!({"model": model, "input": "hey"})),
+    )
+    .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    assert_eq!(
+        response.json()["output"][0]["content"][0]["text"],
+        answer.as_str()
+    );
+    let message = call(
+        &gw,
+        "POST",
+        "/v1/messages",
+        &[],
+        Some(
+            json!({"model": model, "max_tokens": 50, "system": "be kind",
+                    "messages": [{"role": "user", "content": "hoi"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(message.status, StatusCode::OK, "{}", message.text);
+    assert_eq!(message.json()["content"][0]["text"], answer.as_str());
+    assert_eq!(
+        upstream.requests().last().unwrap()["system"],
+        json!([{"text": "be kind"}])
+    );
+    let embedded = call(
+        &gw,
+        "POST",
+        "/v1/embeddings",
+        &[],
+        Some(json!({"model": "aws/amazon.titan-embed-text-v2:0", "input": ["alpha", "beta"]})),
+    )
+    .await;
+    assert_eq!(embedded.status, StatusCode::OK, "{}", embedded.text);
+    let vector: Vec<f32> =
+        serde_json::from_value(embedded.json()["data"][1]["embedding"].clone()).unwrap();
+    assert_eq!(vector, fake_vector("beta"));
+
+    // Throttled at the start of the stream, twice: the alias falls back to its other deployment.
+    let reply = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(chat("claude", "[throttle] hi", true)),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.header("x-tollgate-route"), Some("backup/m"));
+    assert_eq!(backup.calls(), 1);
 }

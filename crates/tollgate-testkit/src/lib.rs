@@ -13,7 +13,7 @@ mod otlp;
 mod postgres;
 
 pub use fake_upstream::{
-    AZURE_API_VERSIONS, FakeEntra, FakeGoogle, FakeUpstream, FakeUpstreamConfig,
+    AZURE_API_VERSIONS, FakeAws, FakeEntra, FakeGoogle, FakeUpstream, FakeUpstreamConfig,
     another_public_key, fake_vector, service_account_json, service_account_public_key,
 };
 pub use otlp::{OtlpReceiver, ReceivedSpan};

@@ -7,9 +7,11 @@
 
 mod anthropic;
 mod azure;
+mod bedrock;
 mod gemini;
 
 pub use azure::{AZURE_API_VERSIONS, FakeEntra};
+pub use bedrock::FakeAws;
 pub use gemini::{
     FakeGoogle, another_public_key, service_account_json, service_account_public_key,
 };
@@ -46,6 +48,8 @@ pub struct FakeUpstreamConfig {
     pub entra: Option<FakeEntra>,
     /// The service account whose JWTs Google's token endpoint takes (see [`gemini`]).
     pub google: Option<FakeGoogle>,
+    /// The AWS account whose SigV4 signatures the Bedrock side takes (see [`bedrock`]).
+    pub aws: Option<FakeAws>,
 }
 
 impl Default for FakeUpstreamConfig {
@@ -58,6 +62,7 @@ impl Default for FakeUpstreamConfig {
             topics: Vec::new(),
             entra: None,
             google: None,
+            aws: None,
         }
     }
 }
@@ -123,6 +128,10 @@ impl FakeUpstream {
                 axum::routing::post(gemini::vertex),
             )
             .route("/token", axum::routing::post(gemini::token))
+            .route(
+                "/model/{id}/{operation}",
+                axum::routing::post(bedrock::model),
+            )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -605,14 +614,18 @@ fn event_stream(frames: Vec<String>, delay: Duration) -> Response {
 }
 
 /// The frames, one every `delay`.
-fn paced_body(frames: Vec<String>, delay: Duration) -> Body {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(4);
+fn paced_body<T: Into<axum::body::Bytes> + Send + 'static>(
+    frames: Vec<T>,
+    delay: Duration,
+) -> Body {
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::convert::Infallible>>(4);
     tokio::spawn(async move {
         for frame in frames {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if tx.send(Ok(frame)).await.is_err() {
+            if tx.send(Ok(frame.into())).await.is_err() {
                 return;
             }
         }
