@@ -270,6 +270,23 @@ pub(crate) async fn status_error(status: u16, response: reqwest::Response) -> Pr
     if status == 400 && field("/error/code").as_deref() == Some("content_filter") {
         return ProviderError::ContentFiltered { message };
     }
+    // Google says how long to wait in the body (a `google.rpc.RetryInfo` detail: "30s").
+    let retry_after = retry_after.or_else(|| {
+        parsed
+            .as_ref()?
+            .pointer("/error/details")?
+            .as_array()?
+            .iter()
+            .find_map(|d| {
+                d.get("retryDelay")?
+                    .as_str()?
+                    .strip_suffix('s')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+    });
     match status {
         429 => ProviderError::RateLimited { retry_after },
         500..=599 => ProviderError::Upstream { status, message },

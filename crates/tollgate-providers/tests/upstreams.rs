@@ -210,6 +210,18 @@ async fn upstream_errors_become_errors_the_router_can_act_on() {
             }),
         )
         .route(
+            "/g/chat/completions",
+            axum::routing::post(|| async {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                        "message": "Quota exceeded", "details": [
+                            {"@type": "type.googleapis.com/google.rpc.QuotaFailure"},
+                            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}]}})),
+                )
+            }),
+        )
+        .route(
             "/e/chat/completions",
             axum::routing::post(|| async {
                 (
@@ -234,6 +246,10 @@ async fn upstream_errors_become_errors_the_router_can_act_on() {
     // Azure's finer `retry-after-ms` wins over `retry-after`.
     assert!(
         matches!(call("f").await, Err(ProviderError::RateLimited { retry_after: Some(d) }) if d == Duration::from_millis(1500))
+    );
+    // Google's wait is in the body.
+    assert!(
+        matches!(call("g").await, Err(ProviderError::RateLimited { retry_after: Some(d) }) if d == Duration::from_secs(7))
     );
     match call("b").await {
         Err(ProviderError::Rejected {
