@@ -1,8 +1,12 @@
 -- rate_refund.lua: give back what rate_limit.lua charged, for limits charged in one slot of a
 -- cluster when a limit in another slot refused the request (all or nothing across slots).
 --
--- KEYS, ARGV  exactly as rate_limit.lua took them (N, then kind, a, b, c, d per limit)
+-- KEYS, ARGV  exactly as rate_limit.lua took them (N, then kind, a, b, c, d per limit; the
+--             queue keys of leases that wait after the limits' keys)
 -- Reply:      the number of limits given back
+-- A waiting request's slot given back puts it back at the head of that slot's queue: it was
+-- admitted there, so nobody ahead of it was kept out by it, and a newcomer must not take the
+-- place it keeps while another slot holds it up.
 -- Uses the server's TIME. A refund never leaves more than a limit holds when untouched: a
 -- sliding log drops its newest times (the request's own, or one admitted a moment after it: the
 -- window then frees a moment later than exact), a bucket never fills above its capacity.
@@ -66,6 +70,7 @@ local function tokens(key, capacity, period_ms, cost)
 end
 
 local n = tonumber(ARGV[1])
+local queues = n
 for i = 1, n do
   local o = 2 + 5 * (i - 1)
   local kind, key = ARGV[o], KEYS[i]
@@ -82,6 +87,18 @@ for i = 1, n do
     tokens(key, tonumber(a), tonumber(b), tonumber(c))
   elseif kind == 'lease' then
     redis.call('ZREM', key, c)
+    local grace = tonumber(d)
+    if grace > 0 then
+      local q, qd = KEYS[queues + 1], KEYS[queues + 2]
+      queues = queues + 2
+      local head = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
+      local at = now
+      if head[2] then at = math.min(now, tonumber(head[2]) - 1) end
+      redis.call('ZADD', q, fmt(at), c)
+      redis.call('ZADD', qd, fmt(now + grace * 1000), c)
+      redis.call('PEXPIRE', q, grace + 1000)
+      redis.call('PEXPIRE', qd, grace + 1000)
+    end
   else
     return redis.error_reply('unknown limit kind ' .. tostring(kind))
   end

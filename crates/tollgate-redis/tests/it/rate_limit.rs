@@ -775,3 +775,75 @@ async fn slots_go_to_waiters_in_order_of_arrival_and_a_silent_waiter_loses_its_p
         .unwrap();
     assert_eq!(d.decisions[0].queued, 1);
 }
+
+pattern_suite!(a_waiter_held_up_by_another_slot_keeps_its_place_in_the_one_that_admitted_it);
+
+/// A request that waits for two slots, its key's and its model's (on a cluster: two hash slots,
+/// checked by two scripts), keeps its place at the head of the key's queue while the model's
+/// holds it up, whoever asks in between: a newcomer queues behind it.
+async fn a_waiter_held_up_by_another_slot_keeps_its_place_in_the_one_that_admitted_it(b: Backend) {
+    let ctx = Ctx::new(b, CONNS).await;
+    let minute = Duration::from_secs(60);
+    let limiters: Vec<RateLimiter> = (0..CONNS)
+        .map(|i| RateLimiter::new(ctx.conn_for(i), ctx.keys.clone()))
+        .collect();
+    let slot = |key| Check {
+        key,
+        limit: Limit::Concurrency {
+            limit: 1,
+            lease: minute,
+        },
+        cost: 1,
+    };
+    let l = &limiters[0];
+    let team = slot(l.key(&Id::new("team").unwrap(), "conc").unwrap());
+    let big = slot(l.model_key(&Id::new("big").unwrap(), "conc").unwrap());
+    let small = slot(l.model_key(&Id::new("small").unwrap(), "conc").unwrap());
+    let holds_team = l.check_all(std::slice::from_ref(&team)).await.unwrap();
+    let holds_big = l.check_all(std::slice::from_ref(&big)).await.unwrap();
+    assert!(holds_team.allowed && holds_big.allowed);
+
+    let grace = Duration::from_secs(30);
+    let first = Waiter::new(grace);
+    let wants_big = [team.clone(), big.clone()];
+    let d = limiters[1]
+        .check_all_waiting(&wants_big, &first)
+        .await
+        .unwrap();
+    assert!(!d.allowed);
+    assert_eq!(
+        d.decisions.iter().map(|d| d.queued).collect::<Vec<_>>(),
+        [1, 1]
+    );
+    // The team's slot frees; the model's does not: the first waiter is admitted by the team's
+    // limit only, and must keep its place there.
+    l.settle(&holds_team.leases, &[], minute, 0).await.unwrap();
+    let d = limiters[1]
+        .check_all_waiting(&wants_big, &first)
+        .await
+        .unwrap();
+    assert!(!d.allowed, "{d:?}");
+    assert_eq!(d.decisions[1].queued, 1, "{d:?}");
+    // A newcomer for the small model (free) is still behind it in the team's queue.
+    let newcomer = Waiter::new(grace);
+    let wants_small = [team.clone(), small.clone()];
+    let d = limiters[2]
+        .check_all_waiting(&wants_small, &newcomer)
+        .await
+        .unwrap();
+    assert!(!d.allowed, "the newcomer jumped the queue: {d:?}");
+    assert_eq!(d.decisions[0].queued, 2, "{d:?}");
+    // Once the model frees, the first waiter gets both, and then the newcomer is next.
+    l.settle(&holds_big.leases, &[], minute, 0).await.unwrap();
+    let d = limiters[1]
+        .check_all_waiting(&wants_big, &first)
+        .await
+        .unwrap();
+    assert!(d.allowed, "{d:?}");
+    l.settle(&d.leases, &[], minute, 0).await.unwrap();
+    let d = limiters[2]
+        .check_all_waiting(&wants_small, &newcomer)
+        .await
+        .unwrap();
+    assert!(d.allowed, "{d:?}");
+}
