@@ -5,15 +5,57 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Label values are snake_case (`hit`, `fail_open_allowed`, `upstream_5xx`), as Prometheus
+/// conventions have them: the variant's name with `_` before each later capital and before the
+/// first digit after a letter.
+macro_rules! snake_case_labels {
+    ($($kind:ty),* $(,)?) => {$(
+        impl EncodeLabelValue for $kind {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                use std::fmt::Write as _;
+                encoder.write_str(&snake_case(&format!("{self:?}")))
+            }
+        }
+    )*};
+}
+
+snake_case_labels!(
+    StatusClass,
+    SemanticSkip,
+    CheckOutcome,
+    CacheResult,
+    TokenKind,
+    LimiterDecision,
+    QueueOutcome,
+    UpstreamErrorKind,
+);
+
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    let mut previous: Option<char> = None;
+    for c in name.chars() {
+        let boundary = match previous {
+            Some(p) => c.is_ascii_uppercase() || (c.is_ascii_digit() && p.is_ascii_alphabetic()),
+            None => false,
+        };
+        if boundary {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+        previous = Some(c);
+    }
+    out
+}
+
 /// Status class of an answer.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum StatusClass {
     Ok,
     ClientError,
@@ -34,7 +76,7 @@ pub struct RouteLabels {
 }
 
 /// What the cache did for a request.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum CacheResult {
     Hit,
     Semantic,
@@ -59,7 +101,7 @@ impl CacheResult {
 }
 
 /// Why a request went on without the semantic cache, or a question was not indexed.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum SemanticSkip {
     /// Every embedding slot was taken: looked up as a miss at once.
     Busy,
@@ -83,7 +125,7 @@ pub struct SemanticCheckLabels {
     pub served: bool,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum CheckOutcome {
     Right,
     Wrong,
@@ -100,7 +142,7 @@ pub struct CacheLabels {
 }
 
 /// Prompt or completion.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum TokenKind {
     Prompt,
     Completion,
@@ -112,7 +154,7 @@ pub struct TokenLabels {
 }
 
 /// What a limiter decided.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum LimiterDecision {
     Allowed,
     Denied,
@@ -133,7 +175,7 @@ pub struct TierLabels {
 }
 
 /// How a wait in a concurrency queue ended.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum QueueOutcome {
     /// A slot was its.
     Admitted,
@@ -154,7 +196,7 @@ pub struct UpstreamLabels {
 }
 
 /// Upstream failure kinds (as `ProviderError::kind`).
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
     Rejected,
     ContentFilter,
@@ -374,5 +416,28 @@ impl Metrics {
         self.limiter
             .get_or_create(&LimiterLabels { decision })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_snake_case() {
+        for (name, label) in [
+            ("Hit", "hit"),
+            ("FailOpenAllowed", "fail_open_allowed"),
+            ("Upstream5xx", "upstream_5xx"),
+            ("IndexDropped", "index_dropped"),
+        ] {
+            assert_eq!(snake_case(name), label);
+        }
+        // The upstream error labels are the errors' own kinds.
+        let e = tollgate_providers::ProviderError::Upstream {
+            status: 502,
+            message: String::new(),
+        };
+        assert_eq!(snake_case(&format!("{:?}", UpstreamErrorKind::of(&e))), e.kind());
     }
 }

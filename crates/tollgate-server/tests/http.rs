@@ -1598,7 +1598,7 @@ async fn a_slow_embedding_makes_a_miss_not_a_wait_and_is_indexed_later() {
     .await
     .text;
     assert!(
-        metrics.contains("tollgate_semantic_skipped_total{reason=\"Slow\"} 1"),
+        metrics.contains("tollgate_semantic_skipped_total{reason=\"slow\"} 1"),
         "{metrics}"
     );
     // Indexed once its embedding is done: the partition holds the question.
@@ -1890,9 +1890,9 @@ async fn with_an_error_rate_the_threshold_learns_from_checked_answers_on_two_rep
     .await
     .concat();
     assert!(
-        metrics.contains("tollgate_semantic_checks_total{model=\"fake/m\",outcome=\"Wrong\"")
+        metrics.contains("tollgate_semantic_checks_total{model=\"fake/m\",outcome=\"wrong\"")
             && metrics
-                .contains("tollgate_semantic_checks_total{model=\"fake/m\",outcome=\"Right\"")
+                .contains("tollgate_semantic_checks_total{model=\"fake/m\",outcome=\"right\"")
             && metrics.contains("tollgate_semantic_threshold{model=\"fake/m\"}"),
         "{metrics}"
     );
@@ -2321,7 +2321,7 @@ async fn a_full_redis_degrades_like_an_outage_and_every_request_is_answered() {
     }
     let metrics = call(&gw, "GET", "/metrics", &[], None).await.text;
     assert!(
-        metrics.contains("tollgate_cache_lookups_total{result=\"Error\"}"),
+        metrics.contains("tollgate_cache_lookups_total{result=\"error\"}"),
         "{metrics}"
     );
     // Memory back: the cache stores and hits again.
