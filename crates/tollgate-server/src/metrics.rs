@@ -438,6 +438,9 @@ mod tests {
             status: 502,
             message: String::new(),
         };
-        assert_eq!(snake_case(&format!("{:?}", UpstreamErrorKind::of(&e))), e.kind());
+        assert_eq!(
+            snake_case(&format!("{:?}", UpstreamErrorKind::of(&e))),
+            e.kind()
+        );
     }
 }

@@ -6,17 +6,20 @@ use axum::routing::{delete, get, post, put};
 
 use crate::handlers::{
     cache, chat, embeddings, events, features, keys, messages, models, ops, responses, results,
-    sessions, streams, vectors,
+    sessions, streams, ui, vectors,
 };
 use crate::state::AppState;
 
-/// The routes open by design, and only these: what load balancers and orchestrators poll, and
-/// the API's description.
+/// The routes open by design, and only these: what load balancers and orchestrators poll, the
+/// API's description, and the dashboard's files (which hold no data: the page reads the admin
+/// API with the master key).
 pub(crate) fn open_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(ops::healthz_handler))
         .route("/readyz", get(ops::readyz_handler))
         .route("/openapi.json", get(ops::openapi_handler))
+        .route("/ui", get(ui::index_handler))
+        .route("/ui/{file}", get(ui::asset_handler))
 }
 
 /// The API, for an API key (any key; what it reaches is its own tenant's).

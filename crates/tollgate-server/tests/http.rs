@@ -67,6 +67,31 @@ fn sse_text(text: &str) -> String {
 }
 
 #[tokio::test]
+async fn the_dashboards_files_are_served_from_the_binary_and_allow_nothing_else() {
+    let gw = gateway("[server]\nmaster_key = \"mk\"\n").await;
+    for (path, kind, part) in [
+        ("/ui", "text/html", "<script src=\"/ui/app.js\">"),
+        ("/ui/app.js", "text/javascript", "/admin/keys"),
+        ("/ui/app.css", "text/css", ".chart"),
+    ] {
+        let r = call(&gw, "GET", path, &[], None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert!(
+            r.header("content-type").unwrap().starts_with(kind),
+            "{path}"
+        );
+        assert!(r.text.contains(part), "{path}");
+        let policy = r.header("content-security-policy").unwrap();
+        assert!(policy.starts_with("default-src 'self'"), "{policy}");
+    }
+    let missing = call(&gw, "GET", "/ui/../Cargo.toml", &[], None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    // The data the page shows stays behind the master key.
+    let metrics = call(&gw, "GET", "/metrics", &[], None).await;
+    assert_eq!(metrics.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn health_readiness_and_unknown_paths() {
     let gw = gateway("").await;
     assert_eq!(

@@ -16,4 +16,5 @@ pub mod responses;
 pub mod results;
 pub mod sessions;
 pub mod streams;
+pub mod ui;
 pub mod vectors;

@@ -1,0 +1,296 @@
+// The operator's dashboard: reads the same admin API the CLI uses (`/metrics`, `/admin/*`) with
+// the master key, which stays in this tab's session storage. No framework, no CDN: the gateway
+// serves this file from its binary.
+"use strict";
+
+// Errors are kept where a test (or a curious operator) can read them.
+window.__errors = [];
+window.addEventListener("error", (e) => window.__errors.push(String(e.message)));
+window.addEventListener("unhandledrejection", (e) => window.__errors.push(String(e.reason)));
+
+const $ = (id) => document.getElementById(id);
+const POLL_MS = 2000;
+const POINTS = 150;
+
+function masterKey() {
+  return sessionStorage.getItem("tollgate-master-key") || "";
+}
+
+class Unauthorized extends Error {}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ authorization: `Bearer ${masterKey()}` }, options.headers || {});
+  if (options.body !== undefined) headers["content-type"] = "application/json";
+  const response = await fetch(path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+  });
+  if (response.status === 401 || response.status === 403) throw new Unauthorized();
+  const text = await response.text();
+  if (!response.ok) {
+    let message = text;
+    try { message = JSON.parse(text).error.message; } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return options.text ? text : JSON.parse(text);
+}
+
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  return td;
+}
+
+function row(...cells) {
+  const tr = document.createElement("tr");
+  for (const c of cells) tr.append(c instanceof Node ? c : cell(c));
+  return tr;
+}
+
+function fill(tableId, rows) {
+  const body = $(tableId).querySelector("tbody");
+  body.replaceChildren(...rows);
+}
+
+const dollars = (x) => `$${Number(x).toFixed(x >= 1 ? 2 : 4)}`;
+
+// --- Overview: /metrics sampled every 2 s, rates over each interval -------------------------
+
+/** Prometheus text as {name: [{labels, value}]}. */
+function parseMetrics(text) {
+  const out = {};
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const m = line.match(/^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)/);
+    if (!m) continue;
+    const labels = {};
+    for (const l of (m[2] || "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2];
+    (out[m[1]] = out[m[1]] || []).push({ labels, value: Number(m[3]) });
+  }
+  return out;
+}
+
+function sum(metrics, name, keep = () => true) {
+  return (metrics[name] || []).filter((s) => keep(s.labels)).reduce((a, s) => a + s.value, 0);
+}
+
+const series = { rps: [], latency: [], hits: [], saved: [] };
+window.__series = series;
+let previous = null;
+let firstRequests = null;
+
+function push(name, value) {
+  series[name].push(value);
+  if (series[name].length > POINTS) series[name].shift();
+}
+
+function drawChart(id, values, format) {
+  const svg = $(id);
+  const max = Math.max(...values, 0);
+  const top = max > 0 ? max * 1.1 : 1;
+  const step = values.length > 1 ? 400 / (POINTS - 1) : 0;
+  const x0 = 400 - step * (values.length - 1);
+  const points = values.map((v, i) => `${(x0 + i * step).toFixed(1)},${(120 - (v / top) * 110).toFixed(1)}`);
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", points.join(" "));
+  const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
+  label.setAttribute("x", "4");
+  label.setAttribute("y", "12");
+  label.textContent = `max ${format(max)}`;
+  svg.replaceChildren(line, label);
+  svg.dataset.max = String(max);
+  svg.dataset.points = String(values.length);
+}
+
+async function sample() {
+  const metrics = parseMetrics(await api("/metrics", { text: true }));
+  const now = performance.now();
+  const apiRoute = (l) => (l.route || "").startsWith("/v1/");
+  const current = {
+    at: now,
+    requests: sum(metrics, "tollgate_http_requests_total", apiRoute),
+    latencySum: sum(metrics, "tollgate_http_request_duration_seconds_sum", apiRoute),
+    latencyCount: sum(metrics, "tollgate_http_request_duration_seconds_count", apiRoute),
+    hits: sum(metrics, "tollgate_cache_lookups_total", (l) => l.result === "hit" || l.result === "semantic"),
+    lookups: sum(metrics, "tollgate_cache_lookups_total"),
+    saved: sum(metrics, "tollgate_cache_saved_dollars_total"),
+  };
+  if (firstRequests === null) firstRequests = current.requests;
+  if (previous) {
+    const seconds = (current.at - previous.at) / 1000 || 1;
+    const done = current.latencyCount - previous.latencyCount;
+    push("rps", (current.requests - previous.requests) / seconds);
+    push("latency", done > 0 ? ((current.latencySum - previous.latencySum) / done) * 1000 : 0);
+    push("hits", (current.hits - previous.hits) / seconds);
+    push("saved", current.saved);
+    drawChart("chart-rps", series.rps, (v) => v.toFixed(1));
+    drawChart("chart-latency", series.latency, (v) => `${v.toFixed(1)} ms`);
+    drawChart("chart-hits", series.hits, (v) => v.toFixed(1));
+    drawChart("chart-saved", series.saved, dollars);
+    $("chart-rps").dataset.requests = String(current.requests - firstRequests);
+    $("card-rps").textContent = series.rps[series.rps.length - 1].toFixed(1);
+    const mean = current.latencyCount ? (current.latencySum / current.latencyCount) * 1000 : null;
+    $("card-latency").textContent = mean === null ? "–" : `${mean.toFixed(1)} ms`;
+  }
+  $("card-hits").textContent = current.lookups ? `${((100 * current.hits) / current.lookups).toFixed(1)} %` : "–";
+  $("card-saved").textContent = dollars(current.saved);
+  fill("limiter", (metrics.tollgate_limiter_decisions_total || []).map((s) => row(s.labels.decision, String(s.value))));
+  fill("outcomes", (metrics.tollgate_cache_lookups_total || []).map((s) => row(s.labels.result, String(s.value))));
+  previous = current;
+}
+
+// --- Keys ------------------------------------------------------------------------------------
+
+let keyList = [];
+
+async function loadKeys() {
+  keyList = (await api("/admin/keys")).data;
+  fill("key-table", keyList.filter((k) => !k.revoked).map((k) => {
+    const revoke = document.createElement("button");
+    revoke.textContent = "Revoke";
+    revoke.dataset.key = k.id;
+    revoke.addEventListener("click", () => guarded(async () => {
+      if (!confirm(`Revoke ${k.name} (${k.id})? Requests with it stop at once.`)) return;
+      await api(`/admin/keys/${encodeURIComponent(k.id)}`, { method: "DELETE" });
+      await loadKeys();
+    }, "key-error"));
+    const limits = k.limits && Object.keys(k.limits).length ? JSON.stringify(k.limits) : "tier's";
+    const action = document.createElement("td");
+    action.append(revoke);
+    return row(k.id, k.name, k.tenant, k.tier, limits, new Date(k.created * 1000).toLocaleString(), action);
+  }));
+}
+
+$("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  guarded(async () => {
+    const form = new FormData(e.target);
+    const body = { name: form.get("name") };
+    for (const field of ["tenant", "tier"]) if (form.get(field)) body[field] = form.get(field);
+    const limits = {};
+    if (form.get("rpm")) limits.rpm = Number(form.get("rpm"));
+    if (form.get("daily_budget_usd")) limits.daily_budget_usd = Number(form.get("daily_budget_usd"));
+    if (Object.keys(limits).length) body.limits = limits;
+    const created = await api("/admin/keys", { method: "POST", body });
+    $("new-key").textContent = created.key;
+    $("key-created").hidden = false;
+    e.target.reset();
+    await loadKeys();
+  }, "key-error");
+});
+
+// --- Spend ----------------------------------------------------------------------------------
+
+async function loadSpend() {
+  if (!keyList.length) keyList = (await api("/admin/keys")).data;
+  const budgets = Object.fromEntries(keyList.map((k) => [k.id, (k.limits || {}).daily_budget_usd]));
+  const rows = [];
+  for (const entry of (await api("/admin/spend")).data) {
+    const models = new Set([...Object.keys(entry.today.models), ...Object.keys(entry.this_month.models)]);
+    for (const model of models) {
+      const today = entry.today.models[model] || 0;
+      const budget = budgets[entry.key];
+      let used = cell("–");
+      if (budget) {
+        used = document.createElement("td");
+        const bar = document.createElement("div");
+        bar.className = "bar";
+        bar.title = `${dollars(entry.today.total_usd)} of ${dollars(budget)} today`;
+        const fillBar = document.createElement("span");
+        const share = Math.min(1, entry.today.total_usd / budget);
+        fillBar.style.width = `${(share * 100).toFixed(0)}%`;
+        if (share >= 1) fillBar.className = "over";
+        bar.append(fillBar);
+        used.append(bar);
+      }
+      rows.push(row(entry.key, model, dollars(today), dollars(entry.this_month.models[model] || 0), used));
+    }
+  }
+  fill("spend-table", rows);
+}
+
+// --- Cache ----------------------------------------------------------------------------------
+
+async function loadCache() {
+  const stats = (await api("/admin/cache/stats")).data;
+  fill("cache-table", stats.map((s) => {
+    const drop = document.createElement("button");
+    drop.textContent = "Invalidate";
+    drop.addEventListener("click", () => guarded(async () => {
+      if (!confirm(`Drop every cached answer of ${s.model}?`)) return;
+      await api("/admin/cache/invalidate", { method: "POST", body: { model: s.model } });
+      $("cache-note").textContent = `${s.model}: cached answers dropped`;
+      await loadCache();
+    }, "cache-note"));
+    const td = document.createElement("td");
+    td.append(drop);
+    return row(s.model, String(s.hits), String(s.misses), `${(100 * s.hit_rate).toFixed(1)} %`,
+      String(s.saved_prompt_tokens + s.saved_completion_tokens), dollars(s.saved_dollars), td);
+  }));
+}
+
+// --- Models ---------------------------------------------------------------------------------
+
+async function loadModels() {
+  const models = (await api("/admin/models")).data;
+  fill("model-table", models.map((m) => row(
+    m.name,
+    m.deployments.map((d) => `${d.name} → ${d.model} (weight ${d.weight})`).join(", "),
+    m.experiment ? `${m.experiment.name}: ${m.experiment.arms.length} arms` : "–",
+  )));
+}
+
+// --- Shell ----------------------------------------------------------------------------------
+
+const loaders = { overview: sample, keys: loadKeys, spend: loadSpend, cache: loadCache, models: loadModels };
+let active = "overview";
+
+async function guarded(action, errorId) {
+  try {
+    if (errorId) $(errorId).textContent = "";
+    await action();
+    $("status").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (e) {
+    if (e instanceof Unauthorized) return signIn("That key is not the master key.");
+    if (errorId) $(errorId).textContent = e.message;
+    else $("status").textContent = e.message;
+  }
+}
+
+function show(tab) {
+  active = tab;
+  for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === tab);
+  for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== tab;
+  guarded(loaders[tab]);
+}
+
+for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => show(b.dataset.tab));
+
+function signIn(message) {
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+}
+
+$("login-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem("tollgate-master-key", $("master-key").value);
+  $("login").hidden = true;
+  $("app").hidden = false;
+  show(active);
+});
+
+// The overview keeps sampling while the page is open, whichever tab shows, so its charts have
+// no gaps.
+setInterval(() => { if (!$("app").hidden) guarded(sample); }, POLL_MS);
+
+// In with the key this tab has, else ask for one (empty: a gateway that runs open on loopback).
+if (sessionStorage.getItem("tollgate-master-key") === null) {
+  signIn();
+} else {
+  api("/admin/keys").then(
+    () => { $("app").hidden = false; show("overview"); },
+    () => signIn("That key is not the master key."),
+  );
+}
