@@ -281,6 +281,13 @@ async fn the_dashboard_manages_keys_and_charts_traffic_in_a_real_browser() {
         .await;
     browser.screenshot("overview").await;
 
+    // The request made with the page's key is among the recent ones (from the database).
+    browser.click("[data-tab=requests]").await;
+    browser
+        .until("the request among the recent ones", "return document.querySelector('#request-table tbody').textContent.includes('mock/echo')")
+        .await;
+    browser.screenshot("requests").await;
+
     // Every other tab loads and shows what the API has.
     browser.click("[data-tab=cache]").await;
     browser

@@ -41,6 +41,10 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         2,
         &["CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"],
     ),
+    (
+        3,
+        &["CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (created_ms)"],
+    ),
 ];
 
 /// Rows per INSERT statement (well under both databases' limits on bound parameters).
@@ -447,22 +451,49 @@ impl Database {
         .bind(key_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UsageRow {
-                    id: r.try_get(0)?,
-                    key_id: r.try_get(1)?,
-                    tenant: r.try_get(2)?,
-                    model: r.try_get(3)?,
-                    prompt_tokens: r.try_get(4)?,
-                    completion_tokens: r.try_get(5)?,
-                    cost_nanos: r.try_get(6)?,
-                    cached: r.try_get::<i64, _>(7)? != 0,
-                    created_ms: r.try_get(8)?,
-                })
-            })
-            .collect()
+        rows.iter().map(usage_row).collect()
     }
+
+    /// The newest `limit` usage records (one per request), of one tenant or of all, newest first.
+    pub async fn recent_usage(&self, tenant: Option<&str>, limit: i64) -> Result<Vec<UsageRow>> {
+        self.ready().await?;
+        let columns = "SELECT id, key_id, tenant, model, prompt_tokens, completion_tokens, \
+                       cost_nanos, cached, created_ms FROM usage_records";
+        let rows = match tenant {
+            Some(t) => {
+                sqlx::query(&format!(
+                    "{columns} WHERE tenant = $1 ORDER BY created_ms DESC, id DESC LIMIT $2"
+                ))
+                .bind(t)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "{columns} ORDER BY created_ms DESC, id DESC LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(usage_row).collect()
+    }
+}
+
+fn usage_row(r: &AnyRow) -> Result<UsageRow> {
+    Ok(UsageRow {
+        id: r.try_get(0)?,
+        key_id: r.try_get(1)?,
+        tenant: r.try_get(2)?,
+        model: r.try_get(3)?,
+        prompt_tokens: r.try_get(4)?,
+        completion_tokens: r.try_get(5)?,
+        cost_nanos: r.try_get(6)?,
+        cached: r.try_get::<i64, _>(7)? != 0,
+        created_ms: r.try_get(8)?,
+    })
 }
 
 /// SUM over BIGINT is NUMERIC on PostgreSQL: the statement casts the sums back to BIGINT.

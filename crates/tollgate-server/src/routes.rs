@@ -109,6 +109,7 @@ pub(crate) fn admin_routes() -> Router<AppState> {
         )
         .route("/admin/keys/{id}", delete(keys::revoke_key_handler))
         .route("/admin/spend", get(keys::spend_handler))
+        .route("/admin/requests", get(keys::recent_requests_handler))
         .route("/admin/models", get(models::list_registry_handler))
         .route(
             "/admin/models/{name}",

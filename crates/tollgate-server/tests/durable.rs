@@ -1881,3 +1881,60 @@ async fn identical_tool_calling_requests_in_flight_share_one_upstream_call() {
         Some("tool_calls")
     );
 }
+
+/// `/admin/requests` lists the newest requests from the usage records, of one tenant when
+/// asked, newest first; a bad limit is a 400 naming it; without a database it says why not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_requests_come_from_the_usage_records_per_tenant() {
+    for fresh in TestDatabase::both() {
+        let redis = RedisServer::start();
+        let gw = gateway(
+            &redis.url(),
+            &fresh.url(),
+            &unique_prefix(),
+            "[server]\nmaster_key = \"mk\"\n",
+        )
+        .await;
+        let mut keys = Vec::new();
+        for tenant in ["acme", "globex"] {
+            let created = call(
+                &gw,
+                "POST",
+                "/admin/keys",
+                Some("mk"),
+                Some(json!({"name": tenant, "tenant": tenant})),
+            )
+            .await;
+            keys.push(created.json()["key"].as_str().unwrap().to_owned());
+        }
+        for (key, question) in [(&keys[0], "one"), (&keys[1], "two"), (&keys[0], "three")] {
+            let body =
+                json!({"model": "mock/echo", "messages": [{"role": "user", "content": question}]});
+            let r = call(&gw, "POST", "/v1/chat/completions", Some(key), Some(body)).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        }
+        drained(&gw).await;
+        let all = call(&gw, "GET", "/admin/requests", Some("mk"), None).await;
+        assert_eq!(all.status, StatusCode::OK, "{}", all.text);
+        assert_eq!(all.json()["data"].as_array().unwrap().len(), 3);
+        let acme = call(
+            &gw,
+            "GET",
+            "/admin/requests?tenant=acme&limit=1",
+            Some("mk"),
+            None,
+        )
+        .await;
+        let rows = acme.json()["data"].as_array().unwrap().clone();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["tenant"], "acme");
+        assert_eq!(rows[0]["model"], "mock/echo");
+        let newest = all.json()["data"][0]["created_ms"].as_i64().unwrap();
+        assert!(rows[0]["created_ms"].as_i64().unwrap() <= newest);
+        let bad = call(&gw, "GET", "/admin/requests?limit=0", Some("mk"), None).await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+        assert_eq!(bad.json()["error"]["param"], "limit");
+        let tenant_key = call(&gw, "GET", "/admin/requests", Some(&keys[0]), None).await;
+        assert_eq!(tenant_key.status, StatusCode::FORBIDDEN);
+    }
+}

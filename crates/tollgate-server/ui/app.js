@@ -140,6 +140,27 @@ async function sample() {
   previous = current;
 }
 
+// --- Recent requests (the usage records every replica writes to the database) ----------------
+
+let requestTenant = "";
+
+async function loadRequests() {
+  const query = requestTenant ? `?tenant=${encodeURIComponent(requestTenant)}&limit=100` : "?limit=100";
+  const recent = (await api(`/admin/requests${query}`)).data;
+  fill("request-table", recent.map((r) => row(
+    new Date(r.created_ms).toLocaleTimeString(), r.key, r.tenant, r.model,
+    String(r.prompt_tokens), String(r.completion_tokens), dollars(r.cost_usd),
+    r.cached ? "cache" : "upstream",
+  )));
+  $("request-note").textContent = recent.length ? "" : "No requests recorded yet.";
+}
+
+$("request-filter").addEventListener("submit", (e) => {
+  e.preventDefault();
+  requestTenant = new FormData(e.target).get("tenant") || "";
+  guarded(loadRequests, "request-note");
+});
+
 // --- Keys ------------------------------------------------------------------------------------
 
 let keyList = [];
@@ -243,7 +264,7 @@ async function loadModels() {
 
 // --- Shell ----------------------------------------------------------------------------------
 
-const loaders = { overview: sample, keys: loadKeys, spend: loadSpend, cache: loadCache, models: loadModels };
+const loaders = { overview: sample, requests: loadRequests, keys: loadKeys, spend: loadSpend, cache: loadCache, models: loadModels };
 let active = "overview";
 
 async function guarded(action, errorId) {
@@ -283,7 +304,11 @@ $("login-form").addEventListener("submit", (e) => {
 
 // The overview keeps sampling while the page is open, whichever tab shows, so its charts have
 // no gaps.
-setInterval(() => { if (!$("app").hidden) guarded(sample); }, POLL_MS);
+setInterval(() => {
+  if ($("app").hidden) return;
+  guarded(sample);
+  if (active === "requests") guarded(loadRequests, "request-note");
+}, POLL_MS);
 
 // In with the key this tab has, else ask for one (empty: a gateway that runs open on loopback).
 if (sessionStorage.getItem("tollgate-master-key") === null) {

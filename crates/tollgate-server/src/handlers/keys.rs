@@ -78,3 +78,42 @@ pub async fn spend_handler(
     let data = admin::spend_report(&gw, q.key.as_deref()).await?;
     Ok(axum::Json(json!({"object": "list", "data": data})))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecentQuery {
+    /// One tenant's requests (default: everyone's).
+    tenant: Option<String>,
+    /// How many, newest first: 1 to 500 (default 50).
+    limit: Option<i64>,
+}
+
+/// `GET /admin/requests[?tenant=T&limit=N]`: the newest requests, from the usage records every
+/// replica writes to the database (model, key, tenant, tokens, cost, whether the cache answered).
+pub async fn recent_requests_handler(
+    State(gw): State<AppState>,
+    _: Admin,
+    Query(q): Query<RecentQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad("limit must be 1 to 500", Some("limit")));
+    }
+    let Some(durable) = &gw.durable else {
+        return Err(ApiError::NotFound(
+            "recent requests are read from the database's usage records, and this gateway keeps none"
+                .into(),
+        ));
+    };
+    let rows = durable.db.recent_usage(q.tenant.as_deref(), limit).await?;
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"id": r.id, "key": r.key_id, "tenant": r.tenant, "model": r.model,
+                   "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                   "cost_usd": r.cost_nanos as f64 / 1e9, "cached": r.cached,
+                   "created_ms": r.created_ms})
+        })
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})))
+}
