@@ -248,6 +248,7 @@ async fn the_dashboard_manages_keys_and_charts_traffic_in_a_real_browser() {
     let answer = http
         .post(gateway.url("/v1/chat/completions"))
         .bearer_auth(key)
+        .header("x-tollgate-session-id", "ui-session")
         .json(&json!({"model": "mock/echo", "temperature": 0,
                       "messages": [{"role": "user", "content": "hello from the page's key"}]}))
         .send()
@@ -287,6 +288,17 @@ async fn the_dashboard_manages_keys_and_charts_traffic_in_a_real_browser() {
         .until("the request among the recent ones", "return document.querySelector('#request-table tbody').textContent.includes('mock/echo')")
         .await;
     browser.screenshot("requests").await;
+
+    // Its session, and the session's messages, in the conversations (from the database).
+    browser.click("[data-tab=conversations]").await;
+    browser
+        .until("the session", "return document.querySelector('#session-table tbody').textContent.includes('ui-session')")
+        .await;
+    browser.click("#session-table button.link").await;
+    browser
+        .until("its messages", "return document.querySelector('#message-table tbody').textContent.includes(\"hello from the page's key\")")
+        .await;
+    browser.screenshot("conversations").await;
 
     // Every other tab loads and shows what the API has.
     browser.click("[data-tab=cache]").await;

@@ -482,6 +482,96 @@ impl Database {
     }
 }
 
+impl Database {
+    /// The sessions of `owners` (of everyone: `None`) written most recently, newest first; not
+    /// the deleted ones.
+    pub async fn recent_sessions(
+        &self,
+        owners: Option<&[String]>,
+        limit: i64,
+    ) -> Result<Vec<SessionRow>> {
+        self.ready().await?;
+        if owners.is_some_and(<[String]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let (filter, n) = owner_filter(owners);
+        let sql = format!(
+            "SELECT id, owner, system, summary, summary_seq, created_ms, version, deleted \
+             FROM sessions WHERE deleted = 0{filter} ORDER BY version DESC, id LIMIT ${}",
+            n + 1
+        );
+        let mut q = sqlx::query(&sql);
+        for owner in owners.into_iter().flatten() {
+            q = q.bind(owner);
+        }
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionRow {
+                    id: r.try_get(0)?,
+                    owner: r.try_get(1)?,
+                    system: r.try_get(2)?,
+                    summary: r.try_get(3)?,
+                    summary_seq: r.try_get(4)?,
+                    created_ms: r.try_get(5)?,
+                    version: r.try_get(6)?,
+                    deleted: r.try_get::<i64, _>(7)? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// The stored responses of `owners` (of everyone: `None`) created most recently, newest
+    /// first; not the deleted ones.
+    pub async fn recent_responses(
+        &self,
+        owners: Option<&[String]>,
+        limit: i64,
+    ) -> Result<Vec<ResponseRow>> {
+        self.ready().await?;
+        if owners.is_some_and(<[String]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let (filter, n) = owner_filter(owners);
+        let sql = format!(
+            "SELECT id, owner, version, created_ms, body FROM responses \
+             WHERE version <> {}{filter} ORDER BY created_ms DESC, id LIMIT ${}",
+            crate::records::DELETED,
+            n + 1
+        );
+        let mut q = sqlx::query(&sql);
+        for owner in owners.into_iter().flatten() {
+            q = q.bind(owner);
+        }
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ResponseRow {
+                    id: r.try_get(0)?,
+                    owner: r.try_get(1)?,
+                    version: r.try_get(2)?,
+                    created_ms: r.try_get(3)?,
+                    body: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// ` AND owner IN ($1, ..., $n)` for `owners` (nothing for everyone), and n.
+fn owner_filter(owners: Option<&[String]>) -> (String, usize) {
+    match owners {
+        None => (String::new(), 0),
+        Some(owners) => {
+            let marks: Vec<String> = (1..=owners.len()).map(|i| format!("${i}")).collect();
+            (
+                format!(" AND owner IN ({})", marks.join(", ")),
+                owners.len(),
+            )
+        }
+    }
+}
+
 fn usage_row(r: &AnyRow) -> Result<UsageRow> {
     Ok(UsageRow {
         id: r.try_get(0)?,

@@ -5,8 +5,8 @@ use axum::Router;
 use axum::routing::{delete, get, post, put};
 
 use crate::handlers::{
-    cache, chat, embeddings, events, features, keys, messages, models, ops, responses, results,
-    sessions, streams, ui, vectors,
+    cache, chat, conversations, embeddings, events, features, keys, messages, models, ops,
+    responses, results, sessions, streams, ui, vectors,
 };
 use crate::state::AppState;
 
@@ -110,6 +110,12 @@ pub(crate) fn admin_routes() -> Router<AppState> {
         .route("/admin/keys/{id}", delete(keys::revoke_key_handler))
         .route("/admin/spend", get(keys::spend_handler))
         .route("/admin/requests", get(keys::recent_requests_handler))
+        .route("/admin/sessions", get(conversations::sessions_handler))
+        .route(
+            "/admin/sessions/{id}/messages",
+            get(conversations::session_messages_handler),
+        )
+        .route("/admin/responses", get(conversations::responses_handler))
         .route("/admin/models", get(models::list_registry_handler))
         .route(
             "/admin/models/{name}",

@@ -1938,3 +1938,109 @@ async fn recent_requests_come_from_the_usage_records_per_tenant() {
         assert_eq!(tenant_key.status, StatusCode::FORBIDDEN);
     }
 }
+
+/// `/admin/sessions` and `/admin/responses` list what the database keeps, of one tenant when
+/// asked, and a session's messages read back from it; read-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_reads_each_tenants_sessions_and_responses() {
+    for fresh in TestDatabase::both() {
+        let redis = RedisServer::start();
+        let gw = gateway(
+            &redis.url(),
+            &fresh.url(),
+            &unique_prefix(),
+            "[server]\nmaster_key = \"mk\"\n",
+        )
+        .await;
+        let mut keys = Vec::new();
+        for tenant in ["acme", "globex"] {
+            let created = call(
+                &gw,
+                "POST",
+                "/admin/keys",
+                Some("mk"),
+                Some(json!({"name": tenant, "tenant": tenant})),
+            )
+            .await;
+            keys.push(created.json()["key"].as_str().unwrap().to_owned());
+        }
+        for (key, session) in [(&keys[0], "acme-chat"), (&keys[1], "globex-chat")] {
+            let req = axum::http::Request::builder()
+                .method("POST")
+                .uri("/v1/chat/completions")
+                .header("x-tollgate-session-id", session)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {key}"));
+            let body =
+                json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hello"}]});
+            let r = send(&gw, req.body(Body::from(body.to_string())).unwrap()).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            let r = call(
+                &gw,
+                "POST",
+                "/v1/responses",
+                Some(key),
+                Some(json!({"model": "mock/echo", "input": format!("a question of {session}")})),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        }
+        stored_messages(&gw, "acme-chat", 2).await;
+        stored_messages(&gw, "globex-chat", 2).await;
+        drained(&gw).await;
+
+        let all = call(&gw, "GET", "/admin/sessions", Some("mk"), None).await;
+        assert_eq!(all.status, StatusCode::OK, "{}", all.text);
+        assert_eq!(all.json()["data"].as_array().unwrap().len(), 2);
+        let acme = call(&gw, "GET", "/admin/sessions?tenant=acme", Some("mk"), None).await;
+        let sessions = acme.json()["data"].as_array().unwrap().clone();
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions[0]["id"], "acme-chat");
+        assert_eq!(sessions[0]["tenant"], "acme");
+        let messages = call(
+            &gw,
+            "GET",
+            "/admin/sessions/acme-chat/messages",
+            Some("mk"),
+            None,
+        )
+        .await;
+        let messages = messages.json()["data"].as_array().unwrap().clone();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0]["message"]["content"], "hello");
+        let missing = call(
+            &gw,
+            "GET",
+            "/admin/sessions/nope/messages",
+            Some("mk"),
+            None,
+        )
+        .await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+        let globex = call(
+            &gw,
+            "GET",
+            "/admin/responses?tenant=globex",
+            Some("mk"),
+            None,
+        )
+        .await;
+        let responses = globex.json()["data"].as_array().unwrap().clone();
+        assert_eq!(responses.len(), 1, "{responses:?}");
+        assert_eq!(responses[0]["tenant"], "globex");
+        assert_eq!(responses[0]["model"], "mock/echo");
+        assert!(!responses[0]["output_text"].as_str().unwrap().is_empty());
+        let nobody = call(
+            &gw,
+            "GET",
+            "/admin/responses?tenant=initech",
+            Some("mk"),
+            None,
+        )
+        .await;
+        assert_eq!(nobody.json()["data"], json!([]));
+        let tenant_key = call(&gw, "GET", "/admin/sessions", Some(&keys[0]), None).await;
+        assert_eq!(tenant_key.status, StatusCode::FORBIDDEN);
+    }
+}

@@ -161,6 +161,49 @@ $("request-filter").addEventListener("submit", (e) => {
   guarded(loadRequests, "request-note");
 });
 
+// --- Conversations: sessions and stored responses, read-only ---------------------------------
+
+let conversationTenant = "";
+
+function contentText(content) {
+  if (typeof content === "string") return content;
+  if (Array.isArray(content)) return content.map((p) => p.text || `[${p.type}]`).join(" ");
+  return content === null || content === undefined ? "" : JSON.stringify(content);
+}
+
+async function showSession(id) {
+  const messages = (await api(`/admin/sessions/${encodeURIComponent(id)}/messages`)).data;
+  $("session-name").textContent = id;
+  fill("message-table", messages.map((m) => row(String(m.seq), m.message.role, contentText(m.message.content))));
+  $("session-view").hidden = false;
+}
+
+async function loadConversations() {
+  const query = conversationTenant ? `?tenant=${encodeURIComponent(conversationTenant)}` : "";
+  const sessions = (await api(`/admin/sessions${query}`)).data;
+  fill("session-table", sessions.map((s) => {
+    const open = document.createElement("button");
+    open.textContent = s.id;
+    open.className = "link";
+    open.addEventListener("click", () => guarded(() => showSession(s.id), "conversation-note"));
+    const id = document.createElement("td");
+    id.append(open);
+    return row(id, s.tenant || "–", s.owner, s.system || "–", new Date(s.updated_ms).toLocaleString());
+  }));
+  const responses = (await api(`/admin/responses${query}`)).data;
+  fill("response-table", responses.map((r) => row(
+    r.id, r.tenant || "–", r.model || "–", r.status || "–", r.previous_response_id || "–",
+    r.output_text, new Date(r.created_ms).toLocaleString(),
+  )));
+}
+
+$("conversation-filter").addEventListener("submit", (e) => {
+  e.preventDefault();
+  conversationTenant = new FormData(e.target).get("tenant") || "";
+  $("session-view").hidden = true;
+  guarded(loadConversations, "conversation-note");
+});
+
 // --- Keys ------------------------------------------------------------------------------------
 
 let keyList = [];
@@ -264,7 +307,7 @@ async function loadModels() {
 
 // --- Shell ----------------------------------------------------------------------------------
 
-const loaders = { overview: sample, requests: loadRequests, keys: loadKeys, spend: loadSpend, cache: loadCache, models: loadModels };
+const loaders = { overview: sample, requests: loadRequests, conversations: loadConversations, keys: loadKeys, spend: loadSpend, cache: loadCache, models: loadModels };
 let active = "overview";
 
 async function guarded(action, errorId) {
@@ -308,6 +351,7 @@ setInterval(() => {
   if ($("app").hidden) return;
   guarded(sample);
   if (active === "requests") guarded(loadRequests, "request-note");
+  if (active === "conversations") guarded(loadConversations, "conversation-note");
 }, POLL_MS);
 
 // In with the key this tab has, else ask for one (empty: a gateway that runs open on loopback).

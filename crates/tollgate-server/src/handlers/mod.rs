@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod chat;
+pub mod conversations;
 pub mod embeddings;
 pub mod events;
 pub mod features;

@@ -1,0 +1,159 @@
+//! Conversations for the operator, read-only: the sessions and stored responses the database
+//! keeps (every replica writes them through the outbox), newest first, of one tenant or of all.
+//! `/admin/sessions`, `/admin/sessions/{id}/messages`, `/admin/responses`.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::Admin;
+use crate::error::ApiError;
+use crate::state::{AppState, Gateway};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listing {
+    /// One tenant's (default: everyone's).
+    tenant: Option<String>,
+    /// How many, newest first: 1 to 500 (default 50).
+    limit: Option<i64>,
+}
+
+/// What a listing reads: the database, each owner's tenant (API keys by id; `open` and
+/// `master` are their own), the owners asked for (`None`: all) and how many rows.
+struct Scope {
+    db: tollgate_db::Database,
+    tenants: HashMap<String, String>,
+    owners: Option<Vec<String>>,
+    limit: i64,
+}
+
+async fn scope(gw: &Gateway, q: &Listing) -> Result<Scope, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad("limit must be 1 to 500", Some("limit")));
+    }
+    let Some(durable) = &gw.durable else {
+        return Err(ApiError::NotFound(
+            "conversations are read from the database, and this gateway keeps none".into(),
+        ));
+    };
+    let mut tenants: HashMap<String, String> = gw
+        .api_keys
+        .list()
+        .await?
+        .into_iter()
+        .map(|k| (k.id, k.tenant))
+        .collect();
+    for own in ["open", "master"] {
+        tenants.insert(own.into(), own.into());
+    }
+    let owners = q.tenant.as_ref().map(|t| {
+        tenants
+            .iter()
+            .filter(|(_, tenant)| *tenant == t)
+            .map(|(owner, _)| owner.clone())
+            .collect::<Vec<_>>()
+    });
+    Ok(Scope {
+        db: durable.db.clone(),
+        tenants,
+        owners,
+        limit,
+    })
+}
+
+/// `GET /admin/sessions[?tenant=T&limit=N]`.
+pub async fn sessions_handler(
+    State(gw): State<AppState>,
+    _: Admin,
+    Query(q): Query<Listing>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let Scope {
+        db,
+        tenants,
+        owners,
+        limit,
+    } = scope(&gw, &q).await?;
+    let rows = db.recent_sessions(owners.as_deref(), limit).await?;
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|s| {
+            json!({"id": s.id, "owner": s.owner, "tenant": tenants.get(&s.owner),
+                   "system": s.system, "summarized": s.summary.is_some(),
+                   "created_ms": s.created_ms, "updated_ms": s.version})
+        })
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})))
+}
+
+/// `GET /admin/sessions/{id}/messages`: a session's messages as the database holds them.
+pub async fn session_messages_handler(
+    State(gw): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let Some(durable) = &gw.durable else {
+        return Err(ApiError::NotFound(
+            "conversations are read from the database, and this gateway keeps none".into(),
+        ));
+    };
+    let session = durable.db.session(&id).await?;
+    if session.is_none_or(|s| s.deleted) {
+        return Err(ApiError::NotFound(format!("no session {id:?}")));
+    }
+    let limit = i64::try_from(gw.sessions.max_messages()).unwrap_or(i64::MAX);
+    let rows = durable.db.session_messages(&id, limit).await?;
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|m| {
+            let message: Value = serde_json::from_str(&m.message).unwrap_or(Value::Null);
+            json!({"seq": m.seq, "created_ms": m.created_ms, "tokens": m.tokens,
+                   "message": message})
+        })
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})))
+}
+
+/// `GET /admin/responses[?tenant=T&limit=N]`: stored responses, without their whole output
+/// (its text's first 200 characters).
+pub async fn responses_handler(
+    State(gw): State<AppState>,
+    _: Admin,
+    Query(q): Query<Listing>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let Scope {
+        db,
+        tenants,
+        owners,
+        limit,
+    } = scope(&gw, &q).await?;
+    let rows = db.recent_responses(owners.as_deref(), limit).await?;
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            // The row holds the response object as `GET /v1/responses/{id}` returns it, and its
+            // context.
+            let stored: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+            let body = &stored["response"];
+            let text: String = body["output"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o["content"].as_array())
+                .flatten()
+                .filter_map(|c| c["text"].as_str())
+                .collect::<String>()
+                .chars()
+                .take(200)
+                .collect();
+            json!({"id": r.id, "owner": r.owner, "tenant": tenants.get(&r.owner),
+                   "created_ms": r.created_ms, "model": body["model"], "status": body["status"],
+                   "previous_response_id": body["previous_response_id"],
+                   "usage": body["usage"], "output_text": text})
+        })
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})))
+}
