@@ -191,7 +191,10 @@ impl Drop for Browser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_manages_keys_and_charts_traffic_in_a_real_browser() {
     let redis = RedisServer::start();
-    let (_dir, config) = config_file("[server]\nmaster_key = \"mk\"\n");
+    // `slow/echo` generates 20 words a second: long enough to watch.
+    let (_dir, config) = config_file(
+        "[server]\nmaster_key = \"mk\"\n[providers.slow]\nkind = \"mock\"\nmodels = [\"slow/echo\"]\ntokens_per_second = 20.0\n",
+    );
     let gateway = Replica::start(&redis.url(), &config, &[]);
     let http = client(Duration::from_secs(30));
     let browser = Browser::start().await;
@@ -299,6 +302,58 @@ async fn the_dashboard_manages_keys_and_charts_traffic_in_a_real_browser() {
         .until("its messages", "return document.querySelector('#message-table tbody').textContent.includes(\"hello from the page's key\")")
         .await;
     browser.screenshot("conversations").await;
+
+    // A generation running now is listed, and watched as its tokens arrive.
+    let words: Vec<String> = (0..40).map(|i| format!("word{i}")).collect();
+    let running = {
+        let http = http.clone();
+        let url = gateway.url("/v1/chat/completions");
+        let body = json!({"model": "slow/echo", "stream": true, "max_tokens": 46,
+                          "messages": [{"role": "user", "content": words.join(" ")}]});
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            let reply = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            reply.text().await.unwrap()
+        })
+    };
+    browser.click("[data-tab=live]").await;
+    browser
+        .until(
+            "the running generation",
+            "return document.querySelector('#live-table tbody').textContent.includes('slow/echo')",
+        )
+        .await;
+    browser.click("#live-table button").await;
+    browser
+        .until(
+            "its tokens",
+            "return document.getElementById('watch-text').textContent.includes('word')",
+        )
+        .await;
+    browser.screenshot("live").await;
+    browser
+        .until(
+            "its end",
+            "return document.getElementById('watch-state').textContent === '(ended)'",
+        )
+        .await;
+    let watched = browser
+        .script("return document.getElementById('watch-text').textContent")
+        .await;
+    assert!(watched.as_str().unwrap().contains("word39"), "{watched}");
+    assert!(running.await.unwrap().contains("word39"));
+    browser
+        .until(
+            "no generation running",
+            "return !document.querySelector('#live-table tbody').textContent.includes('slow/echo')",
+        )
+        .await;
 
     // Every other tab loads and shows what the API has.
     browser.click("[data-tab=cache]").await;

@@ -143,6 +143,10 @@ impl Keys {
         format!("{}{{st:{stream}}}", self.prefix)
     }
 
+    pub(crate) fn live_streams(&self) -> String {
+        format!("{}{{st}}:live", self.prefix)
+    }
+
     pub(crate) fn token_stream_alive(&self, stream: &Id) -> String {
         format!("{}{{st:{stream}}}:alive", self.prefix)
     }

@@ -153,6 +153,58 @@ impl TokenStreams {
             .unwrap_or_default())
     }
 
+    /// Lists stream `id` among the generations running now (on any instance), for operators:
+    /// one `ZADD` to an index of its own, outside the stream's writes.
+    pub async fn mark_live(&self, id: &str) -> Result<()> {
+        let id = Id::new(id)?;
+        let key = self.keys.live_streams();
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(now_ms())
+            .arg(id.as_str())
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(crate::millis(self.config.ttl_active))
+            .ignore()
+            .query_async::<()>(&mut self.redis.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Takes stream `id` off the running generations.
+    pub async fn mark_done(&self, id: &str) -> Result<()> {
+        let id = Id::new(id)?;
+        redis::cmd("ZREM")
+            .arg(self.keys.live_streams())
+            .arg(id.as_str())
+            .query_async::<()>(&mut self.redis.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// The generations running now, newest first (at most `limit`): stream id and start (ms since
+    /// the epoch). One whose instance died without ending it leaves after `ttl_active`.
+    pub async fn live(&self, limit: usize) -> Result<Vec<(String, u64)>> {
+        let key = self.keys.live_streams();
+        let stale = now_ms().saturating_sub(crate::millis(self.config.ttl_active));
+        let (live,): (Vec<(String, f64)>,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(stale)
+            .ignore()
+            .cmd("ZREVRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(limit.max(1) - 1)
+            .arg("WITHSCORES")
+            .query_async(&mut self.redis.conn())
+            .await?;
+        Ok(live.into_iter().map(|(id, at)| (id, at as u64)).collect())
+    }
+
     /// A reader of stream `id`, with a blocking connection of its own.
     pub async fn reader(&self, id: &str) -> Result<StreamReader> {
         let id = Id::new(id)?;
@@ -412,4 +464,10 @@ fn parse_entries(reply: Value) -> Result<Vec<StreamEvent>> {
         out.push(StreamEvent { seq, kind, data });
     }
     Ok(out)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -116,6 +116,7 @@ pub(crate) fn admin_routes() -> Router<AppState> {
             get(conversations::session_messages_handler),
         )
         .route("/admin/responses", get(conversations::responses_handler))
+        .route("/admin/streams", get(conversations::live_streams_handler))
         .route("/admin/models", get(models::list_registry_handler))
         .route(
             "/admin/models/{name}",

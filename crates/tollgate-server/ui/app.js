@@ -204,6 +204,58 @@ $("conversation-filter").addEventListener("submit", (e) => {
   guarded(loadConversations, "conversation-note");
 });
 
+// --- Live generations: listed from every instance, watched through /v1/streams/{id} -----------
+
+let watching = null;
+
+async function watch(id) {
+  if (watching) watching.abort();
+  watching = new AbortController();
+  $("watch").hidden = false;
+  $("watch-id").textContent = id;
+  $("watch-state").textContent = "(streaming)";
+  $("watch-text").textContent = "";
+  // fetch, not EventSource: the master key goes in a header.
+  const response = await fetch(`/v1/streams/${encodeURIComponent(id)}`, {
+    headers: { authorization: `Bearer ${masterKey()}` },
+    signal: watching.signal,
+  });
+  if (!response.ok) throw new Error(`stream ${id}: ${response.status}`);
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let pending = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    pending += decoder.decode(value, { stream: true });
+    const events = pending.split("\n\n");
+    pending = events.pop();
+    for (const event of events) {
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
+        try {
+          const delta = JSON.parse(line.slice(6)).choices?.[0]?.delta?.content;
+          if (delta) $("watch-text").textContent += delta;
+        } catch (_) { /* an event that is not a chunk */ }
+      }
+    }
+  }
+  $("watch-state").textContent = "(ended)";
+}
+
+async function loadLive() {
+  const live = (await api("/admin/streams")).data;
+  fill("live-table", live.map((s) => {
+    const button = document.createElement("button");
+    button.textContent = "Watch";
+    button.dataset.stream = s.id;
+    button.addEventListener("click", () => guarded(() => watch(s.id)));
+    const td = document.createElement("td");
+    td.append(button);
+    return row(s.id, s.model || "–", s.owner || "–", new Date(s.started_ms).toLocaleTimeString(), td);
+  }));
+}
+
 // --- Keys ------------------------------------------------------------------------------------
 
 let keyList = [];
@@ -307,7 +359,7 @@ async function loadModels() {
 
 // --- Shell ----------------------------------------------------------------------------------
 
-const loaders = { overview: sample, requests: loadRequests, conversations: loadConversations, keys: loadKeys, spend: loadSpend, cache: loadCache, models: loadModels };
+const loaders = { overview: sample, requests: loadRequests, conversations: loadConversations, live: loadLive, keys: loadKeys, spend: loadSpend, cache: loadCache, models: loadModels };
 let active = "overview";
 
 async function guarded(action, errorId) {
@@ -352,6 +404,7 @@ setInterval(() => {
   guarded(sample);
   if (active === "requests") guarded(loadRequests, "request-note");
   if (active === "conversations") guarded(loadConversations, "conversation-note");
+  if (active === "live") guarded(loadLive);
 }, POLL_MS);
 
 // In with the key this tab has, else ask for one (empty: a gateway that runs open on loopback).

@@ -20,7 +20,34 @@ pattern_suite!(
     finished_streams_expire,
     pubsub_reaches_current_subscribers,
     a_stream_whose_producer_died_is_reported_abandoned_not_waited_on,
+    running_generations_are_listed_from_any_connection_until_they_end,
 );
+
+async fn running_generations_are_listed_from_any_connection_until_they_end(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let (writer, operator) = (
+        streams(&ctx, 0, StreamConfig::default()),
+        streams(&ctx, 1, StreamConfig::default()),
+    );
+    for id in ["g1", "g2"] {
+        writer.create(id, b"{}").await.unwrap();
+        writer.mark_live(id).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let live: Vec<String> = operator
+        .live(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(live, ["g2", "g1"], "newest first");
+    writer.mark_done("g2").await.unwrap();
+    let live = operator.live(10).await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].0, "g1");
+    assert!(live[0].1 > 1_700_000_000_000, "a start time in ms");
+}
 
 async fn a_stream_whose_producer_died_is_reported_abandoned_not_waited_on(b: Backend) {
     let ctx = Ctx::new(b, 2).await;

@@ -34,7 +34,13 @@ impl StreamWriter {
         let (tx, mut rx) = mpsc::unbounded_channel::<WriterMsg>();
         tokio::spawn(async move {
             let mut producer = match streams.create(&id, &meta).await {
-                Ok(p) => Some(p),
+                Ok(p) => {
+                    // Operators see it among the running generations until it ends.
+                    if let Err(e) = streams.mark_live(&id).await {
+                        tracing::debug!(error = %e, "could not list a running generation");
+                    }
+                    Some(p)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "token stream unavailable; streaming to this client only");
                     None
@@ -89,8 +95,13 @@ impl StreamWriter {
                         }
                     }
                     let _ = written.send(());
+                    let _ = streams.mark_done(&id).await;
                     return;
                 }
+            }
+            // The generation went away without an end.
+            if producer.is_some() {
+                let _ = streams.mark_done(&id).await;
             }
         });
         StreamWriter { tx }

@@ -1,6 +1,8 @@
 //! Conversations for the operator, read-only: the sessions and stored responses the database
 //! keeps (every replica writes them through the outbox), newest first, of one tenant or of all.
-//! `/admin/sessions`, `/admin/sessions/{id}/messages`, `/admin/responses`.
+//! `/admin/sessions`, `/admin/sessions/{id}/messages`, `/admin/responses`; and the generations
+//! running now on any instance, `/admin/streams` (their tokens: `/v1/streams/{id}`, which the
+//! master key may read).
 
 use std::collections::HashMap;
 
@@ -155,5 +157,31 @@ pub async fn responses_handler(
                    "usage": body["usage"], "output_text": text})
         })
         .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})))
+}
+
+/// `GET /admin/streams`: the generations running now on every instance, newest first, with
+/// their model and owner (from each stream's start).
+pub async fn live_streams_handler(
+    State(gw): State<AppState>,
+    _: Admin,
+) -> Result<axum::Json<Value>, ApiError> {
+    let live = gw
+        .streams
+        .live(100)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("streams: {e}")))?;
+    let mut data = Vec::with_capacity(live.len());
+    for (id, started_ms) in live {
+        let meta = match gw.streams.start_meta(&id).await {
+            Ok(m) => serde_json::from_slice::<Value>(&m).unwrap_or(Value::Null),
+            // Ended and gone meanwhile.
+            Err(_) => continue,
+        };
+        data.push(
+            json!({"id": id, "started_ms": started_ms, "model": meta["model"],
+                         "owner": meta["owner"]}),
+        );
+    }
     Ok(axum::Json(json!({"object": "list", "data": data})))
 }
