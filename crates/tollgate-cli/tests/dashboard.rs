@@ -412,6 +412,24 @@ async fn the_dashboard_manages_keys_and_charts_traffic_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Without a master key (as `make run` starts it, open on loopback), an empty key signs in.
+    let (_open_dir, open_config) = config_file("");
+    let open = Replica::start(&redis.url(), &open_config, &[]);
+    browser.open(&open.url("/ui")).await;
+    browser
+        .until(
+            "the sign-in form",
+            "return !document.getElementById('login').hidden",
+        )
+        .await;
+    browser.click("#login-form button").await;
+    browser
+        .until(
+            "the overview",
+            "return !document.getElementById('app').hidden && window.__series.rps.length > 0",
+        )
+        .await;
+
     let errors = browser.script("return window.__errors").await;
     assert_eq!(errors, json!([]), "script errors in the page");
     let console: Vec<String> = browser

@@ -22,6 +22,7 @@ use tollgate_core::{ChatChunk, ChatRequest, Delta, Usage};
 
 use crate::openai_compat::{EventParser, Parsed, Timeouts, chunk_stream, http_client, send};
 use crate::sse::SseEvent;
+use crate::translate::{self, Image, Part, Refuse};
 use crate::{ChunkStream, Provider, ProviderError, unix_now};
 
 const DEFAULT_MAX_TOKENS: u32 = 1024;
@@ -51,11 +52,10 @@ impl Anthropic {
     }
 }
 
+const R: Refuse = Refuse("Anthropic");
+
 fn refuse(field: &str, why: &str) -> ProviderError {
-    ProviderError::Rejected {
-        status: 400,
-        message: format!("`{field}` {why} for Anthropic models"),
-    }
+    R.at(field, why)
 }
 
 /// The Messages request for an OpenAI chat request.
@@ -63,24 +63,11 @@ pub fn to_messages_request(request: &ChatRequest) -> Result<Value, ProviderError
     let mut system = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     for (i, m) in request.messages.iter().enumerate() {
-        for (k, v) in &m.extra {
-            let empty = v.is_null() || v.as_array().is_some_and(Vec::is_empty);
-            if !empty && k != "tool_calls" && k != "tool_call_id" {
-                return Err(refuse(&format!("messages[{i}].{k}"), "is not supported"));
-            }
-        }
+        translate::check_fields(R, i, m)?;
         let (role, blocks) = match m.role.as_str() {
             "system" | "developer" => {
-                for block in content_blocks(i, &m.content)? {
-                    match block["text"].as_str() {
-                        Some(text) => system.push(text.to_owned()),
-                        None => {
-                            return Err(refuse(
-                                &format!("messages[{i}].content"),
-                                "must be text in a system message",
-                            ));
-                        }
-                    }
+                for text in translate::texts(R, i, &m.content, "system")? {
+                    system.push(text.to_owned());
                 }
                 continue;
             }
@@ -94,24 +81,8 @@ pub fn to_messages_request(request: &ChatRequest) -> Result<Value, ProviderError
                 ("assistant", blocks)
             }
             "tool" => {
-                let id = m
-                    .extra
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| refuse(&format!("messages[{i}].tool_call_id"), "is required"))?;
-                let mut texts = Vec::new();
-                for block in content_blocks(i, &m.content)? {
-                    match block["text"].as_str() {
-                        Some(text) => texts.push(text.to_owned()),
-                        None => {
-                            return Err(refuse(
-                                &format!("messages[{i}].content"),
-                                "must be text in a tool message",
-                            ));
-                        }
-                    }
-                }
-                let text = texts.join("\n");
+                let id = translate::tool_call_id(R, i, m)?;
+                let text = translate::texts(R, i, &m.content, "tool")?.join("\n");
                 (
                     "user",
                     vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
@@ -208,129 +179,56 @@ pub fn to_messages_request(request: &ChatRequest) -> Result<Value, ProviderError
 
 /// A message's content as Messages content blocks (empty text left out).
 fn content_blocks(i: usize, content: &Value) -> Result<Vec<Value>, ProviderError> {
-    let text = |t: &str| (!t.is_empty()).then(|| json!({"type": "text", "text": t}));
-    match content {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) => Ok(text(s).into_iter().collect()),
-        Value::Array(parts) => {
-            let mut blocks = Vec::new();
-            for (j, part) in parts.iter().enumerate() {
-                let at = format!("messages[{i}].content[{j}]");
-                match part.get("type").and_then(Value::as_str) {
-                    Some("text") => blocks.extend(text(
-                        part.get("text").and_then(Value::as_str).unwrap_or_default(),
-                    )),
-                    Some("image_url") => blocks.push(image_block(&at, part)?),
-                    other => {
-                        return Err(refuse(
-                            &format!("{at}.type"),
-                            &format!("{:?} is not supported", other.unwrap_or("")),
-                        ));
-                    }
-                }
-            }
-            Ok(blocks)
+    translate::parts(R, i, content)?
+        .into_iter()
+        .map(|part| match part {
+            Part::Text(text) => Ok(json!({"type": "text", "text": text})),
+            Part::Image { at, image } => image_block(i, at, image),
+        })
+        .collect()
+}
+
+/// An image as an image block: a `data:` URL inline (base64), an http(s) URL by reference.
+fn image_block(i: usize, j: usize, image: Image<'_>) -> Result<Value, ProviderError> {
+    match image {
+        Image::Inline { mime, data } => Ok(json!({"type": "image", "source":
+            {"type": "base64", "media_type": mime, "data": data}})),
+        Image::Url(url) if url.starts_with("https://") || url.starts_with("http://") => {
+            Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
         }
-        _ => Err(refuse(
-            &format!("messages[{i}].content"),
-            "must be a string or an array of parts",
+        Image::Url(_) => Err(refuse(
+            &format!("messages[{i}].content[{j}].image_url.url"),
+            "must be an http(s) or data URL",
         )),
     }
 }
 
-/// An `image_url` part as an image block: a `data:` URL inline (base64), any other URL by
-/// reference.
-fn image_block(at: &str, part: &Value) -> Result<Value, ProviderError> {
-    let image = &part["image_url"];
-    let url = image
-        .get("url")
-        .or(Some(image))
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse(&format!("{at}.image_url.url"), "is required"))?;
-    match image.get("detail").and_then(Value::as_str) {
-        None | Some("auto") => {}
-        Some(_) => {
-            return Err(refuse(
-                &format!("{at}.image_url.detail"),
-                "other than \"auto\" is not supported",
-            ));
-        }
-    }
-    if let Some(data_url) = url.strip_prefix("data:") {
-        let (media_type, data) = data_url
-            .split_once(";base64,")
-            .ok_or_else(|| refuse(&format!("{at}.image_url.url"), "must be a base64 data URL"))?;
-        return Ok(json!({"type": "image", "source":
-            {"type": "base64", "media_type": media_type, "data": data}}));
-    }
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(refuse(
-            &format!("{at}.image_url.url"),
-            "must be an http(s) or data URL",
-        ));
-    }
-    Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
-}
-
 /// An assistant's tool call as a `tool_use` block.
 fn tool_use_block(i: usize, j: usize, call: &Value) -> Result<Value, ProviderError> {
-    let at = format!("messages[{i}].tool_calls[{j}]");
-    let id = call
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse(&format!("{at}.id"), "is required"))?;
-    let name = call
-        .pointer("/function/name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse(&format!("{at}.function.name"), "is required"))?;
-    let arguments = call
-        .pointer("/function/arguments")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let input: Value = if arguments.trim().is_empty() {
-        json!({})
-    } else {
-        serde_json::from_str(arguments)
-            .map_err(|_| refuse(&format!("{at}.function.arguments"), "must be JSON"))?
-    };
+    let (id, name, input) = translate::tool_call(R, i, j, call)?;
     Ok(json!({"type": "tool_use", "id": id, "name": name, "input": input}))
 }
 
 /// Function tools as Messages tools.
 fn tools(v: &Value) -> Result<Value, ProviderError> {
-    let tools = v
-        .as_array()
-        .ok_or_else(|| refuse("tools", "must be an array"))?;
-    tools
-        .iter()
-        .enumerate()
-        .map(|(k, tool)| {
-            if tool.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(refuse(
-                    &format!("tools[{k}].type"),
-                    "other than function is not supported",
-                ));
-            }
-            let f = &tool["function"];
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| refuse(&format!("tools[{k}].function.name"), "is required"))?;
+    let tools = translate::function_tools(R, v)?
+        .into_iter()
+        .map(|f| {
             let mut out = json!({
-                "name": name,
-                "input_schema": f.get("parameters").filter(|p| !p.is_null()).cloned()
+                "name": f.name,
+                "input_schema": f.parameters.cloned()
                     .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
             });
-            if let Some(d) = f.get("description").and_then(Value::as_str) {
+            if let Some(d) = f.description {
                 out["description"] = Value::from(d);
             }
-            if let Some(strict) = f.get("strict").filter(|s| !s.is_null()) {
+            if let Some(strict) = f.strict {
                 out["strict"] = strict.clone();
             }
-            Ok(out)
+            out
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Value::Array)
+        .collect();
+    Ok(Value::Array(tools))
 }
 
 /// A chat `tool_choice` as a Messages one.

@@ -25,6 +25,7 @@ use serde_json::{Map, Value, json};
 use tollgate_core::{ChatChunk, ChatRequest, Delta, Usage};
 
 use crate::openai_compat::{Timeouts, http_client, http_error, retry_after};
+use crate::translate::{self, Image, Part, Refuse};
 use crate::{ChunkStream, Embeddings, Provider, ProviderError, unix_now};
 
 /// AWS credentials: an access key, its secret, and a session token for temporary ones.
@@ -416,11 +417,10 @@ impl Provider for Bedrock {
     }
 }
 
+const R: Refuse = Refuse("Bedrock");
+
 fn refuse(field: &str, why: &str) -> ProviderError {
-    ProviderError::Rejected {
-        status: 400,
-        message: format!("`{field}` {why} for Bedrock models"),
-    }
+    R.at(field, why)
 }
 
 /// The Converse request for an OpenAI chat request.
@@ -429,22 +429,11 @@ pub fn to_converse_request(request: &ChatRequest) -> Result<Value, ProviderError
     let mut messages: Vec<Value> = Vec::new();
     let mut tool_blocks = false;
     for (i, m) in request.messages.iter().enumerate() {
-        for (k, v) in &m.extra {
-            let empty = v.is_null() || v.as_array().is_some_and(Vec::is_empty);
-            if !empty && k != "tool_calls" && k != "tool_call_id" {
-                return Err(refuse(&format!("messages[{i}].{k}"), "is not supported"));
-            }
-        }
+        translate::check_fields(R, i, m)?;
         let (role, blocks) = match m.role.as_str() {
             "system" | "developer" => {
-                for block in content_blocks(i, &m.content)? {
-                    if block.get("text").is_none() {
-                        return Err(refuse(
-                            &format!("messages[{i}].content"),
-                            "must be text in a system message",
-                        ));
-                    }
-                    system.push(block);
+                for text in translate::texts(R, i, &m.content, "system")? {
+                    system.push(json!({"text": text}));
                 }
                 continue;
             }
@@ -459,26 +448,11 @@ pub fn to_converse_request(request: &ChatRequest) -> Result<Value, ProviderError
                 ("assistant", blocks)
             }
             "tool" => {
-                let id = m
-                    .extra
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| refuse(&format!("messages[{i}].tool_call_id"), "is required"))?;
-                let mut texts = Vec::new();
-                for block in content_blocks(i, &m.content)? {
-                    match block["text"].as_str() {
-                        Some(t) => texts.push(t.to_owned()),
-                        None => {
-                            return Err(refuse(
-                                &format!("messages[{i}].content"),
-                                "must be text in a tool message",
-                            ));
-                        }
-                    }
-                }
+                let id = translate::tool_call_id(R, i, m)?;
+                let text = translate::texts(R, i, &m.content, "tool")?.join("\n");
                 tool_blocks = true;
                 let result = json!({"toolResult": {"toolUseId": id,
-                    "content": [{"text": texts.join("\n")}]}});
+                    "content": [{"text": text}]}});
                 ("user", vec![result])
             }
             other => {
@@ -582,137 +556,60 @@ pub fn to_converse_request(request: &ChatRequest) -> Result<Value, ProviderError
 
 /// A message's content as Converse blocks (empty text left out).
 fn content_blocks(i: usize, content: &Value) -> Result<Vec<Value>, ProviderError> {
-    let text = |t: &str| (!t.is_empty()).then(|| json!({"text": t}));
-    match content {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) => Ok(text(s).into_iter().collect()),
-        Value::Array(parts) => {
-            let mut blocks = Vec::new();
-            for (j, part) in parts.iter().enumerate() {
-                let at = format!("messages[{i}].content[{j}]");
-                match part.get("type").and_then(Value::as_str) {
-                    Some("text") => blocks.extend(text(
-                        part.get("text").and_then(Value::as_str).unwrap_or_default(),
-                    )),
-                    Some("image_url") => blocks.push(image_block(&at, part)?),
-                    other => {
-                        return Err(refuse(
-                            &format!("{at}.type"),
-                            &format!("{:?} is not supported", other.unwrap_or("")),
-                        ));
-                    }
-                }
-            }
-            Ok(blocks)
-        }
-        _ => Err(refuse(
-            &format!("messages[{i}].content"),
-            "must be a string or an array of parts",
-        )),
-    }
+    translate::parts(R, i, content)?
+        .into_iter()
+        .map(|part| match part {
+            Part::Text(text) => Ok(json!({"text": text})),
+            Part::Image { at, image } => image_block(i, at, image),
+        })
+        .collect()
 }
 
-/// An `image_url` part as an image block: Converse takes the image's bytes (a `data:` URL).
-fn image_block(at: &str, part: &Value) -> Result<Value, ProviderError> {
-    let image = &part["image_url"];
-    let url = image
-        .get("url")
-        .or(Some(image))
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse(&format!("{at}.image_url.url"), "is required"))?;
-    match image.get("detail").and_then(Value::as_str) {
-        None | Some("auto") => {}
-        Some(_) => {
-            return Err(refuse(
-                &format!("{at}.image_url.detail"),
-                "other than \"auto\" is not supported",
-            ));
-        }
-    }
-    let (mime, data) = url
-        .strip_prefix("data:")
-        .and_then(|u| u.split_once(";base64,"))
-        .ok_or_else(|| {
-            refuse(
-                &format!("{at}.image_url.url"),
-                "must be a base64 data: URL (Bedrock does not fetch URLs)",
-            )
-        })?;
+/// An image as an image block: Converse takes the image's bytes (a `data:` URL).
+fn image_block(i: usize, j: usize, image: Image<'_>) -> Result<Value, ProviderError> {
+    let at = format!("messages[{i}].content[{j}].image_url.url");
+    let Image::Inline { mime, data } = image else {
+        return Err(refuse(
+            &at,
+            "must be a base64 data: URL (Bedrock does not fetch URLs)",
+        ));
+    };
     let format = match mime {
         "image/png" => "png",
         "image/jpeg" | "image/jpg" => "jpeg",
         "image/gif" => "gif",
         "image/webp" => "webp",
-        _ => {
-            return Err(refuse(
-                &format!("{at}.image_url.url"),
-                "must be a png, jpeg, gif or webp image",
-            ));
-        }
+        _ => return Err(refuse(&at, "must be a png, jpeg, gif or webp image")),
     };
     // Bytes are base64 in Converse's JSON too: checked here, sent as they are.
     base64::engine::general_purpose::STANDARD
         .decode(data)
-        .map_err(|_| refuse(&format!("{at}.image_url.url"), "is not valid base64"))?;
+        .map_err(|_| refuse(&at, "is not valid base64"))?;
     Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
 }
 
 /// An assistant's tool call as a `toolUse` block.
 fn tool_use_block(i: usize, j: usize, call: &Value) -> Result<Value, ProviderError> {
-    let at = format!("messages[{i}].tool_calls[{j}]");
-    let id = call
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse(&format!("{at}.id"), "is required"))?;
-    let name = call
-        .pointer("/function/name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse(&format!("{at}.function.name"), "is required"))?;
-    let arguments = call
-        .pointer("/function/arguments")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let input: Value = if arguments.trim().is_empty() {
-        json!({})
-    } else {
-        serde_json::from_str(arguments)
-            .map_err(|_| refuse(&format!("{at}.function.arguments"), "must be JSON"))?
-    };
+    let (id, name, input) = translate::tool_call(R, i, j, call)?;
     Ok(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}))
 }
 
 /// Function tools as Converse tool specs.
 fn tool_specs(v: &Value) -> Result<Vec<Value>, ProviderError> {
-    let tools = v
-        .as_array()
-        .ok_or_else(|| refuse("tools", "must be an array"))?;
-    tools
-        .iter()
-        .enumerate()
-        .map(|(k, tool)| {
-            if tool.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(refuse(
-                    &format!("tools[{k}].type"),
-                    "other than function is not supported",
-                ));
-            }
-            let f = &tool["function"];
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| refuse(&format!("tools[{k}].function.name"), "is required"))?;
+    Ok(translate::function_tools(R, v)?
+        .into_iter()
+        .map(|f| {
             let schema = f
-                .get("parameters")
-                .filter(|p| !p.is_null())
+                .parameters
                 .cloned()
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-            let mut spec = json!({"name": name, "inputSchema": {"json": schema}});
-            if let Some(d) = f.get("description").and_then(Value::as_str) {
+            let mut spec = json!({"name": f.name, "inputSchema": {"json": schema}});
+            if let Some(d) = f.description {
                 spec["description"] = Value::from(d);
             }
-            Ok(json!({"toolSpec": spec}))
+            json!({"toolSpec": spec})
         })
-        .collect()
+        .collect())
 }
 
 /// A chat `tool_choice` (other than `none`) as a Converse one.

@@ -28,6 +28,7 @@ use tollgate_core::{ChatChunk, ChatRequest, Delta, Usage};
 use crate::openai_compat::{Parsed, Timeouts, chunk_stream, http_client, http_error, send};
 use crate::sse::SseEvent;
 use crate::token::{Fetched, TokenCache, exchange};
+use crate::translate::{self, Image, Part, Refuse};
 use crate::{ChunkStream, Embeddings, Provider, ProviderError, unix_now};
 
 /// Google AI Studio's endpoint.
@@ -325,11 +326,10 @@ impl Provider for Gemini {
     }
 }
 
+const R: Refuse = Refuse("Gemini");
+
 fn refuse(field: &str, why: &str) -> ProviderError {
-    ProviderError::Rejected {
-        status: 400,
-        message: format!("`{field}` {why} for Gemini models"),
-    }
+    R.at(field, why)
 }
 
 /// The `generateContent` request for an OpenAI chat request.
@@ -339,22 +339,11 @@ pub fn to_gemini_request(request: &ChatRequest) -> Result<Value, ProviderError> 
     // Tool call id -> function name: a functionResponse names the function it answers.
     let mut called: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for (i, m) in request.messages.iter().enumerate() {
-        for (k, v) in &m.extra {
-            let empty = v.is_null() || v.as_array().is_some_and(Vec::is_empty);
-            if !empty && k != "tool_calls" && k != "tool_call_id" {
-                return Err(refuse(&format!("messages[{i}].{k}"), "is not supported"));
-            }
-        }
+        translate::check_fields(R, i, m)?;
         let (role, parts) = match m.role.as_str() {
             "system" | "developer" => {
-                for part in parts_of(i, &m.content)? {
-                    if part.get("text").is_none() {
-                        return Err(refuse(
-                            &format!("messages[{i}].content"),
-                            "must be text in a system message",
-                        ));
-                    }
-                    system.push(part);
+                for text in translate::texts(R, i, &m.content, "system")? {
+                    system.push(json!({"text": text}));
                 }
                 continue;
             }
@@ -373,27 +362,11 @@ pub fn to_gemini_request(request: &ChatRequest) -> Result<Value, ProviderError> 
             }
             "tool" => {
                 let at = format!("messages[{i}].tool_call_id");
-                let id = m
-                    .extra
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| refuse(&at, "is required"))?;
+                let id = translate::tool_call_id(R, i, m)?;
                 let name = called
                     .get(id)
                     .ok_or_else(|| refuse(&at, "names no earlier tool call"))?;
-                let mut texts = Vec::new();
-                for part in parts_of(i, &m.content)? {
-                    match part.get("text").and_then(Value::as_str) {
-                        Some(t) => texts.push(t.to_owned()),
-                        None => {
-                            return Err(refuse(
-                                &format!("messages[{i}].content"),
-                                "must be text in a tool message",
-                            ));
-                        }
-                    }
-                }
-                let text = texts.join("\n");
+                let text = translate::texts(R, i, &m.content, "tool")?.join("\n");
                 // Gemini takes an object: a JSON object as it is, anything else as its content.
                 let response = match serde_json::from_str::<Value>(&text) {
                     Ok(Value::Object(o)) => Value::Object(o),
@@ -485,109 +458,45 @@ pub fn to_gemini_request(request: &ChatRequest) -> Result<Value, ProviderError> 
 
 /// A message's content as Gemini parts (empty text left out).
 fn parts_of(i: usize, content: &Value) -> Result<Vec<Value>, ProviderError> {
-    let text = |t: &str| (!t.is_empty()).then(|| json!({"text": t}));
-    match content {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) => Ok(text(s).into_iter().collect()),
-        Value::Array(parts) => {
-            let mut out = Vec::new();
-            for (j, part) in parts.iter().enumerate() {
-                let at = format!("messages[{i}].content[{j}]");
-                match part.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        out.extend(text(
-                            part.get("text").and_then(Value::as_str).unwrap_or_default(),
-                        ));
-                    }
-                    Some("image_url") => out.push(image_part(&at, part)?),
-                    other => {
-                        return Err(refuse(
-                            &format!("{at}.type"),
-                            &format!("{:?} is not supported", other.unwrap_or("")),
-                        ));
-                    }
-                }
-            }
-            Ok(out)
+    translate::parts(R, i, content)?
+        .into_iter()
+        .map(|part| match part {
+            Part::Text(text) => Ok(json!({"text": text})),
+            Part::Image { at, image } => image_part(i, at, image),
+        })
+        .collect()
+}
+
+/// An image: a `data:` URL inline, a `gs://` URI by reference. Gemini does not fetch other URLs.
+fn image_part(i: usize, j: usize, image: Image<'_>) -> Result<Value, ProviderError> {
+    let at = format!("messages[{i}].content[{j}].image_url.url");
+    match image {
+        Image::Inline { mime, data } => Ok(json!({"inlineData": {"mimeType": mime, "data": data}})),
+        Image::Url(url) if url.starts_with("gs://") => {
+            let mime = match url
+                .rsplit('.')
+                .next()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                Some("png") => "image/png",
+                Some("jpg" | "jpeg") => "image/jpeg",
+                Some("webp") => "image/webp",
+                Some("gif") => "image/gif",
+                _ => return Err(refuse(&at, "must end in .png, .jpg, .jpeg, .webp or .gif")),
+            };
+            Ok(json!({"fileData": {"mimeType": mime, "fileUri": url}}))
         }
-        _ => Err(refuse(
-            &format!("messages[{i}].content"),
-            "must be a string or an array of parts",
+        Image::Url(_) => Err(refuse(
+            &at,
+            "must be a data: URL or a gs:// URI (Gemini does not fetch web URLs)",
         )),
     }
 }
 
-/// An `image_url` part: a `data:` URL inline, a `gs://` URI by reference. Gemini does not fetch
-/// other URLs.
-fn image_part(at: &str, part: &Value) -> Result<Value, ProviderError> {
-    let image = &part["image_url"];
-    let url = image
-        .get("url")
-        .or(Some(image))
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse(&format!("{at}.image_url.url"), "is required"))?;
-    match image.get("detail").and_then(Value::as_str) {
-        None | Some("auto") => {}
-        Some(_) => {
-            return Err(refuse(
-                &format!("{at}.image_url.detail"),
-                "other than \"auto\" is not supported",
-            ));
-        }
-    }
-    if let Some(data_url) = url.strip_prefix("data:") {
-        let (mime, data) = data_url
-            .split_once(";base64,")
-            .ok_or_else(|| refuse(&format!("{at}.image_url.url"), "must be a base64 data URL"))?;
-        return Ok(json!({"inlineData": {"mimeType": mime, "data": data}}));
-    }
-    if url.starts_with("gs://") {
-        let mime = match url
-            .rsplit('.')
-            .next()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            Some("png") => "image/png",
-            Some("jpg" | "jpeg") => "image/jpeg",
-            Some("webp") => "image/webp",
-            Some("gif") => "image/gif",
-            _ => {
-                return Err(refuse(
-                    &format!("{at}.image_url.url"),
-                    "must end in .png, .jpg, .jpeg, .webp or .gif",
-                ));
-            }
-        };
-        return Ok(json!({"fileData": {"mimeType": mime, "fileUri": url}}));
-    }
-    Err(refuse(
-        &format!("{at}.image_url.url"),
-        "must be a data: URL or a gs:// URI (Gemini does not fetch web URLs)",
-    ))
-}
-
 /// An assistant's tool call as a `functionCall` part, with its id.
 fn function_call_part(i: usize, j: usize, call: &Value) -> Result<(String, Value), ProviderError> {
-    let at = format!("messages[{i}].tool_calls[{j}]");
-    let id = call
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse(&format!("{at}.id"), "is required"))?;
-    let name = call
-        .pointer("/function/name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse(&format!("{at}.function.name"), "is required"))?;
-    let arguments = call
-        .pointer("/function/arguments")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let args: Value = if arguments.trim().is_empty() {
-        json!({})
-    } else {
-        serde_json::from_str(arguments)
-            .map_err(|_| refuse(&format!("{at}.function.arguments"), "must be JSON"))?
-    };
+    let (id, name, args) = translate::tool_call(R, i, j, call)?;
     Ok((
         id.to_owned(),
         json!({"functionCall": {"name": name, "args": args}}),
@@ -596,34 +505,19 @@ fn function_call_part(i: usize, j: usize, call: &Value) -> Result<(String, Value
 
 /// Function tools as one `functionDeclarations` tool.
 fn tools(v: &Value) -> Result<Value, ProviderError> {
-    let tools = v
-        .as_array()
-        .ok_or_else(|| refuse("tools", "must be an array"))?;
-    let declarations = tools
-        .iter()
-        .enumerate()
-        .map(|(k, tool)| {
-            if tool.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(refuse(
-                    &format!("tools[{k}].type"),
-                    "other than function is not supported",
-                ));
-            }
-            let f = &tool["function"];
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| refuse(&format!("tools[{k}].function.name"), "is required"))?;
-            let mut out = json!({"name": name});
-            if let Some(d) = f.get("description").and_then(Value::as_str) {
+    let declarations = translate::function_tools(R, v)?
+        .into_iter()
+        .map(|f| {
+            let mut out = json!({"name": f.name});
+            if let Some(d) = f.description {
                 out["description"] = Value::from(d);
             }
-            if let Some(p) = f.get("parameters").filter(|p| !p.is_null()) {
-                out["parameters"] = schema(p, &format!("tools[{k}].function.parameters"))?;
+            if let Some(p) = f.parameters {
+                out["parameters"] = schema(p, &format!("tools[{}].function.parameters", f.at))?;
             }
             Ok(out)
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, ProviderError>>()?;
     if declarations.is_empty() {
         return Ok(json!([]));
     }

@@ -29,6 +29,7 @@ pub mod openai_compat;
 pub mod router;
 pub mod sse;
 mod token;
+mod translate;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;

@@ -16,6 +16,7 @@ use tollgate_testkit::{
 
 mod common;
 use common::{call, gateway};
+use tollgate_server::AppState;
 
 /// `[providers.NAME]` for the fake Azure resource, with `auth` lines.
 fn azure(name: &str, upstream: &FakeUpstream, auth: &str) -> String {
@@ -42,6 +43,54 @@ fn streamed_text(body: &str) -> String {
         .collect()
 }
 
+/// `model` answers `answer` through chat (whole, then streamed), the Responses API and the
+/// Messages API: four calls upstream.
+async fn answers_through_every_api(gw: &AppState, model: &str, answer: &str) {
+    for stream in [false, true] {
+        let reply = call(
+            gw,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat(model, "hi", stream)),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        assert_eq!(reply.header("x-tollgate-route"), Some(model));
+        let text = if stream {
+            streamed_text(&reply.text)
+        } else {
+            reply.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(text, answer, "stream: {stream}");
+    }
+    let body = json!({"model": model, "input": "hey", "instructions": "be kind"});
+    let response = call(gw, "POST", "/v1/responses", &[], Some(body)).await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    assert_eq!(response.json()["output"][0]["content"][0]["text"], answer);
+    let body = json!({"model": model, "max_tokens": 50, "system": "be kind",
+                      "messages": [{"role": "user", "content": "hoi"}]});
+    let message = call(gw, "POST", "/v1/messages", &[], Some(body)).await;
+    assert_eq!(message.status, StatusCode::OK, "{}", message.text);
+    assert_eq!(message.json()["content"][0]["text"], answer);
+}
+
+/// The vectors `/v1/embeddings` answers for `inputs` with `model`.
+async fn embeddings(gw: &AppState, model: &str, inputs: &[&str]) -> Vec<Vec<f32>> {
+    let body = json!({"model": model, "input": inputs});
+    let embedded = call(gw, "POST", "/v1/embeddings", &[], Some(body)).await;
+    assert_eq!(embedded.status, StatusCode::OK, "{}", embedded.text);
+    embedded.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn azure_deployments_answer_chat_responses_messages_and_embeddings() {
     let upstream = FakeUpstream::start(FakeUpstreamConfig {
@@ -53,20 +102,9 @@ async fn azure_deployments_answer_chat_responses_messages_and_embeddings() {
     let gw = gateway(&azure("az", &upstream, "api_key = \"azure-key\"")).await;
     let answer = upstream.answer();
 
-    let whole = call(
-        &gw,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(chat("az/gpt4o-prod", "hi", false)),
-    )
-    .await;
-    assert_eq!(whole.status, StatusCode::OK, "{}", whole.text);
-    assert_eq!(
-        whole.json()["choices"][0]["message"]["content"],
-        answer.as_str()
-    );
-    assert_eq!(whole.header("x-tollgate-route"), Some("az/gpt4o-prod"));
+    answers_through_every_api(&gw, "az/gpt4o-prod", &answer).await;
+    assert_eq!(upstream.calls(), 4);
+    // Azure's first stream chunk (the prompt's filter results) never reaches a client.
     let streamed = call(
         &gw,
         "POST",
@@ -75,62 +113,30 @@ async fn azure_deployments_answer_chat_responses_messages_and_embeddings() {
         Some(chat("az/gpt4o-prod", "ho", true)),
     )
     .await;
-    assert_eq!(streamed.status, StatusCode::OK, "{}", streamed.text);
-    assert_eq!(streamed_text(&streamed.text), answer);
     assert!(
         !streamed.text.contains("prompt_filter_results"),
         "{}",
         streamed.text
     );
 
-    let response = call(
-        &gw,
-        "POST",
-        "/v1/responses",
-        &[],
-        Some(json!({"model": "az/gpt4o-prod", "input": "hey"})),
-    )
-    .await;
-    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
-    assert_eq!(
-        response.json()["output"][0]["content"][0]["text"],
-        answer.as_str()
-    );
-    let message = call(
-        &gw,
-        "POST",
-        "/v1/messages",
-        &[],
-        Some(json!({"model": "az/gpt4o-prod", "max_tokens": 50,
-                    "messages": [{"role": "user", "content": "hoi"}]})),
-    )
-    .await;
-    assert_eq!(message.status, StatusCode::OK, "{}", message.text);
-    assert_eq!(message.json()["content"][0]["text"], answer.as_str());
-    assert_eq!(upstream.calls(), 4);
-
     // Embeddings: computed by the deployment once, then from the embedding cache.
-    let body = json!({"model": "az/embed-small", "input": ["alpha", "beta"]});
     for _ in 0..2 {
-        let embedded = call(&gw, "POST", "/v1/embeddings", &[], Some(body.clone())).await;
-        assert_eq!(embedded.status, StatusCode::OK, "{}", embedded.text);
-        let vector: Vec<f32> =
-            serde_json::from_value(embedded.json()["data"][1]["embedding"].clone()).unwrap();
-        assert_eq!(vector, fake_vector("beta"));
+        let vectors = embeddings(&gw, "az/embed-small", &["alpha", "beta"]).await;
+        assert_eq!(vectors, [fake_vector("alpha"), fake_vector("beta")]);
     }
     assert_eq!(
         upstream.calls(),
-        5,
+        6,
         "the second embedding request was answered from the cache"
     );
     let paths = upstream.paths();
-    assert_eq!(paths.len(), 5);
+    assert_eq!(paths.len(), 6);
     assert!(
-        paths[..4]
+        paths[..5]
             .iter()
             .all(|p| p == "/openai/deployments/gpt4o-prod/chat/completions")
     );
-    assert_eq!(paths[4], "/openai/deployments/embed-small/embeddings");
+    assert_eq!(paths[5], "/openai/deployments/embed-small/embeddings");
 
     // The content filter's refusal, in OpenAI's shape.
     let filtered = call(
@@ -279,61 +285,12 @@ async fn gemini_answers_chat_responses_messages_and_embeddings_and_blocks_clearl
     })
     .await;
     let gw = gateway(&gemini("g", &upstream, "g-key")).await;
-    let answer = upstream.answer();
-    for stream in [false, true] {
-        let reply = call(
-            &gw,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            Some(chat("g/gemini-2.0-flash", "hi", stream)),
-        )
-        .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-        let text = if stream {
-            streamed_text(&reply.text)
-        } else {
-            reply.json()["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        };
-        assert_eq!(text, answer);
-    }
-    let response = call(
-        &gw,
-        "POST",
-        "/v1/responses",
-        &[],
-        Some(json!({"model": "g/gemini-2.0-flash", "input": "hey", "instructions": "be kind"})),
-    )
-    .await;
-    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
-    assert_eq!(
-        response.json()["output"][0]["content"][0]["text"],
-        answer.as_str()
-    );
+    answers_through_every_api(&gw, "g/gemini-2.0-flash", &upstream.answer()).await;
+    // The Messages API's system prompt became Gemini's system instruction.
     let sent = upstream.requests().last().unwrap().clone();
     assert_eq!(sent["systemInstruction"]["parts"][0]["text"], "be kind");
-    let message = call(
-        &gw,
-        "POST",
-        "/v1/messages",
-        &[],
-        Some(json!({"model": "g/gemini-2.0-flash", "max_tokens": 50,
-                    "messages": [{"role": "user", "content": "hoi"}]})),
-    )
-    .await;
-    assert_eq!(message.status, StatusCode::OK, "{}", message.text);
-    assert_eq!(message.json()["content"][0]["text"], answer.as_str());
-    assert_eq!(message.json()["usage"]["output_tokens"], 3);
-
-    let body = json!({"model": "g/text-embedding-004", "input": "alpha"});
-    let embedded = call(&gw, "POST", "/v1/embeddings", &[], Some(body)).await;
-    assert_eq!(embedded.status, StatusCode::OK, "{}", embedded.text);
-    let vector: Vec<f32> =
-        serde_json::from_value(embedded.json()["data"][0]["embedding"].clone()).unwrap();
-    assert_eq!(vector, fake_vector("alpha"));
+    let vectors = embeddings(&gw, "g/text-embedding-004", &["alpha"]).await;
+    assert_eq!(vectors, [fake_vector("alpha")]);
 
     // A prompt Gemini blocks: OpenAI's 400 content_filter, streamed or not; a field it cannot
     // take: a 400 naming it, and nothing sent.
@@ -454,70 +411,19 @@ async fn bedrock_answers_every_api_and_a_throttled_stream_falls_back() {
         backup.base_url(),
     );
     let gw = gateway(&config).await;
-    let answer = upstream.answer();
-    let model = "aws/anthropic.claude-3-5-sonnet-20240620-v1:0";
-    for stream in [false, true] {
-        let reply = call(
-            &gw,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            Some(chat(model, "hi", stream)),
-        )
-        .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-        let text = if stream {
-            streamed_text(&reply.text)
-        } else {
-            reply.json()["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        };
-        assert_eq!(text, answer);
-    }
-    let response = call(
+    answers_through_every_api(
         &gw,
-        "POST",
-        "/v1/responses",
-        &[],
-        Some(json!({"model": model, "input": "hey"})),
+        "aws/anthropic.claude-3-5-sonnet-20240620-v1:0",
+        &upstream.answer(),
     )
     .await;
-    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
-    assert_eq!(
-        response.json()["output"][0]["content"][0]["text"],
-        answer.as_str()
-    );
-    let message = call(
-        &gw,
-        "POST",
-        "/v1/messages",
-        &[],
-        Some(
-            json!({"model": model, "max_tokens": 50, "system": "be kind",
-                    "messages": [{"role": "user", "content": "hoi"}]}),
-        ),
-    )
-    .await;
-    assert_eq!(message.status, StatusCode::OK, "{}", message.text);
-    assert_eq!(message.json()["content"][0]["text"], answer.as_str());
+    // The Messages API's system prompt became Converse's system blocks.
     assert_eq!(
         upstream.requests().last().unwrap()["system"],
         json!([{"text": "be kind"}])
     );
-    let embedded = call(
-        &gw,
-        "POST",
-        "/v1/embeddings",
-        &[],
-        Some(json!({"model": "aws/amazon.titan-embed-text-v2:0", "input": ["alpha", "beta"]})),
-    )
-    .await;
-    assert_eq!(embedded.status, StatusCode::OK, "{}", embedded.text);
-    let vector: Vec<f32> =
-        serde_json::from_value(embedded.json()["data"][1]["embedding"].clone()).unwrap();
-    assert_eq!(vector, fake_vector("beta"));
+    let vectors = embeddings(&gw, "aws/amazon.titan-embed-text-v2:0", &["alpha", "beta"]).await;
+    assert_eq!(vectors, [fake_vector("alpha"), fake_vector("beta")]);
 
     // Throttled at the start of the stream, twice: the alias falls back to its other deployment.
     let reply = call(

@@ -18,8 +18,13 @@ function masterKey() {
 
 class Unauthorized extends Error {}
 
+/** The master key's header; none when the gateway runs without one (open, on loopback). */
+function authorization() {
+  return masterKey() ? { authorization: `Bearer ${masterKey()}` } : {};
+}
+
 async function api(path, options = {}) {
-  const headers = Object.assign({ authorization: `Bearer ${masterKey()}` }, options.headers || {});
+  const headers = Object.assign(authorization(), options.headers || {});
   if (options.body !== undefined) headers["content-type"] = "application/json";
   const response = await fetch(path, {
     method: options.method || "GET",
@@ -217,7 +222,7 @@ async function watch(id) {
   $("watch-text").textContent = "";
   // fetch, not EventSource: the master key goes in a header.
   const response = await fetch(`/v1/streams/${encodeURIComponent(id)}`, {
-    headers: { authorization: `Bearer ${masterKey()}` },
+    headers: authorization(),
     signal: watching.signal,
   });
   if (!response.ok) throw new Error(`stream ${id}: ${response.status}`);

@@ -6,12 +6,13 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::state::{AppState, Gateway};
 
 #[derive(Debug, Deserialize)]
