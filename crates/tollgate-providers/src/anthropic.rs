@@ -88,25 +88,9 @@ pub fn to_messages_request(request: &ChatRequest) -> Result<Value, ProviderError
                     vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
                 )
             }
-            other => {
-                return Err(refuse(
-                    &format!("messages[{i}].role"),
-                    &format!("{other:?} is not supported"),
-                ));
-            }
+            other => return Err(translate::unknown_role(R, i, other)),
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        // Messages alternate: a turn of the same role as the last joins it.
-        match messages.last_mut() {
-            Some(last) if last["role"] == role => {
-                if let Some(content) = last["content"].as_array_mut() {
-                    content.extend(blocks);
-                }
-            }
-            _ => messages.push(json!({"role": role, "content": blocks})),
-        }
+        translate::push_turn(&mut messages, role, "content", blocks);
     }
     // A turn of one text block is sent as a plain string.
     for m in &mut messages {

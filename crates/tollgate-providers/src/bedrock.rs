@@ -455,24 +455,9 @@ pub fn to_converse_request(request: &ChatRequest) -> Result<Value, ProviderError
                     "content": [{"text": text}]}});
                 ("user", vec![result])
             }
-            other => {
-                return Err(refuse(
-                    &format!("messages[{i}].role"),
-                    &format!("{other:?} is not supported"),
-                ));
-            }
+            other => return Err(translate::unknown_role(R, i, other)),
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        match messages.last_mut() {
-            Some(last) if last["role"] == role => {
-                if let Some(content) = last["content"].as_array_mut() {
-                    content.extend(blocks);
-                }
-            }
-            _ => messages.push(json!({"role": role, "content": blocks})),
-        }
+        translate::push_turn(&mut messages, role, "content", blocks);
     }
     let mut body = json!({"messages": messages});
     if !system.is_empty() {

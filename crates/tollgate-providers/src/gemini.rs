@@ -377,24 +377,9 @@ pub fn to_gemini_request(request: &ChatRequest) -> Result<Value, ProviderError> 
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 )
             }
-            other => {
-                return Err(refuse(
-                    &format!("messages[{i}].role"),
-                    &format!("{other:?} is not supported"),
-                ));
-            }
+            other => return Err(translate::unknown_role(R, i, other)),
         };
-        if parts.is_empty() {
-            continue;
-        }
-        match contents.last_mut() {
-            Some(last) if last["role"] == role => {
-                if let Some(existing) = last["parts"].as_array_mut() {
-                    existing.extend(parts);
-                }
-            }
-            _ => contents.push(json!({"role": role, "parts": parts})),
-        }
+        translate::push_turn(&mut contents, role, "parts", parts);
     }
     let mut body = json!({"contents": contents});
     if !system.is_empty() {

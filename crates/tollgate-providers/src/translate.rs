@@ -52,6 +52,31 @@ pub(crate) fn check_fields(r: Refuse, i: usize, m: &ChatMessage) -> Result<(), P
     Ok(())
 }
 
+/// Refuses message `i`'s role, one the API has no turn for.
+pub(crate) fn unknown_role(r: Refuse, i: usize, role: &str) -> ProviderError {
+    r.at(
+        &format!("messages[{i}].role"),
+        &format!("{role:?} is not supported"),
+    )
+}
+
+/// Adds a turn of `role` whose `field` (`content`, `parts`) holds `items`: to the last turn when
+/// it has the same role (these APIs alternate roles), else as a new one. An empty turn is left
+/// out.
+pub(crate) fn push_turn(turns: &mut Vec<Value>, role: &str, field: &str, items: Vec<Value>) {
+    if items.is_empty() {
+        return;
+    }
+    match turns.last_mut() {
+        Some(last) if last["role"] == role => {
+            if let Some(existing) = last[field].as_array_mut() {
+                existing.extend(items);
+            }
+        }
+        _ => turns.push(json!({"role": role, field: items})),
+    }
+}
+
 /// The call a tool message `i` answers.
 pub(crate) fn tool_call_id(r: Refuse, i: usize, m: &ChatMessage) -> Result<&str, ProviderError> {
     m.extra
