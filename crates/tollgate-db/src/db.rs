@@ -301,16 +301,7 @@ impl Database {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        row.map(|r| {
-            Ok(ResponseRow {
-                id: r.try_get(0)?,
-                owner: r.try_get(1)?,
-                version: r.try_get(2)?,
-                created_ms: r.try_get(3)?,
-                body: r.try_get(4)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(response_row).transpose()
     }
 
     /// Claims session id `id` for `owner` unless it is taken, and answers who owns it: `owner`
@@ -369,19 +360,7 @@ impl Database {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(SessionRow {
-                id: r.try_get(0)?,
-                owner: r.try_get(1)?,
-                system: r.try_get(2)?,
-                summary: r.try_get(3)?,
-                summary_seq: r.try_get(4)?,
-                created_ms: r.try_get(5)?,
-                version: r.try_get(6)?,
-                deleted: r.try_get::<i64, _>(7)? != 0,
-            })
-        })
-        .transpose()
+        row.as_ref().map(session_row).transpose()
     }
 
     /// The last `limit` messages of a session, oldest first.
@@ -505,20 +484,7 @@ impl Database {
             q = q.bind(owner);
         }
         let rows = q.bind(limit).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SessionRow {
-                    id: r.try_get(0)?,
-                    owner: r.try_get(1)?,
-                    system: r.try_get(2)?,
-                    summary: r.try_get(3)?,
-                    summary_seq: r.try_get(4)?,
-                    created_ms: r.try_get(5)?,
-                    version: r.try_get(6)?,
-                    deleted: r.try_get::<i64, _>(7)? != 0,
-                })
-            })
-            .collect()
+        rows.iter().map(session_row).collect()
     }
 
     /// The stored responses of `owners` (of everyone: `None`) created most recently, newest
@@ -544,17 +510,7 @@ impl Database {
             q = q.bind(owner);
         }
         let rows = q.bind(limit).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ResponseRow {
-                    id: r.try_get(0)?,
-                    owner: r.try_get(1)?,
-                    version: r.try_get(2)?,
-                    created_ms: r.try_get(3)?,
-                    body: r.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(response_row).collect()
     }
 }
 
@@ -570,6 +526,32 @@ fn owner_filter(owners: Option<&[String]>) -> (String, usize) {
             )
         }
     }
+}
+
+/// A `sessions` row selected as `id, owner, system, summary, summary_seq, created_ms, version,
+/// deleted`.
+fn session_row(r: &AnyRow) -> Result<SessionRow> {
+    Ok(SessionRow {
+        id: r.try_get(0)?,
+        owner: r.try_get(1)?,
+        system: r.try_get(2)?,
+        summary: r.try_get(3)?,
+        summary_seq: r.try_get(4)?,
+        created_ms: r.try_get(5)?,
+        version: r.try_get(6)?,
+        deleted: r.try_get::<i64, _>(7)? != 0,
+    })
+}
+
+/// A `responses` row selected as `id, owner, version, created_ms, body`.
+fn response_row(r: &AnyRow) -> Result<ResponseRow> {
+    Ok(ResponseRow {
+        id: r.try_get(0)?,
+        owner: r.try_get(1)?,
+        version: r.try_get(2)?,
+        created_ms: r.try_get(3)?,
+        body: r.try_get(4)?,
+    })
 }
 
 fn usage_row(r: &AnyRow) -> Result<UsageRow> {

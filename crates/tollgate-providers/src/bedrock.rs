@@ -24,7 +24,9 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tollgate_core::{ChatChunk, ChatRequest, Delta, Usage};
 
-use crate::openai_compat::{Timeouts, http_client, http_error, retry_after};
+use crate::openai_compat::{
+    Timeouts, first_checked, http_client, http_error, read_json, retry_after,
+};
 use crate::translate::{self, Image, Part, Refuse};
 use crate::{ChunkStream, Embeddings, Provider, ProviderError, unix_now};
 
@@ -315,20 +317,9 @@ impl Provider for Bedrock {
             let body = to_converse_request(&request)?;
             let call = this.call(&request.model, "converse-stream", &body)?;
             let response = this.send(call, this.timeouts.first_byte).await?;
-            let mut stream = event_stream(response, this.timeouts.idle, request.model.clone());
-            // An exception before the answer (throttling, a refused prompt) is the stream's first
-            // frame: read it before the stream is handed on, so it is retried or refused like
-            // any error before the answer.
-            let first = tokio::time::timeout(this.timeouts.first_byte, stream.next())
-                .await
-                .map_err(|_| ProviderError::Timeout)?;
-            match first {
-                None => Ok(stream),
-                Some(Err(e)) => Err(e),
-                Some(Ok(chunk)) => Ok(futures::stream::once(async { Ok(chunk) })
-                    .chain(stream)
-                    .boxed()),
-            }
+            let stream = event_stream(response, this.timeouts.idle, request.model.clone());
+            // An exception before the answer (throttling, a refused prompt) is its first frame.
+            first_checked(stream, this.timeouts.first_byte).await
         })
     }
 
@@ -360,14 +351,6 @@ impl Provider for Bedrock {
     ) -> BoxFuture<'static, Result<Embeddings, ProviderError>> {
         let this = self.clone();
         Box::pin(async move {
-            let read = |response: reqwest::Response| async {
-                let bytes = tokio::time::timeout(this.timeouts.idle, response.bytes())
-                    .await
-                    .map_err(|_| ProviderError::Timeout)?
-                    .map_err(http_error)?;
-                serde_json::from_slice::<Value>(&bytes)
-                    .map_err(|e| ProviderError::Protocol(format!("embeddings: {e}")))
-            };
             let vector = |v: &Value| {
                 serde_json::from_value::<Vec<f32>>(v.clone())
                     .map_err(|e| ProviderError::Protocol(format!("embedding values: {e}")))
@@ -375,7 +358,8 @@ impl Provider for Bedrock {
             if model.starts_with("cohere.embed") {
                 let body = json!({"texts": texts, "input_type": "search_document"});
                 let call = this.call(&model, "invoke", &body)?;
-                let reply = read(this.send(call, this.timeouts.first_byte).await?).await?;
+                let response = this.send(call, this.timeouts.first_byte).await?;
+                let reply = read_json(response, this.timeouts.idle, "embeddings").await?;
                 let vectors = reply["embeddings"]
                     .as_array()
                     .into_iter()
@@ -395,12 +379,7 @@ impl Provider for Bedrock {
                 async move {
                     let call = this.call(&model, "invoke", &body)?;
                     let response = this.send(call, this.timeouts.first_byte).await?;
-                    let bytes = tokio::time::timeout(this.timeouts.idle, response.bytes())
-                        .await
-                        .map_err(|_| ProviderError::Timeout)?
-                        .map_err(http_error)?;
-                    serde_json::from_slice::<Value>(&bytes)
-                        .map_err(|e| ProviderError::Protocol(format!("embeddings: {e}")))
+                    read_json(response, this.timeouts.idle, "embeddings").await
                 }
             });
             let mut vectors = Vec::with_capacity(texts.len());

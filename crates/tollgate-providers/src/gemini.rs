@@ -20,12 +20,13 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tollgate_core::{ChatChunk, ChatRequest, Delta, Usage};
 
-use crate::openai_compat::{Parsed, Timeouts, chunk_stream, http_client, http_error, send};
+use crate::openai_compat::{
+    Parsed, Timeouts, chunk_stream, first_checked, http_client, http_error, read_json, send,
+};
 use crate::sse::SseEvent;
 use crate::token::{Fetched, TokenCache, exchange};
 use crate::translate::{self, Image, Part, Refuse};
@@ -213,7 +214,7 @@ impl Provider for Gemini {
                 .await?;
             let response = send(call, this.timeouts.first_byte).await?;
             let mut parse = answer_parser(request.model.clone());
-            let mut stream = chunk_stream(
+            let stream = chunk_stream(
                 response,
                 this.timeouts.idle,
                 Box::new(move |event: &SseEvent| {
@@ -225,18 +226,8 @@ impl Provider for Gemini {
                     Ok(Parsed::Chunks(parse(&answer)?))
                 }),
             );
-            // A blocked prompt is the stream's first event: read it before the stream is handed
-            // on, so it is refused (or retried elsewhere) like any error before the answer.
-            let first = tokio::time::timeout(this.timeouts.first_byte, stream.next())
-                .await
-                .map_err(|_| ProviderError::Timeout)?;
-            match first {
-                None => Ok(stream),
-                Some(Err(e)) => Err(e),
-                Some(Ok(chunk)) => Ok(futures::stream::once(async { Ok(chunk) })
-                    .chain(stream)
-                    .boxed()),
-            }
+            // A blocked prompt is the stream's first event.
+            first_checked(stream, this.timeouts.first_byte).await
         })
     }
 
@@ -286,12 +277,7 @@ impl Provider for Gemini {
             };
             let call = this.call(&model, method, &body).await?;
             let response = send(call, this.timeouts.first_byte).await?;
-            let bytes = tokio::time::timeout(this.timeouts.idle, response.bytes())
-                .await
-                .map_err(|_| ProviderError::Timeout)?
-                .map_err(http_error)?;
-            let reply: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| ProviderError::Protocol(format!("embeddings: {e}")))?;
+            let reply = read_json(response, this.timeouts.idle, "embeddings").await?;
             let (items, values) = if vertex {
                 (reply["predictions"].as_array(), "/embeddings/values")
             } else {

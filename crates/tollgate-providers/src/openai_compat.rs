@@ -171,6 +171,38 @@ pub(crate) async fn read_completion(
         .map_err(|_| ProviderError::Timeout)?
 }
 
+/// `stream` with its first item already read (within `wait`): an error there (a refused prompt,
+/// throttling, sent as the stream's first event) is returned as the call's error, so it is
+/// refused or retried like any error before the answer, never relayed mid-stream.
+pub(crate) async fn first_checked(
+    mut stream: ChunkStream,
+    wait: Duration,
+) -> Result<ChunkStream, ProviderError> {
+    let first = tokio::time::timeout(wait, stream.next())
+        .await
+        .map_err(|_| ProviderError::Timeout)?;
+    match first {
+        None => Ok(stream),
+        Some(Err(e)) => Err(e),
+        Some(Ok(chunk)) => Ok(futures::stream::once(async { Ok(chunk) })
+            .chain(stream)
+            .boxed()),
+    }
+}
+
+/// A whole JSON answer's body, read within `wait`; `what` names it in a protocol error.
+pub(crate) async fn read_json(
+    response: reqwest::Response,
+    wait: Duration,
+    what: &str,
+) -> Result<serde_json::Value, ProviderError> {
+    let bytes = tokio::time::timeout(wait, response.bytes())
+        .await
+        .map_err(|_| ProviderError::Timeout)?
+        .map_err(http_error)?;
+    serde_json::from_slice(&bytes).map_err(|e| ProviderError::Protocol(format!("{what}: {e}")))
+}
+
 /// Reads an OpenAI-shaped embeddings answer for `expected` inputs: one vector per input, in
 /// the inputs' order whatever order the items came in.
 pub(crate) async fn read_embeddings(

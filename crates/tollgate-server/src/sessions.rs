@@ -200,27 +200,24 @@ pub async fn record_delete(gw: &Gateway, id: &str, owner: &str) {
     .await;
 }
 
-/// What is left of the life of a session the database holds: `sessions.ttl_seconds` after its
-/// last write (its claim, if it was never written). `None` once the conversation is over.
-fn left_to_live(gw: &Gateway, session: &SessionRow) -> Option<Duration> {
+/// When a session the database holds ends: `sessions.ttl_seconds` after its last write (its
+/// claim, if it was never written), ms since the epoch.
+fn ends_at(gw: &Gateway, session: &SessionRow) -> i64 {
+    let ttl_ms = gw.config.sessions.ttl_seconds.saturating_mul(1000);
     let last = session.version.max(session.created_ms);
-    let ends = last.saturating_add(ttl_ms(gw));
-    let left = ends.saturating_sub(tollgate_db::now_ms());
-    (left > 0).then(|| Duration::from_millis(left as u64))
+    last.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX))
 }
 
-fn ttl_ms(gw: &Gateway) -> i64 {
-    i64::try_from(gw.config.sessions.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+/// What is left of a session's life; `None` once the conversation is over.
+fn left_to_live(gw: &Gateway, session: &SessionRow) -> Option<Duration> {
+    let left = ends_at(gw, session).saturating_sub(tollgate_db::now_ms());
+    (left > 0).then(|| Duration::from_millis(left as u64))
 }
 
 /// Ends a conversation that outlived `sessions.ttl_seconds`: a tombstone dated the moment it
 /// ended takes its messages from the database. The id stays its owner's, and a session the
 /// owner starts again under it (written after that moment) is not touched.
 async fn expire(gw: &Gateway, session: &SessionRow) {
-    let ended = session
-        .version
-        .max(session.created_ms)
-        .saturating_add(ttl_ms(gw));
     crate::accounting::submit(
         gw,
         vec![Record::Session(SessionRow {
@@ -230,7 +227,7 @@ async fn expire(gw: &Gateway, session: &SessionRow) {
             summary: None,
             summary_seq: 0,
             created_ms: 0,
-            version: ended,
+            version: ends_at(gw, session),
             deleted: true,
         })],
     )
