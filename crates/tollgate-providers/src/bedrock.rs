@@ -904,35 +904,24 @@ mod tests {
 
     #[test]
     fn what_converse_cannot_take_is_refused_by_name() {
-        for (extra, field) in [
-            (json!({"seed": 1}), "seed"),
-            (json!({"n": 2}), "n"),
-            (
-                json!({"response_format": {"type": "json_object"}}),
-                "response_format",
-            ),
-            (json!({"presence_penalty": 0.5}), "presence_penalty"),
-            (json!({"parallel_tool_calls": false}), "parallel_tool_calls"),
-            (
-                json!({"messages": [{"role": "user", "content": [{"type": "image_url",
+        crate::translate::assert_refused_by_name(
+            to_converse_request,
+            &[
+                (json!({"seed": 1}), "seed"),
+                (json!({"n": 2}), "n"),
+                (
+                    json!({"response_format": {"type": "json_object"}}),
+                    "response_format",
+                ),
+                (json!({"presence_penalty": 0.5}), "presence_penalty"),
+                (json!({"parallel_tool_calls": false}), "parallel_tool_calls"),
+                (
+                    json!({"messages": [{"role": "user", "content": [{"type": "image_url",
                 "image_url": {"url": "https://example.com/a.png"}}]}]}),
-                "messages[0].content[0].image_url.url",
-            ),
-        ] {
-            let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
-            for (k, x) in extra.as_object().into_iter().flatten() {
-                v[k] = x.clone();
-            }
-            match to_converse_request(&request(v)) {
-                Err(ProviderError::Rejected {
-                    status: 400,
-                    message,
-                }) => {
-                    assert!(message.contains(&format!("`{field}`")), "{message}");
-                }
-                other => panic!("{field}: {other:?}"),
-            }
-        }
+                    "messages[0].content[0].image_url.url",
+                ),
+            ],
+        );
     }
 
     #[test]

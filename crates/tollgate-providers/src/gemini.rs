@@ -746,35 +746,24 @@ mod tests {
 
     #[test]
     fn what_gemini_cannot_take_is_refused_by_name() {
-        for (extra, field) in [
-            (json!({"logit_bias": {"42": 1}}), "logit_bias"),
-            (json!({"parallel_tool_calls": false}), "parallel_tool_calls"),
-            (json!({"logprobs": true}), "logprobs"),
-            (
-                json!({"messages": [{"role": "user", "content": [{"type": "image_url",
+        crate::translate::assert_refused_by_name(
+            to_gemini_request,
+            &[
+                (json!({"logit_bias": {"42": 1}}), "logit_bias"),
+                (json!({"parallel_tool_calls": false}), "parallel_tool_calls"),
+                (json!({"logprobs": true}), "logprobs"),
+                (
+                    json!({"messages": [{"role": "user", "content": [{"type": "image_url",
                 "image_url": {"url": "https://example.com/cat.png"}}]}]}),
-                "messages[0].content[0].image_url.url",
-            ),
-            (
-                json!({"response_format": {"type": "json_schema", "json_schema":
+                    "messages[0].content[0].image_url.url",
+                ),
+                (
+                    json!({"response_format": {"type": "json_schema", "json_schema":
                 {"schema": {"$ref": "#/$defs/x"}}}}),
-                "response_format.json_schema.schema.$ref",
-            ),
-        ] {
-            let mut v = json!({"model": "g", "messages": [{"role": "user", "content": "hi"}]});
-            for (k, x) in extra.as_object().into_iter().flatten() {
-                v[k] = x.clone();
-            }
-            match to_gemini_request(&request(v)) {
-                Err(ProviderError::Rejected {
-                    status: 400,
-                    message,
-                }) => {
-                    assert!(message.contains(&format!("`{field}`")), "{message}");
-                }
-                other => panic!("{field}: {other:?}"),
-            }
-        }
+                    "response_format.json_schema.schema.$ref",
+                ),
+            ],
+        );
     }
 
     #[test]

@@ -243,3 +243,26 @@ pub(crate) fn function_tools(r: Refuse, v: &Value) -> Result<Vec<FunctionTool<'_
         })
         .collect()
 }
+
+/// Checks that `translate` refuses each case (fields laid over a one-message request) with a 400
+/// naming the field.
+#[cfg(test)]
+pub(crate) fn assert_refused_by_name(
+    translate: impl Fn(&tollgate_core::ChatRequest) -> Result<Value, ProviderError>,
+    cases: &[(Value, &str)],
+) {
+    for (extra, field) in cases {
+        let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, x) in extra.as_object().into_iter().flatten() {
+            v[k] = x.clone();
+        }
+        let request = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        match translate(&request) {
+            Err(ProviderError::Rejected {
+                status: 400,
+                message,
+            }) => assert!(message.contains(&format!("`{field}`")), "{message}"),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+}

@@ -109,7 +109,10 @@ pub(crate) fn admin_routes() -> Router<AppState> {
         )
         .route("/admin/keys/{id}", delete(keys::revoke_key_handler))
         .route("/admin/spend", get(keys::spend_handler))
-        .route("/admin/requests", get(keys::recent_requests_handler))
+        .route(
+            "/admin/requests",
+            get(conversations::recent_requests_handler),
+        )
         .route("/admin/sessions", get(conversations::sessions_handler))
         .route(
             "/admin/sessions/{id}/messages",

@@ -127,6 +127,18 @@ async fn create_key(gw: &AppState, limits: Value) -> String {
     created.json()["key"].as_str().unwrap().to_owned()
 }
 
+/// One key per tenant, each named after it (the gateway's master key must be `mk`).
+async fn keys_in_tenants(gw: &AppState, tenants: &[&str]) -> Vec<String> {
+    let mut keys = Vec::new();
+    for tenant in tenants {
+        let body = json!({"name": tenant, "tenant": tenant});
+        let created = call(gw, "POST", "/admin/keys", Some("mk"), Some(body)).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        keys.push(created.json()["key"].as_str().unwrap().to_owned());
+    }
+    keys
+}
+
 /// Waits until every durable record reached the database.
 async fn drained(gw: &AppState) {
     let outbox = &gw.durable.as_ref().unwrap().outbox;
@@ -1895,18 +1907,7 @@ async fn recent_requests_come_from_the_usage_records_per_tenant() {
             "[server]\nmaster_key = \"mk\"\n",
         )
         .await;
-        let mut keys = Vec::new();
-        for tenant in ["acme", "globex"] {
-            let created = call(
-                &gw,
-                "POST",
-                "/admin/keys",
-                Some("mk"),
-                Some(json!({"name": tenant, "tenant": tenant})),
-            )
-            .await;
-            keys.push(created.json()["key"].as_str().unwrap().to_owned());
-        }
+        let keys = keys_in_tenants(&gw, &["acme", "globex"]).await;
         for (key, question) in [(&keys[0], "one"), (&keys[1], "two"), (&keys[0], "three")] {
             let body =
                 json!({"model": "mock/echo", "messages": [{"role": "user", "content": question}]});
@@ -1952,18 +1953,7 @@ async fn the_operator_reads_each_tenants_sessions_and_responses() {
             "[server]\nmaster_key = \"mk\"\n",
         )
         .await;
-        let mut keys = Vec::new();
-        for tenant in ["acme", "globex"] {
-            let created = call(
-                &gw,
-                "POST",
-                "/admin/keys",
-                Some("mk"),
-                Some(json!({"name": tenant, "tenant": tenant})),
-            )
-            .await;
-            keys.push(created.json()["key"].as_str().unwrap().to_owned());
-        }
+        let keys = keys_in_tenants(&gw, &["acme", "globex"]).await;
         for (key, session) in [(&keys[0], "acme-chat"), (&keys[1], "globex-chat")] {
             let req = axum::http::Request::builder()
                 .method("POST")

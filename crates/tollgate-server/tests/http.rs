@@ -89,6 +89,13 @@ async fn the_dashboards_files_are_served_from_the_binary_and_allow_nothing_else(
     // The data the page shows stays behind the master key.
     let metrics = call(&gw, "GET", "/metrics", &[], None).await;
     assert_eq!(metrics.status, StatusCode::UNAUTHORIZED);
+    // Listings read from the database say so on a gateway without one.
+    let master = [("authorization", "Bearer mk")];
+    for path in ["/admin/requests", "/admin/sessions", "/admin/responses"] {
+        let r = call(&gw, "GET", path, &master, None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(r.text.contains("keeps none"), "{path}: {}", r.text);
+    }
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Conversations for the operator, read-only: the sessions and stored responses the database
+//! The operator's listings, read-only: the newest requests (`/admin/requests`, from the usage
+//! records), and conversations: the sessions and stored responses the database
 //! keeps (every replica writes them through the outbox), newest first, of one tenant or of all.
 //! `/admin/sessions`, `/admin/sessions/{id}/messages`, `/admin/responses`; and the generations
 //! running now on any instance, `/admin/streams` (their tokens: `/v1/streams/{id}`, which the
@@ -33,16 +34,30 @@ struct Scope {
     limit: i64,
 }
 
-async fn scope(gw: &Gateway, q: &Listing) -> Result<Scope, ApiError> {
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad("limit must be 1 to 500", Some("limit")));
+impl Listing {
+    /// How many rows: 1 to 500 (default 50), else a 400 naming `limit`.
+    fn limit(&self) -> Result<i64, ApiError> {
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return Err(ApiError::bad("limit must be 1 to 500", Some("limit")));
+        }
+        Ok(limit)
     }
-    let Some(durable) = &gw.durable else {
-        return Err(ApiError::NotFound(
-            "conversations are read from the database, and this gateway keeps none".into(),
-        ));
-    };
+}
+
+/// The database these listings read (`what`: what is listed, for the 404 without one).
+fn database<'a>(gw: &'a Gateway, what: &str) -> Result<&'a tollgate_db::Database, ApiError> {
+    match &gw.durable {
+        Some(durable) => Ok(&durable.db),
+        None => Err(ApiError::NotFound(format!(
+            "{what} are read from the database, and this gateway keeps none"
+        ))),
+    }
+}
+
+async fn scope(gw: &Gateway, q: &Listing) -> Result<Scope, ApiError> {
+    let limit = q.limit()?;
+    let db = database(gw, "conversations")?;
     let mut tenants: HashMap<String, String> = gw
         .api_keys
         .list()
@@ -61,7 +76,7 @@ async fn scope(gw: &Gateway, q: &Listing) -> Result<Scope, ApiError> {
             .collect::<Vec<_>>()
     });
     Ok(Scope {
-        db: durable.db.clone(),
+        db: db.clone(),
         tenants,
         owners,
         limit,
@@ -98,17 +113,13 @@ pub async fn session_messages_handler(
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let Some(durable) = &gw.durable else {
-        return Err(ApiError::NotFound(
-            "conversations are read from the database, and this gateway keeps none".into(),
-        ));
-    };
-    let session = durable.db.session(&id).await?;
+    let db = database(&gw, "conversations")?;
+    let session = db.session(&id).await?;
     if session.is_none_or(|s| s.deleted) {
         return Err(ApiError::NotFound(format!("no session {id:?}")));
     }
     let limit = i64::try_from(gw.sessions.max_messages()).unwrap_or(i64::MAX);
-    let rows = durable.db.session_messages(&id, limit).await?;
+    let rows = db.session_messages(&id, limit).await?;
     let data: Vec<Value> = rows
         .iter()
         .map(|m| {
@@ -184,5 +195,27 @@ pub async fn live_streams_handler(
                          "owner": meta["owner"]}),
         );
     }
+    Ok(axum::Json(json!({"object": "list", "data": data})))
+}
+
+/// `GET /admin/requests[?tenant=T&limit=N]`: the newest requests, from the usage records every
+/// replica writes to the database (model, key, tenant, tokens, cost, whether the cache answered).
+pub async fn recent_requests_handler(
+    State(gw): State<AppState>,
+    _: Admin,
+    Query(q): Query<Listing>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limit = q.limit()?;
+    let db = database(&gw, "recent requests")?;
+    let rows = db.recent_usage(q.tenant.as_deref(), limit).await?;
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"id": r.id, "key": r.key_id, "tenant": r.tenant, "model": r.model,
+                   "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                   "cost_usd": r.cost_nanos as f64 / 1e9, "cached": r.cached,
+                   "created_ms": r.created_ms})
+        })
+        .collect();
     Ok(axum::Json(json!({"object": "list", "data": data})))
 }
