@@ -220,3 +220,107 @@ async fn an_embeddings_request_is_traced_with_its_inputs_and_what_the_cache_held
     assert_eq!(upstream.len(), 1, "{spans:#?}");
     assert_eq!(upstream[0].parent_span_id, embeddings[0].span_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_and_sessions_trace_what_they_read_and_store() {
+    let redis = RedisServer::start();
+    let receiver = OtlpReceiver::start();
+    let (_dir, path) = config_file("");
+    let endpoint = receiver.endpoint();
+    let replica = Replica::start(
+        &redis.url(),
+        &path,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let http = common::client(Duration::from_secs(30));
+    // A chain of two responses, the second streamed.
+    let first: serde_json::Value = http
+        .post(replica.url("/v1/responses"))
+        .json(&json!({"model": "mock/echo", "input": "My name is Ada."}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    let streamed = http
+        .post(replica.url("/v1/responses"))
+        .json(
+            &json!({"model": "mock/echo", "input": "What is my name?", "stream": true,
+                      "previous_response_id": first_id}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    let events = streamed.text().await.unwrap();
+    assert!(events.contains("response.completed"), "{events}");
+    // A session's two turns.
+    for text in ["one", "two"] {
+        let r = http
+            .post(replica.url("/v1/chat/completions"))
+            .header("x-tollgate-session-id", "traced-session")
+            .json(&json!({"model": "mock/echo", "messages": [{"role": "user", "content": text}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let spans = spans_until(&receiver, |s| {
+        named(s, "response store").len() == 2 && named(s, "session write").len() == 2
+    })
+    .await;
+    let by_id = |id: &str| spans.iter().find(|s| s.span_id == id);
+    let parent_name = |s: &ReceivedSpan| by_id(&s.parent_span_id).map(|p| p.name.clone());
+
+    // Each response is stored in its request's trace, beside its chat span, the streamed one
+    // too (stored once its stream ended).
+    let stores = named(&spans, "response store");
+    assert_eq!(stores.len(), 2, "{spans:#?}");
+    assert!(
+        stores
+            .iter()
+            .any(|s| s.attributes["gen_ai.response.id"] == first_id),
+        "{stores:#?}"
+    );
+    for s in &stores {
+        assert_eq!(
+            parent_name(s).as_deref(),
+            Some("POST /v1/responses"),
+            "{spans:#?}"
+        );
+        assert!(s.attributes["gen_ai.response.id"].starts_with("resp_"));
+    }
+    let second = stores
+        .iter()
+        .find(|s| s.attributes["gen_ai.response.id"] != first_id)
+        .unwrap();
+    // The second holds the whole chain: two questions and two answers.
+    assert_eq!(second.attributes["tollgate.context_messages"], "4");
+    // The chain was read from Redis, in the second request's trace.
+    let loads = named(&spans, "response load");
+    assert_eq!(loads.len(), 1, "{spans:#?}");
+    assert_eq!(loads[0].attributes["tollgate.response_id"], first_id);
+    assert_eq!(loads[0].attributes["tollgate.source"], "redis");
+    assert_eq!(loads[0].parent_span_id, second.parent_span_id);
+
+    // A session's history is read and its exchange written under the request's chat span.
+    let histories = named(&spans, "session history");
+    let writes = named(&spans, "session write");
+    assert_eq!((histories.len(), writes.len()), (2, 2), "{spans:#?}");
+    let mut read = Vec::new();
+    for (history, write) in histories.iter().zip(&writes) {
+        for s in [history, write] {
+            assert_eq!(s.attributes["tollgate.session_id"], "traced-session");
+            assert_eq!(parent_name(s).as_deref(), Some("chat mock/echo"), "{s:#?}");
+        }
+        read.push(history.attributes["tollgate.history_messages"].clone());
+        assert_eq!(write.attributes["tollgate.messages"], "2");
+    }
+    read.sort();
+    assert_eq!(read, ["0", "2"]);
+}

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tollgate_core::ChatMessage;
 use tollgate_db::{Record, ResponseRow};
 use tollgate_redis::StoredResponse;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::state::Gateway;
@@ -58,10 +59,32 @@ impl StoredRecord {
 
 /// The stored record of `id` if `owner` may read it: Redis first, then the database (what the
 /// database has is put back into Redis).
+/// Traced as a `response load` span: the id asked for and where the record came from
+/// (`tollgate.source`: `redis`, `database` or `none`).
 pub async fn load(gw: &Gateway, id: &str, owner: &str) -> Result<Option<StoredRecord>, ApiError> {
     if id.is_empty() || id.len() > 200 {
         return Ok(None);
     }
+    let span = tracing::info_span!(
+        target: "otel",
+        "response load",
+        "tollgate.response_id" = id,
+        "tollgate.source" = tracing::field::Empty,
+    );
+    let found = read(gw, id).instrument(span.clone()).await?;
+    span.record(
+        "tollgate.source",
+        match &found {
+            Some((_, true)) => "database",
+            Some((_, false)) => "redis",
+            None => "none",
+        },
+    );
+    Ok(found.and_then(|(record, _)| (record.owner == owner).then_some(record)))
+}
+
+/// The record of `id` from Redis or else the database (true), whoever owns it.
+async fn read(gw: &Gateway, id: &str) -> Result<Option<(StoredRecord, bool)>, ApiError> {
     let from_redis = match gw.responses.get(id).await {
         Ok(StoredResponse::Found(bytes)) => Some(decode(&bytes)?),
         Ok(StoredResponse::Deleted) => return Ok(None),
@@ -71,23 +94,20 @@ pub async fn load(gw: &Gateway, id: &str, owner: &str) -> Result<Option<StoredRe
             None
         }
     };
-    let record = match from_redis {
-        Some(record) => record,
-        None => {
-            let Some(durable) = &gw.durable else {
-                return Ok(None);
-            };
-            let row = durable.db.response(id).await?;
-            let Some(row) = row.filter(|r| !r.is_deleted()) else {
-                return Ok(None);
-            };
-            if let Err(e) = gw.responses.restore(id, row.body.as_bytes()).await {
-                tracing::debug!(error = %e, "could not put a response back into Redis");
-            }
-            decode(row.body.as_bytes())?
-        }
+    if let Some(record) = from_redis {
+        return Ok(Some((record, false)));
+    }
+    let Some(durable) = &gw.durable else {
+        return Ok(None);
     };
-    Ok((record.owner == owner).then_some(record))
+    let row = durable.db.response(id).await?;
+    let Some(row) = row.filter(|r| !r.is_deleted()) else {
+        return Ok(None);
+    };
+    if let Err(e) = gw.responses.restore(id, row.body.as_bytes()).await {
+        tracing::debug!(error = %e, "could not put a response back into Redis");
+    }
+    Ok(Some((decode(row.body.as_bytes())?, true)))
 }
 
 fn decode(bytes: &[u8]) -> Result<StoredRecord, ApiError> {

@@ -8,8 +8,12 @@
 //! and inside it, for a chat request, a `chat MODEL` span with the GenAI semantic conventions'
 //! attributes (`gen_ai.request.model`, `gen_ai.usage.input_tokens`, ...) and tollgate's own
 //! (`tollgate.cache`, `tollgate.similarity`, `tollgate.route`, `tollgate.key_id`), with child
-//! spans for the cache lookup, the limits, each upstream attempt (its `traceparent` sent on) and
-//! the usage record written. Prompts and answers are never attributes.
+//! spans for the cache lookup, the limits, each upstream attempt (its `traceparent` sent on),
+//! the usage record written, and a session's history read and exchange written (`session
+//! history`, `session write`). A Responses request adds, beside its `chat` span, the previous
+//! response read (`response load`: from Redis or the database) and the new one stored
+//! (`response store`, with `gen_ai.response.id`); a Messages request is its `chat` span under
+//! its HTTP span. Prompts and answers are never attributes.
 //!
 //! The spans are `tracing` spans of target [`TARGET`]; the log output does not show them, and
 //! without an endpoint nothing listens to them (their cost is a disabled callsite check).

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tollgate_core::{ChatCompletion, ChatMessage, ChatRequest};
+use tracing::Instrument;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -16,6 +17,9 @@ pub(crate) struct SessionWrite {
     owner: String,
     system: Option<String>,
     messages: Vec<ChatMessage>,
+    /// The request's `chat` span: a streamed answer is recorded after the handler returned,
+    /// and its `session write` span still belongs to the request's trace.
+    span: tracing::Span,
 }
 
 impl SessionWrite {
@@ -28,9 +32,17 @@ impl SessionWrite {
         }
         // Awaited before the answer ends, so the session's next turn (on any replica) has this
         // one in its history; the durable copy follows.
+        let span = tracing::info_span!(
+            target: "otel",
+            parent: &self.span,
+            "session write",
+            "tollgate.session_id" = %self.id,
+            "tollgate.messages" = messages.len(),
+        );
         match gw
             .sessions
             .append_or_create_logged(&self.id, &self.owner, self.system.as_deref(), &messages)
+            .instrument(span)
             .await
         {
             Ok(written) => {
@@ -66,6 +78,12 @@ pub(super) async fn with_history(
         .iter()
         .find(|m| is_system(m))
         .map(ChatMessage::text_content);
+    let span = tracing::info_span!(
+        target: "otel",
+        "session history",
+        "tollgate.session_id" = id,
+        "tollgate.history_messages" = tracing::field::Empty,
+    );
     let history = crate::sessions::history_for_request(
         gw,
         id,
@@ -73,7 +91,9 @@ pub(super) async fn with_history(
         system.as_deref(),
         gw.config.sessions.history_token_budget,
     )
+    .instrument(span.clone())
     .await?;
+    span.record("tollgate.history_messages", history.len());
     let new: Vec<ChatMessage> = req
         .messages
         .iter()
@@ -92,5 +112,6 @@ pub(super) async fn with_history(
         owner: principal.subject.clone(),
         system,
         messages: new,
+        span: tracing::Span::current(),
     })
 }

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tollgate_core::{ChatCompletion, ChatMessage, ChatRequest, Usage};
 use tollgate_db::{DELETED, Record, ResponseRow};
+use tracing::Instrument;
 
 use crate::auth::Principal;
 use crate::chat::{self, ChatOptions, ReplyBody, ReplyMeta};
@@ -152,6 +153,7 @@ pub async fn create_response(
         created_at: (tollgate_db::now_ms() / 1000),
         req,
         input,
+        span: tracing::Span::current(),
     };
     context.messages.extend(pending.input.iter().cloned());
     let body = match reply.body {
@@ -320,6 +322,9 @@ struct Pending {
     created_at: i64,
     req: ResponsesRequest,
     input: Vec<ChatMessage>,
+    /// The request's span: a streamed response is stored after the handler returned, and its
+    /// `response store` span still belongs to the request's trace.
+    span: tracing::Span,
 }
 
 /// How an answer ended.
@@ -475,7 +480,15 @@ impl Pending {
                 response: object.clone(),
                 context,
             };
-            persist(&self.gw, &self.id, &record).await;
+            let span = tracing::info_span!(
+                target: "otel",
+                parent: &self.span,
+                "response store",
+                "gen_ai.response.id" = %self.id,
+                "tollgate.context_messages" = record.context.messages.len(),
+                "tollgate.context_tokens" = record.context.tokens,
+            );
+            persist(&self.gw, &self.id, &record).instrument(span).await;
             crate::summaries::summarize_response_if_long(&self.gw, &self.id, record);
         }
         object
