@@ -169,7 +169,7 @@ fn records(i: usize, body: &str) -> Vec<Record> {
             prompt_tokens: 120,
             completion_tokens: 80,
             cost_nanos: 66_000,
-            cached: false,
+            served: tollgate_db::Served::Upstream,
             created_ms: tollgate_db::now_ms(),
         }),
         Record::Response(ResponseRow {

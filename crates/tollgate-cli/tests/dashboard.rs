@@ -291,6 +291,15 @@ async fn the_dashboard_manages_keys_and_charts_traffic_in_a_real_browser() {
         .until("the request among the recent ones", "return document.querySelector('#request-table tbody').textContent.includes('mock/echo')")
         .await;
     browser.screenshot("requests").await;
+    // And, now that the database has it, in the overview's history of every replica.
+    browser.click("[data-tab=overview]").await;
+    browser
+        .until(
+            "the request in the history",
+            "const c = document.getElementById('history-requests'); return Number(c.dataset.requests) >= 1 && Number(c.dataset.points) === 61",
+        )
+        .await;
+    browser.screenshot("overview-history").await;
 
     // Its session, and the session's messages, in the conversations (from the database).
     browser.click("[data-tab=conversations]").await;

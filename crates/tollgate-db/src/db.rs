@@ -7,7 +7,9 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::records::{Record, ResponseRow, SessionMessageRow, SessionRow, SpendRow, UsageRow};
+use crate::records::{
+    Record, ResponseRow, Served, SessionMessageRow, SessionRow, SpendRow, TimelineRow, UsageRow,
+};
 use crate::{Error, Result};
 
 /// Which database a URL names.
@@ -284,7 +286,7 @@ impl Database {
                     .bind(u.prompt_tokens)
                     .bind(u.completion_tokens)
                     .bind(u.cost_nanos)
-                    .bind(i64::from(u.cached))
+                    .bind(u.served.code())
                     .bind(u.created_ms);
             }
             q.execute(&mut *tx).await?;
@@ -417,6 +419,63 @@ impl Database {
             .await?
             .iter()
             .map(spend_row)
+            .collect()
+    }
+
+    /// Requests per model in steps of `step_ms` since `since_ms` (of one tenant, or of all),
+    /// oldest first: how many, how each kind of cache answered, what the hits' answers held and
+    /// what the rest cost. Steps without requests are left out.
+    pub async fn timeline(
+        &self,
+        tenant: Option<&str>,
+        since_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<TimelineRow>> {
+        self.ready().await?;
+        let step = step_ms.max(1);
+        let count =
+            |code: i64| format!("CAST(SUM(CASE WHEN cached = {code} THEN 1 ELSE 0 END) AS BIGINT)");
+        let hit_tokens = |column: &str| {
+            format!("CAST(SUM(CASE WHEN cached IN (1, 2) THEN {column} ELSE 0 END) AS BIGINT)")
+        };
+        // The step is a number in the statement (a bound one would be a different type on each
+        // backend); it is an i64, so nothing but digits.
+        let sql = format!(
+            "SELECT (created_ms / {step}) * {step} AS start_ms, model, CAST(COUNT(*) AS BIGINT), \
+             {exact}, {semantic}, {coalesced}, {prompt}, {completion}, \
+             CAST(SUM(cost_nanos) AS BIGINT) FROM usage_records WHERE created_ms >= $1 {tenant} \
+             GROUP BY start_ms, model ORDER BY start_ms, model",
+            exact = count(Served::Exact.code()),
+            semantic = count(Served::Semantic.code()),
+            coalesced = count(Served::Coalesced.code()),
+            prompt = hit_tokens("prompt_tokens"),
+            completion = hit_tokens("completion_tokens"),
+            tenant = if tenant.is_some() {
+                "AND tenant = $2"
+            } else {
+                ""
+            },
+        );
+        let mut q = sqlx::query(&sql).bind(since_ms);
+        if let Some(t) = tenant {
+            q = q.bind(t);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(TimelineRow {
+                    start_ms: r.try_get(0)?,
+                    model: r.try_get(1)?,
+                    requests: r.try_get(2)?,
+                    exact: r.try_get(3)?,
+                    semantic: r.try_get(4)?,
+                    coalesced: r.try_get(5)?,
+                    hit_prompt_tokens: r.try_get(6)?,
+                    hit_completion_tokens: r.try_get(7)?,
+                    cost_nanos: r.try_get(8)?,
+                })
+            })
             .collect()
     }
 
@@ -563,7 +622,7 @@ fn usage_row(r: &AnyRow) -> Result<UsageRow> {
         prompt_tokens: r.try_get(4)?,
         completion_tokens: r.try_get(5)?,
         cost_nanos: r.try_get(6)?,
-        cached: r.try_get::<i64, _>(7)? != 0,
+        served: Served::from_code(r.try_get(7)?),
         created_ms: r.try_get(8)?,
     })
 }

@@ -11,7 +11,8 @@ pub mod records;
 pub use db::{Backend, Database};
 pub use outbox::{Batch, Outbox, OutboxConfig, Writer};
 pub use records::{
-    DELETED, Record, ResponseRow, SessionMessageRow, SessionRow, SpendRow, UsageRow,
+    DELETED, Record, ResponseRow, Served, SessionMessageRow, SessionRow, SpendRow, TimelineRow,
+    UsageRow,
 };
 
 /// What can go wrong with durable records.

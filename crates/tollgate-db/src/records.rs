@@ -117,9 +117,94 @@ pub struct UsageRow {
     pub completion_tokens: i64,
     /// Cost in billionths of a dollar.
     pub cost_nanos: i64,
-    /// Answered from the cache (no upstream cost).
-    pub cached: bool,
+    /// How it was answered. Records written before the kinds were told apart say `cached:
+    /// true|false`, read as an exact hit or an upstream answer.
+    #[serde(alias = "cached", deserialize_with = "served_or_cached")]
+    pub served: Served,
     pub created_ms: i64,
+}
+
+/// How a request was answered; the `cached` column keeps it as a number (0 to 3; rows written
+/// before the kinds were told apart hold 1 for every answer from the cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Served {
+    /// By the upstream (it cost what it cost).
+    Upstream,
+    /// From the exact cache.
+    Exact,
+    /// From the semantic cache.
+    Semantic,
+    /// From another request's answer, streamed to both (a coalesced follower).
+    Coalesced,
+}
+
+impl Served {
+    /// The `cached` column's value.
+    pub fn code(self) -> i64 {
+        match self {
+            Served::Upstream => 0,
+            Served::Exact => 1,
+            Served::Semantic => 2,
+            Served::Coalesced => 3,
+        }
+    }
+
+    /// The kind a `cached` column's value stands for (an unknown one: from the cache).
+    pub fn from_code(code: i64) -> Served {
+        match code {
+            0 => Served::Upstream,
+            2 => Served::Semantic,
+            3 => Served::Coalesced,
+            _ => Served::Exact,
+        }
+    }
+
+    /// Answered without the upstream (no cost).
+    pub fn cached(self) -> bool {
+        self != Served::Upstream
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Served::Upstream => "upstream",
+            Served::Exact => "exact",
+            Served::Semantic => "semantic",
+            Served::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// Reads `served` as a kind, or as the `cached` flag older records carry.
+fn served_or_cached<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Served, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Kind(Served),
+        Cached(bool),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Kind(kind) => kind,
+        Either::Cached(true) => Served::Exact,
+        Either::Cached(false) => Served::Upstream,
+    })
+}
+
+/// Requests of one model over one step of a timeline (see [`crate::Database::timeline`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineRow {
+    /// The step's start (Unix milliseconds, a multiple of the step).
+    pub start_ms: i64,
+    pub model: String,
+    pub requests: i64,
+    pub exact: i64,
+    pub semantic: i64,
+    pub coalesced: i64,
+    /// Tokens of the answers the exact and semantic caches gave (what they saved).
+    pub hit_prompt_tokens: i64,
+    pub hit_completion_tokens: i64,
+    /// What the upstream answers cost, in billionths of a dollar.
+    pub cost_nanos: i64,
 }
 
 /// Spend of one key on one model over a period.

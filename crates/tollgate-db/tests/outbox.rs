@@ -33,7 +33,7 @@ fn usage(id: usize) -> Record {
         prompt_tokens: 10,
         completion_tokens: id as i64,
         cost_nanos: 1_000,
-        cached: false,
+        served: tollgate_db::Served::Upstream,
         created_ms: 1_000 + id as i64,
     })
 }
@@ -364,4 +364,66 @@ async fn an_outbox_is_bound_to_one_database_and_refuses_another() {
     outbox(&same).bind(&same).await.unwrap();
     let refused = outbox(&other).bind(&other).await.unwrap_err().to_string();
     assert!(refused.contains("another database"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_timeline_counts_each_kind_of_answer_per_step_and_model() {
+    use tollgate_db::Served;
+    for fresh in TestDatabase::both() {
+        let db = Database::connect(&fresh.url()).await.unwrap();
+        let row = |id: &str, tenant: &str, model: &str, served: Served, at: i64| {
+            Record::Usage(UsageRow {
+                id: id.into(),
+                key_id: "key_a".into(),
+                tenant: tenant.into(),
+                model: model.into(),
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                cost_nanos: if served.cached() { 0 } else { 700 },
+                served,
+                created_ms: at,
+            })
+        };
+        db.write(vec![
+            row("a", "t1", "m/a", Served::Upstream, 60_000),
+            row("b", "t1", "m/a", Served::Exact, 60_500),
+            row("c", "t1", "m/a", Served::Semantic, 119_999),
+            row("d", "t1", "m/a", Served::Coalesced, 119_999),
+            row("e", "t2", "m/b", Served::Upstream, 120_000),
+            // Before the window.
+            row("f", "t1", "m/a", Served::Upstream, 59_999),
+        ])
+        .await
+        .unwrap();
+        let all = db.timeline(None, 60_000, 60_000).await.unwrap();
+        assert_eq!(all.len(), 2, "{all:?}");
+        let first = &all[0];
+        assert_eq!((first.start_ms, first.model.as_str()), (60_000, "m/a"));
+        assert_eq!(
+            (first.requests, first.exact, first.semantic, first.coalesced),
+            (4, 1, 1, 1)
+        );
+        // Only the exact and semantic hits' tokens: what the cache saved.
+        assert_eq!(
+            (first.hit_prompt_tokens, first.hit_completion_tokens),
+            (20, 10)
+        );
+        assert_eq!(first.cost_nanos, 700);
+        assert_eq!((all[1].start_ms, all[1].model.as_str()), (120_000, "m/b"));
+        assert_eq!((all[1].requests, all[1].exact), (1, 0));
+        // One tenant's.
+        let t2 = db.timeline(Some("t2"), 0, 60_000).await.unwrap();
+        assert_eq!(t2.len(), 1);
+        assert_eq!(t2[0].model, "m/b");
+        // The kind comes back from the column.
+        let back = db.usage("key_a").await.unwrap();
+        let kinds: Vec<Served> = back.iter().map(|u| u.served).collect();
+        assert!(kinds.contains(&Served::Semantic) && kinds.contains(&Served::Coalesced));
+    }
+    // A record written before the kinds were told apart reads as before.
+    let old = r#"{"kind":"usage","id":"u","key_id":"k","tenant":"t","model":"m","prompt_tokens":1,"completion_tokens":1,"cost_nanos":0,"cached":true,"created_ms":1}"#;
+    let Record::Usage(u) = serde_json::from_str::<Record>(old).unwrap() else {
+        panic!("not a usage record");
+    };
+    assert_eq!(u.served, Served::Exact);
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tollgate_core::Usage;
-use tollgate_db::{Record, UsageRow};
+use tollgate_db::{Record, Served, UsageRow};
 use tollgate_redis::{Budget, BudgetAlert, SpendPeriod, WindowBudget};
 
 use crate::auth::Principal;
@@ -251,9 +251,9 @@ pub async fn record_usage(
     model: &str,
     route: Option<&str>,
     usage: &Usage,
-    cached: bool,
+    served: Served,
 ) {
-    let used = Used::of(gw, payer, model, route, usage, cached);
+    let used = Used::of(gw, payer, model, route, usage, served);
     tokio::join!(used.spend.charge(gw), submit(gw, vec![used.record]));
 }
 
@@ -274,16 +274,16 @@ pub struct Spend {
 }
 
 impl Used {
-    /// Prices `usage` (nothing when `cached`).
+    /// Prices `usage` (nothing when served from a cache).
     pub fn of(
         gw: &Gateway,
         payer: &Payer,
         model: &str,
         route: Option<&str>,
         usage: &Usage,
-        cached: bool,
+        served: Served,
     ) -> Used {
-        let cost = if cached {
+        let cost = if served.cached() {
             0
         } else {
             cost_nanos(gw, model, route, usage)
@@ -300,7 +300,7 @@ impl Used {
                 prompt_tokens: usage.prompt_tokens as i64,
                 completion_tokens: usage.completion_tokens as i64,
                 cost_nanos: cost,
-                cached,
+                served,
                 created_ms: now,
             }),
             spend: Spend {

@@ -149,7 +149,15 @@ async fn embed(
                 completion_tokens: 0,
                 total_tokens: prompt_tokens,
             };
-            crate::accounting::record_usage(gw, &p.into(), model, None, &usage, false).await;
+            crate::accounting::record_usage(
+                gw,
+                &p.into(),
+                model,
+                None,
+                &usage,
+                tollgate_db::Served::Upstream,
+            )
+            .await;
         }
         let fresh: Vec<(&str, &[f32])> = misses
             .iter()

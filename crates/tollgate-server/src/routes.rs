@@ -113,6 +113,7 @@ pub(crate) fn admin_routes() -> Router<AppState> {
             "/admin/requests",
             get(conversations::recent_requests_handler),
         )
+        .route("/admin/timeline", get(conversations::timeline_handler))
         .route("/admin/sessions", get(conversations::sessions_handler))
         .route(
             "/admin/sessions/{id}/messages",

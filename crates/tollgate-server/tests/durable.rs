@@ -38,9 +38,15 @@ impl Reply {
 async fn gateway(redis_url: &str, db_url: &str, prefix: &str, extra: &str) -> AppState {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.toml");
+    // The semantic cache is off unless `extra` configures it.
+    let semantic = if extra.contains("[semantic_cache]") {
+        ""
+    } else {
+        "[semantic_cache]\nenabled = false\n"
+    };
     let text = format!(
         "[redis]\nkey_prefix = \"{prefix}\"\ncommand_timeout_ms = 500\n\
-         [semantic_cache]\nenabled = false\n[outbox]\nclaim_idle_seconds = 1\n{extra}"
+         {semantic}[outbox]\nclaim_idle_seconds = 1\n{extra}"
     );
     std::fs::write(&path, text).unwrap();
     let config = Config::load(Some(&path), &HashMap::new()).unwrap();
@@ -1937,6 +1943,110 @@ async fn recent_requests_come_from_the_usage_records_per_tenant() {
         assert_eq!(bad.json()["error"]["param"], "limit");
         let tenant_key = call(&gw, "GET", "/admin/requests", Some(&keys[0]), None).await;
         assert_eq!(tenant_key.status, StatusCode::FORBIDDEN);
+    }
+}
+
+/// `/admin/timeline` counts what every replica answered, step by step, from the usage records:
+/// upstream answers with their cost, exact and semantic hits with what they saved, of one tenant
+/// when asked; quiet steps are zeros; a bad window is a 400 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_counts_every_replicas_answers_by_kind() {
+    for fresh in TestDatabase::both() {
+        let redis = RedisServer::start();
+        let prefix = unique_prefix();
+        let extra = "[server]\nmaster_key = \"mk\"\n\
+                     [semantic_cache]\nenabled = true\nembedding_model = \"mock/embed\"\n\
+                     threshold = 0.9\nlookup_budget_ms = 60000\n\
+                     [prices.\"mock/echo\"]\ninput_per_million = 1000.0\noutput_per_million = 2000.0\n";
+        let a = gateway(&redis.url(), &fresh.url(), &prefix, extra).await;
+        let b = gateway(&redis.url(), &fresh.url(), &prefix, extra).await;
+        let keys = keys_in_tenants(&a, &["acme", "globex"]).await;
+        let words = "one two three four five six seven eight";
+        let reordered = "eight seven six five four three two one";
+        let mut miss_cost = 0.0;
+        for (gw, key, question, temperature, cache) in [
+            (&a, &keys[0], words, 0.0, "miss"),
+            (&b, &keys[0], words, 0.0, "hit"),
+            (&a, &keys[0], reordered, 0.0, "semantic"),
+            (&b, &keys[1], "another question", 0.7, "bypass"),
+        ] {
+            let body = json!({"model": "mock/echo", "temperature": temperature,
+                              "messages": [{"role": "user", "content": question}]});
+            let r = call(gw, "POST", "/v1/chat/completions", Some(key), Some(body)).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            let answered = r
+                .headers
+                .get("x-tollgate-cache")
+                .map(|v| v.to_str().unwrap());
+            assert_eq!(answered, Some(cache), "{question}");
+            if cache == "miss" {
+                let usage = &r.json()["usage"];
+                miss_cost = (usage["prompt_tokens"].as_f64().unwrap() * 1000.0
+                    + usage["completion_tokens"].as_f64().unwrap() * 2000.0)
+                    / 1e6;
+            }
+        }
+        drained(&a).await;
+        drained(&b).await;
+        let total = |timeline: &Value, name: &str| -> f64 {
+            timeline["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|step| step[name].as_f64().unwrap())
+                .sum()
+        };
+        let all = call(&b, "GET", "/admin/timeline?minutes=5", Some("mk"), None).await;
+        assert_eq!(all.status, StatusCode::OK, "{}", all.text);
+        let all = all.json();
+        assert_eq!(all["step_ms"], 60_000);
+        // Five minutes back from now, in whole minutes: six steps, the quiet ones as zeros.
+        assert_eq!(all["data"].as_array().unwrap().len(), 6, "{all}");
+        for (name, want) in [
+            ("requests", 4.0),
+            ("exact", 1.0),
+            ("semantic", 1.0),
+            ("coalesced", 0.0),
+        ] {
+            assert_eq!(total(&all, name), want, "{name}: {all}");
+        }
+        // Two upstream answers cost something; each hit saved what the answer it gave cost.
+        assert!(total(&all, "spend_usd") > miss_cost, "{all}");
+        let saved = total(&all, "saved_usd");
+        assert!(
+            miss_cost > 0.0 && (saved - 2.0 * miss_cost).abs() < 1e-9,
+            "{all}"
+        );
+        let globex = call(
+            &a,
+            "GET",
+            "/admin/timeline?minutes=5&tenant=globex",
+            Some("mk"),
+            None,
+        )
+        .await
+        .json();
+        assert_eq!(total(&globex, "requests"), 1.0, "{globex}");
+        assert_eq!(total(&globex, "exact") + total(&globex, "semantic"), 0.0);
+        // A week is the longest window, in steps of an hour.
+        let week = call(&a, "GET", "/admin/timeline?minutes=10080", Some("mk"), None).await;
+        assert_eq!(week.json()["step_ms"], 3_600_000);
+        assert_eq!(total(&week.json(), "requests"), 4.0);
+        let bad = call(&a, "GET", "/admin/timeline?minutes=0", Some("mk"), None).await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+        assert_eq!(bad.json()["error"]["param"], "minutes");
+        // The request listing says how each was answered.
+        let listed = call(&a, "GET", "/admin/requests", Some("mk"), None)
+            .await
+            .json();
+        let mut served: Vec<String> = listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["served"].as_str().unwrap().to_owned())
+            .collect();
+        served.sort();
+        assert_eq!(served, ["exact", "semantic", "upstream", "upstream"]);
     }
 }
 

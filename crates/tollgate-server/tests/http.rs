@@ -91,7 +91,12 @@ async fn the_dashboards_files_are_served_from_the_binary_and_allow_nothing_else(
     assert_eq!(metrics.status, StatusCode::UNAUTHORIZED);
     // Listings read from the database say so on a gateway without one.
     let master = [("authorization", "Bearer mk")];
-    for path in ["/admin/requests", "/admin/sessions", "/admin/responses"] {
+    for path in [
+        "/admin/requests",
+        "/admin/timeline",
+        "/admin/sessions",
+        "/admin/responses",
+    ] {
         let r = call(&gw, "GET", path, &master, None).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
         assert!(r.text.contains("keeps none"), "{path}: {}", r.text);

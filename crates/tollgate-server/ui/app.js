@@ -90,22 +90,31 @@ function push(name, value) {
   if (series[name].length > POINTS) series[name].shift();
 }
 
-function drawChart(id, values, format) {
+/** Draws `lines` ([{values, cls}]) on one scale, right-aligned on a width of `width` points. */
+function drawLines(id, lines, format, width) {
   const svg = $(id);
-  const max = Math.max(...values, 0);
+  const max = Math.max(0, ...lines.flatMap((l) => l.values));
   const top = max > 0 ? max * 1.1 : 1;
-  const step = values.length > 1 ? 400 / (POINTS - 1) : 0;
-  const x0 = 400 - step * (values.length - 1);
-  const points = values.map((v, i) => `${(x0 + i * step).toFixed(1)},${(120 - (v / top) * 110).toFixed(1)}`);
-  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-  line.setAttribute("points", points.join(" "));
+  const step = width > 1 ? 400 / (width - 1) : 0;
+  const drawn = lines.map(({ values, cls }) => {
+    const x0 = 400 - step * (values.length - 1);
+    const points = values.map((v, i) => `${(x0 + i * step).toFixed(1)},${(120 - (v / top) * 110).toFixed(1)}`);
+    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    line.setAttribute("points", points.join(" "));
+    if (cls) line.setAttribute("class", cls);
+    return line;
+  });
   const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
   label.setAttribute("x", "4");
   label.setAttribute("y", "12");
   label.textContent = `max ${format(max)}`;
-  svg.replaceChildren(line, label);
+  svg.replaceChildren(...drawn, label);
   svg.dataset.max = String(max);
-  svg.dataset.points = String(values.length);
+  svg.dataset.points = String(lines.length ? lines[0].values.length : 0);
+}
+
+function drawChart(id, values, format) {
+  drawLines(id, [{ values }], format, POINTS);
 }
 
 async function sample() {
@@ -145,6 +154,43 @@ async function sample() {
   previous = current;
 }
 
+// --- History: /admin/timeline, what every replica answered, from the database ---------------
+
+let historyLoaded = 0;
+
+async function loadHistory() {
+  historyLoaded = Date.now();
+  let timeline;
+  try {
+    timeline = await api(`/admin/timeline?minutes=${$("history-window").value}`);
+  } catch (e) {
+    if (e instanceof Unauthorized) throw e;
+    $("history-note").textContent = e.message;
+    return;
+  }
+  const steps = timeline.data;
+  const minutes = timeline.step_ms / 60000;
+  $("history-step").textContent = minutes === 1 ? "a minute" : minutes < 60 ? `${minutes} minutes` : `${minutes / 60} hours`;
+  const column = (name) => steps.map((s) => s[name]);
+  drawLines("history-requests", [
+    { values: column("requests") },
+    { values: column("exact"), cls: "exact" },
+    { values: column("semantic"), cls: "semantic" },
+  ], (v) => v.toFixed(0), steps.length);
+  drawLines("history-dollars", [
+    { values: column("spend_usd"), cls: "spent" },
+    { values: column("saved_usd"), cls: "saved" },
+  ], dollars, steps.length);
+  $("history-requests").dataset.requests = String(column("requests").reduce((a, b) => a + b, 0));
+}
+
+async function loadOverview() {
+  await sample();
+  await loadHistory();
+}
+
+$("history-window").addEventListener("change", () => guarded(loadHistory));
+
 // --- Recent requests (the usage records every replica writes to the database) ----------------
 
 let requestTenant = "";
@@ -155,7 +201,7 @@ async function loadRequests() {
   fill("request-table", recent.map((r) => row(
     new Date(r.created_ms).toLocaleTimeString(), r.key, r.tenant, r.model,
     String(r.prompt_tokens), String(r.completion_tokens), dollars(r.cost_usd),
-    r.cached ? "cache" : "upstream",
+    r.served,
   )));
   $("request-note").textContent = recent.length ? "" : "No requests recorded yet.";
 }
@@ -364,7 +410,7 @@ async function loadModels() {
 
 // --- Shell ----------------------------------------------------------------------------------
 
-const loaders = { overview: sample, requests: loadRequests, conversations: loadConversations, live: loadLive, keys: loadKeys, spend: loadSpend, cache: loadCache, models: loadModels };
+const loaders = { overview: loadOverview, requests: loadRequests, conversations: loadConversations, live: loadLive, keys: loadKeys, spend: loadSpend, cache: loadCache, models: loadModels };
 let active = "overview";
 
 async function guarded(action, errorId) {
@@ -407,6 +453,7 @@ $("login-form").addEventListener("submit", (e) => {
 setInterval(() => {
   if ($("app").hidden) return;
   guarded(sample);
+  if (active === "overview" && Date.now() - historyLoaded > 30000) guarded(loadHistory);
   if (active === "requests") guarded(loadRequests, "request-note");
   if (active === "conversations") guarded(loadConversations, "conversation-note");
   if (active === "live") guarded(loadLive);

@@ -309,7 +309,7 @@ impl Generation {
                     &self.request.model,
                     self.deployment.as_deref(),
                     &usage,
-                    false,
+                    tollgate_db::Served::Upstream,
                 );
                 used.spend.charge(&gw).await;
                 // The end reaches the client only once the whole stream is in Redis (or Redis

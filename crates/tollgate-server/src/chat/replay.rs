@@ -12,6 +12,7 @@ use futures::stream::BoxStream;
 use serde_json::{Value, json};
 use tollgate_core::chat::completion_to_chunks;
 use tollgate_core::{Aggregator, ChatChunk, ChatCompletion};
+use tollgate_db::Served;
 use tollgate_redis::{EventKind, Follower, StreamEvent};
 
 use super::history::SessionWrite;
@@ -199,9 +200,15 @@ fn usage_only(json: &str) -> bool {
 /// Records the usage of an answer that cost the upstream nothing (a cache hit, a coalesced
 /// follower): no spend to charge, and its record goes with the outbox's next entry, off the
 /// request path.
-fn record_cached(gw: &Gateway, payer: &Payer, model: &str, completion: &ChatCompletion) {
+fn record_cached(
+    gw: &Gateway,
+    payer: &Payer,
+    model: &str,
+    completion: &ChatCompletion,
+    served: Served,
+) {
     let usage = completion.usage.unwrap_or_default();
-    let used = crate::accounting::Used::of(gw, payer, model, None, &usage, true);
+    let used = crate::accounting::Used::of(gw, payer, model, None, &usage, served);
     crate::accounting::send(gw, vec![used.record]);
 }
 
@@ -226,7 +233,11 @@ impl Plan {
         if let Some(s) = self.session {
             s.record(&gw, &completion).await;
         }
-        record_cached(&gw, &self.payer, &self.req.model, &completion);
+        let served = match similarity {
+            Some(_) => Served::Semantic,
+            None => Served::Exact,
+        };
+        record_cached(&gw, &self.payer, &self.req.model, &completion, served);
         let mut headers = admission.headers.clone();
         drop(admission);
         let body = if self.req.stream {
@@ -290,7 +301,13 @@ impl Plan {
             if let Some(session) = self.session {
                 session.record(&self.gw, &completion).await;
             }
-            record_cached(&self.gw, &self.payer, &self.req.model, &completion);
+            record_cached(
+                &self.gw,
+                &self.payer,
+                &self.req.model,
+                &completion,
+                Served::Coalesced,
+            );
             drop(admission);
             return Ok(ChatReply {
                 meta,
@@ -339,7 +356,7 @@ impl Plan {
                     if let Some(session) = s.session.take() {
                         session.record(&s.gw, &completion).await;
                     }
-                    record_cached(&s.gw, &s.payer, &s.model, &completion);
+                    record_cached(&s.gw, &s.payer, &s.model, &completion, Served::Coalesced);
                 }
                 return Some((event.item(), None));
             }

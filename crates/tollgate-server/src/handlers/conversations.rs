@@ -213,9 +213,87 @@ pub async fn recent_requests_handler(
         .map(|r| {
             json!({"id": r.id, "key": r.key_id, "tenant": r.tenant, "model": r.model,
                    "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                   "cost_usd": r.cost_nanos as f64 / 1e9, "cached": r.cached,
+                   "cost_usd": r.cost_nanos as f64 / 1e9, "cached": r.served.cached(),
+                   "served": r.served.name(),
                    "created_ms": r.created_ms})
         })
         .collect();
     Ok(axum::Json(json!({"object": "list", "data": data})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineQuery {
+    /// One tenant's (default: everyone's).
+    tenant: Option<String>,
+    /// How far back: 1 to 10080 (a week; default 60).
+    minutes: Option<i64>,
+}
+
+/// The step a timeline is cut into: the shortest of a minute, 5, 15 minutes and an hour that
+/// makes at most 180 steps (an hour in minutes, a day in quarter hours, a week in hours).
+fn timeline_step_ms(minutes: i64) -> i64 {
+    let step = [1, 5, 15]
+        .into_iter()
+        .find(|step| minutes / step <= 180)
+        .unwrap_or(60);
+    step * 60_000
+}
+
+/// `GET /admin/timeline[?tenant=T&minutes=N]`: what every replica answered over the last N
+/// minutes, step by step, from the usage records in the database: requests, how the caches
+/// answered them (exact, semantic, coalesced with another request), what the upstream answers
+/// cost and what the hits saved (their tokens at the model's price). Every step is listed, the
+/// quiet ones as zeros, oldest first.
+pub async fn timeline_handler(
+    State(gw): State<AppState>,
+    _: Admin,
+    Query(q): Query<TimelineQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let minutes = q.minutes.unwrap_or(60);
+    if !(1..=10_080).contains(&minutes) {
+        return Err(ApiError::bad(
+            "minutes must be 1 to 10080 (a week)",
+            Some("minutes"),
+        ));
+    }
+    let db = database(&gw, "timelines")?;
+    let step = timeline_step_ms(minutes);
+    let now = tollgate_db::now_ms();
+    let first = (now - minutes * 60_000) / step * step;
+    let rows = db.timeline(q.tenant.as_deref(), first, step).await?;
+    let steps = ((now - first) / step + 1) as usize;
+    let mut data: Vec<Value> = (0..steps)
+        .map(|i| {
+            json!({"start_ms": first + i as i64 * step, "requests": 0, "exact": 0, "semantic": 0,
+                   "coalesced": 0, "spend_usd": 0.0, "saved_usd": 0.0})
+        })
+        .collect();
+    for r in rows {
+        let Some(slot) = usize::try_from((r.start_ms - first) / step)
+            .ok()
+            .and_then(|i| data.get_mut(i))
+        else {
+            continue;
+        };
+        let saved = gw.config.price(&r.model, None).map_or(0.0, |p| {
+            p.cost(r.hit_prompt_tokens as u64, r.hit_completion_tokens as u64)
+        });
+        let add = |slot: &mut Value, name: &str, v: f64| {
+            slot[name] = json!(slot[name].as_f64().unwrap_or(0.0) + v);
+        };
+        for (name, v) in [
+            ("requests", r.requests),
+            ("exact", r.exact),
+            ("semantic", r.semantic),
+            ("coalesced", r.coalesced),
+        ] {
+            slot[name] = json!(slot[name].as_i64().unwrap_or(0) + v);
+        }
+        add(slot, "spend_usd", r.cost_nanos as f64 / 1e9);
+        add(slot, "saved_usd", saved);
+    }
+    Ok(axum::Json(
+        json!({"object": "timeline", "step_ms": step, "data": data}),
+    ))
 }
