@@ -3,9 +3,11 @@
 --
 -- KEYS[1]  meta hash (dim, epoch, seq, maxexp, durable)   KEYS[2]  items hash (id -> record)
 -- KEYS[3]  change log   KEYS[4]  expiries (zset: id -> expiry, ms)
--- ARGV[1]  'put' | 'del'   ARGV[2]  dim   ARGV[3]  epoch for a new collection   ARGV[4]  log MAXLEN
--- ARGV[5]  the most expiring items the collection keeps (0: no bound)
--- ARGV[6..]  put: id, record, expiry ms (0: never) triples; del: ids
+-- ARGV[1]  'put' | 'del' | 'max'   ARGV[2]  dim   ARGV[3]  epoch for a new collection
+-- ARGV[4]  log MAXLEN   ARGV[5]  the most expiring items the collection keeps (0: no bound)
+-- ARGV[6..]  put: id, record, expiry ms (0: never) triples; del: ids; max: id, number name,
+--            value triples (an item's metadata number raised to at least the value; items that
+--            are gone are left gone)
 -- Reply:   {seq, n} (the last change's sequence number, changes made); {-1, dim} when a put's
 --          dimension is not the collection's; {0, 0} for a delete in a missing collection.
 --
@@ -18,7 +20,7 @@
 
 local dim = redis.call('HGET', KEYS[1], 'dim')
 if not dim then
-  if ARGV[1] == 'del' then return {0, 0} end
+  if ARGV[1] ~= 'put' then return {0, 0} end
   redis.call('HSET', KEYS[1], 'dim', ARGV[2], 'epoch', ARGV[3], 'seq', 0, 'maxexp', 0, 'durable', 0)
   dim = ARGV[2]
 end
@@ -54,6 +56,24 @@ if ARGV[1] == 'put' then
     for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, over - 1)) do
       redis.call('ZREM', KEYS[4], id)
       if redis.call('HDEL', KEYS[2], id) == 1 then logged(id) end
+    end
+  end
+elseif ARGV[1] == 'max' then
+  -- A record is the dimension (u32, little-endian), the vector (4 bytes a component), then the
+  -- metadata as JSON.
+  local head = 4 + 4 * tonumber(dim)
+  for i = 6, #ARGV, 3 do
+    local id, name, value = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+    local record = redis.call('HGET', KEYS[2], id)
+    if record then
+      local meta = cjson.decode(string.sub(record, head + 1))
+      local numbers = meta.numbers or {}
+      if not numbers[name] or numbers[name] < value then
+        numbers[name] = value
+        meta.numbers = numbers
+        redis.call('HSET', KEYS[2], id, string.sub(record, 1, head) .. cjson.encode(meta))
+        logged(id)
+      end
     end
   end
 else

@@ -21,6 +21,10 @@
 //! - A threshold can follow an error rate instead of being fixed: [`SemanticCache::record_check`]
 //!   folds one checked candidate (its cached answer compared with the upstream's) into the
 //!   model's threshold, one hash in Redis shared by every replica (`semantic_check.lua`).
+//! - And each entry learns its own bar: a candidate found wrong at similarity `s` raises its
+//!   entry's floor ([`SemanticCache::raise_floor`], the item's `@floor` number, logged like any
+//!   write so every replica's index has it), and the entry never answers at `s` or below again,
+//!   whatever the model's threshold does.
 
 use std::time::Duration;
 
@@ -37,6 +41,8 @@ use crate::vectors::{
 
 /// The tag holding an item's question signature.
 const SIGNATURE: &str = "sig";
+/// The number holding an item's floor: it answers only above it.
+const FLOOR: &str = "@floor";
 
 /// The nearest cached question of a partition, when it is similar enough.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +113,8 @@ impl SemanticCache {
     }
 
     /// The most similar cached question of `partition` with `question`'s signature, if its
-    /// similarity is at least `threshold`. Expired entries are never considered.
+    /// similarity is at least `threshold` and above its entry's floor. Expired entries are never
+    /// considered.
     pub async fn lookup(
         &self,
         partition: &str,
@@ -130,7 +137,15 @@ impl SemanticCache {
                 .hits
                 .into_iter()
                 .next()
-                .filter(|h| h.score >= threshold)
+                .filter(|h| {
+                    h.score >= threshold
+                        && h.metadata
+                            .numbers
+                            .get(FLOOR)
+                            // Compared as the f32 it was: the f64 Redis keeps may be a
+                            // hair below it.
+                            .is_none_or(|&floor| h.score > floor as f32)
+                })
                 .map(|h| SemanticHit {
                     request_hash: h.id,
                     similarity: h.score,
@@ -165,6 +180,20 @@ impl SemanticCache {
                     expires_at_ms: Some(expires),
                 }],
             )
+            .await
+            .map(|_| ())
+    }
+
+    /// Raises the floor of the entry `request_hash` to `similarity`: it was found wrong for a
+    /// question that near, so it answers only questions nearer than that, on every replica.
+    pub async fn raise_floor(
+        &self,
+        partition: &str,
+        request_hash: &str,
+        similarity: f32,
+    ) -> Result<()> {
+        self.collections
+            .raise_number(partition, FLOOR, &[(request_hash, f64::from(similarity))])
             .await
             .map(|_| ())
     }

@@ -395,6 +395,31 @@ impl VectorCollections {
         Ok(n)
     }
 
+    /// Raises the metadata number `name` of each listed item to at least its value, atomically
+    /// in Redis and logged like any write, so every instance's index sees it at its next
+    /// search; items that are gone stay gone. Returns how many items changed.
+    pub async fn raise_number(
+        &self,
+        collection: &str,
+        name: &str,
+        raises: &[(&str, f64)],
+    ) -> Result<u64> {
+        if raises.is_empty() {
+            return Ok(0);
+        }
+        if let Some((_, v)) = raises.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "metadata number {name} cannot be {v}"
+            )));
+        }
+        let mut invocation = self.write(collection, "max", 0, "")?;
+        for (id, value) in raises {
+            invocation.arg(*id).arg(name).arg(*value);
+        }
+        let (_, n): (i64, u64) = invocation.invoke_async(&mut self.redis.conn()).await?;
+        Ok(n)
+    }
+
     /// One item as stored, read from Redis.
     pub async fn get(&self, collection: &str, id: &str) -> Result<Option<VectorItem>> {
         let k = self.keys_of(collection)?;

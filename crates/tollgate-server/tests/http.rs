@@ -1916,6 +1916,28 @@ async fn with_an_error_rate_the_threshold_learns_from_checked_answers_on_two_rep
         threshold >= 0.8 && (threshold - 0.9).abs() > 1e-6,
         "{stats:?}"
     );
+    // Each wrong candidate raised its own entry's floor, in Redis, where every replica reads it.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut floors = 0;
+    for items in keys_matching(&url, &format!("{prefix}sc:*:items")).await {
+        let records: Vec<Vec<u8>> = redis::cmd("HVALS")
+            .arg(&items)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        floors += records
+            .iter()
+            .filter(|r| String::from_utf8_lossy(r).contains("\"@floor\""))
+            .count();
+    }
+    assert!(
+        floors >= 1 && floors as u64 <= stats.wrong,
+        "{floors} floors, {stats:?}"
+    );
     // Each replica counts its own checks and shows the threshold it last set.
     let metrics: String = futures::future::join_all(replicas.iter().map(|gw| async move {
         call(

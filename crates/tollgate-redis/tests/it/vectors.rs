@@ -13,6 +13,8 @@ pattern_suite!(
     expired_items_are_never_ranked_and_the_next_write_purges_them,
     past_its_bound_a_collection_drops_the_items_that_expire_soonest_everywhere,
     an_instance_keeps_its_bound_of_items_in_memory_and_reloads_what_it_unloaded,
+    a_number_raised_on_one_instance_is_seen_on_another_and_never_lowered,
+    a_raised_floor_keeps_an_entry_from_answering_at_or_below_it_on_every_replica,
 );
 
 /// Two gateway instances: separate connections, separate in-process indexes.
@@ -539,4 +541,127 @@ async fn an_instance_keeps_its_bound_of_items_in_memory_and_reloads_what_it_unlo
     assert_eq!(nearest(0).await, ["c0new"]);
     assert_eq!(reader.loaded(), (2, 8));
     assert_eq!(reader.info("coll0").await.unwrap().len, 4);
+}
+
+async fn a_number_raised_on_one_instance_is_seen_on_another_and_never_lowered(b: Backend) {
+    let ctx = Ctx::new(b, 2).await;
+    let (a, other) = instances(&ctx, VectorConfig::default());
+    let mut x = item("x", vec![1.0, 0.0, 0.0], "en", 1.0);
+    x.text = Some("a question with \"quotes\", a / and é".into());
+    x.expires_at_ms = Some(4_102_444_800_000);
+    a.upsert(
+        "docs",
+        &[x.clone(), item("y", vec![0.0, 1.0, 0.0], "fr", 2.0)],
+    )
+    .await
+    .unwrap();
+    let number = |found: &tollgate_redis::VectorSearch| {
+        found.hits[0].metadata.numbers.get("@floor").copied()
+    };
+    let search = || {
+        other.search(
+            "docs",
+            vec![1.0, 0.0, 0.0],
+            1,
+            Filter::default(),
+            SearchMode::Auto,
+        )
+    };
+    assert_eq!(number(&search().await.unwrap()), None);
+    assert_eq!(
+        a.raise_number("docs", "@floor", &[("x", 0.5)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(number(&search().await.unwrap()), Some(0.5));
+    // Lower: nothing changes. Higher: raised.
+    assert_eq!(
+        a.raise_number("docs", "@floor", &[("x", 0.25)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(number(&search().await.unwrap()), Some(0.5));
+    other
+        .raise_number("docs", "@floor", &[("x", 0.75)])
+        .await
+        .unwrap();
+    assert_eq!(
+        number(
+            &a.search(
+                "docs",
+                vec![1.0, 0.0, 0.0],
+                1,
+                Filter::default(),
+                SearchMode::Auto
+            )
+            .await
+            .unwrap()
+        ),
+        Some(0.75)
+    );
+    // Everything else of the item is as it was.
+    let stored = other.get("docs", "x").await.unwrap().unwrap();
+    assert_eq!(stored.text, x.text);
+    assert_eq!(stored.vector, x.vector);
+    assert_eq!(stored.expires_at_ms, x.expires_at_ms);
+    assert_eq!(stored.metadata.tags, x.metadata.tags);
+    assert_eq!(stored.metadata.numbers["price"], 1.0);
+    // An item that is gone stays gone; a collection that is not there is not made.
+    a.delete("docs", &["y"]).await.unwrap();
+    assert_eq!(
+        a.raise_number("docs", "@floor", &[("y", 0.9)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(a.get("docs", "y").await.unwrap().is_none());
+    assert_eq!(
+        a.raise_number("nothing", "@floor", &[("x", 0.9)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(matches!(a.info("nothing").await, Err(Error::NotFound)));
+    assert!(matches!(
+        a.raise_number("docs", "@floor", &[("x", f64::NAN)]).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+async fn a_raised_floor_keeps_an_entry_from_answering_at_or_below_it_on_every_replica(b: Backend) {
+    use std::time::Duration;
+    use tollgate_redis::SemanticCache;
+    let ctx = Ctx::new(b, 2).await;
+    let replica =
+        |i: usize| SemanticCache::new(ctx.conn_for(i), &ctx.keys, VectorConfig::default()).unwrap();
+    let (a, other) = (replica(0), replica(1));
+    let partition = SemanticCache::partition("m", "t", "context", "embedder");
+    let ttl = Duration::from_secs(60);
+    a.insert(&partition, "entry", vec![1.0, 0.0], "the question", ttl)
+        .await
+        .unwrap();
+    // A question at cosine 0.96 from the entry, and one nearer, at 0.99.
+    let at = |cos: f32| vec![cos, (1.0 - cos * cos).sqrt()];
+    let lookup = |cache: &SemanticCache, cos: f32| {
+        let (cache, partition) = (cache.clone(), partition.clone());
+        async move {
+            cache
+                .lookup(&partition, "the question", at(cos), 0.9)
+                .await
+                .unwrap()
+        }
+    };
+    let hit = lookup(&other, 0.96).await.unwrap();
+    assert_eq!(hit.request_hash, "entry");
+    // Found wrong at that similarity on one replica: no replica serves it there again.
+    a.raise_floor(&partition, "entry", hit.similarity)
+        .await
+        .unwrap();
+    assert_eq!(lookup(&other, 0.96).await, None);
+    assert_eq!(lookup(&a, 0.96).await, None);
+    assert_eq!(lookup(&other, 0.95).await, None);
+    // Nearer questions it still answers.
+    assert_eq!(lookup(&other, 0.99).await.unwrap().request_hash, "entry");
 }

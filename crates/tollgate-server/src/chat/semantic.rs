@@ -54,6 +54,9 @@ struct Check {
     cached: Vec<u8>,
     /// At or above the threshold: it would have been served.
     served: bool,
+    /// The candidate's entry and its similarity: a wrong answer raises that entry's floor.
+    request_hash: String,
+    similarity: f32,
 }
 
 enum Embedding {
@@ -175,6 +178,7 @@ impl SemanticProbe {
     /// With `semantic_cache.max_error_rate`, the threshold is the model's as its checks moved
     /// it, and a `check_rate` share of the candidates within `check_band` below it or above is
     /// not served but checked: the request goes upstream and [`Self::index`] compares answers.
+    /// An entry found wrong answers only questions nearer than the one it failed (its floor).
     pub(super) async fn nearest(
         &mut self,
         gw: &Gateway,
@@ -231,6 +235,8 @@ impl SemanticProbe {
                 model: model.to_owned(),
                 cached: bytes,
                 served: hit.similarity >= threshold,
+                request_hash: hit.request_hash,
+                similarity: hit.similarity,
             });
             return None;
         }
@@ -262,7 +268,7 @@ impl SemanticProbe {
         // next request on any replica sees the threshold it moved.
         if let Some(check) = check {
             let wrong = !same_answer(&check.cached, answer);
-            record_check(&gw, check, wrong).await;
+            record_check(&gw, &partition, check, wrong).await;
         }
         match embedding {
             Embedding::Ready(e) => insert(&gw, &partition, &question, &key, e, ttl).await,
@@ -331,12 +337,21 @@ fn same_answer(cached: &[u8], fresh: &ChatCompletion) -> bool {
     message(&cached).is_some() && message(&cached) == message(&fresh)
 }
 
-/// Folds a checked candidate into its model's threshold (shared through Redis) and the metrics.
-async fn record_check(gw: &Gateway, check: Check, wrong: bool) {
+/// Folds a checked candidate into its model's threshold and, when it was wrong, its entry's
+/// floor (both shared through Redis), and into the metrics.
+async fn record_check(gw: &Gateway, partition: &str, check: Check, wrong: bool) {
     let config = &gw.config.semantic_cache;
     let Some(max_error_rate) = config.max_error_rate else {
         return;
     };
+    if wrong
+        && let Err(e) = gw
+            .semantic
+            .raise_floor(partition, &check.request_hash, check.similarity)
+            .await
+    {
+        tracing::warn!(error = %e, "could not raise a semantic entry's floor");
+    }
     gw.metrics
         .semantic_checks
         .get_or_create(&SemanticCheckLabels {
