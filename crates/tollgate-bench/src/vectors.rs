@@ -73,6 +73,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         numbers: [("price".to_owned(), (i % 1000) as f64)].into(),
     };
 
+    let rss_before = crate::gateway::rss_kib(std::process::id(), "VmRSS");
     let started = Instant::now();
     let mut config = IndexConfig::default();
     if let Some(ef) = args.ef_search {
@@ -84,6 +85,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         index.upsert(&format!("doc-{i}"), p, meta(i))?;
     }
     let build = started.elapsed();
+    // What the index holds (vectors, metadata, graph), as the process's resident memory grew.
+    let index_kib = crate::gateway::rss_kib(std::process::id(), "VmRSS").saturating_sub(rss_before);
 
     let near: Vec<Vec<f32>> = (0..args.queries)
         .map(|_| {
@@ -213,10 +216,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     ];
 
     println!(
-        "\n{n} vectors × {dim} dims, ef_search {ef_search}; built in {:.1} s ({:.0} inserts/s); {} queries per row, one at a time\n",
+        "\n{n} vectors × {dim} dims, ef_search {ef_search}; built in {:.1} s ({:.0} inserts/s); {} queries per row, one at a time",
         build.as_secs_f64(),
         n as f64 / build.as_secs_f64(),
         args.queries
+    );
+    println!(
+        "index in memory: {:.1} MiB, {:.0} bytes per vector (its vectors alone: {} bytes in half precision)\n",
+        index_kib as f64 / 1024.0,
+        index_kib as f64 * 1024.0 / n as f64,
+        dim * 2
     );
     println!("| scenario | path | p50 | p99 | speed-up vs baseline p50 | recall vs exact |");
     println!("|---|---|---:|---:|---:|---:|");

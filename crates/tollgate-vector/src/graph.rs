@@ -11,24 +11,26 @@ use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use crate::dot;
+use crate::compact;
 
-/// Slot vectors, `dim` floats each, normalized (so closeness is a dot product).
+/// Slot vectors, `dim` each, normalized (so closeness is a dot product), in half precision.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Vectors<'a> {
-    pub(crate) data: &'a [f32],
+    pub(crate) data: &'a [u16],
     pub(crate) dim: usize,
 }
 
 impl Vectors<'_> {
-    fn row(&self, slot: u32) -> &[f32] {
+    /// A slot's vector, widened to query with.
+    fn row(&self, slot: u32) -> Vec<f32> {
         let start = slot as usize * self.dim;
-        &self.data[start..start + self.dim]
+        compact::widen(&self.data[start..start + self.dim])
     }
 
     /// Distance as the graph sees it: lower is closer (minus the cosine).
     fn distance(&self, query: &[f32], slot: u32) -> f32 {
-        -dot(query, self.row(slot))
+        let start = slot as usize * self.dim;
+        -compact::dot(query, &self.data[start..start + self.dim])
     }
 }
 
@@ -142,6 +144,7 @@ impl Graph {
             return;
         };
         let query = vectors.row(slot);
+        let query = query.as_slice();
         let mut nearest = Near {
             distance: vectors.distance(query, entry),
             slot: entry,
@@ -181,7 +184,7 @@ impl Graph {
             .iter()
             .chain(std::iter::once(&to))
             .map(|&s| Near {
-                distance: vectors.distance(base, s),
+                distance: vectors.distance(&base, s),
                 slot: s,
             })
             .collect();
@@ -200,7 +203,7 @@ impl Graph {
                 break;
             }
             let row = vectors.row(c.slot);
-            if kept.iter().all(|&k| vectors.distance(row, k) > c.distance) {
+            if kept.iter().all(|&k| vectors.distance(&row, k) > c.distance) {
                 kept.push(c.slot);
             }
         }
