@@ -107,6 +107,7 @@ pub struct SessionMessageRow {
 
 /// What one request used and cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "UsageWire", into = "UsageWire")]
 pub struct UsageRow {
     pub id: String,
     /// The API key (`open` or `master` without one).
@@ -117,11 +118,64 @@ pub struct UsageRow {
     pub completion_tokens: i64,
     /// Cost in billionths of a dollar.
     pub cost_nanos: i64,
-    /// How it was answered. Records written before the kinds were told apart say `cached:
-    /// true|false`, read as an exact hit or an upstream answer.
-    #[serde(alias = "cached", deserialize_with = "served_or_cached")]
+    /// How it was answered.
     pub served: Served,
     pub created_ms: i64,
+}
+
+/// A usage record as the outbox carries it: `cached` as every version of tollgate wrote it,
+/// and `served` beside it, so a replica that does not know `served` yet (during an upgrade)
+/// still reads the record, and a record without it reads as an exact hit or an upstream answer.
+#[derive(Serialize, Deserialize)]
+struct UsageWire {
+    id: String,
+    key_id: String,
+    tenant: String,
+    model: String,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cost_nanos: i64,
+    cached: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    served: Option<Served>,
+    created_ms: i64,
+}
+
+impl From<UsageWire> for UsageRow {
+    fn from(w: UsageWire) -> Self {
+        UsageRow {
+            id: w.id,
+            key_id: w.key_id,
+            tenant: w.tenant,
+            model: w.model,
+            prompt_tokens: w.prompt_tokens,
+            completion_tokens: w.completion_tokens,
+            cost_nanos: w.cost_nanos,
+            served: w.served.unwrap_or(if w.cached {
+                Served::Exact
+            } else {
+                Served::Upstream
+            }),
+            created_ms: w.created_ms,
+        }
+    }
+}
+
+impl From<UsageRow> for UsageWire {
+    fn from(u: UsageRow) -> Self {
+        UsageWire {
+            id: u.id,
+            key_id: u.key_id,
+            tenant: u.tenant,
+            model: u.model,
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cost_nanos: u.cost_nanos,
+            cached: u.served.cached(),
+            served: Some(u.served),
+            created_ms: u.created_ms,
+        }
+    }
 }
 
 /// How a request was answered; the `cached` column keeps it as a number (0 to 3; rows written
@@ -173,21 +227,6 @@ impl Served {
             Served::Coalesced => "coalesced",
         }
     }
-}
-
-/// Reads `served` as a kind, or as the `cached` flag older records carry.
-fn served_or_cached<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Served, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Kind(Served),
-        Cached(bool),
-    }
-    Ok(match Either::deserialize(d)? {
-        Either::Kind(kind) => kind,
-        Either::Cached(true) => Served::Exact,
-        Either::Cached(false) => Served::Upstream,
-    })
 }
 
 /// Requests of one model over one step of a timeline (see [`crate::Database::timeline`]).

@@ -420,10 +420,21 @@ async fn a_timeline_counts_each_kind_of_answer_per_step_and_model() {
         let kinds: Vec<Served> = back.iter().map(|u| u.served).collect();
         assert!(kinds.contains(&Served::Semantic) && kinds.contains(&Served::Coalesced));
     }
-    // A record written before the kinds were told apart reads as before.
+    // A record written before the kinds were told apart reads as before, and a record written
+    // now still carries the `cached` flag a replica not upgraded yet reads.
     let old = r#"{"kind":"usage","id":"u","key_id":"k","tenant":"t","model":"m","prompt_tokens":1,"completion_tokens":1,"cost_nanos":0,"cached":true,"created_ms":1}"#;
-    let Record::Usage(u) = serde_json::from_str::<Record>(old).unwrap() else {
+    let Record::Usage(mut u) = serde_json::from_str::<Record>(old).unwrap() else {
         panic!("not a usage record");
     };
     assert_eq!(u.served, Served::Exact);
+    u.served = Served::Semantic;
+    let now: serde_json::Value = serde_json::to_value(Record::Usage(u.clone())).unwrap();
+    assert_eq!(
+        (&now["cached"], &now["served"]),
+        (&serde_json::json!(true), &serde_json::json!("semantic"))
+    );
+    assert_eq!(
+        serde_json::from_value::<Record>(now).unwrap(),
+        Record::Usage(u)
+    );
 }
