@@ -17,6 +17,36 @@ fn named(spans: &[ReceivedSpan], name: &str) -> Vec<ReceivedSpan> {
     spans.iter().filter(|s| s.name == name).cloned().collect()
 }
 
+/// A `tollgate serve` with `config` that sends its spans to a receiver of its own (within 100
+/// ms of their end), on a Redis of its own.
+struct Traced {
+    _redis: RedisServer,
+    _config: tempfile::TempDir,
+    receiver: OtlpReceiver,
+    replica: Replica,
+}
+
+impl Traced {
+    fn start(config: &str, env: &[(&str, &str)]) -> Traced {
+        let redis = RedisServer::start();
+        let receiver = OtlpReceiver::start();
+        let (dir, path) = config_file(config);
+        let endpoint = receiver.endpoint();
+        let mut env = env.to_vec();
+        env.extend([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ]);
+        let replica = Replica::start(&redis.url(), &path, &env);
+        Traced {
+            _redis: redis,
+            _config: dir,
+            receiver,
+            replica,
+        }
+    }
+}
+
 /// Waits until `done` holds of the spans received (or 10 s went by), and returns them.
 async fn spans_until(
     receiver: &OtlpReceiver,
@@ -34,22 +64,15 @@ async fn spans_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_request_is_one_trace_with_genai_attributes_and_its_upstream_joins_it() {
-    let redis = RedisServer::start();
-    let receiver = OtlpReceiver::start();
     let upstream = FakeUpstream::start(FakeUpstreamConfig::default()).await;
-    let (_dir, path) = config_file(&format!(
-        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up/m\"]\n",
-        upstream.base_url()
-    ));
-    let endpoint = receiver.endpoint();
-    let replica = Replica::start(
-        &redis.url(),
-        &path,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("OTEL_SERVICE_NAME", "gateway-under-test"),
-        ],
+    let Traced {
+        receiver, replica, ..
+    } = &Traced::start(
+        &format!(
+            "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up/m\"]\n",
+            upstream.base_url()
+        ),
+        &[("OTEL_SERVICE_NAME", "gateway-under-test")],
     );
     let http = common::client(Duration::from_secs(30));
     let secret = "the secret prompt text";
@@ -70,7 +93,7 @@ async fn a_chat_request_is_one_trace_with_genai_attributes_and_its_upstream_join
         assert_eq!(r.status(), 200);
     }
     let chats = |spans: &[ReceivedSpan]| named(spans, "chat up/m");
-    let spans = spans_until(&receiver, |s| {
+    let spans = spans_until(receiver, |s| {
         chats(s).len() == 2 && s.iter().any(|x| x.name == "usage record")
     })
     .await;
@@ -178,18 +201,9 @@ async fn without_an_endpoint_nothing_is_sent_and_nothing_is_passed_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embeddings_request_is_traced_with_its_inputs_and_what_the_cache_held() {
-    let redis = RedisServer::start();
-    let receiver = OtlpReceiver::start();
-    let (_dir, path) = config_file("");
-    let endpoint = receiver.endpoint();
-    let replica = Replica::start(
-        &redis.url(),
-        &path,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
+    let Traced {
+        receiver, replica, ..
+    } = &Traced::start("", &[]);
     let http = common::client(Duration::from_secs(30));
     for _ in 0..2 {
         let r = http
@@ -201,7 +215,7 @@ async fn an_embeddings_request_is_traced_with_its_inputs_and_what_the_cache_held
         assert_eq!(r.status(), 200);
     }
     let name = "embeddings mock/embed";
-    let spans = spans_until(&receiver, |s| named(s, name).len() == 2).await;
+    let spans = spans_until(receiver, |s| named(s, name).len() == 2).await;
     let mut embeddings = named(&spans, name);
     embeddings.sort_by_key(|s| s.attributes["tollgate.cached_inputs"].clone());
     assert_eq!(embeddings.len(), 2, "{spans:#?}");
@@ -223,18 +237,9 @@ async fn an_embeddings_request_is_traced_with_its_inputs_and_what_the_cache_held
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_and_sessions_trace_what_they_read_and_store() {
-    let redis = RedisServer::start();
-    let receiver = OtlpReceiver::start();
-    let (_dir, path) = config_file("");
-    let endpoint = receiver.endpoint();
-    let replica = Replica::start(
-        &redis.url(),
-        &path,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
+    let Traced {
+        receiver, replica, ..
+    } = &Traced::start("", &[]);
     let http = common::client(Duration::from_secs(30));
     // A chain of two responses, the second streamed.
     let first: serde_json::Value = http
@@ -270,7 +275,7 @@ async fn responses_and_sessions_trace_what_they_read_and_store() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let spans = spans_until(&receiver, |s| {
+    let spans = spans_until(receiver, |s| {
         named(s, "response store").len() == 2 && named(s, "session write").len() == 2
     })
     .await;
