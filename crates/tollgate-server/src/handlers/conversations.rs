@@ -262,38 +262,41 @@ pub async fn timeline_handler(
     let now = tollgate_db::now_ms();
     let first = (now - minutes * 60_000) / step * step;
     let rows = db.timeline(q.tenant.as_deref(), first, step).await?;
-    let steps = ((now - first) / step + 1) as usize;
-    let mut data: Vec<Value> = (0..steps)
-        .map(|i| {
-            json!({"start_ms": first + i as i64 * step, "requests": 0, "exact": 0, "semantic": 0,
-                   "coalesced": 0, "spend_usd": 0.0, "saved_usd": 0.0})
+    let mut steps: Vec<Step> = (0..=(now - first) / step)
+        .map(|i| Step {
+            start_ms: first + i * step,
+            ..Step::default()
         })
         .collect();
     for r in rows {
-        let Some(slot) = usize::try_from((r.start_ms - first) / step)
+        let Some(at) = usize::try_from((r.start_ms - first) / step)
             .ok()
-            .and_then(|i| data.get_mut(i))
+            .and_then(|i| steps.get_mut(i))
         else {
             continue;
         };
-        let saved = gw.config.price(&r.model, None).map_or(0.0, |p| {
+        at.requests += r.requests;
+        at.exact += r.exact;
+        at.semantic += r.semantic;
+        at.coalesced += r.coalesced;
+        at.spend_usd += r.cost_nanos as f64 / 1e9;
+        at.saved_usd += gw.config.price(&r.model, None).map_or(0.0, |p| {
             p.cost(r.hit_prompt_tokens as u64, r.hit_completion_tokens as u64)
         });
-        let add = |slot: &mut Value, name: &str, v: f64| {
-            slot[name] = json!(slot[name].as_f64().unwrap_or(0.0) + v);
-        };
-        for (name, v) in [
-            ("requests", r.requests),
-            ("exact", r.exact),
-            ("semantic", r.semantic),
-            ("coalesced", r.coalesced),
-        ] {
-            slot[name] = json!(slot[name].as_i64().unwrap_or(0) + v);
-        }
-        add(slot, "spend_usd", r.cost_nanos as f64 / 1e9);
-        add(slot, "saved_usd", saved);
     }
     Ok(axum::Json(
-        json!({"object": "timeline", "step_ms": step, "data": data}),
+        json!({"object": "timeline", "step_ms": step, "data": steps}),
     ))
+}
+
+/// One step of a timeline, every model's requests together.
+#[derive(Debug, Default, serde::Serialize)]
+struct Step {
+    start_ms: i64,
+    requests: i64,
+    exact: i64,
+    semantic: i64,
+    coalesced: i64,
+    spend_usd: f64,
+    saved_usd: f64,
 }
