@@ -234,26 +234,20 @@ impl Database {
                     .bind(i64::from(s.deleted));
             }
             q.execute(&mut *tx).await?;
-            // A deleted session takes its messages with it (its owner's deletion only).
-            for s in chunk.iter().filter(|s| s.deleted) {
-                sqlx::query(
-                    "DELETE FROM session_messages WHERE session_id = $1 AND created_ms <= $2 \
-                     AND owner = $3",
-                )
-                .bind(&s.id)
-                .bind(s.version)
-                .bind(&s.owner)
-                .execute(&mut *tx)
-                .await?;
-            }
         }
+        // A message is inserted once; at a place a message of the session's earlier life still
+        // holds (deleted or ended, then started again and numbered from there, its deletion not
+        // written yet), the newer one takes it.
         for chunk in pieces(&messages) {
             let sql = insert_sql(
                 self.backend,
                 "session_messages (session_id, seq, owner, created_ms, tokens, message)",
                 6,
                 chunk.len(),
-                "ON CONFLICT (session_id, seq) DO NOTHING",
+                "ON CONFLICT (session_id, seq) DO UPDATE SET created_ms = excluded.created_ms, \
+                 tokens = excluded.tokens, message = excluded.message \
+                 WHERE session_messages.created_ms < excluded.created_ms \
+                 AND session_messages.owner = excluded.owner",
             );
             let mut q = sqlx::query(&sql);
             for m in chunk {
@@ -266,6 +260,19 @@ impl Database {
                     .bind(&m.message);
             }
             q.execute(&mut *tx).await?;
+        }
+        // A deleted session takes its messages with it (its owner's deletion only): those written
+        // before it was deleted, after they are written, so that none of this batch stays.
+        for s in sessions.iter().filter(|s| s.deleted) {
+            sqlx::query(
+                "DELETE FROM session_messages WHERE session_id = $1 AND created_ms <= $2 \
+                 AND owner = $3",
+            )
+            .bind(&s.id)
+            .bind(s.version)
+            .bind(&s.owner)
+            .execute(&mut *tx)
+            .await?;
         }
         for chunk in pieces(&usage) {
             let sql = insert_sql(

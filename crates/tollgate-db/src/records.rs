@@ -2,8 +2,9 @@
 //!
 //! Every record has a key of its own and a version, so writing it twice (a writer that died
 //! after its commit and before its acknowledgement) changes nothing: rows that are written once
-//! (session messages, usage) are inserted if absent; rows that change (responses, sessions) are
-//! replaced only by a higher version. A deletion is a tombstone with the highest version, so a
+//! (session messages, usage) are inserted if absent (a message replaces only a message of the
+//! session's earlier life at its place, an older one); rows that change (responses, sessions)
+//! are replaced only by a higher version. A deletion is a tombstone with the highest version, so a
 //! late copy of an older version cannot bring a deleted row back.
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,9 @@ impl Record {
         match self {
             Record::Response(r) => r.version,
             Record::Session(s) => s.version,
-            Record::SessionMessage(_) | Record::Usage(_) => 0,
+            // A message's place may hold one of the session's earlier life: the newer wins.
+            Record::SessionMessage(m) => m.created_ms,
+            Record::Usage(_) => 0,
         }
     }
 

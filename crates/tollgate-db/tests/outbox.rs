@@ -438,3 +438,76 @@ async fn a_timeline_counts_each_kind_of_answer_per_step_and_model() {
         Record::Usage(u)
     );
 }
+
+#[tokio::test]
+async fn a_deleted_session_keeps_none_of_its_messages_and_its_next_life_loses_none() {
+    let message = |seq: i64, created_ms: i64, text: &str| {
+        Record::SessionMessage(SessionMessageRow {
+            session_id: "s".into(),
+            seq,
+            owner: "key_a".into(),
+            created_ms,
+            tokens: 1,
+            message: format!(r#"{{"role":"user","content":"{text}"}}"#),
+        })
+    };
+    let tombstone = |version: i64| {
+        Record::Session(SessionRow {
+            id: "s".into(),
+            owner: "key_a".into(),
+            system: None,
+            summary: None,
+            summary_seq: 0,
+            created_ms: 0,
+            version,
+            deleted: true,
+        })
+    };
+    let texts = |db: Database| async move {
+        let rows = db.session_messages("s", 100).await.unwrap();
+        rows.iter()
+            .map(|m| (m.seq, m.message.clone()))
+            .collect::<Vec<_>>()
+    };
+    for fresh in TestDatabase::both() {
+        let db = Database::connect(&fresh.url()).await.unwrap();
+        // A message and the session's deletion in one batch: the message goes too.
+        db.write(vec![message(1, 100, "old one"), tombstone(200)])
+            .await
+            .unwrap();
+        assert!(texts(db.clone()).await.is_empty());
+
+        // The old life's messages still in the database when the next life's, numbered from 1
+        // again, arrive (the deletion written by a slower writer): the new ones take their
+        // places, and the deletion, arriving last, takes only the old ones.
+        db.write(vec![
+            message(1, 100, "old one"),
+            message(2, 110, "old two"),
+            message(3, 120, "old three"),
+        ])
+        .await
+        .unwrap();
+        db.write(vec![message(1, 300, "new one"), message(2, 310, "new two")])
+            .await
+            .unwrap();
+        // Written again (a writer that died before its acknowledgement): nothing changes, and
+        // an old copy arriving late does not take a place back.
+        db.write(vec![message(1, 300, "new one"), message(1, 100, "old one")])
+            .await
+            .unwrap();
+        db.write(vec![tombstone(200)]).await.unwrap();
+        let want = vec![
+            (1, r#"{"role":"user","content":"new one"}"#.to_owned()),
+            (2, r#"{"role":"user","content":"new two"}"#.to_owned()),
+        ];
+        assert_eq!(texts(db.clone()).await, want);
+        // In one batch, the newer of two messages at one place wins, in either order.
+        db.write(vec![
+            message(3, 330, "new three"),
+            message(3, 120, "old three"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(texts(db).await.len(), 3);
+    }
+}
