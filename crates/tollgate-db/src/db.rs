@@ -274,6 +274,24 @@ impl Database {
             .execute(&mut *tx)
             .await?;
         }
+        // And a message written after its session's deletion (by a slower writer) goes too.
+        let mut written: Vec<&str> = messages.iter().map(|m| m.session_id.as_str()).collect();
+        written.sort_unstable();
+        written.dedup();
+        for chunk in pieces(&written) {
+            let sql = format!(
+                "DELETE FROM session_messages WHERE session_id IN ({}) AND EXISTS (SELECT 1 FROM \
+                 sessions WHERE sessions.id = session_messages.session_id AND sessions.deleted = 1 \
+                 AND sessions.owner = session_messages.owner \
+                 AND sessions.version >= session_messages.created_ms)",
+                placeholders(self.backend, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+        }
         for chunk in pieces(&usage) {
             let sql = insert_sql(
                 self.backend,
@@ -669,6 +687,17 @@ fn pieces<T>(rows: &[T]) -> Vec<&[T]> {
 /// `INSERT INTO {table} VALUES ($1, ...), (...) {conflict}` for `rows` rows of `columns`. On
 /// SQLite the parameters are anonymous (`?`, bound in order): binding a numbered one makes the
 /// driver look its name up, a walk of every parameter, so a statement of N took N² steps.
+/// `n` parameters, comma-separated, as `backend` numbers them.
+fn placeholders(backend: Backend, n: usize) -> String {
+    (1..=n)
+        .map(|i| match backend {
+            Backend::Sqlite => "?".to_owned(),
+            Backend::Postgres => format!("${i}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn insert_sql(
     backend: Backend,
     table: &str,

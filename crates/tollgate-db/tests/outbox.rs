@@ -508,6 +508,16 @@ async fn a_deleted_session_keeps_none_of_its_messages_and_its_next_life_loses_no
         ])
         .await
         .unwrap();
-        assert_eq!(texts(db).await.len(), 3);
+        assert_eq!(texts(db.clone()).await.len(), 3);
+        // Deleted again: a message from before the deletion that arrives after it does not
+        // stay; one from after it does.
+        db.write(vec![tombstone(400)]).await.unwrap();
+        db.write(vec![message(4, 340, "late"), message(5, 500, "next life")])
+            .await
+            .unwrap();
+        assert_eq!(
+            texts(db).await,
+            vec![(5, r#"{"role":"user","content":"next life"}"#.to_owned())]
+        );
     }
 }
