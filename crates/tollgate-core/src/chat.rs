@@ -249,6 +249,14 @@ impl ChatChunk {
             extra: Map::new(),
         }
     }
+
+    /// The last chunk of a stream that reports usage: no choices, only the usage.
+    pub fn usage_only(id: &str, created: u64, model: &str, usage: Usage) -> Self {
+        let mut chunk = ChatChunk::delta(id, created, model, 0, Delta::default(), None);
+        chunk.choices.clear();
+        chunk.usage = Some(usage);
+        chunk
+    }
 }
 
 /// Folds a chunk stream into the whole answer it spells.
@@ -481,10 +489,7 @@ pub fn completion_to_chunks(completion: &ChatCompletion, include_usage: bool) ->
         ));
     }
     if include_usage && let Some(usage) = completion.usage {
-        let mut last = ChatChunk::delta(id, created, model, 0, Delta::default(), None);
-        last.choices.clear();
-        last.usage = Some(usage);
-        out.push(last);
+        out.push(ChatChunk::usage_only(id, created, model, usage));
     }
     out
 }

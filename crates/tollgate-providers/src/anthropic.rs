@@ -397,10 +397,7 @@ pub fn event_parser(
             }
             "message_stop" => {
                 usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
-                let mut last = chunk(Delta::default(), None);
-                last.choices.clear();
-                last.usage = Some(usage);
-                vec![last]
+                vec![ChatChunk::usage_only(&id, created, &model, usage)]
             }
             "error" => {
                 let message = v

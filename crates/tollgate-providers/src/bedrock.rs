@@ -658,10 +658,12 @@ fn from_converse_answer(model: &str, answer: &Value) -> tollgate_core::ChatCompl
         delta,
         Some(finish.into()),
     ));
-    let mut last = ChatChunk::delta(&id, created, model, 0, Delta::default(), None);
-    last.choices.clear();
-    last.usage = Some(usage_of(&answer["usage"]));
-    aggregator.push(&last);
+    aggregator.push(&ChatChunk::usage_only(
+        &id,
+        created,
+        model,
+        usage_of(&answer["usage"]),
+    ));
     aggregator.finish()
 }
 
@@ -846,10 +848,12 @@ fn stream_parser(
                 vec![chunk(Delta::default(), Some(finish_reason(reason).into()))]
             }
             "metadata" => {
-                let mut last = chunk(Delta::default(), None);
-                last.choices.clear();
-                last.usage = Some(usage_of(&payload["usage"]));
-                vec![last]
+                vec![ChatChunk::usage_only(
+                    &id,
+                    created,
+                    &model,
+                    usage_of(&payload["usage"]),
+                )]
             }
             _ => Vec::new(),
         })

@@ -677,10 +677,7 @@ fn answer_parser(
                 completion_tokens: completion,
                 total_tokens: count("promptTokenCount") + completion,
             };
-            let mut last = ChatChunk::delta(&id, created, &model, 0, Delta::default(), None);
-            last.choices.clear();
-            last.usage = Some(usage);
-            chunks.push(last);
+            chunks.push(ChatChunk::usage_only(&id, created, &model, usage));
         }
         Ok(chunks)
     }

@@ -200,15 +200,17 @@ impl Provider for MockProvider {
                 Delta::default(),
                 Some(finish.into()),
             ));
-            let mut usage = ChatChunk::delta(&id, created, &model, 0, Delta::default(), None);
-            usage.choices.clear();
             let completion_tokens = words.len() as u64;
-            usage.usage = Some(Usage {
-                prompt_tokens,
-                completion_tokens,
-                total_tokens: prompt_tokens + completion_tokens,
-            });
-            chunks.push(usage);
+            chunks.push(ChatChunk::usage_only(
+                &id,
+                created,
+                &model,
+                Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    total_tokens: prompt_tokens + completion_tokens,
+                },
+            ));
             let gap = if config.tokens_per_second > 0.0 {
                 Some(Duration::from_secs_f64(1.0 / config.tokens_per_second))
             } else {

@@ -360,15 +360,13 @@ fn run_chat(model: &chat::SmolLm, job: ChatJob) {
                 "stop"
             };
             let _ = chunks.blocking_send(Ok(chunk(Delta::default(), Some(reason.into()))));
-            let mut usage = chunk(Delta::default(), None);
-            usage.choices.clear();
             let (prompt_tokens, completion_tokens) = (prompt.len() as u64, generated as u64);
-            usage.usage = Some(Usage {
+            let usage = Usage {
                 prompt_tokens,
                 completion_tokens,
                 total_tokens: prompt_tokens + completion_tokens,
-            });
-            let _ = chunks.blocking_send(Ok(usage));
+            };
+            let _ = chunks.blocking_send(Ok(ChatChunk::usage_only(&id, created, &name, usage)));
         }
         Err(e) => {
             let _ = chunks.blocking_send(Err(ProviderError::Upstream {
