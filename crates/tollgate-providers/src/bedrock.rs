@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use tollgate_core::{ChatChunk, ChatRequest, Delta, Usage};
 
 use crate::openai_compat::{
-    Timeouts, first_checked, http_client, http_error, read_json, retry_after,
+    Timeouts, deliver, first_checked, http_client, http_error, read_json, retry_after,
 };
 use crate::translate::{self, Image, Part, Refuse};
 use crate::{ChunkStream, Embeddings, Provider, ProviderError, unix_now};
@@ -258,10 +258,7 @@ impl Bedrock {
         call: reqwest::RequestBuilder,
         wait: Duration,
     ) -> Result<reqwest::Response, ProviderError> {
-        let response = tokio::time::timeout(wait, call.send())
-            .await
-            .map_err(|_| ProviderError::Timeout)?
-            .map_err(http_error)?;
+        let response = deliver(call, wait).await?;
         if response.status().as_u16() == 200 {
             return Ok(response);
         }
@@ -863,10 +860,7 @@ fn stream_parser(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn request(v: Value) -> ChatRequest {
-        serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
-    }
+    use crate::translate::request;
 
     #[test]
     fn a_conversation_with_tools_becomes_a_converse_request() {

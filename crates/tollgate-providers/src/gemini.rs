@@ -686,10 +686,7 @@ fn answer_parser(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn request(v: Value) -> ChatRequest {
-        serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
-    }
+    use crate::translate::request;
 
     #[test]
     fn a_conversation_with_tools_and_images_becomes_contents() {

@@ -263,16 +263,23 @@ pub(crate) fn http_client(timeouts: &Timeouts) -> Result<reqwest::Client, Provid
         .map_err(|e| ProviderError::Connect(e.to_string()))
 }
 
-/// Sends a request, waiting at most `first_byte` for the answer's head; anything but 200 is the
-/// error a caller can act on.
+/// Sends a request, waiting at most `first_byte` for the answer's head, whatever its status.
+pub(crate) async fn deliver(
+    call: reqwest::RequestBuilder,
+    first_byte: Duration,
+) -> Result<reqwest::Response, ProviderError> {
+    tokio::time::timeout(first_byte, call.send())
+        .await
+        .map_err(|_| ProviderError::Timeout)?
+        .map_err(http_error)
+}
+
+/// [`deliver`]; anything but 200 is the error a caller can act on.
 pub(crate) async fn send(
     call: reqwest::RequestBuilder,
     first_byte: Duration,
 ) -> Result<reqwest::Response, ProviderError> {
-    let response = tokio::time::timeout(first_byte, call.send())
-        .await
-        .map_err(|_| ProviderError::Timeout)?
-        .map_err(http_error)?;
+    let response = deliver(call, first_byte).await?;
     let status = response.status().as_u16();
     if status != 200 {
         return Err(status_error(status, response).await);

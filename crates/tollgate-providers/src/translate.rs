@@ -246,6 +246,12 @@ pub(crate) fn function_tools(r: Refuse, v: &Value) -> Result<Vec<FunctionTool<'_
 
 /// Checks that `translate` refuses each case (fields laid over a one-message request) with a 400
 /// naming the field.
+/// A chat request from its JSON (tests).
+#[cfg(test)]
+pub(crate) fn request(v: Value) -> tollgate_core::ChatRequest {
+    serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[cfg(test)]
 pub(crate) fn assert_refused_by_name(
     translate: impl Fn(&tollgate_core::ChatRequest) -> Result<Value, ProviderError>,
@@ -256,8 +262,7 @@ pub(crate) fn assert_refused_by_name(
         for (k, x) in extra.as_object().into_iter().flatten() {
             v[k] = x.clone();
         }
-        let request = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
-        match translate(&request) {
+        match translate(&request(v)) {
             Err(ProviderError::Rejected {
                 status: 400,
                 message,
