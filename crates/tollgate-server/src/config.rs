@@ -479,6 +479,10 @@ pub struct SemanticCacheSection {
     /// Questions embedded at once for the semantic cache (lookups and late indexing); a request
     /// that finds none free goes on as a miss without waiting.
     pub embedding_slots: usize,
+    /// The share of time an in-process embedding model may spend on the semantic cache while
+    /// the gateway is busy and no lookup hits; it rises with the hit rate to all of it.
+    #[serde(default = "default_embedder_share")]
+    pub embedder_share: f64,
     /// Questions a partition keeps (in Redis and in each replica's memory); past it, indexing
     /// one drops those whose answers expire soonest.
     pub max_entries_per_partition: usize,
@@ -851,6 +855,9 @@ impl Config {
                     .into(),
             );
         }
+        if !unit(sc.embedder_share) {
+            p.push("semantic_cache.embedder_share: must be between 0 and 1".into());
+        }
         for (name, t) in thresholds {
             if !(0.0..=1.0).contains(&t) {
                 p.push(format!(
@@ -1134,6 +1141,10 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
             }
         }
     }
+}
+
+fn default_embedder_share() -> f64 {
+    0.15
 }
 
 fn default_check_rate() -> f64 {

@@ -107,6 +107,9 @@ pub enum SemanticSkip {
     Busy,
     /// The embedding took longer than the lookup budget.
     Slow,
+    /// The gateway was busy and the embedder had spent its share of the time on lookups that
+    /// missed: looked up as a miss at once.
+    Paced,
     /// After the answer, still no slot: the question was not indexed.
     IndexDropped,
 }
@@ -430,6 +433,7 @@ mod tests {
             ("FailOpenAllowed", "fail_open_allowed"),
             ("Upstream5xx", "upstream_5xx"),
             ("IndexDropped", "index_dropped"),
+            ("Paced", "paced"),
         ] {
             assert_eq!(snake_case(name), label);
         }

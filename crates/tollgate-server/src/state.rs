@@ -57,6 +57,9 @@ pub struct Gateway {
     /// How long a question's embedding takes, typically (an average of the recent ones, in
     /// microseconds); 0 until the embedding model has answered once (it may be loading).
     pub semantic_embed_us: std::sync::atomic::AtomicU64,
+    /// How much of the machine an in-process embedder may take for the semantic cache
+    /// (`semantic_cache.embedder_share`); `None` for a model served elsewhere.
+    pub embedder_pacer: Option<Arc<crate::chat::pacer::EmbedderPacer>>,
     /// Stored responses of the Responses API.
     pub responses: ResponseStore,
     /// Spend per key, for budgets and reports.
@@ -219,6 +222,15 @@ impl Gateway {
                 config.semantic_cache.embedding_slots.max(1),
             )),
             semantic_embed_us: std::sync::atomic::AtomicU64::new(0),
+            embedder_pacer: config
+                .semantic_cache
+                .embedding_model
+                .starts_with("local/")
+                .then(|| {
+                    Arc::new(crate::chat::pacer::EmbedderPacer::new(
+                        config.semantic_cache.embedder_share,
+                    ))
+                }),
             semantic: SemanticCache::new(
                 cache_redis.clone(),
                 &keys,

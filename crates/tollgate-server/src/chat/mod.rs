@@ -24,6 +24,7 @@
 mod cache;
 mod generation;
 mod history;
+pub mod pacer;
 mod plan;
 pub mod replay;
 mod reply;

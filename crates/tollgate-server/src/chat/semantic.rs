@@ -5,8 +5,10 @@
 //! It is a side path with a budget: a request waits for its question's embedding at most the
 //! typical embedding time (an average of the recent ones) and `semantic_cache.lookup_budget_ms`
 //! more, and not at all when the embedder's slots (`semantic_cache.embedding_slots`) are all
-//! taken; then it goes on as a miss, and its question is indexed after the answer. So the embedder's speed bounds the hit rate, never
-//! the gateway's throughput.
+//! taken, or when an in-process embedder has spent its share of a busy machine on lookups that
+//! miss ([`super::pacer`]); then it goes on as a miss, and its question is indexed after the
+//! answer if the embedder has room. So the embedder's speed bounds the hit rate, never the
+//! gateway's throughput.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +19,7 @@ use serde_json::Value;
 use tollgate_core::{ChatCompletion, request_hash};
 use tollgate_redis::{CacheKey, CheckPolicy};
 
+use super::pacer::Paced;
 use crate::auth::Principal;
 use crate::metrics::{CheckOutcome, ModelLabels, SemanticCheckLabels, SemanticSkip};
 use crate::state::Gateway;
@@ -119,7 +122,15 @@ impl SemanticContext {
             gw.metrics.semantic_skipped(SemanticSkip::Busy);
             return probe(Embedding::Later);
         };
-        let mut task = tokio::spawn(embed_question(gw.clone(), self.question.clone(), slot));
+        let Some(paced) = pace(gw) else {
+            gw.metrics.semantic_skipped(SemanticSkip::Paced);
+            return probe(Embedding::Later);
+        };
+        let mut task = tokio::spawn(embed_question(
+            gw.clone(),
+            self.question.clone(),
+            (slot, paced),
+        ));
         let typical = gw.semantic_embed_us.load(Ordering::Relaxed);
         let budget = if typical == 0 {
             MODEL_LOAD_DEADLINE
@@ -139,10 +150,20 @@ impl SemanticContext {
 }
 
 /// One question's embedding, holding an embedding slot until it is done.
+/// Lets an embedding for the semantic cache start, or not, by the embedder's pace (always, for
+/// a model served elsewhere); its time counts until what it returns is dropped.
+fn pace(gw: &Gateway) -> Option<Option<Paced>> {
+    match &gw.embedder_pacer {
+        Some(pacer) => pacer.start().map(Some),
+        None => Some(None),
+    }
+}
+
+/// Embeds a question, holding its embedding slot and its pace (`_held`) until it is done.
 async fn embed_question(
     gw: Arc<Gateway>,
     question: String,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _held: (tokio::sync::OwnedSemaphorePermit, Option<Paced>),
 ) -> Option<Vec<f32>> {
     let model = &gw.config.semantic_cache.embedding_model;
     let started = Instant::now();
@@ -180,6 +201,23 @@ impl SemanticProbe {
     /// not served but checked: the request goes upstream and [`Self::index`] compares answers.
     /// An entry found wrong answers only questions nearer than the one it failed (its floor).
     pub(super) async fn nearest(
+        &mut self,
+        gw: &Gateway,
+        principal: &Principal,
+        model: &str,
+    ) -> Option<(Vec<u8>, f32)> {
+        if !matches!(self.embedding, Embedding::Ready(_)) {
+            return None;
+        }
+        let found = self.search(gw, principal, model).await;
+        if let Some(pacer) = &gw.embedder_pacer {
+            pacer.looked_up(found.is_some() || self.check.is_some());
+        }
+        found
+    }
+
+    /// [`Self::nearest`] of an embedded question.
+    async fn search(
         &mut self,
         gw: &Gateway,
         principal: &Principal,
@@ -284,15 +322,16 @@ impl SemanticProbe {
                 // is embedding (every slot free), so indexing never takes a lookup's slot.
                 let idle = gw.semantic_slots.available_permits()
                     >= gw.config.semantic_cache.embedding_slots.max(1);
-                let slot = idle
+                let held = idle
                     .then(|| gw.semantic_slots.clone().try_acquire_owned().ok())
-                    .flatten();
-                let Some(slot) = slot else {
+                    .flatten()
+                    .and_then(|slot| Some((slot, pace(&gw)?)));
+                let Some(held) = held else {
                     gw.metrics.semantic_skipped(SemanticSkip::IndexDropped);
                     return;
                 };
                 tokio::spawn(async move {
-                    if let Some(e) = embed_question(gw.clone(), question.clone(), slot).await {
+                    if let Some(e) = embed_question(gw.clone(), question.clone(), held).await {
                         insert(&gw, &partition, &question, &key, e, ttl).await;
                     }
                 });
