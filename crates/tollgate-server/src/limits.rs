@@ -537,9 +537,12 @@ pub fn decide(
     };
     let mut headers = Vec::new();
     let mut policies = Vec::new();
-    for (family, at) in [("requests", &requests_at), ("tokens", &tokens_at)] {
+    for (family, names, at) in [
+        ("requests", REQUEST_HEADERS, &requests_at),
+        ("tokens", TOKEN_HEADERS, &tokens_at),
+    ] {
         if let Some(d) = binding(at.iter().map(|&i| &decision.decisions[i])) {
-            push_headers(&mut headers, family, d);
+            push_headers(&mut headers, names, d);
             // What the numbers mean (the IETF RateLimit-Policy form): requests within any
             // 60-second window; tokens from a bucket refilled over 60 seconds.
             policies.push(format!("\"{family}\";q={};w=60", d.limit));
@@ -600,17 +603,28 @@ fn binding<'a>(decisions: impl Iterator<Item = &'a Decision>) -> Option<&'a Deci
     decisions.min_by_key(|d| (d.allowed, std::cmp::Reverse(d.retry_after), d.remaining))
 }
 
-fn push_headers(headers: &mut Vec<(HeaderName, HeaderValue)>, family: &str, d: &Decision) {
-    let name =
-        |what: &str| HeaderName::from_bytes(format!("x-ratelimit-{what}-{family}").as_bytes()).ok();
-    for (what, value) in [
-        ("limit", d.limit.to_string()),
-        ("remaining", d.remaining.to_string()),
-        ("reset", format_duration(d.reset)),
-    ] {
-        if let (Some(n), Ok(v)) = (name(what), HeaderValue::from_str(&value)) {
-            headers.push((n, v));
-        }
+/// The `x-ratelimit-{limit,remaining,reset}-*` headers of a family of limits.
+const REQUEST_HEADERS: [&str; 3] = [
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+];
+const TOKEN_HEADERS: [&str; 3] = [
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+];
+
+fn push_headers(
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+    names: [&'static str; 3],
+    d: &Decision,
+) {
+    let [limit, remaining, reset] = names.map(HeaderName::from_static);
+    headers.push((limit, HeaderValue::from(d.limit)));
+    headers.push((remaining, HeaderValue::from(d.remaining)));
+    if let Ok(v) = HeaderValue::from_str(&format_duration(d.reset)) {
+        headers.push((reset, v));
     }
 }
 

@@ -392,7 +392,8 @@ async fn bad_input_gets_openai_shaped_4xx_errors() {
 
 #[tokio::test]
 async fn keys_authenticate_and_limits_answer_429_with_retry_after() {
-    let gw = gateway("[server]\nmaster_key = \"mk-test\"\n[tiers.small]\nrpm = 3\n").await;
+    let gw =
+        gateway("[server]\nmaster_key = \"mk-test\"\n[tiers.small]\nrpm = 3\ntpm = 100000\n").await;
     let master = [("authorization", "Bearer mk-test")];
     assert_eq!(
         call(&gw, "POST", "/v1/chat/completions", &[], Some(chat("x")))
@@ -445,6 +446,27 @@ async fn keys_authenticate_and_limits_answer_429_with_retry_after() {
             r.header("x-ratelimit-remaining-requests"),
             Some(["2", "1", "0"][i])
         );
+        // In OpenAI's spelling (`350ms`, `59s`, `1m0s`).
+        let reset = r.header("x-ratelimit-reset-requests").unwrap();
+        assert!(
+            reset.ends_with('s')
+                && reset
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == 'm' || c == 's'),
+            "{reset}"
+        );
+        assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("100000"));
+        let left: u64 = r
+            .header("x-ratelimit-remaining-tokens")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(left < 100000, "{left}");
+        assert!(r.header("x-ratelimit-reset-tokens").is_some());
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            Some("\"requests\";q=3;w=60, \"tokens\";q=100000;w=60")
+        );
     }
     let limited = call(
         &gw,
@@ -466,7 +488,7 @@ async fn keys_authenticate_and_limits_answer_429_with_retry_after() {
     );
     assert_eq!(
         limited.header("ratelimit-policy"),
-        Some("\"requests\";q=3;w=60")
+        Some("\"requests\";q=3;w=60, \"tokens\";q=100000;w=60")
     );
     assert_eq!(limited.header("x-ratelimit-remaining-requests"), Some("0"));
     assert_eq!(limited.json()["error"]["type"], "rate_limit_error");
