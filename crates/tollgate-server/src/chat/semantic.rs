@@ -149,7 +149,6 @@ impl SemanticContext {
     }
 }
 
-/// One question's embedding, holding an embedding slot until it is done.
 /// Lets an embedding for the semantic cache start, or not, by the embedder's pace (always, for
 /// a model served elsewhere); its time counts until what it returns is dropped.
 fn pace(gw: &Gateway) -> Option<Option<Paced>> {
