@@ -45,7 +45,7 @@ use crate::state::Gateway;
 use cache::Route;
 pub use plan::ChatOptions;
 use plan::Plan;
-pub use reply::{ChatReply, ReplyBody, ReplyMeta, StreamItem, sse_response};
+pub use reply::{Answer, ChatReply, ReplyBody, ReplyMeta, StreamItem, sse_response};
 
 /// Answers a chat request, in a `chat MODEL` span (see [`crate::telemetry`]): the GenAI
 /// attributes of the request, and once answered how it was (cache, similarity, route; the
@@ -205,10 +205,8 @@ async fn answer(
 
     // Answer.
     match route {
-        Route::Hit(bytes, _) => plan.hit(admission, &bytes, None).await,
-        Route::Semantic { bytes, similarity } => {
-            plan.hit(admission, &bytes, Some(similarity)).await
-        }
+        Route::Hit(bytes, _) => plan.hit(admission, bytes, None).await,
+        Route::Semantic { bytes, similarity } => plan.hit(admission, bytes, Some(similarity)).await,
         Route::Follow { holder, attached } => plan.follow(admission, holder, *attached).await,
         Route::Generate { caching, cache } => plan.generate(admission, caching, cache).await,
     }

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde_json::{Value, json};
 use tollgate_core::chat::completion_to_chunks;
-use tollgate_core::{Aggregator, ChatChunk, ChatCompletion};
+use tollgate_core::{Aggregator, ChatChunk, Usage};
 use tollgate_db::Served;
 use tollgate_redis::{EventKind, Follower, StreamEvent};
 
@@ -200,16 +200,20 @@ fn usage_only(json: &str) -> bool {
 /// Records the usage of an answer that cost the upstream nothing (a cache hit, a coalesced
 /// follower): no spend to charge, and its record goes with the outbox's next entry, off the
 /// request path.
-fn record_cached(
-    gw: &Gateway,
-    payer: &Payer,
-    model: &str,
-    completion: &ChatCompletion,
-    served: Served,
-) {
-    let usage = completion.usage.unwrap_or_default();
-    let used = crate::accounting::Used::of(gw, payer, model, None, &usage, served);
+fn record_cached(gw: &Gateway, payer: &Payer, model: &str, usage: &Usage, served: Served) {
+    let used = crate::accounting::Used::of(gw, payer, model, None, usage, served);
     crate::accounting::send(gw, vec![used.record]);
+}
+
+/// The usage of a stored answer, read without decoding the rest of it.
+fn stored_usage(bytes: &[u8]) -> Result<Usage, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        #[serde(default)]
+        usage: Option<Usage>,
+    }
+    let stored: Stored = super::reply::decode(bytes)?;
+    Ok(stored.usage.unwrap_or_default())
 }
 
 impl Plan {
@@ -217,12 +221,18 @@ impl Plan {
     pub(super) async fn hit(
         self,
         admission: Admission,
-        bytes: &[u8],
+        bytes: Vec<u8>,
         similarity: Option<f32>,
     ) -> Result<ChatReply, ApiError> {
-        let completion: ChatCompletion = serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::Internal(format!("cached answer does not decode: {e}")))?;
-        let usage = completion.usage.unwrap_or_default();
+        // A whole answer with no session to record it in is served as stored: only its usage is
+        // read (for the accounting and the savings).
+        let (completion, usage) = if self.req.stream || self.session.is_some() {
+            let completion: tollgate_core::ChatCompletion = super::reply::decode(&bytes)?;
+            let usage = completion.usage.unwrap_or_default();
+            (Some(completion), usage)
+        } else {
+            (None, stored_usage(&bytes)?)
+        };
         let gw = self.gw.clone();
         gw.metrics.saved_tokens.inc_by(usage.total_tokens);
         if let Some(price) = gw.config.price(&self.req.model, None) {
@@ -230,29 +240,32 @@ impl Plan {
                 .saved_dollars
                 .inc_by(price.cost(usage.prompt_tokens, usage.completion_tokens));
         }
-        if let Some(s) = self.session {
-            s.record(&gw, &completion).await;
+        if let (Some(s), Some(completion)) = (self.session, &completion) {
+            s.record(&gw, completion).await;
         }
         let served = match similarity {
             Some(_) => Served::Semantic,
             None => Served::Exact,
         };
-        record_cached(&gw, &self.payer, &self.req.model, &completion, served);
+        record_cached(&gw, &self.payer, &self.req.model, &usage, served);
         let mut headers = admission.headers.clone();
         drop(admission);
-        let body = if self.req.stream {
-            let mut items: Vec<StreamItem> = completion_to_chunks(&completion, self.include_usage)
-                .iter()
-                .filter_map(|c| serde_json::to_string(c).ok())
-                .map(|json| StreamItem::Chunk {
-                    seq: None,
-                    json: json.into(),
-                })
-                .collect();
-            items.push(StreamItem::Done);
-            ReplyBody::Stream(futures::stream::iter(items).boxed())
-        } else {
-            ReplyBody::Json(Box::new(completion))
+        let body = match completion {
+            None => ReplyBody::Stored(bytes.into()),
+            Some(completion) if self.req.stream => {
+                let mut items: Vec<StreamItem> =
+                    completion_to_chunks(&completion, self.include_usage)
+                        .iter()
+                        .filter_map(|c| serde_json::to_string(c).ok())
+                        .map(|json| StreamItem::Chunk {
+                            seq: None,
+                            json: json.into(),
+                        })
+                        .collect();
+                items.push(StreamItem::Done);
+                ReplyBody::Stream(futures::stream::iter(items).boxed())
+            }
+            Some(completion) => ReplyBody::Json(Box::new(completion)),
         };
         headers.extend(similarity.and_then(similarity_header));
         let cache = match similarity {
@@ -305,7 +318,7 @@ impl Plan {
                 &self.gw,
                 &self.payer,
                 &self.req.model,
-                &completion,
+                &completion.usage.unwrap_or_default(),
                 Served::Coalesced,
             );
             drop(admission);
@@ -356,7 +369,8 @@ impl Plan {
                     if let Some(session) = s.session.take() {
                         session.record(&s.gw, &completion).await;
                     }
-                    record_cached(&s.gw, &s.payer, &s.model, &completion, Served::Coalesced);
+                    let usage = completion.usage.unwrap_or_default();
+                    record_cached(&s.gw, &s.payer, &s.model, &usage, Served::Coalesced);
                 }
                 return Some((event.item(), None));
             }

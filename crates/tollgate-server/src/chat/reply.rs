@@ -18,6 +18,7 @@ use futures::stream::BoxStream;
 use serde_json::Value;
 use tollgate_core::ChatCompletion;
 
+use crate::error::ApiError;
 use crate::metrics::CacheResult;
 
 /// One server-sent event for the client.
@@ -57,14 +58,43 @@ pub fn sse_response(items: BoxStream<'static, StreamItem>) -> Response {
 pub enum ReplyBody {
     /// A whole `chat.completion`.
     Json(Box<ChatCompletion>),
+    /// A whole `chat.completion` as the cache stored it (encoded by this gateway): a hit on the
+    /// chat API is answered with these bytes, not decoded and encoded again.
+    Stored(Bytes),
     /// Server-sent events.
     Stream(BoxStream<'static, StreamItem>),
+}
+
+/// A reply's body as an API that translates it needs it.
+pub enum Answer {
+    /// The whole completion, decoded.
+    Whole(Box<ChatCompletion>),
+    /// Server-sent events.
+    Events(BoxStream<'static, StreamItem>),
+}
+
+impl ReplyBody {
+    /// The body with a stored completion decoded.
+    pub fn answer(self) -> Result<Answer, ApiError> {
+        Ok(match self {
+            ReplyBody::Json(completion) => Answer::Whole(completion),
+            ReplyBody::Stored(bytes) => Answer::Whole(Box::new(decode(&bytes)?)),
+            ReplyBody::Stream(items) => Answer::Events(items),
+        })
+    }
+}
+
+/// A cached answer (or the part of it `T` reads).
+pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::Internal(format!("cached answer does not decode: {e}")))
 }
 
 impl std::fmt::Debug for ReplyBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReplyBody::Json(c) => f.debug_tuple("Json").field(&c.id).finish(),
+            ReplyBody::Stored(b) => f.debug_tuple("Stored").field(&b.len()).finish(),
             ReplyBody::Stream(_) => f.write_str("Stream"),
         }
     }
@@ -116,6 +146,14 @@ impl IntoResponse for ChatReply {
     fn into_response(self) -> Response {
         let mut response = match self.body {
             ReplyBody::Json(completion) => Json(completion).into_response(),
+            ReplyBody::Stored(bytes) => (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                bytes,
+            )
+                .into_response(),
             ReplyBody::Stream(items) => sse_response(items),
         };
         self.meta.add_headers(&mut response);

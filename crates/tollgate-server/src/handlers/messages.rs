@@ -21,7 +21,7 @@ use tollgate_core::messages::{from_completion, stop_reason};
 use tollgate_core::{ChatChunk, ChatRequest, Usage};
 
 use crate::auth::Principal;
-use crate::chat::{self, ChatOptions, ReplyBody, StreamItem};
+use crate::chat::{self, Answer, ChatOptions, StreamItem};
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
@@ -38,11 +38,11 @@ pub async fn messages_handler(
     let req: ChatRequest =
         serde_json::from_value(chat).map_err(|e| ApiError::bad(e.to_string(), None))?;
     let reply = chat::chat_completions(&gw, &principal, req, opts).await?;
-    let mut response = match reply.body {
-        ReplyBody::Json(completion) => {
+    let mut response = match reply.body.answer()? {
+        Answer::Whole(completion) => {
             axum::Json(from_completion(&completion, &model)).into_response()
         }
-        ReplyBody::Stream(items) => crate::sse::event_stream(Body::from_stream(
+        Answer::Events(items) => crate::sse::event_stream(Body::from_stream(
             events(items, model).map(Ok::<_, Infallible>),
         )),
     };

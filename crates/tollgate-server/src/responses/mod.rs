@@ -29,7 +29,7 @@ use tollgate_db::{DELETED, Record, ResponseRow};
 use tracing::Instrument;
 
 use crate::auth::Principal;
-use crate::chat::{self, ChatOptions, ReplyBody, ReplyMeta};
+use crate::chat::{self, Answer, ChatOptions, ReplyMeta};
 use crate::error::ApiError;
 use crate::response_store::{Context, StoredRecord, load, persist};
 use crate::state::Gateway;
@@ -156,11 +156,9 @@ pub async fn create_response(
         span: tracing::Span::current(),
     };
     context.messages.extend(pending.input.iter().cloned());
-    let body = match reply.body {
-        ReplyBody::Json(completion) => {
-            ResponseBody::Json(pending.finish(context, &completion).await)
-        }
-        ReplyBody::Stream(items) => {
+    let body = match reply.body.answer()? {
+        Answer::Whole(completion) => ResponseBody::Json(pending.finish(context, &completion).await),
+        Answer::Events(items) => {
             ResponseBody::Events(events::stream_events(pending, context, items))
         }
     };
