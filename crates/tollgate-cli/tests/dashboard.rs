@@ -183,6 +183,20 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The session first: ChromeDriver quits its Chromium then (killed at once, it would
+        // leave Chromium running). A plain blocking request, since this runs outside the runtime.
+        let _ = (|| -> std::io::Result<()> {
+            use std::io::{Read, Write};
+            let address = self.base.trim_start_matches("http://");
+            let mut tcp = std::net::TcpStream::connect(address)?;
+            tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(
+                tcp,
+                "DELETE /session/{} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            )?;
+            tcp.read_to_end(&mut Vec::new()).map(drop)
+        })();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
