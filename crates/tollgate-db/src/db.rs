@@ -284,7 +284,7 @@ impl Database {
                  sessions WHERE sessions.id = session_messages.session_id AND sessions.deleted = 1 \
                  AND sessions.owner = session_messages.owner \
                  AND sessions.version >= session_messages.created_ms)",
-                placeholders(self.backend, chunk.len())
+                placeholders(self.backend, 0, chunk.len())
             );
             let mut q = sqlx::query(&sql);
             for id in chunk {
@@ -684,20 +684,27 @@ fn pieces<T>(rows: &[T]) -> Vec<&[T]> {
     out
 }
 
-/// `INSERT INTO {table} VALUES ($1, ...), (...) {conflict}` for `rows` rows of `columns`. On
-/// SQLite the parameters are anonymous (`?`, bound in order): binding a numbered one makes the
-/// driver look its name up, a walk of every parameter, so a statement of N took N² steps.
-/// `n` parameters, comma-separated, as `backend` numbers them.
-fn placeholders(backend: Backend, n: usize) -> String {
-    (1..=n)
-        .map(|i| match backend {
-            Backend::Sqlite => "?".to_owned(),
-            Backend::Postgres => format!("${i}"),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `n` parameters, comma-separated, numbered from `after + 1` as `backend` numbers them. On
+/// SQLite they are anonymous (`?`, bound in order): binding a numbered one makes the driver look
+/// its name up, a walk of every parameter, so a statement of N took N² steps.
+fn placeholders(backend: Backend, after: usize, n: usize) -> String {
+    let mut out = String::with_capacity(n * 5);
+    for i in after + 1..=after + n {
+        if i > after + 1 {
+            out.push_str(", ");
+        }
+        match backend {
+            Backend::Sqlite => out.push('?'),
+            Backend::Postgres => {
+                out.push('$');
+                out.push_str(&i.to_string());
+            }
+        }
+    }
+    out
 }
 
+/// `INSERT INTO {table} VALUES ($1, ...), (...) {conflict}` for `rows` rows of `columns`.
 fn insert_sql(
     backend: Backend,
     table: &str,
@@ -705,28 +712,13 @@ fn insert_sql(
     rows: usize,
     conflict: &str,
 ) -> String {
-    let mut sql = format!("INSERT INTO {table} VALUES ");
-    let mut n = 0;
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 0..columns {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            n += 1;
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => sql.push_str(&format!("${n}")),
-            }
-        }
-        sql.push(')');
-    }
-    sql.push(' ');
-    sql.push_str(conflict);
-    sql
+    let values: Vec<String> = (0..rows)
+        .map(|row| format!("({})", placeholders(backend, row * columns, columns)))
+        .collect();
+    format!(
+        "INSERT INTO {table} VALUES {} {conflict}",
+        values.join(", ")
+    )
 }
 
 #[cfg(test)]
