@@ -14,9 +14,15 @@ pub(crate) fn narrow(v: &[f32], out: &mut Vec<u16>) {
 
 /// A stored row back as `f32`.
 pub(crate) fn widen(row: &[u16]) -> Vec<f32> {
-    let mut out = vec![0.0; row.len()];
-    f16_slice(row).convert_to_f32_slice(&mut out);
+    let mut out = Vec::new();
+    widen_into(row, &mut out);
     out
+}
+
+/// [`widen`] into `out`, its allocation reused.
+pub(crate) fn widen_into(row: &[u16], out: &mut Vec<f32>) {
+    out.resize(row.len(), 0.0);
+    f16_slice(row).convert_to_f32_slice(out);
 }
 
 /// `q · row`, each stored component widened as it is multiplied (by [`widen_one`], which the

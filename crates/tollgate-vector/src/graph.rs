@@ -21,16 +21,20 @@ pub(crate) struct Vectors<'a> {
 }
 
 impl Vectors<'_> {
+    /// A slot's vector as stored.
+    fn stored(&self, slot: u32) -> &[u16] {
+        let start = slot as usize * self.dim;
+        &self.data[start..start + self.dim]
+    }
+
     /// A slot's vector, widened to query with.
     fn row(&self, slot: u32) -> Vec<f32> {
-        let start = slot as usize * self.dim;
-        compact::widen(&self.data[start..start + self.dim])
+        compact::widen(self.stored(slot))
     }
 
     /// Distance as the graph sees it: lower is closer (minus the cosine).
     fn distance(&self, query: &[f32], slot: u32) -> f32 {
-        let start = slot as usize * self.dim;
-        -compact::dot(query, &self.data[start..start + self.dim])
+        -compact::dot(query, self.stored(slot))
     }
 }
 
@@ -198,14 +202,19 @@ impl Graph {
     /// `candidates` are sorted nearest first.
     fn select(&self, vectors: Vectors<'_>, candidates: &[Near], m: usize) -> Vec<u32> {
         let mut kept: Vec<u32> = Vec::with_capacity(m);
+        // One buffer for every candidate compared (the first is kept with nothing to compare).
+        let mut row = Vec::new();
         for c in candidates {
             if kept.len() >= m {
                 break;
             }
-            let row = vectors.row(c.slot);
-            if kept.iter().all(|&k| vectors.distance(&row, k) > c.distance) {
-                kept.push(c.slot);
+            if !kept.is_empty() {
+                compact::widen_into(vectors.stored(c.slot), &mut row);
+                if !kept.iter().all(|&k| vectors.distance(&row, k) > c.distance) {
+                    continue;
+                }
             }
+            kept.push(c.slot);
         }
         kept
     }
