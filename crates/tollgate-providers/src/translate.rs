@@ -244,14 +244,14 @@ pub(crate) fn function_tools(r: Refuse, v: &Value) -> Result<Vec<FunctionTool<'_
         .collect()
 }
 
-/// Checks that `translate` refuses each case (fields laid over a one-message request) with a 400
-/// naming the field.
 /// A chat request from its JSON (tests).
 #[cfg(test)]
 pub(crate) fn request(v: Value) -> tollgate_core::ChatRequest {
     serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Checks that `translate` refuses each case (fields laid over a one-message request) with a 400
+/// naming the field.
 #[cfg(test)]
 pub(crate) fn assert_refused_by_name(
     translate: impl Fn(&tollgate_core::ChatRequest) -> Result<Value, ProviderError>,

@@ -59,6 +59,7 @@ impl StoredRecord {
 
 /// The stored record of `id` if `owner` may read it: Redis first, then the database (what the
 /// database has is put back into Redis).
+///
 /// Traced as a `response load` span: the id asked for and where the record came from
 /// (`tollgate.source`: `redis`, `database` or `none`).
 pub async fn load(gw: &Gateway, id: &str, owner: &str) -> Result<Option<StoredRecord>, ApiError> {
