@@ -26,9 +26,25 @@ pub(crate) fn widen_into(row: &[u16], out: &mut Vec<f32>) {
 }
 
 /// `q · row`, each stored component widened as it is multiplied (by [`widen_one`], which the
-/// compiler vectorizes with the products: no call per block, no buffer).
+/// compiler vectorizes with the products: no call per block, no buffer). The loop is
+/// `crate::dot`'s on purpose: one generic loop with the widening passed in counted the same
+/// instructions under valgrind but built graphs 25% slower on the CPU.
 pub(crate) fn dot(q: &[f32], row: &[u16]) -> f32 {
-    crate::dot_by(q, row, widen_one)
+    const LANES: usize = 16;
+    let mut sums = [0.0f32; LANES];
+    let (cq, cr) = (q.chunks_exact(LANES), row.chunks_exact(LANES));
+    let tail: f32 = cq
+        .remainder()
+        .iter()
+        .zip(cr.remainder())
+        .map(|(x, &h)| x * widen_one(h))
+        .sum();
+    for (x, h) in cq.zip(cr) {
+        for i in 0..LANES {
+            sums[i] += x[i] * widen_one(h[i]);
+        }
+    }
+    sums.iter().sum::<f32>() + tail
 }
 
 /// One binary16 component as `f32`, without branches: its exponent and mantissa moved into

@@ -64,16 +64,9 @@ pub fn normalized(v: &[f32]) -> Result<Vec<f32>, VectorError> {
     Ok(v.iter().map(|x| x / norm).collect())
 }
 
-/// The dot product.
+/// The dot product. Sixteen independent sums keep several vector registers busy without
+/// depending on one another, whatever width the target's SIMD has.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot_by(a, b, |y| y)
-}
-
-/// `a · b`, each of `b`'s components made an `f32` by `widen` as it is multiplied (inlined, so
-/// the conversion is vectorized with the products). Sixteen independent sums keep several
-/// vector registers busy without depending on one another, whatever width the target's SIMD has.
-#[inline(always)]
-pub(crate) fn dot_by<T: Copy>(a: &[f32], b: &[T], widen: impl Fn(T) -> f32) -> f32 {
     const LANES: usize = 16;
     let mut sums = [0.0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -81,11 +74,11 @@ pub(crate) fn dot_by<T: Copy>(a: &[f32], b: &[T], widen: impl Fn(T) -> f32) -> f
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, &y)| x * widen(y))
+        .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..LANES {
-            sums[i] += x[i] * widen(y[i]);
+            sums[i] += x[i] * y[i];
         }
     }
     sums.iter().sum::<f32>() + tail
