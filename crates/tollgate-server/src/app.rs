@@ -1,11 +1,13 @@
 //! The HTTP surface: the route groups of [`crate::routes`], each behind its authentication, and
-//! the layers every request goes through.
+//! the front layer every request goes through.
 //!
-//! Layers, outermost first: a request id (taken from `x-request-id` or made, echoed in the
-//! response and in every log line of the request), metrics and the access log (labelled with
-//! the route template that matched), panics turned into a 500 JSON error, errors of the Messages
-//! paths reshaped as Anthropic's, the body limit. Then
-//! the group's authentication: an API key for `/v1`, the master key for `/admin`.
+//! The front layer, in order: the request id (taken from `x-request-id` or made, echoed in the
+//! response and in every log line of the request), the body limit, the handler (a panic turned
+//! into a 500 JSON error), errors of the Messages paths reshaped as Anthropic's, then metrics and
+//! the access log (labelled with the route template that matched). Then the group's
+//! authentication: an API key for `/v1`, the master key for `/admin`. The concerns share one
+//! layer because each layer of its own costs every request a boxed future and a clone of the
+//! service beneath it.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::LazyLock;
@@ -23,6 +25,7 @@ use tracing::Instrument;
 use crate::auth;
 use crate::error::ApiError;
 use crate::extract::limit_body;
+use crate::handlers::messages::in_messages_shape;
 use crate::handlers::ops;
 pub use crate::handlers::ops::OPENAPI;
 use crate::routes::{admin_routes, open_routes, tenant_routes};
@@ -42,13 +45,7 @@ pub fn app(state: AppState) -> Router {
         )))
         .fallback(ops::not_found_handler)
         .method_not_allowed_fallback(ops::method_not_allowed_handler)
-        .layer(middleware::from_fn_with_state(state.clone(), limit_body))
-        .layer(middleware::from_fn(
-            crate::handlers::messages::anthropic_errors,
-        ))
-        .layer(middleware::from_fn(catch_panic))
-        .layer(middleware::from_fn_with_state(state.clone(), measure))
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(state.clone(), front))
         .with_state(state)
 }
 
@@ -56,18 +53,86 @@ pub fn app(state: AppState) -> Router {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
 
-/// Gives the request its id, echoes it in `x-request-id`, and runs the request in a span that
-/// carries it (every log line of the request, spawned work included, names it).
-async fn request_id(mut request: Request, next: Next) -> Response {
+/// Every request's way in and out (the module's header gives the order). The request runs in a
+/// span that carries its id (every log line of the request, spawned work included, names it),
+/// and in the OpenTelemetry span of the HTTP request; both end at the response head (streams
+/// when they start).
+async fn front(State(gw): State<AppState>, mut request: Request, next: Next) -> Response {
     let id = request
         .headers()
         .get("x-request-id")
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
         .cloned()
         .unwrap_or_else(next_request_id);
-    let span = tracing::info_span!("request", id = id.to_str().unwrap_or("-"));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let request_span = tracing::info_span!("request", id = id.to_str().unwrap_or("-"));
+    let http_span = request_span.in_scope(|| {
+        tracing::info_span!(
+            target: "otel",
+            "HTTP request",
+            "otel.name" = format!("{method} {route}"),
+            "otel.kind" = "server",
+            "http.request.method" = %method,
+            "http.route" = %route,
+            "http.response.status_code" = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+        )
+    });
+    if !http_span.is_disabled() {
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+            &http_span,
+            crate::telemetry::remote_context(request.headers()),
+        );
+    }
     request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).instrument(span).await;
+    let started = Instant::now();
+    let handled = async {
+        let response = match limit_body(gw.config.server.max_body_bytes, &mut request) {
+            Err(refused) => refused.into_response(),
+            Ok(()) => caught(next.run(request)).await,
+        };
+        if path.starts_with("/v1/messages") {
+            in_messages_shape(response).await
+        } else {
+            response
+        }
+    };
+    let mut response = handled
+        .instrument(http_span.clone())
+        .instrument(request_span.clone())
+        .await;
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    http_span.record("http.response.status_code", status);
+    if status >= 500 {
+        http_span.record("otel.status_code", "ERROR");
+    }
+    gw.metrics.request(route, status, took);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    request_span.in_scope(|| {
+        tracing::info!(
+            target: "tollgate::access",
+            %method,
+            path,
+            status,
+            ms = took.as_secs_f64() * 1e3,
+            cache = header("x-tollgate-cache"),
+            route = header("x-tollgate-route"),
+            "request"
+        )
+    });
     response.headers_mut().insert("x-request-id", id);
     response
 }
@@ -82,65 +147,10 @@ fn next_request_id() -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// Counts, times, logs and traces every request (to its response head: streams when they
-/// start).
-async fn measure(State(gw): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let span = tracing::info_span!(
-        target: "otel",
-        "HTTP request",
-        "otel.name" = format!("{method} {route}"),
-        "otel.kind" = "server",
-        "http.request.method" = %method,
-        "http.route" = %route,
-        "http.response.status_code" = tracing::field::Empty,
-        "otel.status_code" = tracing::field::Empty,
-    );
-    if !span.is_disabled() {
-        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
-            &span,
-            crate::telemetry::remote_context(request.headers()),
-        );
-    }
-    let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
-    let took = started.elapsed();
-    let status = response.status().as_u16();
-    span.record("http.response.status_code", status);
-    if status >= 500 {
-        span.record("otel.status_code", "ERROR");
-    }
-    gw.metrics.request(route, status, took);
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    };
-    tracing::info!(
-        target: "tollgate::access",
-        %method,
-        path,
-        status,
-        ms = took.as_secs_f64() * 1e3,
-        cache = header("x-tollgate-cache"),
-        route = header("x-tollgate-route"),
-        "request"
-    );
-    response
-}
-
-/// A handler that panics answers a 500 JSON error (the panic is logged), and the process goes
-/// on serving.
-async fn catch_panic(request: Request, next: Next) -> Response {
-    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+/// The handler's answer, or when it panicked a 500 JSON error (the panic is logged), and the
+/// process goes on serving.
+async fn caught(handler: impl Future<Output = Response>) -> Response {
+    match AssertUnwindSafe(handler).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
             let what = panic
@@ -178,7 +188,9 @@ mod tests {
                 }),
             )
             .route("/fine", get(|| async { "fine" }))
-            .layer(middleware::from_fn(catch_panic));
+            .layer(middleware::from_fn(|request: Request, next: Next| {
+                caught(next.run(request))
+            }));
         let response = router
             .clone()
             .oneshot(Request::get("/boom").body(Body::empty()).unwrap())

@@ -3,37 +3,34 @@
 //! chat switches of a request's headers.
 
 use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use crate::chat::ChatOptions;
 use crate::error::ApiError;
-use crate::state::AppState;
 
-/// The largest body a request may send (`server.max_body_bytes`), as the layer in front of
-/// every route left it for [`Json`].
+/// The largest body a request may send (`server.max_body_bytes`), as the front layer left it
+/// for [`Json`].
 #[derive(Debug, Clone, Copy)]
 struct BodyLimit(usize);
 
-/// The body-limit layer: a request whose `Content-Length` is over the limit gets a 413 at once;
-/// [`Json`] holds every other body to it while reading.
-pub async fn limit_body(State(gw): State<AppState>, mut request: Request, next: Next) -> Response {
-    let limit = gw.config.server.max_body_bytes;
+/// The body limit, checked by the front layer (`app.rs`) for every request: one whose
+/// `Content-Length` is over the limit is refused at once; [`Json`] holds every other body to it
+/// while reading.
+pub fn limit_body(limit: usize, request: &mut Request) -> Result<(), ApiError> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return ApiError::TooLarge { limit }.into_response();
+        return Err(ApiError::TooLarge { limit });
     }
     request.extensions_mut().insert(BodyLimit(limit));
-    next.run(request).await
+    Ok(())
 }
 
 /// A JSON body: read within the size limit, then decoded; empty, oversized or malformed bodies

@@ -4,13 +4,12 @@
 //! coalescing, limits, budgets, spend and records apply as they do to chat; the answer is
 //! translated back, streamed with the Messages event sequence (`message_start`, per content block
 //! `content_block_start` / `_delta` / `_stop`, `message_delta`, `message_stop`). Errors on these
-//! paths are in the Messages shape ([`anthropic_errors`]).
+//! paths are in the Messages shape ([`in_messages_shape`]).
 
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -68,13 +67,10 @@ pub async fn count_tokens_handler(
     ))
 }
 
-/// Errors on the Messages paths in the Messages shape:
-/// `{"type": "error", "error": {"type": ..., "message": ...}}`, whichever layer refused.
-pub async fn anthropic_errors(request: Request, next: Next) -> Response {
-    if !request.uri().path().starts_with("/v1/messages") {
-        return next.run(request).await;
-    }
-    let response = next.run(request).await;
+/// An error answered on a Messages path, in the Messages shape:
+/// `{"type": "error", "error": {"type": ..., "message": ...}}`, whichever layer refused (the
+/// front layer in `app.rs` passes every answer of these paths through here).
+pub async fn in_messages_shape(response: Response) -> Response {
     let status = response.status();
     if !status.is_client_error() && !status.is_server_error() {
         return response;
