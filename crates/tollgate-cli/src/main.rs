@@ -255,30 +255,73 @@ fn init_logs(runtime: tokio::runtime::Handle) -> Result<Option<Telemetry>, Strin
     let logs = if std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"))
     {
         logs.json().boxed()
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        logs.boxed()
     } else {
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .boxed()
+        logs.with_ansi(false).fmt_fields(plain_fields()).boxed()
     };
-    let (telemetry, traces) = match Telemetry::from_env(runtime)? {
+    match Telemetry::from_env(runtime)? {
         Some((telemetry, tracer)) => {
             let only_traces = tracing_subscriber::EnvFilter::new(format!(
                 "{}=info",
                 tollgate_server::telemetry::TARGET
             ));
-            let layer = tracing_opentelemetry::layer()
+            let traces = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_location(false)
                 .with_tracked_inactivity(false)
                 .with_filter(only_traces);
-            (Some(telemetry), Some(layer))
+            tracing_subscriber::registry()
+                .with(logs.with_filter(filter))
+                .with(traces)
+                .init();
+            Ok(Some(telemetry))
         }
-        None => (None, None),
-    };
-    tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
-        .with(traces)
-        .init();
-    Ok(telemetry)
+        // One filter for the whole subscriber: a filter per layer costs every span entered and
+        // every event a pass through the registry's per-layer bookkeeping.
+        None => {
+            tracing_subscriber::registry()
+                .with(logs)
+                .with(filter)
+                .init();
+            Ok(None)
+        }
+    }
+}
+
+/// Log fields as `name=value`, space-separated, the message first: the default text format's
+/// layout without its styling, which costs every field a pass through an ANSI painter even
+/// with colours off. As in the default, escape and control characters in a message are written
+/// escaped, so a log read in a terminal cannot make it run escape sequences.
+fn plain_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static
+{
+    use std::fmt::Write;
+    use tracing_subscriber::field::MakeExt;
+
+    /// Writes through to `0`, escaping what a terminal would take as a control sequence.
+    struct Escaping<'a, 'w>(&'a mut tracing_subscriber::fmt::format::Writer<'w>);
+    impl Write for Escaping<'_, '_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for c in s.chars() {
+                match c {
+                    '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' | '\u{80}'..='\u{9f}' => {
+                        write!(self.0, "\\u{{{:x}}}", c as u32)?
+                    }
+                    c => self.0.write_char(c)?,
+                }
+            }
+            Ok(())
+        }
+    }
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| match field.name() {
+        "message" => write!(Escaping(writer), "{value:?}"),
+        name => write!(
+            writer,
+            "{}={value:?}",
+            name.strip_prefix("r#").unwrap_or(name)
+        ),
+    })
+    .delimited(" ")
 }
 
 /// Where a configured Redis's `maxmemory-policy` contradicts what a concern on it keeps (the
@@ -696,4 +739,60 @@ async fn shutdown_signal() {
         () = signal(tokio::signal::unix::SignalKind::hangup()) => {}
     }
     tracing::info!("shutting down: draining in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::plain_fields;
+
+    /// Lines written to memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plain_fields_keep_the_default_layout_and_escape_control_characters() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let logs = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(plain_fields())
+            .with_writer(move || writer.clone());
+        let subscriber = tracing_subscriber::registry().with(logs);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", id = "r-1");
+            span.in_scope(|| {
+                tracing::info!(
+                    target: "tollgate::access",
+                    method = %"POST",
+                    path = "/v1/chat/completions",
+                    status = 200,
+                    r#type = "x",
+                    "request \x1b[31mred\u{9b}"
+                );
+            });
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            " INFO request{id=\"r-1\"}: tollgate::access: request \\u{1b}[31mred\\u{9b} \
+             method=POST path=\"/v1/chat/completions\" status=200 type=\"x\"\n"
+        );
+    }
 }
