@@ -63,12 +63,12 @@ pub enum CacheKeyError {
 
 /// The exact-cache hash of a request body (lower-case hex SHA-256 of its canonical form).
 pub fn request_hash(body: &Value, normalization: Normalization) -> Result<String, CacheKeyError> {
-    let mut out = String::with_capacity(256);
-    canonical_request(body, normalization, &mut out)?;
+    let mut out = Vec::with_capacity(512);
+    write_request(body, normalization, &mut out)?;
     let mut hasher = Sha256::new();
     hasher.update(CANONICAL_VERSION.as_bytes());
     hasher.update(b"\n");
-    hasher.update(out.as_bytes());
+    hasher.update(&out);
     Ok(hex::encode(hasher.finalize()))
 }
 
@@ -77,6 +77,17 @@ pub fn canonical_request(
     body: &Value,
     normalization: Normalization,
     out: &mut String,
+) -> Result<(), CacheKeyError> {
+    let mut bytes = Vec::new();
+    write_request(body, normalization, &mut bytes)?;
+    out.push_str(&String::from_utf8_lossy(&bytes));
+    Ok(())
+}
+
+fn write_request(
+    body: &Value,
+    normalization: Normalization,
+    out: &mut Vec<u8>,
 ) -> Result<(), CacheKeyError> {
     let Value::Object(map) = body else {
         return Err(CacheKeyError::NotAnObject);
@@ -89,7 +100,9 @@ pub fn canonical_request(
         out,
         |key| !IGNORED_FIELDS.contains(&key),
         |key, value, out| {
-            if key == "messages" || key == "input" || key == "prompt" {
+            if normalization != Normalization::default()
+                && (key == "messages" || key == "input" || key == "prompt")
+            {
                 write_canonical(&normalize_text(value, normalization), out);
             } else {
                 write_canonical(value, out);
@@ -99,21 +112,21 @@ pub fn canonical_request(
     Ok(())
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Number(n) => write_number(n, out),
         Value::String(s) => write_string(s, out),
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
         Value::Object(map) => write_object(map, out, |_| true, |_, v, out| write_canonical(v, out)),
     }
@@ -123,28 +136,32 @@ fn write_canonical(value: &Value, out: &mut String) {
 /// value.
 fn write_object(
     map: &serde_json::Map<String, Value>,
-    out: &mut String,
+    out: &mut Vec<u8>,
     keep: impl Fn(&str) -> bool,
-    value: impl Fn(&str, &Value, &mut String),
+    value: impl Fn(&str, &Value, &mut Vec<u8>),
 ) {
-    let mut keys: Vec<&String> = map.keys().filter(|k| keep(k)).collect();
-    keys.sort();
-    out.push('{');
-    for (i, key) in keys.into_iter().enumerate() {
+    // Sorted here, whatever order the map keeps (serde_json's `preserve_order`, which any
+    // crate of the build may turn on, keeps insertion order).
+    let mut entries: Vec<(&String, &Value)> = map.iter().filter(|(k, _)| keep(k)).collect();
+    if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    out.push(b'{');
+    for (i, (key, v)) in entries.into_iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
         write_string(key, out);
-        out.push(':');
-        value(key, &map[key.as_str()], out);
+        out.push(b':');
+        value(key, v, out);
     }
-    out.push('}');
+    out.push(b'}');
 }
 
 /// Integers, and floats with no fractional part within f64's exact range, are written as
 /// integers; other floats in Rust's shortest round-trip form.
-fn write_number(n: &serde_json::Number, out: &mut String) {
-    use std::fmt::Write;
+fn write_number(n: &serde_json::Number, out: &mut Vec<u8>) {
+    use std::io::Write;
     if let Some(i) = n.as_i64() {
         let _ = write!(out, "{i}");
     } else if let Some(u) = n.as_u64() {
@@ -159,17 +176,14 @@ fn write_number(n: &serde_json::Number, out: &mut String) {
     }
 }
 
-fn write_string(s: &str, out: &mut String) {
-    // serde_json's string escaping is deterministic; serializing a &str cannot fail.
-    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json's string escaping is deterministic; writing a &str to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Applies [`Normalization`] to every string that is message text: string contents and the
 /// `text` of content parts, at any depth of `messages` / `input` / `prompt`.
 fn normalize_text(value: &Value, n: Normalization) -> Value {
-    if n == Normalization::default() {
-        return value.clone();
-    }
     match value {
         Value::String(s) => Value::String(normalize_str(s, n)),
         Value::Array(items) => Value::Array(items.iter().map(|v| normalize_text(v, n)).collect()),
@@ -275,6 +289,27 @@ mod tests {
         };
         assert_eq!(request_hash(&a, n).unwrap(), request_hash(&b, n).unwrap());
     }
+
+    /// The canonical form is what every stored entry's key was made from: a change to it must
+    /// come with a new [`CANONICAL_VERSION`], never by accident.
+    #[test]
+    fn the_canonical_form_is_pinned() {
+        let body: Value = serde_json::from_str(
+            r#"{"temperature":0.70,"model":"m","stream":true,"n":1.0,"seed":1e2,"user":"u",
+                "messages":[{"role":"user","content":"h\u00e9 \"q\"\n\t<>&"},
+                            {"content":[{"type":"text","text":"x"}],"role":"user"}],
+                "tools":[{"type":"function","function":{"parameters":{"b":[1,2.5,-3],"a":null},"name":"f"}}],
+                "logit_bias":{"50256":-100},"top_p":1e-3,"big":18446744073709551615}"#,
+        )
+        .unwrap();
+        let mut out = String::new();
+        canonical_request(&body, Normalization::default(), &mut out).unwrap();
+        assert_eq!(out, PINNED);
+        assert_eq!(hash(body), PINNED_HASH);
+    }
+
+    const PINNED: &str = r#"{"big":18446744073709551615,"logit_bias":{"50256":-100},"messages":[{"content":"hé \"q\"\n\t<>&","role":"user"},{"content":[{"text":"x","type":"text"}],"role":"user"}],"model":"m","n":1,"seed":100,"temperature":0.7,"tools":[{"function":{"name":"f","parameters":{"a":null,"b":[1,2.5,-3]}},"type":"function"}],"top_p":0.001}"#;
+    const PINNED_HASH: &str = "a75e7acc8feb480d55c34aa2f7de1dbb20be543f962bb84546a31a42ed3a6e43";
 
     #[test]
     fn rejects_bodies_without_a_model() {
