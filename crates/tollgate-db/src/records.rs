@@ -9,14 +9,79 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One durable record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One durable record: a JSON object whose `kind` names it, beside its row's fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
     Response(ResponseRow),
     Session(SessionRow),
     SessionMessage(SessionMessageRow),
     Usage(UsageRow),
+}
+
+/// The kinds of record (the `kind` field).
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Response,
+    Session,
+    SessionMessage,
+    Usage,
+}
+
+impl Kind {
+    /// The record of this kind whose row `fields` holds.
+    fn record<'de, D: serde::Deserializer<'de>>(self, fields: D) -> Result<Record, D::Error> {
+        Ok(match self {
+            Kind::Response => Record::Response(ResponseRow::deserialize(fields)?),
+            Kind::Session => Record::Session(SessionRow::deserialize(fields)?),
+            Kind::SessionMessage => Record::SessionMessage(SessionMessageRow::deserialize(fields)?),
+            Kind::Usage => Record::Usage(UsageRow::deserialize(fields)?),
+        })
+    }
+}
+
+/// Read as serde's internally tagged enums are, but without buffering every field first when
+/// `kind` comes first (as [`Record`]'s `Serialize` writes it): the outbox's writers read every
+/// record of every request back.
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Record;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a record: an object with its kind")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Record, A::Error> {
+                use serde::de::Error;
+                let Some(first) = map.next_key::<String>()? else {
+                    return Err(A::Error::missing_field("kind"));
+                };
+                if first == "kind" {
+                    let kind: Kind = map.next_value()?;
+                    return kind.record(serde::de::value::MapAccessDeserializer::new(map));
+                }
+                // `kind` elsewhere: every field buffered, then read.
+                let mut fields = serde_json::Map::new();
+                fields.insert(first, map.next_value()?);
+                while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    fields.insert(name, value);
+                }
+                let kind = fields
+                    .remove("kind")
+                    .ok_or_else(|| A::Error::missing_field("kind"))?;
+                let kind = Kind::deserialize(kind).map_err(A::Error::custom)?;
+                kind.record(serde_json::Value::Object(fields))
+                    .map_err(A::Error::custom)
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
 }
 
 impl Record {
@@ -42,14 +107,15 @@ impl Record {
 
     /// Keeps, for each key, only the highest version (the last one of equal versions).
     pub fn latest(records: Vec<Record>) -> Vec<Record> {
+        use std::collections::hash_map::Entry;
         let mut by_key: std::collections::HashMap<String, usize> = Default::default();
         let mut out: Vec<Record> = Vec::with_capacity(records.len());
         for record in records {
-            match by_key.get(&record.key()) {
-                Some(&i) if out[i].version() > record.version() => {}
-                Some(&i) => out[i] = record,
-                None => {
-                    by_key.insert(record.key(), out.len());
+            match by_key.entry(record.key()) {
+                Entry::Occupied(at) if out[*at.get()].version() > record.version() => {}
+                Entry::Occupied(at) => out[*at.get()] = record,
+                Entry::Vacant(at) => {
+                    at.insert(out.len());
                     out.push(record);
                 }
             }
@@ -272,6 +338,71 @@ mod tests {
             created_ms: 1,
             body: format!("v{version}"),
         })
+    }
+
+    /// One record of each kind.
+    fn one_of_each() -> Vec<Record> {
+        vec![
+            response("r1", 2),
+            Record::Session(SessionRow {
+                id: "s1".into(),
+                owner: "k".into(),
+                system: Some("be brief".into()),
+                summary: None,
+                summary_seq: 0,
+                created_ms: 5,
+                version: 6,
+                deleted: false,
+            }),
+            Record::SessionMessage(SessionMessageRow {
+                session_id: "s1".into(),
+                seq: 1,
+                owner: "k".into(),
+                created_ms: 7,
+                tokens: 3,
+                message: r#"{"role":"user","content":"h\u00e9"}"#.into(),
+            }),
+            Record::Usage(UsageRow {
+                id: "use_1".into(),
+                key_id: "key".into(),
+                tenant: "acme".into(),
+                model: "m".into(),
+                prompt_tokens: 10,
+                completion_tokens: 20,
+                cost_nanos: 30,
+                served: Served::Semantic,
+                created_ms: 8,
+            }),
+        ]
+    }
+
+    #[test]
+    fn records_read_back_as_written_with_their_kind_anywhere_in_the_object() {
+        let records = one_of_each();
+        let json = serde_json::to_vec(&records).unwrap();
+        assert!(json.starts_with(br#"[{"kind":"response","#));
+        let read: Vec<Record> = serde_json::from_slice(&json).unwrap();
+        assert_eq!(read, records);
+        // The same objects with their keys in another order (another writer's JSON).
+        let shuffled: Vec<serde_json::Value> = serde_json::from_slice(&json).unwrap();
+        let reordered = serde_json::to_string(&shuffled).unwrap();
+        assert!(!reordered.starts_with(r#"[{"kind""#), "{reordered}");
+        let read: Vec<Record> = serde_json::from_str(&reordered).unwrap();
+        assert_eq!(read, records);
+    }
+
+    #[test]
+    fn a_record_without_a_known_kind_is_refused() {
+        for bad in [
+            r#"{"id":"x","owner":"k","version":1,"created_ms":1,"body":""}"#,
+            r#"{"kind":"invoice","id":"x"}"#,
+            r#"{"id":"x","kind":"invoice"}"#,
+            r#"{"kind":"response","id":"x"}"#,
+            r#"{}"#,
+            r#"[1]"#,
+        ] {
+            assert!(serde_json::from_str::<Record>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
