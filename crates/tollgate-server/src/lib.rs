@@ -34,6 +34,7 @@ pub mod embeddings;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod lease_keeper;
 pub mod limits;
 pub mod local_limiter;
 pub mod metrics;

@@ -49,7 +49,7 @@ pub const QUEUE_GRACE: Duration = Duration::from_secs(2);
 pub struct Admission {
     gw: Option<Arc<Gateway>>,
     leases: Vec<Lease>,
-    renewal: Option<crate::task::AbortOnDrop>,
+    renewal: Option<crate::lease_keeper::Held>,
     tokens: Vec<(LimitKey, u64)>,
     reserved: u64,
     used: Arc<AtomicU64>,
@@ -521,7 +521,7 @@ pub fn decide(
         requests_at,
         tokens_at,
         estimate,
-        lease_len,
+        lease_len: _,
     } = planned;
     if checks.is_empty() {
         return Ok(Admission::free());
@@ -572,19 +572,7 @@ pub fn decide(
     }
     gw.metrics.limiter(LimiterDecision::Allowed);
     // The concurrency slots are renewed while the request runs.
-    let renewal = (!decision.leases.is_empty()).then(|| {
-        let (gw, leases) = (gw.clone(), decision.leases.clone());
-        crate::task::every(lease_len / 3, move || {
-            let (gw, leases) = (gw.clone(), leases.clone());
-            async move {
-                for lease in &leases {
-                    if !matches!(gw.limiter.renew(lease).await, Ok(true)) {
-                        tracing::debug!("concurrency lease could not be renewed");
-                    }
-                }
-            }
-        })
-    });
+    let renewal = (!decision.leases.is_empty()).then(|| gw.leases.hold(decision.leases.clone()));
     Ok(Admission {
         gw: Some(gw.clone()),
         leases: decision.leases,

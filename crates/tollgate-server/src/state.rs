@@ -43,6 +43,8 @@ pub struct Gateway {
     registry_version: std::sync::atomic::AtomicU64,
     pub cache: ResponseCache,
     pub limiter: RateLimiter,
+    /// The concurrency slots of the requests in flight, renewed together.
+    pub leases: crate::lease_keeper::LeaseKeeper,
     pub sessions: SessionStore,
     pub streams: TokenStreams,
     pub api_keys: ApiKeys,
@@ -194,6 +196,10 @@ impl Gateway {
             registry_models: std::sync::RwLock::new(Arc::default()),
             registry_version: std::sync::atomic::AtomicU64::new(u64::MAX),
             limiter: RateLimiter::new(limits_redis.clone(), keys.clone()),
+            leases: crate::lease_keeper::LeaseKeeper::new(
+                RateLimiter::new(limits_redis.clone(), keys.clone()),
+                Duration::from_secs(config.limits.concurrency_lease_seconds),
+            ),
             api_keys: ApiKeys::new(limits_redis, keys.clone()),
             events: EventBus::new(
                 events_redis,

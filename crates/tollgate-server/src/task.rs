@@ -18,6 +18,15 @@ impl AbortOnDrop {
     }
 }
 
+impl AbortOnDrop {
+    /// Spawns `future` outside every span: for a task that serves the whole process though a
+    /// request starts it (in the request's span, it would keep that span open, so never
+    /// exported, and name the request in all its logs).
+    pub fn spawn_unscoped(future: impl Future<Output = ()> + Send + 'static) -> Self {
+        AbortOnDrop(tokio::spawn(future))
+    }
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();

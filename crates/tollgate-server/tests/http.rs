@@ -804,6 +804,56 @@ async fn requests_give_back_what_they_did_not_use_and_hits_cost_no_tokens() {
     }
 }
 
+/// A concurrency slot is a lease in Redis one second long here; the request holding it runs
+/// three and a half, so only its renewal keeps the slot from another replica meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_is_kept_while_its_request_outlives_the_lease() {
+    let (url, prefix) = (shared_redis().url(), unique_prefix());
+    let config = "[providers.slow]\nkind = \"mock\"\nmodels = [\"slow/echo\"]\n\
+                  first_token_latency_ms = 3500\n\
+                  [tiers.default]\nmax_concurrency = 1\n[limits]\nconcurrency_lease_seconds = 1\n";
+    let (a, b) = (
+        gateway_at(&url, &prefix, config).await,
+        gateway_at(&url, &prefix, config).await,
+    );
+    let mut slow = chat("a long answer");
+    slow["model"] = json!("slow/echo");
+    let holder = tokio::spawn(async move {
+        call(&a, "POST", "/v1/chat/completions", &[], Some(slow))
+            .await
+            .status
+    });
+    // Past two lease lengths: the slot is still held, so the other replica refuses (without
+    // waiting in the queue for it).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let refused = call(
+        &b,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-tollgate-queue-wait", "0")],
+        Some(chat("meanwhile")),
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the slot of a request still running was given away"
+    );
+    assert_eq!(holder.await.unwrap(), StatusCode::OK);
+    // Once it ends, its slot is free again (settled just after the answer).
+    let mut status = StatusCode::TOO_MANY_REQUESTS;
+    for _ in 0..50 {
+        status = call(&b, "POST", "/v1/chat/completions", &[], Some(chat("after")))
+            .await
+            .status;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "the slot was not given back");
+}
+
 #[tokio::test]
 async fn limiters_follow_their_policy_while_redis_is_down() {
     let mut server = RedisServer::start();
