@@ -40,6 +40,20 @@ async fn drained(conn: &mut redis::aio::MultiplexedConnection) {
     }
 }
 
+/// Waits until `sql` reads `want` (a usage record follows its answer, so it may still be on its
+/// way to the outbox when the client has the answer).
+async fn until_reads(db: &PostgresDb, sql: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = db.query(sql);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql} reads {got}, not {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn python(replica: &Replica, phase: &str, env: &[(&str, &str)]) -> String {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -79,6 +93,7 @@ async fn a_chain_through_the_openai_package_survives_flushall_on_postgresql() {
     assert_eq!(parsed["ids"].as_array().unwrap().len(), 6);
 
     let mut conn = redis_conn(&redis).await;
+    until_reads(&db, "SELECT COUNT(*) FROM usage_records", "6").await;
     drained(&mut conn).await;
     redis::cmd("FLUSHALL")
         .query_async::<()>(&mut conn)
@@ -93,6 +108,7 @@ async fn a_chain_through_the_openai_package_survives_flushall_on_postgresql() {
     );
     let out = python(&other, "continue", &[("CHAIN", &chain)]);
     assert!(out.contains("continued ok"), "{out}");
+    until_reads(&db, "SELECT COUNT(*) FROM usage_records", "7").await;
     drained(&mut conn).await;
     // 7 responses, the first deleted (a tombstone), each written once.
     assert_eq!(db.query("SELECT COUNT(*) FROM responses"), "7");

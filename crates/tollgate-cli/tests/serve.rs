@@ -567,7 +567,8 @@ fn http_post(addr: &str, path: &str, json: &str) -> Option<(u16, String)> {
 }
 
 /// With its PostgreSQL away, tollgate starts and serves; `/readyz` says the database is
-/// missing, and the records of what it answered wait in the outbox.
+/// missing, and the records of what it answered wait in the outbox (written just after the
+/// answer).
 #[test]
 fn serve_starts_and_answers_while_its_database_is_away() {
     let redis = tollgate_testkit::RedisServer::start();
@@ -590,11 +591,22 @@ fn serve_starts_and_answers_while_its_database_is_away() {
     assert_eq!(status, 200, "{body}");
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_connection().unwrap();
-    let queued: u64 = redis::cmd("XLEN")
-        .arg("tg:{ev:outbox}")
-        .query(&mut conn)
-        .unwrap();
-    assert!(queued >= 1, "the usage record is not in the outbox");
+    // The usage record follows the answer: wait for it a while.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued: u64 = redis::cmd("XLEN")
+            .arg("tg:{ev:outbox}")
+            .query(&mut conn)
+            .unwrap();
+        if queued >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the usage record is not in the outbox"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     stop(&mut child);
 }
 
