@@ -689,6 +689,13 @@ fn pieces<T>(rows: &[T]) -> Vec<&[T]> {
 /// its name up, a walk of every parameter, so a statement of N took N² steps.
 fn placeholders(backend: Backend, after: usize, n: usize) -> String {
     let mut out = String::with_capacity(n * 5);
+    push_placeholders(&mut out, backend, after, n);
+    out
+}
+
+/// Appends the placeholders of parameters `after + 1 ..= after + n` to `out`, comma-separated.
+fn push_placeholders(out: &mut String, backend: Backend, after: usize, n: usize) {
+    use std::fmt::Write as _;
     for i in after + 1..=after + n {
         if i > after + 1 {
             out.push_str(", ");
@@ -696,12 +703,10 @@ fn placeholders(backend: Backend, after: usize, n: usize) -> String {
         match backend {
             Backend::Sqlite => out.push('?'),
             Backend::Postgres => {
-                out.push('$');
-                out.push_str(&i.to_string());
+                let _ = write!(out, "${i}");
             }
         }
     }
-    out
 }
 
 /// `INSERT INTO {table} VALUES ($1, ...), (...) {conflict}` for `rows` rows of `columns`.
@@ -712,13 +717,21 @@ fn insert_sql(
     rows: usize,
     conflict: &str,
 ) -> String {
-    let values: Vec<String> = (0..rows)
-        .map(|row| format!("({})", placeholders(backend, row * columns, columns)))
-        .collect();
-    format!(
-        "INSERT INTO {table} VALUES {} {conflict}",
-        values.join(", ")
-    )
+    let mut sql = String::with_capacity(32 + table.len() + conflict.len() + rows * columns * 5);
+    sql.push_str("INSERT INTO ");
+    sql.push_str(table);
+    sql.push_str(" VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        push_placeholders(&mut sql, backend, row * columns, columns);
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(conflict);
+    sql
 }
 
 #[cfg(test)]
