@@ -485,9 +485,27 @@ pub struct PreparedChecks {
     keys: Vec<String>,
     /// The queues of the concurrency limits a waiter waits for, after the limits' keys.
     queues: Vec<String>,
-    args: Vec<String>,
+    args: Vec<Arg>,
     leases: Vec<Lease>,
     n: usize,
+}
+
+/// One argument of `rate_limit.lua`, written into the command as it is (no `String` per number).
+#[derive(Debug, Clone)]
+enum Arg {
+    Word(&'static str),
+    Number(u64),
+    Text(String),
+}
+
+impl redis::ToRedisArgs for Arg {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        match self {
+            Arg::Word(word) => word.write_redis_args(out),
+            Arg::Number(n) => n.write_redis_args(out),
+            Arg::Text(text) => text.write_redis_args(out),
+        }
+    }
 }
 
 impl PreparedChecks {
@@ -515,33 +533,34 @@ impl PreparedChecks {
         let mut prepared = PreparedChecks {
             keys: Vec::with_capacity(checks.len()),
             queues: Vec::new(),
-            args: vec![checks.len().to_string()],
+            args: Vec::with_capacity(1 + 5 * checks.len()),
             leases: Vec::new(),
             n: checks.len(),
         };
+        prepared.args.push(Arg::Number(checks.len() as u64));
         for check in checks {
             check.limit.validate(check.cost)?;
-            let cost = check.cost.to_string();
+            let cost = Arg::Number(check.cost);
             // The kinds measured over a window: limit, window, cost.
-            let windowed = |kind: &str, limit: u64, window: Duration| {
+            let windowed = |kind: &'static str, limit: u64, window: Duration| {
                 [
-                    kind.to_owned(),
-                    limit.to_string(),
-                    millis(window).to_string(),
+                    Arg::Word(kind),
+                    Arg::Number(limit),
+                    Arg::Number(millis(window)),
                     cost.clone(),
-                    "0".to_owned(),
+                    Arg::Number(0),
                 ]
             };
-            let [kind, a, b, c, d] = match check.limit {
+            let args = match check.limit {
                 Limit::Gcra {
                     limit,
                     period,
                     burst,
                 } => [
-                    "gcra".into(),
-                    limit.to_string(),
-                    millis(period).to_string(),
-                    burst.to_string(),
+                    Arg::Word("gcra"),
+                    Arg::Number(limit),
+                    Arg::Number(millis(period)),
+                    Arg::Number(burst),
                     cost.clone(),
                 ],
                 Limit::SlidingLog { limit, window } => windowed("swlog", limit, window),
@@ -562,22 +581,23 @@ impl PreparedChecks {
                         }
                         None => (uuid::Uuid::new_v4().simple().to_string(), 0),
                     };
+                    let arg = Arg::Text(id.clone());
                     prepared.leases.push(Lease {
                         key: check.key.clone(),
-                        id: id.clone(),
+                        id,
                         duration,
                     });
                     [
-                        "lease".into(),
-                        limit.to_string(),
-                        millis(duration).to_string(),
-                        id,
-                        grace.to_string(),
+                        Arg::Word("lease"),
+                        Arg::Number(limit),
+                        Arg::Number(millis(duration)),
+                        arg,
+                        Arg::Number(grace),
                     ]
                 }
             };
             prepared.keys.push(check.key.as_str().to_owned());
-            prepared.args.extend([kind, a, b, c, d]);
+            prepared.args.extend(args);
         }
         Ok(prepared)
     }
