@@ -257,7 +257,8 @@ impl Generation {
                 } else {
                     self.admission.reserved()
                 });
-                let value = serde_json::to_vec(&completion).unwrap_or_default();
+                // Encoded only for the cache: a pass-through's answer is never stored.
+                let value = || serde_json::to_vec(&completion).unwrap_or_default();
                 match &mut self.caching {
                     Caching::Lead {
                         key,
@@ -272,7 +273,7 @@ impl Generation {
                             .map(|u| (u.prompt_tokens, u.completion_tokens));
                         match gw
                             .cache
-                            .complete(key, generation, &value, self.ttl, &self.stream_id, saved)
+                            .complete(key, generation, &value(), self.ttl, &self.stream_id, saved)
                             .await
                         {
                             Ok(tollgate_redis::Stored::Yes) => {
@@ -292,7 +293,7 @@ impl Generation {
                         let _ = gw.cache.abandon(key, &self.stream_id).await;
                     }
                     Caching::StoreAfter(key) => {
-                        if let Err(e) = gw.cache.put(key, &value, self.ttl).await {
+                        if let Err(e) = gw.cache.put(key, &value(), self.ttl).await {
                             tracing::warn!(error = %e, "could not store the answer in the cache");
                         }
                     }

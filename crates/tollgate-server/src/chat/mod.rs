@@ -148,6 +148,7 @@ async fn answer(
         route: pinned.map(|(_, route)| route),
         stream_id: format!("st_{}", uuid::Uuid::new_v4().simple()),
         resumable: opts.resumable,
+        decoded: opts.decoded,
     };
 
     // Route.

@@ -31,6 +31,9 @@ pub struct ChatOptions {
     /// `x-tollgate-queue-wait`: the longest this request waits for a concurrency slot (at most
     /// its tier's `queue_wait_seconds`).
     pub queue_wait: Option<Duration>,
+    /// The caller reads the whole answer (the Messages and Responses APIs translate it): a hit
+    /// is decoded once, here, rather than served as stored.
+    pub decoded: bool,
 }
 
 impl ChatOptions {
@@ -129,4 +132,6 @@ pub(super) struct Plan {
     pub(super) stream_id: String,
     /// Write the token stream even when no reader needs it (`x-tollgate-resumable`).
     pub(super) resumable: bool,
+    /// The caller reads the whole answer ([`ChatOptions::decoded`]).
+    pub(super) decoded: bool,
 }

@@ -224,9 +224,9 @@ impl Plan {
         bytes: Vec<u8>,
         similarity: Option<f32>,
     ) -> Result<ChatReply, ApiError> {
-        // A whole answer with no session to record it in is served as stored: only its usage is
-        // read (for the accounting and the savings).
-        let (completion, usage) = if self.req.stream || self.session.is_some() {
+        // A whole answer with no session to record it in, for a caller that does not translate
+        // it, is served as stored: only its usage is read (for the accounting and the savings).
+        let (completion, usage) = if self.req.stream || self.session.is_some() || self.decoded {
             let completion: tollgate_core::ChatCompletion = super::reply::decode(&bytes)?;
             let usage = completion.usage.unwrap_or_default();
             (Some(completion), usage)

@@ -29,13 +29,14 @@ use crate::state::AppState;
 pub async fn messages_handler(
     State(gw): State<AppState>,
     principal: Principal,
-    opts: ChatOptions,
+    mut opts: ChatOptions,
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
     let chat = tollgate_core::messages::to_chat(&body)?;
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let req: ChatRequest =
         serde_json::from_value(chat).map_err(|e| ApiError::bad(e.to_string(), None))?;
+    opts.decoded = true;
     let reply = chat::chat_completions(&gw, &principal, req, opts).await?;
     let mut response = match reply.body.answer()? {
         Answer::Whole(completion) => {

@@ -140,6 +140,7 @@ pub async fn create_response(
     };
     let mut context = previous.map(|p| p.context).unwrap_or_default();
     let chat_req = chat_request(&req, &context, &input)?;
+    opts.decoded = true;
     if opts.user.is_none() {
         opts.user = req.user.clone();
     }
