@@ -139,20 +139,47 @@ impl Outbox {
     /// Queues `records` (in one entry, so written together); returns once they are in the
     /// outbox, or in the database when Redis did not take them.
     pub async fn push(&self, records: Vec<Record>) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let (done, outcome) = oneshot::channel();
-        self.queue
-            .send(Pushed {
+        self.enqueue(records).await
+    }
+
+    /// [`Outbox::push`] in two steps: `records` are queued now, behind every record queued
+    /// before them in this process, and the future returned says where they went.
+    pub fn enqueue(&self, records: Vec<Record>) -> impl Future<Output = Result<()>> + use<> {
+        let queued = if records.is_empty() {
+            None
+        } else {
+            let (done, outcome) = oneshot::channel();
+            let sent = self.queue.send(Pushed {
                 records,
                 done: Some(done),
-            })
-            .map_err(|_| Error::Config("the outbox has stopped".into()))?;
-        match outcome.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Config(e)),
-            Err(_) => Err(Error::Config("the outbox has stopped".into())),
+            });
+            Some(sent.map(|()| outcome))
+        };
+        async move {
+            let outcome = match queued {
+                None => return Ok(()),
+                Some(Err(_)) => return Err(Error::Config("the outbox has stopped".into())),
+                Some(Ok(outcome)) => outcome,
+            };
+            match outcome.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Error::Config(e)),
+                Err(_) => Err(Error::Config("the outbox has stopped".into())),
+            }
+        }
+    }
+
+    /// Returns once every record queued in this process before the call is in the outbox (or
+    /// in the database, or reported lost): what a reader that has seen an answer waits for
+    /// before it looks for the answer's records.
+    pub async fn flushed(&self) {
+        let (done, outcome) = oneshot::channel();
+        let marker = Pushed {
+            records: Vec::new(),
+            done: Some(done),
+        };
+        if self.queue.send(marker).is_ok() {
+            let _ = outcome.await;
         }
     }
 
@@ -221,25 +248,11 @@ async fn gather(
                 Err(_) => break,
             }
         }
-        let outcome = match serde_json::to_vec(&records) {
-            Ok(json) => match bus.publish(STREAM, &[("r", &json)]).await {
-                Ok(_) => {
-                    redis_failed = false;
-                    Ok(())
-                }
-                // Whatever Redis's trouble (down, failing over, refusing), the records are kept.
-                Err(e) => {
-                    redis_failed = true;
-                    match &direct {
-                        Some(db) => {
-                            tracing::warn!(error = %e, "outbox unavailable; writing records straight to the database");
-                            db.write(records).await.map_err(|e| e.to_string())
-                        }
-                        None => Err(Error::from(e).to_string()),
-                    }
-                }
-            },
-            Err(e) => Err(e.to_string()),
+        // Nothing but flush markers: nothing to write, and every entry before them is written.
+        let outcome = if records.is_empty() {
+            Ok(())
+        } else {
+            write(&bus, direct.as_ref(), records, &mut redis_failed).await
         };
         if let Err(e) = &outcome
             && waiting.iter().any(Option::is_none)
@@ -249,6 +262,35 @@ async fn gather(
         for done in waiting.into_iter().flatten() {
             let _ = done.send(outcome.clone());
         }
+    }
+}
+
+/// Writes one entry of `records` to the outbox, or to `direct` when Redis does not take it.
+async fn write(
+    bus: &EventBus,
+    direct: Option<&Database>,
+    records: Vec<Record>,
+    redis_failed: &mut bool,
+) -> std::result::Result<(), String> {
+    match serde_json::to_vec(&records) {
+        Ok(json) => match bus.publish(STREAM, &[("r", &json)]).await {
+            Ok(_) => {
+                *redis_failed = false;
+                Ok(())
+            }
+            // Whatever Redis's trouble (down, failing over, refusing), the records are kept.
+            Err(e) => {
+                *redis_failed = true;
+                match direct {
+                    Some(db) => {
+                        tracing::warn!(error = %e, "outbox unavailable; writing records straight to the database");
+                        db.write(records).await.map_err(|e| e.to_string())
+                    }
+                    None => Err(Error::from(e).to_string()),
+                }
+            }
+        },
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -213,6 +213,54 @@ async fn concurrent_pushes_share_entries_and_every_record_lands_once() {
     assert_eq!(count(&db, "usage_records").await, 800);
 }
 
+/// Records sent without waiting are in the outbox once `flushed` returns, and records queued
+/// before others are written before them; a flush with nothing queued returns at once.
+#[tokio::test]
+async fn a_flush_returns_once_everything_queued_before_it_is_in_the_outbox() {
+    let sqlite = TestDatabase::sqlite();
+    let db = Database::connect(&sqlite.url()).await.unwrap();
+    let (redis, keys) = redis().await;
+    // One entry per read, to see which entry holds what.
+    let config = OutboxConfig {
+        batch: 1,
+        ..OutboxConfig::default()
+    };
+    let outbox = Outbox::new(redis, keys, &config, None);
+    outbox.flushed().await;
+    assert_eq!(outbox.backlog().await.unwrap(), 0);
+    // Queued now, written later: the first is queued before the 99 sent after it.
+    let first = outbox.enqueue(vec![usage(0)]);
+    for i in 1..100 {
+        outbox.send(vec![usage(i)]);
+    }
+    outbox.flushed().await;
+    assert!(outbox.backlog().await.unwrap() >= 1);
+    let mut writer = outbox.writer(db.clone(), "w").await.unwrap();
+    let mut entry = writer.take().await.unwrap();
+    writer.commit(&mut entry).await.unwrap();
+    let mut total = entry.records();
+    writer.ack(entry).await.unwrap();
+    let written: Vec<String> = db
+        .usage("key_a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.id)
+        .collect();
+    assert!(
+        written.iter().any(|id| id == "u0"),
+        "the record queued first is in the first entry: {written:?}"
+    );
+    while outbox.backlog().await.unwrap() > 0 {
+        total += writer.step().await.unwrap();
+    }
+    assert_eq!(
+        total, 100,
+        "everything sent before the flush is in the outbox"
+    );
+    first.await.unwrap();
+}
+
 /// A record the database refuses does not take the others of its entry with it: they land, and
 /// the entry goes to the dead letters with the refused record named.
 #[tokio::test]

@@ -433,8 +433,18 @@ pub fn send(gw: &Gateway, records: Vec<Record>) {
 
 /// Sends durable records to the database (through the outbox); without a database, drops them.
 pub async fn submit(gw: &Gateway, records: Vec<Record>) {
-    let Some(durable) = &gw.durable else { return };
-    if let Err(e) = durable.outbox.push(records).await {
-        tracing::error!(error = %e, "durable records lost: neither the outbox nor the database took them");
+    queue(gw, records).await;
+}
+
+/// [`submit`] in two steps: the records are queued now, behind every record this process queued
+/// before them, and the future returned waits for them to reach the outbox.
+pub fn queue(gw: &Gateway, records: Vec<Record>) -> impl Future<Output = ()> + use<> {
+    let queued = gw.durable.as_ref().map(|d| d.outbox.enqueue(records));
+    async move {
+        if let Some(queued) = queued
+            && let Err(e) = queued.await
+        {
+            tracing::error!(error = %e, "durable records lost: neither the outbox nor the database took them");
+        }
     }
 }

@@ -313,6 +313,9 @@ impl Generation {
                     tollgate_db::Served::Upstream,
                 );
                 used.spend.charge(&gw).await;
+                // The usage record is queued before the answer is released (and written after):
+                // whoever has seen the answer finds it queued ahead of anything it queues.
+                let recorded = crate::accounting::queue(&gw, vec![used.record]);
                 // The end reaches the client only once the whole stream is in Redis (or Redis
                 // failed to take it in time): what a client saw complete is readable everywhere.
                 if let Some(w) = writer {
@@ -321,8 +324,9 @@ impl Generation {
                         .await;
                 }
                 let _ = self.events.send(GenEvent::Done(Arc::new(completion)));
-                // The usage record follows the answer (this task outlives the client's wait).
-                crate::accounting::submit(&gw, vec![used.record])
+                // The usage record is written after the answer (this task outlives the client's
+                // wait).
+                recorded
                     .instrument(tracing::info_span!(target: "otel", "usage record"))
                     .await;
             }
