@@ -176,6 +176,15 @@ impl Database {
     /// Writes `records` in one transaction, idempotently (see [`crate::records`]).
     pub async fn write(&self, records: Vec<Record>) -> Result<()> {
         self.ready().await?;
+        // A session's end takes the messages written before it even when the session's next
+        // life is in the same batch (and so its row, newer, is the one kept below).
+        let ended: Vec<(String, String, i64)> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Session(s) if s.deleted => Some((s.id.clone(), s.owner.clone(), s.version)),
+                _ => None,
+            })
+            .collect();
         let records = Record::latest(records);
         let (mut responses, mut sessions, mut messages, mut usage) =
             (vec![], vec![], vec![], vec![]);
@@ -263,14 +272,14 @@ impl Database {
         }
         // A deleted session takes its messages with it (its owner's deletion only): those written
         // before it was deleted, after they are written, so that none of this batch stays.
-        for s in sessions.iter().filter(|s| s.deleted) {
+        for (id, owner, version) in &ended {
             sqlx::query(
                 "DELETE FROM session_messages WHERE session_id = $1 AND created_ms <= $2 \
                  AND owner = $3",
             )
-            .bind(&s.id)
-            .bind(s.version)
-            .bind(&s.owner)
+            .bind(id)
+            .bind(*version)
+            .bind(owner)
             .execute(&mut *tx)
             .await?;
         }

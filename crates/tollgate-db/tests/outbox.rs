@@ -564,8 +564,33 @@ async fn a_deleted_session_keeps_none_of_its_messages_and_its_next_life_loses_no
             .await
             .unwrap();
         assert_eq!(
-            texts(db).await,
+            texts(db.clone()).await,
             vec![(5, r#"{"role":"user","content":"next life"}"#.to_owned())]
         );
+        // A conversation's end and its next life in one batch (a busy writer reads both at
+        // once): the next life's row is the one kept, and the end still takes the old messages.
+        let next_life = Record::Session(SessionRow {
+            id: "s".into(),
+            owner: "key_a".into(),
+            system: None,
+            summary: None,
+            summary_seq: 0,
+            created_ms: 700,
+            version: 700,
+            deleted: false,
+        });
+        db.write(vec![
+            tombstone(600),
+            next_life,
+            message(6, 700, "after the end"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            texts(db.clone()).await,
+            vec![(6, r#"{"role":"user","content":"after the end"}"#.to_owned())]
+        );
+        let session = db.session("s").await.unwrap().unwrap();
+        assert!(!session.deleted && session.version == 700, "{session:?}");
     }
 }
