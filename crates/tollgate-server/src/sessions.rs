@@ -272,11 +272,17 @@ async fn restore_or_restart(
             (system, session.created_ms, numbered(&rows), messages, lives)
         }
         None => {
+            // The next life is numbered after the old one's last message, read before the end
+            // is queued (a writer may take the end at once and delete the old messages: read
+            // after, the numbering would depend on how fast the writers are).
+            let last = match restart {
+                Some(_) => durable.db.session_messages(id, 1).await?,
+                None => Vec::new(),
+            };
             expire(gw, &session).await;
             let Some(system) = restart else {
                 return Ok(false);
             };
-            let last = durable.db.session_messages(id, 1).await?;
             let lives = Duration::from_secs(gw.config.sessions.ttl_seconds);
             (
                 system,
