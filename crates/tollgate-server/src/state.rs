@@ -189,17 +189,18 @@ impl Gateway {
         );
         let router = build_router(&config)?;
         let config_aliases = router.alias_map().clone();
+        let limiter = RateLimiter::new(limits_redis.clone(), keys.clone());
         Ok(Gateway {
             router: std::sync::RwLock::new(Arc::new(router)),
             config_aliases,
             registry: Registry::new(redis.clone(), keys.clone()),
             registry_models: std::sync::RwLock::new(Arc::default()),
             registry_version: std::sync::atomic::AtomicU64::new(u64::MAX),
-            limiter: RateLimiter::new(limits_redis.clone(), keys.clone()),
             leases: crate::lease_keeper::LeaseKeeper::new(
-                RateLimiter::new(limits_redis.clone(), keys.clone()),
+                limiter.clone(),
                 Duration::from_secs(config.limits.concurrency_lease_seconds),
             ),
+            limiter,
             api_keys: ApiKeys::new(limits_redis, keys.clone()),
             events: EventBus::new(
                 events_redis,

@@ -16,9 +16,7 @@ impl AbortOnDrop {
     pub fn spawn(future: impl Future<Output = ()> + Send + 'static) -> Self {
         AbortOnDrop(tokio::spawn(future.in_current_span()))
     }
-}
 
-impl AbortOnDrop {
     /// Spawns `future` outside every span: for a task that serves the whole process though a
     /// request starts it (in the request's span, it would keep that span open, so never
     /// exported, and name the request in all its logs).
