@@ -3,15 +3,14 @@
 //! budget. For other model families it is an estimate of the right order.
 //!
 //! Counts are exactly tiktoken's (a test compares them), from a compact table: the ranks of the
-//! 200k tokens keyed by a 64-bit hash of their bytes (~4 MiB). The general-purpose tokenizer
-//! crates keep 45 to 75 MiB resident for the same job, more than the whole gateway's budget.
+//! 200k tokens keyed by a 64-bit hash of their bytes, packed in 2 MiB ([`Ranks`]). The
+//! general-purpose tokenizer crates keep 45 to 75 MiB resident for the same job, more than the
+//! whole gateway's budget.
 //! What is left out: special tokens (counted as text, as `encode_ordinary` does).
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::sync::LazyLock;
 
-use base64::Engine;
 use tollgate_core::TokenCounter;
 
 /// o200k's pre-tokenizer, with `\s+(?!\S)|\s+` written `\s+` (the `regex` crate has no
@@ -26,27 +25,84 @@ const PATTERN: &str = concat!(
 );
 
 struct Encoding {
-    ranks: HashMap<u64, u32>,
+    ranks: Ranks,
     pattern: regex::Regex,
 }
 
-static O200K: LazyLock<Encoding> = LazyLock::new(|| {
-    let gz = include_bytes!("../data/o200k_base.tiktoken.gz");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(&gz[..])
-        .read_to_string(&mut text)
-        .expect("the o200k table is compiled in and valid gzip (tests load it)");
-    let mut ranks = HashMap::with_capacity(200_000);
-    for line in text.lines() {
-        let Some((token, rank)) = line.split_once(' ') else {
-            continue;
-        };
-        if let (Ok(bytes), Ok(rank)) = (
-            base64::engine::general_purpose::STANDARD.decode(token),
-            rank.parse(),
-        ) {
-            ranks.insert(fnv1a(&bytes), rank);
+/// Bits of a [`Ranks`] slot that hold the rank (plus one): o200k's ranks are below 2^18.
+const RANK_BITS: u32 = 18;
+const RANK_MASK: u64 = (1 << RANK_BITS) - 1;
+
+/// Token ranks by the 64-bit hash of the token's bytes, open-addressed with linear probing, in
+/// one `u64` a slot: the hash's top 46 bits, then the rank plus one (0 marks an empty slot). A
+/// token's home slot is given by the hash's low bits, so the two parts together still tell
+/// hashes apart by all 64 bits at home and by 46 at worst. Half the size of a `HashMap<u64, u32>`
+/// of the same ranks, and no second hash of the key.
+struct Ranks {
+    slots: Box<[u64]>,
+    len: usize,
+}
+
+impl Ranks {
+    /// Room for `n` ranks with the table at most 80% full.
+    fn with_capacity(n: usize) -> Ranks {
+        Ranks {
+            slots: vec![0; (n + n / 4).next_power_of_two()].into_boxed_slice(),
+            len: 0,
         }
+    }
+
+    fn home(&self, hash: u64) -> usize {
+        hash as usize & (self.slots.len() - 1)
+    }
+
+    /// Adds `hash`'s rank, unless the hash is there already or the table is full.
+    fn insert(&mut self, hash: u64, rank: u32) {
+        let rank = u64::from(rank) + 1;
+        assert!(rank <= RANK_MASK, "a rank above 2^{RANK_BITS} - 2: {rank}");
+        if self.len + 1 >= self.slots.len() || self.get(hash).is_some() {
+            return;
+        }
+        let mut i = self.home(hash);
+        while self.slots[i] != 0 {
+            i = (i + 1) & (self.slots.len() - 1);
+        }
+        self.slots[i] = (hash & !RANK_MASK) | rank;
+        self.len += 1;
+    }
+
+    fn get(&self, hash: u64) -> Option<u32> {
+        let tag = hash & !RANK_MASK;
+        let mut i = self.home(hash);
+        loop {
+            let slot = self.slots[i];
+            if slot == 0 {
+                return None;
+            }
+            if slot & !RANK_MASK == tag {
+                return Some((slot & RANK_MASK) as u32 - 1);
+            }
+            i = (i + 1) & (self.slots.len() - 1);
+        }
+    }
+}
+
+static O200K: LazyLock<Encoding> = LazyLock::new(|| {
+    // Each token's bytes in rank order, each after a byte giving its length (data/README.md).
+    let gz = include_bytes!("../data/o200k_base.tokens.gz");
+    let mut tokens = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut tokens)
+        .expect("the o200k table is compiled in and valid gzip (tests load it)");
+    let mut ranks = Ranks::with_capacity(200_000);
+    let (mut at, mut rank) = (0, 0);
+    while let Some(&len) = tokens.get(at) {
+        let Some(token) = tokens.get(at + 1..at + 1 + usize::from(len)) else {
+            break;
+        };
+        ranks.insert(fnv1a(token), rank);
+        at += 1 + usize::from(len);
+        rank += 1;
     }
     let pattern = regex::Regex::new(PATTERN)
         .expect("the o200k pre-tokenizer pattern compiles (tests use it)");
@@ -62,7 +118,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 impl Encoding {
     fn rank(&self, bytes: &[u8]) -> Option<u32> {
-        self.ranks.get(&fnv1a(bytes)).copied()
+        self.ranks.get(fnv1a(bytes))
     }
 
     fn count(&self, text: &str) -> usize {
@@ -159,7 +215,29 @@ mod tests {
 
     #[test]
     fn the_table_loaded() {
-        assert!(O200K.ranks.len() > 199_000, "{}", O200K.ranks.len());
+        assert_eq!(O200K.ranks.len, 199_998);
+        assert_eq!(O200K.ranks.slots.len(), 1 << 18);
+    }
+
+    #[test]
+    fn the_rank_table_finds_what_it_holds_and_nothing_else() {
+        let mut ranks = Ranks::with_capacity(100);
+        // Same home slot (low bits), different tags: the probe walks past the first.
+        let (a, b) = (0x1234_5678_0000_0005, 0x8765_4321_0000_0005);
+        ranks.insert(a, 0);
+        ranks.insert(b, 7);
+        ranks.insert(a, 9);
+        assert_eq!(ranks.get(a), Some(0), "the first rank of a hash stays");
+        assert_eq!(ranks.get(b), Some(7));
+        assert_eq!(ranks.get(0x1234_5678_0000_0006), None);
+        assert_eq!(ranks.len, 2);
+        // A full table refuses more rather than looping forever.
+        let mut small = Ranks::with_capacity(2);
+        for h in 1..10u64 {
+            small.insert(h << 20 | h, h as u32);
+        }
+        assert_eq!(small.len, small.slots.len() - 1);
+        assert_eq!(small.get(99 << 20), None);
     }
 
     #[test]
