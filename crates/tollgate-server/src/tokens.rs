@@ -56,34 +56,33 @@ impl Ranks {
         hash as usize & (self.slots.len() - 1)
     }
 
+    /// The slot holding `hash`, else the empty slot where it would go (one is always left).
+    fn slot(&self, hash: u64) -> usize {
+        let tag = hash & !RANK_MASK;
+        let mut i = self.home(hash);
+        while self.slots[i] != 0 && self.slots[i] & !RANK_MASK != tag {
+            i = (i + 1) & (self.slots.len() - 1);
+        }
+        i
+    }
+
     /// Adds `hash`'s rank, unless the hash is there already or the table is full.
     fn insert(&mut self, hash: u64, rank: u32) {
         let rank = u64::from(rank) + 1;
         assert!(rank <= RANK_MASK, "a rank above 2^{RANK_BITS} - 2: {rank}");
-        if self.len + 1 >= self.slots.len() || self.get(hash).is_some() {
+        if self.len + 1 >= self.slots.len() {
             return;
         }
-        let mut i = self.home(hash);
-        while self.slots[i] != 0 {
-            i = (i + 1) & (self.slots.len() - 1);
+        let i = self.slot(hash);
+        if self.slots[i] == 0 {
+            self.slots[i] = (hash & !RANK_MASK) | rank;
+            self.len += 1;
         }
-        self.slots[i] = (hash & !RANK_MASK) | rank;
-        self.len += 1;
     }
 
     fn get(&self, hash: u64) -> Option<u32> {
-        let tag = hash & !RANK_MASK;
-        let mut i = self.home(hash);
-        loop {
-            let slot = self.slots[i];
-            if slot == 0 {
-                return None;
-            }
-            if slot & !RANK_MASK == tag {
-                return Some((slot & RANK_MASK) as u32 - 1);
-            }
-            i = (i + 1) & (self.slots.len() - 1);
-        }
+        let slot = self.slots[self.slot(hash)];
+        (slot != 0).then(|| (slot & RANK_MASK) as u32 - 1)
     }
 }
 
