@@ -81,17 +81,29 @@ impl Browser {
     }
 
     async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_command(method, path, body)
+            .await
+            .unwrap_or_else(|error| panic!("WebDriver {path}: {error}"))
+    }
+
+    /// A WebDriver command's value, or the error it answered.
+    async fn try_command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Value> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let mut request = self.http.request(method, url);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let reply: Value = request.send().await.unwrap().json().await.unwrap();
-        assert!(
-            reply["value"].get("error").is_none(),
-            "WebDriver {path}: {reply}"
-        );
-        reply["value"].clone()
+        let mut reply: Value = request.send().await.unwrap().json().await.unwrap();
+        let value = reply["value"].take();
+        match value.get("error") {
+            Some(_) => Err(value),
+            None => Ok(value),
+        }
     }
 
     async fn open(&self, url: &str) {
@@ -116,14 +128,22 @@ impl Browser {
             .to_owned()
     }
 
+    /// Clicks what `css` selects. A table the page redraws as it refreshes may replace the
+    /// element between finding and clicking it (a stale element): it is found again.
     async fn click(&self, css: &str) {
-        let element = self.element(css).await;
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            Some(json!({})),
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let element = self.element(css).await;
+            let path = format!("/element/{element}/click");
+            match self
+                .try_command(reqwest::Method::POST, &path, Some(json!({})))
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if e["error"] == "stale element reference" && Instant::now() < deadline => {}
+                Err(e) => panic!("WebDriver click on {css}: {e}"),
+            }
+        }
     }
 
     async fn type_into(&self, css: &str, text: &str) {
