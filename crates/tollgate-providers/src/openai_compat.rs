@@ -3,6 +3,7 @@
 //! the same way whatever the client asked for.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -37,12 +38,16 @@ impl Default for Timeouts {
     }
 }
 
-/// An OpenAI-compatible upstream.
+/// An OpenAI-compatible upstream. Cloned for every call (one reference count).
 #[derive(Debug, Clone)]
-pub struct OpenAiCompat {
+pub struct OpenAiCompat(Arc<Upstream>);
+
+/// Where the upstream is, parsed once: a call does not parse its URL again.
+#[derive(Debug)]
+struct Upstream {
     client: reqwest::Client,
-    url: String,
-    embeddings_url: String,
+    url: reqwest::Url,
+    embeddings_url: reqwest::Url,
     api_key: Option<String>,
     timeouts: Timeouts,
 }
@@ -55,13 +60,18 @@ impl OpenAiCompat {
         timeouts: Timeouts,
     ) -> Result<Self, ProviderError> {
         let client = http_client(&timeouts)?;
-        Ok(OpenAiCompat {
+        let url = |path: &str| {
+            let url = format!("{}/{path}", base_url.trim_end_matches('/'));
+            reqwest::Url::parse(&url)
+                .map_err(|e| ProviderError::Connect(format!("base_url {base_url:?}: {e}")))
+        };
+        Ok(OpenAiCompat(Arc::new(Upstream {
             client,
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
-            embeddings_url: format!("{}/embeddings", base_url.trim_end_matches('/')),
+            url: url("chat/completions")?,
+            embeddings_url: url("embeddings")?,
             api_key,
             timeouts,
-        })
+        })))
     }
 }
 
@@ -77,16 +87,17 @@ impl Provider for OpenAiCompat {
             let body =
                 serde_json::json!({"model": model, "input": texts, "encoding_format": "float"});
             let mut call = crate::with_trace_context(
-                this.client
-                    .post(&this.embeddings_url)
+                this.0
+                    .client
+                    .post(this.0.embeddings_url.clone())
                     .header("content-type", "application/json")
                     .body(body.to_string()),
             );
-            if let Some(key) = &this.api_key {
+            if let Some(key) = &this.0.api_key {
                 call = call.bearer_auth(key);
             }
-            let response = send(call, this.timeouts.first_byte).await?;
-            read_embeddings(response, expected, this.timeouts.idle).await
+            let response = send(call, this.0.timeouts.first_byte).await?;
+            read_embeddings(response, expected, this.0.timeouts.idle).await
         })
     }
 
@@ -97,10 +108,10 @@ impl Provider for OpenAiCompat {
         let this = self.clone();
         Box::pin(async move {
             let call = this.call(&request, true)?;
-            let response = send(call, this.timeouts.first_byte).await?;
+            let response = send(call, this.0.timeouts.first_byte).await?;
             Ok(chunk_stream(
                 response,
-                this.timeouts.idle,
+                this.0.timeouts.idle,
                 Box::new(parse_openai_event),
             ))
         })
@@ -113,7 +124,7 @@ impl Provider for OpenAiCompat {
         let this = self.clone();
         Box::pin(async move {
             let call = this.call(&request, false)?;
-            read_completion(call, this.timeouts.whole).await
+            read_completion(call, this.0.timeouts.whole).await
         })
     }
 }
@@ -126,12 +137,13 @@ impl OpenAiCompat {
         stream: bool,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
         let mut call = crate::with_trace_context(
-            self.client
-                .post(&self.url)
+            self.0
+                .client
+                .post(self.0.url.clone())
                 .header("content-type", "application/json")
                 .body(chat_body(request, stream)?),
         );
-        if let Some(key) = &self.api_key {
+        if let Some(key) = &self.0.api_key {
             call = call.bearer_auth(key);
         }
         Ok(call)

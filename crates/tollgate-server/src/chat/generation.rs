@@ -196,16 +196,15 @@ impl Generation {
             .and_then(|o| o.get("include_usage"))
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false);
-        let meta = json!({"owner": self.owner, "model": self.request.model,
-                          "include_usage": include_usage})
-        .to_string();
         // The writer creates the stream while the upstream call starts (chunks queue meanwhile);
         // a follower blocked on the stream's key wakes when it appears.
         let writer = self.relayed.then(|| {
+            let meta = json!({"owner": self.owner, "model": self.request.model,
+                              "include_usage": include_usage});
             StreamWriter::spawn(
                 gw.streams.clone(),
                 self.stream_id.clone(),
-                meta.into_bytes(),
+                meta.to_string().into_bytes(),
                 Duration::from_secs(gw.config.streams.producer_timeout_seconds.max(1)) / 3,
             )
         });
