@@ -20,6 +20,7 @@ use tollgate_server::{Config, Gateway, admin, auth, serve};
 
 mod eval;
 mod load;
+mod log_time;
 mod warm;
 
 #[derive(Debug, Parser)]
@@ -251,7 +252,9 @@ fn init_logs(runtime: tokio::runtime::Handle) -> Result<Option<Telemetry>, Strin
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,redis=warn".into())
         .add_directive(traces_off);
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_timer(log_time::LogTime);
     let logs = if std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"))
     {
         logs.json().boxed()
