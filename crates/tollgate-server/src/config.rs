@@ -1033,11 +1033,19 @@ impl Config {
                     "providers.{name}.location: required for Vertex AI (e.g. us-central1)"
                 ));
             }
-            if remote && provider.base_url.as_deref().unwrap_or("").is_empty() {
-                p.push(format!(
+            match provider.base_url.as_deref().unwrap_or("") {
+                "" if remote => p.push(format!(
                     "providers.{name}.base_url: required for {:?} providers",
                     provider.kind
-                ));
+                )),
+                "" => {}
+                url => {
+                    if let Err(e) = reqwest::Url::parse(url) {
+                        p.push(format!(
+                            "providers.{name}.base_url: {url:?} is not a URL: {e}"
+                        ));
+                    }
+                }
             }
             if provider.kind == ProviderKind::Anthropic
                 && provider.api_key.is_none()
@@ -1254,16 +1262,20 @@ mod tests {
             [providers.az]
             kind = "azure"
             base_url = "https://r.openai.azure.com"
+            [providers.local-vllm]
+            kind = "openai"
+            base_url = "localhost-8000/v1"
             "#,
         )
         .unwrap_err();
-        assert_eq!(err.0.len(), 8, "{err:?}");
+        assert_eq!(err.0.len(), 9, "{err:?}");
         let all = err.0.join("\n");
         for expected in [
             r#"capacity."ghost/x": neither provider/model"#,
             r#"capacity."ghost/x".rpm: must be at least 1"#,
             "sessions.idle_ttl_seconds: 7200 is longer than sessions.ttl_seconds (3600)",
             "providers.az: set api_key_env (or api_key), or [providers.az.entra], for Azure",
+            r#"providers.local-vllm.base_url: "localhost-8000/v1" is not a URL"#,
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
