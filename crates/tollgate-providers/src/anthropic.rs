@@ -20,7 +20,9 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tollgate_core::{ChatChunk, ChatRequest, Delta, Usage};
 
-use crate::openai_compat::{EventParser, Parsed, Timeouts, chunk_stream, http_client, send};
+use crate::openai_compat::{
+    EventParser, Parsed, Timeouts, chunk_stream, endpoint, http_client, send,
+};
 use crate::sse::SseEvent;
 use crate::translate::{self, Image, Part, Refuse};
 use crate::{ChunkStream, Provider, ProviderError, unix_now};
@@ -34,7 +36,8 @@ const FORMAT_TOOL: &str = "json_output";
 #[derive(Debug, Clone)]
 pub struct Anthropic {
     client: reqwest::Client,
-    url: String,
+    /// Parsed once: a call does not parse it again.
+    url: reqwest::Url,
     api_key: String,
     timeouts: Timeouts,
 }
@@ -45,7 +48,7 @@ impl Anthropic {
         let client = http_client(&timeouts)?;
         Ok(Anthropic {
             client,
-            url: format!("{}/v1/messages", base_url.trim_end_matches('/')),
+            url: endpoint(base_url, "v1/messages")?,
             api_key,
             timeouts,
         })
@@ -426,7 +429,7 @@ impl Provider for Anthropic {
             let structured = body.pointer("/tool_choice/name") == Some(&json!(FORMAT_TOOL));
             let call = crate::with_trace_context(
                 this.client
-                    .post(&this.url)
+                    .post(this.url.clone())
                     .header("x-api-key", &this.api_key)
                     .header("anthropic-version", "2023-06-01")
                     .header("content-type", "application/json")

@@ -60,15 +60,10 @@ impl OpenAiCompat {
         timeouts: Timeouts,
     ) -> Result<Self, ProviderError> {
         let client = http_client(&timeouts)?;
-        let url = |path: &str| {
-            let url = format!("{}/{path}", base_url.trim_end_matches('/'));
-            reqwest::Url::parse(&url)
-                .map_err(|e| ProviderError::Connect(format!("base_url {base_url:?}: {e}")))
-        };
         Ok(OpenAiCompat(Arc::new(Upstream {
             client,
-            url: url("chat/completions")?,
-            embeddings_url: url("embeddings")?,
+            url: endpoint(base_url, "chat/completions")?,
+            embeddings_url: endpoint(base_url, "embeddings")?,
             api_key,
             timeouts,
         })))
@@ -273,6 +268,13 @@ pub(crate) fn http_client(timeouts: &Timeouts) -> Result<reqwest::Client, Provid
         .tcp_nodelay(true)
         .build()
         .map_err(|e| ProviderError::Connect(e.to_string()))
+}
+
+/// `path` under `base_url`, parsed once when a provider is made.
+pub(crate) fn endpoint(base_url: &str, path: &str) -> Result<reqwest::Url, ProviderError> {
+    let url = format!("{}/{path}", base_url.trim_end_matches('/'));
+    reqwest::Url::parse(&url)
+        .map_err(|e| ProviderError::Connect(format!("base_url {base_url:?}: {e}")))
 }
 
 /// Sends a request, waiting at most `first_byte` for the answer's head, whatever its status.
